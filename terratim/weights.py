@@ -1,0 +1,183 @@
+"""Checkpoint files: Hugging Face hub downloads, local ``.pt`` / ``.safetensors`` files, and one strict loader.
+
+Official TerraMind files are a plain ``torch.save`` of a flat state dict (spec §2.1). They are read with
+``weights_only=True``. Our module names equal the official keys, so "conversion" is limited to one place:
+:func:`convert_state_dict` drops the constant-zero LayerNorm bias buffers (verifying they are zero), adds a
+prefix where a model nests the network, and keeps only the keys the model declares it takes from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+# Official repositories and file names (spec §2.1).
+TERRAMIND_FILES = {
+    size: (f"ibm-esa-geospatial/TerraMind-1.0-{size}", f"TerraMind_v1_{size}.pt")
+    for size in ("tiny", "small", "base", "large")
+}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint does not fit the model; the message lists what is missing, unexpected or mis-shaped."""
+
+
+def hub_file(repo_id: str, filename: str) -> Path:
+    """Path of ``filename`` from a Hugging Face hub repo, downloaded into (or found in) the hub cache.
+
+    Raises:
+        CheckpointError: when the file is neither cached nor downloadable, saying how to pass a local file.
+    """
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as err:  # pragma: no cover - a declared dependency
+        raise ImportError("pretrained weights need huggingface_hub: pip install huggingface_hub") from err
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+    except Exception as err:  # the hub raises many types: offline, gated, not found, HTTP
+        raise CheckpointError(
+            f"could not get {filename} from the Hugging Face hub repo {repo_id} ({type(err).__name__}: {err}). "
+            f"If this machine is offline, download the file elsewhere (https://huggingface.co/{repo_id}) and "
+            f"pass it with ckpt_path='/path/to/{filename}', or set HF_HUB_OFFLINE=1 with a filled hub cache."
+        ) from err
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a flat state dict from an official-layout ``.pt`` (``weights_only=True``) or a ``.safetensors`` file.
+
+    A ``.pt`` holding ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped (Lightning / generic
+    checkpoints); a Lightning checkpoint's ``model.`` prefix is kept, callers choose the prefix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
+    return dict(state)
+
+
+def read_config(path: str | os.PathLike) -> dict | None:
+    """The JSON config saved next to a converted checkpoint (``X.safetensors`` -> ``X.json``), if any."""
+    config_path = Path(path).with_suffix(".json")
+    return json.loads(config_path.read_text()) if config_path.is_file() else None
+
+
+def is_zero_norm_bias(key: str, tensor: torch.Tensor) -> bool:
+    """Official files store the bias-free LayerNorms' constant zero ``bias`` buffers."""
+    return key.endswith(".bias") and "norm" in key.rsplit(".", 2)[-2] and not bool(tensor.any())
+
+
+@dataclass
+class LoadReport:
+    """What a strict load found. Empty lists mean a perfect fit."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, limit: int = 12) -> str:
+        parts = []
+        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                            ("shape mismatches", self.mismatched)):  # fmt: skip
+            if keys:
+                shown = "\n    ".join(keys[:limit])
+                more = f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else ""
+                parts.append(f"  {title} ({len(keys)}):\n    {shown}{more}")
+        return "\n".join(parts) if parts else "  all keys matched"
+
+
+def convert_state_dict(
+    file_state: dict[str, torch.Tensor],
+    model: nn.Module,
+    prefix: str = "",
+    keep: Callable[[str], bool] | None = None,
+) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Map an official-layout state dict onto ``model``'s names.
+
+    Args:
+        file_state: tensors as stored in the file (official key names).
+        model: the module to be loaded.
+        prefix: prepended to every file key (e.g. ``"generator."`` for a nested network).
+        keep: which file keys this model takes (others are reported as ``ignored``, e.g. the decoder for a
+            backbone, or embeddings of modalities the model was not built with). Default: keys the model has.
+
+    Returns:
+        The renamed state dict and a report of missing / unexpected / mis-shaped keys.
+    """
+    model_state = model.state_dict()
+    keep = keep or (lambda key: prefix + key in model_state)
+    converted: dict[str, torch.Tensor] = {}
+    report = LoadReport()
+    for key, tensor in file_state.items():
+        name = prefix + key
+        if name not in model_state and is_zero_norm_bias(key, tensor):
+            continue  # bias-free LayerNorm: the zero buffer carries no information
+        if not keep(key):
+            report.ignored.append(key)
+            continue
+        if name not in model_state:
+            report.unexpected.append(key)
+        elif model_state[name].shape != tensor.shape:
+            report.mismatched.append(
+                f"{key}: file {tuple(tensor.shape)} vs model {tuple(model_state[name].shape)}"
+            )
+        else:
+            converted[name] = tensor
+    return converted, report
+
+
+def load_into(
+    model: nn.Module,
+    converted: dict[str, torch.Tensor],
+    report: LoadReport,
+    source: str,
+    expected_missing: Iterable[str] = (),
+    strict: bool = True,
+) -> LoadReport:
+    """Copy converted tensors into ``model``; with ``strict`` raise on anything not accounted for.
+
+    ``expected_missing`` names model keys that legitimately do not come from this file (for instance
+    embeddings of new modalities, or position tables rebuilt for another image size); every other model key
+    must be supplied.
+    """
+    allowed = set(expected_missing)
+    supplied = set(converted)
+    report.missing.extend(k for k in model.state_dict() if k not in supplied and k not in allowed)
+    if strict and not report.ok:
+        raise CheckpointError(f"checkpoint {source} does not fit {type(model).__name__}:\n{report.describe()}")
+    with torch.no_grad():
+        model.load_state_dict(converted, strict=False)
+    return report
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike, config: dict | None = None) -> None:
+    """Write a state dict as safetensors (tied tensors stored once per name) and an optional JSON config."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    unique = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    save_file(unique, str(path))
+    if config is not None:
+        path.with_suffix(".json").write_text(json.dumps(config, indent=2))
