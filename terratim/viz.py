@@ -1,0 +1,221 @@
+"""Pictures of modalities: one colour scheme per modality and a one-row panel figure.
+
+``colorize`` turns a (C, H, W) array in physical units into an (H, W, 3) RGB image in [0, 1]:
+
+=============== ==================================================================================
+S2L2A / S2L1C   true colour (RED, GREEN, BLUE), 2-98 percentile stretch per band
+S2RGB           as stored, divided by 255
+S1GRD / S1RTC   false colour: R = VV, G = VH, B = VV/VH ratio (VV - VH in dB), stretched per channel
+DEM             ``terrain`` colormap (land part) between the 2nd and 98th percentile of elevation
+NDVI            diverging ``RdYlGn`` over the fixed range -1..1
+LULC            ``modalities.LULC_COLORS`` per class, from class ids (H, W) / (1, H, W) or logits (10, H, W)
+=============== ==================================================================================
+
+NaN pixels (nodata) are drawn black. ``save_panel`` draws several arrays side by side; panels of the same
+modality share one stretch so that an input and its reconstruction compare fairly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from terratim.modalities import LULC_CLASSES, LULC_COLORS, resolve
+
+Limits = np.ndarray  # (C, 2): per-channel (low, high) of a linear stretch
+PERCENTILES = (2.0, 98.0)
+NDVI_RANGE = (-1.0, 1.0)
+
+
+def _hex_to_rgb(color: str) -> tuple[float, float, float]:
+    color = color.lstrip("#")
+    return tuple(int(color[i : i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
+
+
+LULC_RGB = np.array([_hex_to_rgb(c) for c in LULC_COLORS], dtype=np.float32)  # (10, 3)
+
+
+def _as_chw(name: str, array: np.ndarray, channels: int) -> np.ndarray:
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[0] != channels:
+        raise ValueError(f"{name}: expected an array of shape ({channels}, H, W), got {tuple(array.shape)}")
+    return array
+
+
+def _display_channels(name: str, array: np.ndarray) -> np.ndarray:
+    """The channels that are stretched for display, (K, H, W) in physical units."""
+    modality = resolve(name)
+    array = _as_chw(modality.name, array, modality.num_bands)
+    if modality.name in ("S2L2A", "S2L1C"):
+        return array[[modality.band_index(b) for b in ("RED", "GREEN", "BLUE")]]
+    if modality.name in ("S1GRD", "S1RTC"):
+        vv, vh = array[modality.band_index("VV")], array[modality.band_index("VH")]
+        return np.stack([vv, vh, vv - vh])  # dB, so the VV/VH ratio is a difference
+    return array
+
+
+def stretch_limits(name: str, arrays: Sequence[np.ndarray]) -> Limits | None:
+    """Per-channel percentile limits over one or more arrays of modality ``name`` (None: fixed scheme)."""
+    modality = resolve(name)
+    if modality.name not in ("S2L2A", "S2L1C", "S1GRD", "S1RTC", "DEM"):
+        return None
+    per_array = [_display_channels(name, a) for a in arrays]  # each (K, H, W)
+    channels = np.concatenate([c.reshape(c.shape[0], -1) for c in per_array], axis=1)  # (K, total pixels)
+    limits = np.zeros((channels.shape[0], 2), dtype=np.float32)
+    for c, values in enumerate(channels):
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            limits[c] = np.percentile(finite, PERCENTILES)
+    return limits
+
+
+def _stretch(channels: np.ndarray, limits: Limits) -> np.ndarray:
+    low, high = limits[:, 0, None, None], limits[:, 1, None, None]
+    span = np.where(high > low, high - low, 1.0)
+    return np.clip((channels - low) / span, 0.0, 1.0)
+
+
+def _cmap(name: str):
+    """A matplotlib colormap; ``terrain`` without its sea-blue first fifth, since land heights are drawn."""
+    import matplotlib
+    from matplotlib.colors import ListedColormap
+
+    if name == "terrain":
+        land = matplotlib.colormaps["terrain"](np.linspace(0.22, 1.0, 256))
+        return ListedColormap(land, name="terrain_land")
+    return matplotlib.colormaps[name]
+
+
+def _colormap(cmap: str, values: np.ndarray, low: float, high: float) -> np.ndarray:
+    span = high - low if high > low else 1.0
+    scaled = np.clip((values - low) / span, 0.0, 1.0)
+    return _cmap(cmap)(np.nan_to_num(scaled))[..., :3].astype(np.float32)
+
+
+def lulc_classes(array: np.ndarray) -> np.ndarray:
+    """Class ids (H, W) from class ids (H, W) / (1, H, W) or logits (10, H, W); invalid ids become -1."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[0] == len(LULC_CLASSES):
+        logits = np.asarray(array, dtype=np.float32)
+        classes = np.argmax(np.nan_to_num(logits, nan=-np.inf), axis=0)
+        return np.where(np.isnan(logits).any(axis=0), -1, classes)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ValueError(
+            f"LULC: expected class ids (H, W) or (1, H, W), or logits ({len(LULC_CLASSES)}, H, W); "
+            f"got {tuple(array.shape)}"
+        )
+    values = np.asarray(array, dtype=np.float64)
+    valid = np.isfinite(values) & (values >= 0) & (values < len(LULC_CLASSES)) & (values == np.round(values))
+    return np.where(valid, np.nan_to_num(values), -1).astype(np.int64)
+
+
+def colorize(modality: str, array: np.ndarray, limits: Limits | None = None) -> np.ndarray:
+    """(C, H, W) physical-unit array of ``modality`` -> (H, W, 3) float32 RGB in [0, 1] for ``imshow``.
+
+    Args:
+        modality: modality name (any accepted alias).
+        array: pixels in physical units; LULC also accepts (H, W) class ids or (10, H, W) logits.
+        limits: per-channel stretch limits from :func:`stretch_limits` (default: this array's own).
+    """
+    mod = resolve(modality)
+    if mod.name == "LULC":
+        classes = lulc_classes(array)
+        rgb = LULC_RGB[np.clip(classes, 0, None)]
+        rgb[classes < 0] = 0.0
+        return rgb
+    if mod.kind == "sequence":
+        raise ValueError(f"{mod.name} is not an image and has no colour scheme")
+    channels = _display_channels(mod.name, array)  # (K, H, W)
+    nodata = ~np.isfinite(channels).all(axis=0)  # (H, W)
+    if mod.name == "S2RGB":
+        rgb = np.clip(np.moveaxis(channels, 0, -1) / 255.0, 0.0, 1.0)
+    elif mod.name == "NDVI":
+        rgb = _colormap("RdYlGn", channels[0], *NDVI_RANGE)
+    else:
+        limits = stretch_limits(mod.name, [array]) if limits is None else np.asarray(limits, np.float32)
+        if mod.name == "DEM":
+            rgb = _colormap("terrain", channels[0], float(limits[0, 0]), float(limits[0, 1]))
+        else:
+            rgb = np.moveaxis(_stretch(channels, limits), 0, -1)
+    rgb = np.nan_to_num(rgb.astype(np.float32))
+    rgb[nodata] = 0.0
+    return rgb
+
+
+def _colorbar(fig, ax, cmap: str, low: float, high: float, label: str) -> None:
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
+    mappable = ScalarMappable(norm=matplotlib.colors.Normalize(low, high), cmap=_cmap(cmap))
+    bar = fig.colorbar(mappable, ax=ax, orientation="horizontal", fraction=0.046, pad=0.04)
+    bar.ax.xaxis.set_major_locator(MaxNLocator(5))
+    bar.ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+
+
+def _lulc_legend(ax) -> None:
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=c, edgecolor="0.4", label=f"{i} {n}")
+               for i, (c, n) in enumerate(zip(LULC_COLORS, LULC_CLASSES, strict=True))]  # fmt: skip
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=7,
+              frameon=False, handlelength=1.2, columnspacing=0.8)  # fmt: skip
+
+
+def save_panel(
+    path: str | os.PathLike,
+    panels: list[tuple[str, str, np.ndarray]],
+    title: str | None = None,
+) -> Path:
+    """Draw ``panels`` in one row and save the figure as an image (PNG by the file suffix).
+
+    Args:
+        path: output file; the parent folder is created.
+        panels: ``(caption, modality name, array)`` each; arrays as accepted by :func:`colorize`.
+        title: optional figure title.
+
+    Returns:
+        The written path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not panels:
+        raise ValueError("save_panel needs at least one panel")
+    by_modality: dict[str, list[np.ndarray]] = {}
+    for _, name, array in panels:
+        by_modality.setdefault(resolve(name).name, []).append(array)
+    shared = {name: stretch_limits(name, arrays) for name, arrays in by_modality.items()}
+    has_legend = any(resolve(name).name == "LULC" for _, name, _ in panels)
+    fig = Figure(figsize=(3.4 * len(panels), 4.8 if has_legend else 3.9))
+    FigureCanvasAgg(fig)  # the Agg backend, without pyplot's global state
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (caption, name, array) in zip(axes, panels, strict=True):
+        canonical = resolve(name).name
+        limits = shared[canonical]
+        ax.imshow(colorize(canonical, array, limits=limits), interpolation="nearest")
+        ax.set_title(caption, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if canonical == "LULC":
+            _lulc_legend(ax)
+        elif canonical == "DEM":
+            _colorbar(fig, ax, "terrain", float(limits[0, 0]), float(limits[0, 1]), "elevation (m)")
+        elif canonical == "NDVI":
+            _colorbar(fig, ax, "RdYlGn", *NDVI_RANGE, "NDVI")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
