@@ -1,0 +1,357 @@
+"""TerraMind as a fine-tuning backbone (``terramind_v1_{tiny,small,base,large}``): the encoder plus merging.
+
+The backbone is the TerraMind network built without a decoder; its parameter names equal the reference
+``TerraMindViT``'s (and the official file's), so fine-tuned weights stay interchangeable.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+
+from terratim import modalities as mods
+from terratim.model.config import TerraMindConfig, size_config
+from terratim.model.embeddings import PatchEmbedding, SequenceEmbedding, TokenEmbedding
+from terratim.model.terramind import Span, TerraMind
+from terratim.registry import register
+from terratim.weights import TERRAMIND_FILES, convert_state_dict, hub_file, load_into, read_state_dict
+
+log = logging.getLogger(__name__)
+
+MergeMethod = Literal["mean", "max", "concat", "dict"] | None
+MERGE_METHODS = ("mean", "max", "concat", "dict", None)
+ModalitySpec = str | Mapping[str, int]
+
+
+def parse_modalities(modalities: Sequence[ModalitySpec]) -> dict[str, tuple[str, int | None]]:
+    """User modality list -> ``{user name: (internal key, channels of a new modality or None)}``.
+
+    ``"S2L2A"`` selects the pretrained embedding; ``{"HLS": 6}`` declares a new raw modality with 6 channels.
+    """
+    parsed: dict[str, tuple[str, int | None]] = {}
+    for item in modalities:
+        if isinstance(item, Mapping):
+            for name, channels in item.items():
+                if not isinstance(channels, int) or channels < 1:
+                    raise ValueError(f"new modality {name!r} needs a positive channel count, got {channels!r}")
+                parsed[name] = (name, channels)
+            continue
+        key = mods.input_key(item)
+        name = item if item in mods.KEY_OWNERS else mods.resolve(item).name
+        if any(existing_key == key for existing_key, _ in parsed.values()):
+            raise ValueError(f"modality {item!r} is listed twice (as {key})")
+        parsed[name] = (key, None)
+    if not parsed:
+        raise ValueError("at least one modality is needed, e.g. modalities=['S2L2A']")
+    return parsed
+
+
+class TerraMindBackbone(TerraMind):
+    """TerraMind encoder returning per-layer features, merged across modalities.
+
+    Args:
+        config: architecture.
+        modalities: inputs, by user name (``"S2L2A"``) or as ``{"NAME": channels}`` for a new raw modality.
+        merge_method: ``"mean"`` / ``"max"`` over image modalities, ``"concat"`` along channels, ``"dict"``
+            per modality, or ``None`` for the raw token sequence.
+        modality_drop_rate: training-time probability of dropping each input but one (see ``forward``).
+        check_finite: raise on NaN/inf inputs instead of propagating them silently.
+    """
+
+    def __init__(
+        self,
+        config: TerraMindConfig,
+        modalities: Sequence[ModalitySpec],
+        merge_method: MergeMethod = "mean",
+        modality_drop_rate: float = 0.0,
+        check_finite: bool = True,
+    ) -> None:
+        if merge_method not in MERGE_METHODS:
+            raise ValueError(f"merge_method must be one of {MERGE_METHODS}, got {merge_method!r}")
+        self.inputs = parse_modalities(modalities)
+        super().__init__(config, {key: channels for key, channels in self.inputs.values()})
+        self.merge_method = merge_method
+        self.modality_drop_rate = modality_drop_rate
+        self.check_finite = check_finite
+        self.tokenizers = nn.ModuleDict()
+        self.band_names: dict[str, tuple[str, ...]] = {}
+        num_images = sum(1 for key, _ in self.inputs.values() if not self._is_sequence(key))
+        if merge_method == "concat":
+            self.missing_mod_token = nn.Parameter(torch.empty(config.dim).normal_(std=0.02))
+        width = config.dim * num_images if merge_method == "concat" else config.dim
+        self.out_channels = [width] * config.encoder_depth
+
+    def _is_sequence(self, key: str) -> bool:
+        return isinstance(self.encoder_embeddings[key], SequenceEmbedding)
+
+    # ---------------------------------------------------------------------------------------- inputs
+    def _name_of(self, name: str) -> str:
+        """Map a user-given input name to the name the model was built with."""
+        if name in self.inputs:
+            return name
+        try:
+            canonical = mods.resolve(name).name
+        except KeyError:
+            canonical = None
+        if canonical in self.inputs:
+            return canonical
+        raise KeyError(f"input {name!r} is not a modality of this model; it takes {list(self.inputs)}")
+
+    def _check_image(self, name: str, key: str, x: torch.Tensor) -> None:
+        embedding = self.encoder_embeddings[key]
+        if not torch.is_floating_point(x):
+            raise TypeError(f"{name}: expected a float tensor of standardized values, got {x.dtype}")
+        if x.dim() != 4:
+            raise ValueError(f"{name}: expected (B, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != embedding.num_channels:
+            bands = self.band_names.get(name) or self._default_bands(name)
+            listed = f" ({', '.join(bands)})" if bands else ""
+            raise ValueError(
+                f"{name}: expected {embedding.num_channels} bands{listed}, got {x.shape[1]} channels"
+            )
+        patch = self.config.patch_size
+        if x.shape[-2] % patch or x.shape[-1] % patch:
+            raise ValueError(
+                f"{name}: height and width must be multiples of {patch}, got {tuple(x.shape[-2:])}; "
+                "pad or crop the input (or use tiled inference for scenes)"
+            )
+
+    def _default_bands(self, name: str) -> tuple[str, ...]:
+        try:
+            return mods.resolve(name).bands
+        except KeyError:
+            return ()
+
+    def _prepare(self, name: str, key: str, x: torch.Tensor) -> torch.Tensor:
+        """Validate one input; tokenize image inputs of token modalities."""
+        embedding = self.encoder_embeddings[key]
+        if isinstance(embedding, PatchEmbedding):
+            self._check_image(name, key, x)
+        elif torch.is_floating_point(x) or (key == "tok_lulc@224" and x.dim() in (3, 4) and x.shape[-1] > 32):
+            x = self._tokenize(name, key, x)
+        if self.check_finite and torch.is_floating_point(x) and not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"{name}: input contains NaN or inf; fill nodata before the model "
+                "(the data modules replace nodata with a fill value and pass a validity mask)"
+            )
+        if isinstance(embedding, (TokenEmbedding, SequenceEmbedding)):
+            if x.numel() and (int(x.min()) < 0 or int(x.max()) >= embedding.vocab_size):
+                raise ValueError(f"{name}: token ids must lie in [0, {embedding.vocab_size}), "
+                                 f"got [{int(x.min())}, {int(x.max())}]")  # fmt: skip
+        return x
+
+    def _tokenize(self, name: str, key: str, x: torch.Tensor) -> torch.Tensor:
+        if key not in self.tokenizers:
+            raise ValueError(
+                f"{name} was given as an image, but this model has no {name} tokenizer; pass token ids "
+                f"(integer tensor (B, h, w)) or build with tokenizers, e.g. "
+                f"build(..., tokenizers={{'{name}': terratim.build('terramind_v1_tokenizer_{name.lower()}')}})"
+            )
+        with torch.no_grad():
+            _, ids = self.tokenizers[key].encode(x)
+        return ids
+
+    def as_input_dict(self, x: torch.Tensor | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Accept a dict {name: tensor} or a bare tensor (taken as the first declared modality)."""
+        if isinstance(x, torch.Tensor):
+            return {next(iter(self.inputs)): x}
+        if not isinstance(x, Mapping) or not x:
+            raise TypeError(f"expected a tensor or a non-empty dict of tensors, got {type(x).__name__}")
+        return {self._name_of(name): value for name, value in x.items()}
+
+    def keyed_inputs(self, x: torch.Tensor | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Validated inputs keyed by internal key, in the caller's order."""
+        named = self.as_input_dict(x)
+        keyed = {self.inputs[name][0]: self._prepare(name, self.inputs[name][0], v) for name, v in named.items()}
+        self._check_grids(keyed)
+        return keyed
+
+    def _check_grids(self, keyed: Mapping[str, torch.Tensor]) -> None:
+        grids = {}
+        for key, value in keyed.items():
+            if isinstance(self.encoder_embeddings[key], PatchEmbedding):
+                grids[key] = tuple(s // self.config.patch_size for s in value.shape[-2:])
+            elif isinstance(self.encoder_embeddings[key], TokenEmbedding):
+                n = value[0].numel()
+                grids[key] = (int(round(n**0.5)),) * 2
+        if len(set(grids.values())) > 1:
+            detail = ", ".join(f"{mods.KEY_OWNERS.get(k, k)}: {g[0]}x{g[1]}" for k, g in grids.items())
+            raise ValueError(f"all image modalities must share one token grid (same H and W), got {detail}")
+        batches = {value.shape[0] for value in keyed.values()}
+        if len(batches) > 1:
+            raise ValueError(f"all inputs must have the same batch size, got {sorted(batches)}")
+
+    def drop_modalities(
+        self, keyed: dict[str, torch.Tensor], generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor]:
+        """Training-time modality dropout: k = n - 1 inputs are candidates, each dropped with probability p."""
+        names = list(keyed)
+        if len(names) < 2 or self.modality_drop_rate <= 0:
+            return keyed
+        order = torch.randperm(len(names), generator=generator)[: len(names) - 1]
+        drop = torch.rand(len(order), generator=generator) < self.modality_drop_rate
+        dropped = {names[int(i)] for i, d in zip(order, drop) if d}
+        return {key: value for key, value in keyed.items() if key not in dropped}
+
+    # ----------------------------------------------------------------------------------------- merge
+    def merge(self, layer: torch.Tensor, spans: list[Span]) -> Any:
+        """Merge one layer's (B, N, D) tokens according to ``merge_method``."""
+        if self.merge_method is None:
+            return layer
+        images = [s for s in spans if s.is_image]
+        if self.merge_method == "dict":
+            names = {key: name for name, (key, _) in self.inputs.items()}
+            return {names.get(s.key, s.key): layer[:, s.start : s.stop] for s in spans}
+        if not images:
+            raise ValueError("mean/max/concat merging needs at least one image modality")
+        parts = [layer[:, s.start : s.stop] for s in images]  # each (B, N, D)
+        if self.merge_method == "concat":
+            return self._concat(parts)
+        stacked = torch.stack(parts, dim=1)  # (B, M, N, D)
+        return stacked.mean(1) if self.merge_method == "mean" else stacked.amax(1)
+
+    def _concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        missing = self.out_channels[0] // self.config.dim - len(parts)
+        if missing > 0:
+            filler = self.missing_mod_token.to(parts[0].dtype).expand_as(parts[0])
+            parts = parts + [filler] * missing
+        return torch.cat(parts, dim=-1)  # (B, N, M*D)
+
+    # --------------------------------------------------------------------------------------- forward
+    def forward(
+        self, x: torch.Tensor | Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> list[Any]:
+        """Per-layer features.
+
+        Args:
+            x: ``{name: tensor}`` (standardized images (B, C, H, W), or token ids for LULC/NDVI/COORDS) or a
+                bare tensor for the first declared modality. Dict order fixes the token order.
+            generator: randomness for modality dropout (training only).
+
+        Returns:
+            ``encoder_depth`` merged outputs (the last one after the encoder norm); with mean/max each is
+            (B, N, D), with concat (B, N, M*D).
+        """
+        keyed = self.keyed_inputs(x)
+        if self.training:
+            keyed = self.drop_modalities(keyed, generator)
+        tokens, emb, spans = self.embed(keyed)
+        layers = self.run_encoder(tokens + emb)
+        return [self.merge(layer, spans) for layer in layers]
+
+    # ----------------------------------------------------------------------------------------- bands
+    def select_bands(self, bands: Mapping[str, Sequence[str]]) -> None:
+        """Rebuild patch embeddings for band subsets by name, copying pretrained columns (spec §4.10)."""
+        for name, band_list in bands.items():
+            name = self._name_of(name)
+            key, new_channels = self.inputs[name]
+            modality = mods.key_modality(key) if new_channels is None else None
+            if modality is None or modality.kind != "image":
+                raise ValueError(f"bands can only be chosen for pretrained raw-image modalities, not {name!r}")
+            self._replace_patch_embedding(name, key, modality, list(band_list))
+
+    def _replace_patch_embedding(self, name: str, key: str, modality: mods.Modality, bands: list[str]) -> None:
+        old = self.encoder_embeddings[key]
+        patch_pixels = self.config.patch_size**2
+        new_proj = nn.Linear(patch_pixels * len(bands), self.config.dim, bias=False)
+        old_w = old.proj.weight.detach().view(self.config.dim, patch_pixels, old.num_channels)
+        new_w = new_proj.weight.detach().view(self.config.dim, patch_pixels, len(bands))
+        unknown = []
+        for position, band in enumerate(bands):
+            if not isinstance(band, str):
+                raise TypeError(
+                    f"{name}: bands must be given by name (pretrained order: {list(modality.bands)}), got "
+                    f"{band!r}; integer indices would silently give an untrained embedding in the reference"
+                )
+            try:
+                new_w[:, :, position] = old_w[:, :, modality.band_index(band)]
+            except ValueError:
+                unknown.append(band)
+        if unknown:
+            warnings.warn(f"{name}: bands {unknown} are not pretrained {name} bands "
+                          f"({list(modality.bands)}); their patch weights start untrained", stacklevel=3)  # fmt: skip
+        old.proj = new_proj
+        old.num_channels = len(bands)
+        self.band_names[name] = tuple(bands)
+
+
+# --------------------------------------------------------------------------------------------- build
+def terramind_state_dict(size: str, pretrained: bool, ckpt_path: str | None) -> tuple[dict, str] | None:
+    """The official-layout state dict to load, from ``ckpt_path`` or the hub; None for random init."""
+    if ckpt_path is not None:
+        return read_state_dict(ckpt_path), str(ckpt_path)
+    if pretrained:
+        repo, filename = TERRAMIND_FILES[size]
+        path = hub_file(repo, filename)
+        return read_state_dict(path), f"{repo}/{filename}"
+    return None
+
+
+def load_encoder_weights(model: TerraMind, state: dict, source: str, prefix: str = "") -> None:
+    """Load the encoder side of an official file into ``model`` (a backbone or a network), strictly.
+
+    Taken from the file: ``encoder.*``, ``encoder_norm.*`` and the encoder embeddings of the model's keys;
+    the decoder and other modalities' embeddings are ignored. Position tables are rebuilt (not loaded) when
+    the model was constructed for another image size; embeddings of new modalities start untrained.
+    """
+    own_keys = set(model.encoder_embeddings)
+
+    def keep(key: str) -> bool:
+        if key.startswith("encoder_embeddings."):
+            return key.split(".")[1] in own_keys
+        return key.startswith(("encoder.", "encoder_norm."))
+
+    converted, report = convert_state_dict(state, model, prefix=prefix, keep=keep)
+    expected_missing = {k for k in model.state_dict() if not k.startswith(prefix + "encoder")}
+    for key, embedding in model.encoder_embeddings.items():
+        if key not in mods.KEY_OWNERS:  # a new modality
+            expected_missing |= {f"{prefix}encoder_embeddings.{key}.{n}" for n in embedding.state_dict()}
+    rebuilt = [m for m in report.mismatched if m.split(":")[0].endswith("pos_emb")]
+    if rebuilt and model.config.img_size != 224:
+        report.mismatched = [m for m in report.mismatched if m not in rebuilt]
+        expected_missing |= {prefix + m.split(":")[0] for m in rebuilt}
+    load_into(model, converted, report, source, expected_missing=expected_missing)
+
+
+def build_backbone(
+    size: str,
+    modalities: Sequence[ModalitySpec] = ("S2L2A",),
+    merge_method: MergeMethod = "mean",
+    bands: Mapping[str, Sequence[str]] | None = None,
+    img_size: int = 224,
+    pretrained: bool = False,
+    ckpt_path: str | None = None,
+    modality_drop_rate: float = 0.0,
+    tokenizers: Mapping[str, nn.Module] | None = None,
+    **unknown: Any,
+) -> TerraMindBackbone:
+    if unknown:
+        raise TypeError(f"terramind_v1_{size}: unknown arguments {sorted(unknown)}")
+    config = size_config(size).with_(img_size=img_size)
+    model = TerraMindBackbone(config, modalities, merge_method, modality_drop_rate)
+    loaded = terramind_state_dict(size, pretrained, ckpt_path)
+    if loaded is not None:
+        load_encoder_weights(model, *loaded)
+    for name, tokenizer in (tokenizers or {}).items():
+        model.tokenizers[model.inputs[model._name_of(name)][0]] = tokenizer.eval().requires_grad_(False)
+    if bands:
+        model.select_bands(bands)
+    return model
+
+
+def _register_sizes() -> None:
+    for size in ("tiny", "small", "base", "large"):
+
+        def builder(size: str = size, **kwargs: Any) -> TerraMindBackbone:
+            return build_backbone(size, **kwargs)
+
+        builder.__doc__ = f"TerraMind v1 {size} encoder as a backbone (per-layer features)."
+        register(f"terramind_v1_{size}")(builder)
+
+
+_register_sizes()

@@ -1,0 +1,66 @@
+"""Architecture configs: one dataclass, a table of named sizes (spec §1.2)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass(frozen=True)
+class TerraMindConfig:
+    """Everything that fixes the shapes of a TerraMind network.
+
+    Attributes:
+        dim: token width D.
+        encoder_depth: number of encoder blocks.
+        decoder_depth: number of decoder blocks (0 builds an encoder-only network).
+        num_heads: attention heads (head width D / heads).
+        mlp_hidden: hidden width of the MLP.
+        gated_mlp: SwiGLU without biases (base/large) instead of a GELU MLP with biases (tiny/small).
+        bias: biases in qkv, attention projections and the MLP.
+        patch_size: pixels per patch side.
+        img_size: image side the position tables are built for.
+        max_sequence_length: rows of the sequence (coordinates) position tables.
+    """
+
+    dim: int
+    encoder_depth: int
+    decoder_depth: int
+    num_heads: int
+    mlp_hidden: int
+    gated_mlp: bool
+    bias: bool
+    patch_size: int = 16
+    img_size: int = 224
+    max_sequence_length: int = 512
+
+    @property
+    def grid(self) -> int:
+        return self.img_size // self.patch_size
+
+    def with_(self, **changes) -> TerraMindConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SIZES: dict[str, TerraMindConfig] = {
+    "tiny": TerraMindConfig(dim=192, encoder_depth=12, decoder_depth=4, num_heads=3, mlp_hidden=768,
+                            gated_mlp=False, bias=True),
+    "small": TerraMindConfig(dim=384, encoder_depth=12, decoder_depth=6, num_heads=6, mlp_hidden=1536,
+                             gated_mlp=False, bias=True),
+    "base": TerraMindConfig(dim=768, encoder_depth=12, decoder_depth=12, num_heads=12, mlp_hidden=2048,
+                            gated_mlp=True, bias=False),
+    "large": TerraMindConfig(dim=1024, encoder_depth=24, decoder_depth=24, num_heads=16, mlp_hidden=2730,
+                             gated_mlp=True, bias=False),
+}  # fmt: skip
+
+# Neck layer indices used by the reference fine-tuning configs (spec §8.2).
+DEFAULT_OUT_INDICES = {"tiny": (2, 5, 8, 11), "small": (2, 5, 8, 11), "base": (2, 5, 8, 11),
+                       "large": (5, 11, 17, 23)}  # fmt: skip
+
+
+def size_config(size: str) -> TerraMindConfig:
+    if size not in SIZES:
+        raise KeyError(f"unknown TerraMind size {size!r}; sizes: {list(SIZES)}")
+    return SIZES[size]
