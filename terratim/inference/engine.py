@@ -1,0 +1,245 @@
+"""The streaming loop: read a band of rows, cut chips, predict in batches, blend, write finished rows.
+
+The model is any callable ``predict({modality: (B, C, chip, chip)}) -> (B, K, chip, chip)``; the heads say how
+the K blended channels become output files. Memory holds the input rows of the chip rows in flight, one batch of
+chips and the blend sums of the output rows those chips touch, whatever the scene size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from terratim.inference.heads import Head
+from terratim.inference.scene import BLOCK, SceneReader, SceneWriter, check_output
+from terratim.inference.tiling import BlendAccumulator, Chip, ChipGrid, blend_weights, reflect_pad_strip
+
+Predict = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """Chip grid and blending settings.
+
+    Attributes:
+        chip: chip side in pixels.
+        overlap: pixels shared by neighbouring chips (stride = chip - overlap).
+        delta: margin cropped off each chip output (spec §8.6; lowered to overlap // 2 when larger).
+        batch_size: chips per forward pass.
+        blend: ``"cosine"`` (reference raised-cosine ramps) or ``"average"``.
+    """
+
+    chip: int = 224
+    overlap: int = 32
+    delta: int = 8
+    batch_size: int = 16
+    blend: str = "cosine"
+
+    @property
+    def stride(self) -> int:
+        return self.chip - self.overlap
+
+    def grid(self, height: int, width: int) -> ChipGrid:
+        if not 0 <= self.overlap < self.chip:
+            raise ValueError(f"overlap must be in [0, chip) = [0, {self.chip}), got {self.overlap}")
+        return ChipGrid(height, width, self.chip, self.stride, self.delta)
+
+
+@dataclass
+class _Pending:
+    chip: Chip
+    inputs: dict[str, np.ndarray]  # {name: (C, chip, chip)} with NaN filled
+    valid: np.ndarray  # (core, core) bool
+
+
+class SceneEngine:
+    """Runs ``predict`` over one scene, streaming.
+
+    Args:
+        predict: the model callable (see module docstring); called under ``torch.inference_mode``.
+        heads: output files, in the order of the model's output channels.
+        tiling: grid and blend settings.
+        device: device the batches are moved to.
+        fill: value replacing NaN (nodata) input pixels per modality, scalar or per band; default 0.
+        fingerprint: extra settings recorded for resume checks (e.g. the checkpoint path).
+    """
+
+    def __init__(self, predict: Predict, heads: Sequence[Head], tiling: TilingConfig = TilingConfig(),
+                 device: str | torch.device = "cpu", fill: dict[str, float | Sequence[float]] | None = None,
+                 fingerprint: dict | None = None) -> None:  # fmt: skip
+        self.predict, self.heads, self.tiling = predict, list(heads), tiling
+        self.device = torch.device(device)
+        self.fill = fill or {}
+        self.extra = fingerprint or {}
+        self.channels = sum(h.channels for h in self.heads)
+
+    def _fingerprint(self, reader: SceneReader) -> dict:
+        inputs = {n: [str(p.resolve()), p.stat().st_size] for n, p in reader.paths.items()}
+        heads = [[str(h.path), h.channels, h.kind, h.confidence] for h in self.heads]
+        return {"inputs": inputs, "tiling": asdict(self.tiling), "heads": heads, **self.extra}
+
+    def run(self, reader: SceneReader, resume: bool = False, rows: tuple[int, int] | None = None,
+            targets: Sequence[Path] | None = None, progress: Progress | None = None) -> list[SceneWriter]:  # fmt: skip
+        """Predict output rows ``rows`` (default all) and write them; returns the writers (complete).
+
+        Args:
+            reader: the opened inputs.
+            resume: continue partial outputs left by an interrupted run with the same settings.
+            rows: the share of output rows to compute (distributed ranks); writers hold only these rows.
+            targets: files to write instead of each head's ``<path>.partial`` (distributed part files).
+            progress: called with (chips done, chips total) after every batch.
+        """
+        info = reader.info
+        grid = self.tiling.grid(info.height, info.width)
+        start, stop = rows if rows is not None else (0, info.height)
+        fingerprint = self._fingerprint(reader)
+        writers = [
+            SceneWriter(h.output_band(), info, fingerprint, resume, (start, stop), targets[i] if targets else None)
+            for i, h in enumerate(self.heads)
+        ]
+        first = min(w.rows_done for w in writers)
+        if first >= stop:
+            return writers
+        chip_rows = grid.rows_for(first, stop)
+        weights = blend_weights(grid.chip, grid.stride, grid.delta, self.tiling.blend)
+        dtype = np.float64 if self.channels <= 64 else np.float32  # float64 keeps identity exact
+        acc = BlendAccumulator(self.channels, info.width, weights, grid.row_offsets[chip_rows[0]], dtype)
+        loop = _Loop(self, reader, grid, acc, writers, progress, len(chip_rows) * len(grid.col_offsets))
+        loop.run(chip_rows, stop)
+        return writers
+
+    def fill_values(self, name: str, bands: int) -> np.ndarray:
+        value = np.asarray(self.fill.get(name, 0.0), dtype=np.float32)
+        return np.broadcast_to(value.reshape(-1, 1, 1) if value.ndim else value, (bands, 1, 1))
+
+
+class _Loop:
+    """State of one pass over a scene's chip rows."""
+
+    def __init__(self, engine: SceneEngine, reader: SceneReader, grid: ChipGrid, acc: BlendAccumulator,
+                 writers: list[SceneWriter], progress: Progress | None, total: int) -> None:  # fmt: skip
+        self.engine, self.reader, self.grid, self.acc, self.writers = engine, reader, grid, acc, writers
+        self.progress, self.total, self.done = progress, total, 0
+        self.pending: list[_Pending] = []
+
+    def run(self, chip_rows: range, stop: int) -> None:
+        batch = self.engine.tiling.batch_size
+        for row in chip_rows:
+            strips, valid = self._read_chip_row(row)
+            for x in self.grid.col_offsets:
+                self._queue(Chip(row, self.grid.row_offsets[row], x), strips, valid)
+                if len(self.pending) >= batch:
+                    self._run_batch()
+                    self._flush(row, stop)  # chips of this row may still come
+            # Rows above the oldest chip still waiting for a batch are final.
+            self._flush(min((p.chip.row for p in self.pending), default=row + 1), stop)
+        self._run_batch()
+        self._flush(chip_rows[-1] + 1, stop)
+
+    def _read_chip_row(self, row: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        d, chip, height = self.grid.delta, self.grid.chip, self.grid.height
+        top = self.grid.row_offsets[row] - d  # first scene row the chips read
+        data = self.reader.read_rows(top, top + chip)
+        pad_top, pad_bottom = max(0, -top), max(0, top + chip - height)
+        strips, valid = {}, None
+        for name, strip in data.items():
+            strip = reflect_pad_strip(strip, pad_top, pad_bottom, d)  # (C, chip, W + 2d)
+            has = ~np.isnan(strip).all(axis=0)
+            valid = has if valid is None else valid | has
+            strips[name] = strip
+        return strips, valid
+
+    def _queue(self, chip: Chip, strips: dict[str, np.ndarray], valid: np.ndarray) -> None:
+        d, size = self.grid.delta, self.grid.chip
+        core_valid = valid[d : size - d, chip.x + d : chip.x + size - d]
+        if not core_valid.any():  # nodata chip: skipped, its pixels stay nodata
+            self._tick(1)
+            return
+        inputs = {}
+        for name, strip in strips.items():
+            window = strip[:, :, chip.x : chip.x + size]
+            nan = np.isnan(window)
+            if nan.any():
+                window = np.where(nan, self.engine.fill_values(name, window.shape[0]), window)
+            inputs[name] = np.ascontiguousarray(window, dtype=np.float32)
+        self.pending.append(_Pending(chip, inputs, core_valid.copy()))
+
+    def _run_batch(self) -> None:
+        if not self.pending:
+            return
+        engine, d, core = self.engine, self.grid.delta, self.grid.core
+        batch = {n: torch.from_numpy(np.stack([p.inputs[n] for p in self.pending])).to(engine.device)
+                 for n in self.pending[0].inputs}  # fmt: skip
+        with torch.inference_mode():
+            out = engine.predict(batch)
+        expected = (len(self.pending), engine.channels, self.grid.chip, self.grid.chip)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"the model returned {got}; the engine expects (B, K, chip, chip) = {expected}")
+        out = out.detach().to("cpu", torch.float64 if self.acc.dtype == np.float64 else torch.float32).numpy()
+        for p, o in zip(self.pending, out):
+            self.acc.add(o[:, d : d + core, d : d + core], p.chip.y, p.chip.x, p.valid)
+        self._tick(len(self.pending))
+        self.pending = []
+
+    def _tick(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def _flush(self, next_row: int, stop: int) -> None:
+        until = min(self.grid.finished_before(next_row), stop)
+        if until <= self.acc.base:
+            return
+        row0 = self.acc.base
+        blended, covered, valid = self.acc.pop(until)
+        mask = covered & valid
+        offset = 0
+        for head, writer in zip(self.engine.heads, self.writers):
+            part = blended[offset : offset + head.channels]
+            offset += head.channels
+            writer.write(row0, head.finalise(part, mask))
+
+
+def rank_rows(height: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Contiguous, block-aligned share of output rows for ``rank`` of ``world_size``."""
+    blocks = -(-height // BLOCK)
+    lo, hi = blocks * rank // world_size, blocks * (rank + 1) // world_size
+    return min(lo * BLOCK, height), min(hi * BLOCK, height)
+
+
+def infer_scene(predict: Predict, inputs: dict[str, str | os.PathLike], heads: Sequence[Head],
+                tiling: TilingConfig = TilingConfig(), *, bands: dict[str, int] | None = None,
+                device: str | torch.device = "cpu", fill: dict | None = None, overwrite: bool = False,
+                resume: bool = False, progress: Progress | None = None,
+                fingerprint: dict | None = None) -> list[Path]:  # fmt: skip
+    """Run a model over a scene and write every head's output (single process).
+
+    Args:
+        predict: ``{modality: (B, C, chip, chip)} -> (B, K, chip, chip)``.
+        inputs: ``{modality: GeoTIFF path}``, co-registered.
+        heads: output files (see :class:`Head`), in output-channel order.
+        tiling: chip, overlap, delta, batch size, blend.
+        bands: expected band count per modality (checked).
+        device: where batches go.
+        fill: NaN replacement per modality.
+        overwrite: replace existing outputs (and discard an unfinished run).
+        resume: continue an unfinished run of the same settings.
+        progress: ``(chips done, chips total)`` callback.
+        fingerprint: extra settings that a resumed run must share.
+
+    Returns:
+        the written output paths.
+    """
+    for head in heads:
+        check_output(head.path, overwrite, resume)
+    engine = SceneEngine(predict, heads, tiling, device, fill, fingerprint)
+    with SceneReader(inputs, bands) as reader:
+        writers = engine.run(reader, resume=resume, progress=progress)
+    return [w.finish() for w in writers]

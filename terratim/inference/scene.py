@@ -1,0 +1,289 @@
+"""Windowed GeoTIFF/COG reading of co-registered inputs and window-by-window output writing, with resume state.
+
+Nothing here holds a whole scene: :class:`SceneReader` reads full-width row bands, :class:`SceneWriter` writes
+whole block rows of a tiled, deflate-compressed GeoTIFF (reopening the file for each, so that what the progress
+file records is on disk), and an interrupted run can continue from the rows it had written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from terratim.data.geotiff import _rasterio
+
+BLOCK = 256
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """Georeferencing shared by every input of a scene."""
+
+    height: int
+    width: int
+    crs: object
+    transform: object
+
+
+class SceneReader:
+    """Co-registered multi-modal inputs, read in full-width row windows as float32 with nodata as NaN.
+
+    Args:
+        inputs: ``{modality: path}``.
+        bands: ``{modality: expected band count}`` (a modality missing here is not checked).
+    """
+
+    def __init__(self, inputs: dict[str, str | os.PathLike], bands: dict[str, int] | None = None) -> None:
+        if not inputs:
+            raise ValueError("no inputs given; pass at least one MODALITY=path")
+        rasterio = _rasterio()
+        self.paths = {name: Path(p) for name, p in inputs.items()}
+        self.datasets = {}
+        try:
+            for name, path in self.paths.items():
+                self.datasets[name] = _open_checked(rasterio, name, path, (bands or {}).get(name))
+            self.info = _check_aligned(self.datasets, self.paths)
+        except Exception:
+            self.close()
+            raise
+
+    def band_counts(self) -> dict[str, int]:
+        return {name: ds.count for name, ds in self.datasets.items()}
+
+    def read_rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows ``start .. stop`` (clipped to the scene) of every input, ``{name: (C, rows, W) float32}``."""
+        from rasterio.windows import Window
+
+        start, stop = max(start, 0), min(stop, self.info.height)
+        window = Window(0, start, self.info.width, stop - start)
+        out = {}
+        for name, ds in self.datasets.items():
+            try:
+                data = ds.read(window=window, masked=True)
+            except Exception as err:
+                raise ValueError(f"{name} input {self.paths[name]} could not be read at rows {start}-{stop} "
+                                 f"(corrupt or truncated GeoTIFF?): {err}") from err  # fmt: skip
+            out[name] = np.ma.filled(data.astype(np.float32), np.nan)
+        return out
+
+    def close(self) -> None:
+        for ds in self.datasets.values():
+            ds.close()
+        self.datasets = {}
+
+    def __enter__(self) -> SceneReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_checked(rasterio, name: str, path: Path, bands: int | None):
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} input not found: {path}")
+    try:
+        ds = rasterio.open(path)
+    except Exception as err:
+        raise ValueError(f"{name} input {path} is not a readable GeoTIFF: {err}") from err
+    try:
+        if bands is not None and ds.count != bands:
+            raise ValueError(f"{name} input {path} has {ds.count} bands, expected {bands}")
+        # Touch the first and the last block: a truncated file fails here rather than hours into a run.
+        from rasterio.windows import Window
+
+        ds.read(window=Window(0, 0, 1, 1))
+        ds.read(window=Window(ds.width - 1, ds.height - 1, 1, 1))
+    except ValueError:
+        ds.close()
+        raise
+    except Exception as err:
+        ds.close()
+        raise ValueError(f"{name} input {path} is corrupt or truncated: {err}") from err
+    return ds
+
+
+def _check_aligned(datasets: dict, paths: dict[str, Path]) -> SceneInfo:
+    names = list(datasets)
+    first = datasets[names[0]]
+    for name in names[1:]:
+        ds = datasets[name]
+        problems = []
+        if (ds.height, ds.width) != (first.height, first.width):
+            problems.append(f"size {ds.height}x{ds.width} vs {first.height}x{first.width}")
+        if ds.crs != first.crs:
+            problems.append(f"CRS {ds.crs} vs {first.crs}")
+        if not ds.transform.almost_equals(first.transform):
+            problems.append(f"transform {tuple(ds.transform)[:6]} vs {tuple(first.transform)[:6]}")
+        if problems:
+            raise ValueError(
+                f"inputs are not co-registered: {name} ({paths[name]}) and {names[0]} ({paths[names[0]]}) differ "
+                f"in {'; '.join(problems)}. Reproject/resample them onto one grid first (e.g. gdalwarp)."
+            )
+    return SceneInfo(first.height, first.width, first.crs, first.transform)
+
+
+@dataclass
+class OutputBand:
+    """How one output file is written.
+
+    Attributes:
+        path: final output path.
+        count: bands.
+        dtype: numpy dtype name (``uint8`` class maps, ``float32`` values).
+        nodata: value written where there is no prediction.
+        colormap: colour table for band 1 (class maps).
+        descriptions: band descriptions.
+    """
+
+    path: Path
+    count: int
+    dtype: str
+    nodata: float | int
+    colormap: dict[int, tuple[int, int, int, int]] | None = None
+    descriptions: tuple[str, ...] = ()
+    cog: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def partial_path(path: Path) -> Path:
+    """Where an unfinished output is written before it is renamed into place."""
+    return path.with_name(path.name + ".partial")
+
+
+def progress_path(path: Path) -> Path:
+    """The JSON sidecar that records how far an unfinished output got."""
+    return path.with_name(path.name + ".progress.json")
+
+
+class SceneWriter:
+    """Writes output rows in order, one whole block row at a time, to a tiled compressed GeoTIFF.
+
+    Rows are buffered until a full block row (256 rows) is complete, so no compressed block is written twice.
+    After each write the file is closed and the progress sidecar updated, which makes ``rows_done`` durable.
+
+    Args:
+        spec: what to write.
+        info: scene georeferencing.
+        fingerprint: settings that must match for a resumed run (inputs, chip, model...).
+        resume: continue a partial output of an earlier run instead of starting one.
+        rows: ``(start, stop)`` output rows this writer owns (a distributed rank's share); default all.
+        target: file to write (default: ``partial_path(spec.path)``).
+    """
+
+    def __init__(self, spec: OutputBand, info: SceneInfo, fingerprint: dict, resume: bool = False,
+                 rows: tuple[int, int] | None = None, target: Path | None = None) -> None:  # fmt: skip
+        self.spec, self.info = spec, info
+        self.start, self.stop = rows if rows is not None else (0, info.height)
+        self.target = target or partial_path(spec.path)
+        self.progress = progress_path(self.target if target else spec.path)
+        self.fingerprint = {**fingerprint, "rows": [self.start, self.stop]}
+        self.rows_done = self._resume_state() if resume else None
+        if self.rows_done is None:
+            self._create()
+            self.rows_done = self.start
+            self._save_progress()
+        self.buffer: list[np.ndarray] = []
+        self.buffer_start = self.rows_done
+
+    def _resume_state(self) -> int | None:
+        if not (self.target.exists() and self.progress.exists()):
+            return None
+        state = json.loads(self.progress.read_text())
+        if state.get("fingerprint") != json.loads(json.dumps(self.fingerprint)):
+            raise ValueError(f"cannot resume {self.spec.path}: {self.progress} was written by a run with other "
+                             "settings (inputs, chip, model or outputs); use --overwrite to start again")  # fmt: skip
+        return int(state["rows_done"])
+
+    def _save_progress(self) -> None:
+        state = {"rows_done": self.rows_done, "fingerprint": self.fingerprint}
+        tmp = self.progress.with_name(self.progress.name + ".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.progress)
+
+    def _create(self) -> None:
+        rasterio = _rasterio()
+        from rasterio.transform import Affine
+
+        height = self.stop - self.start
+        transform = self.info.transform @ Affine.translation(0, self.start) if self.info.transform else None
+        profile = {"driver": "GTiff", "count": self.spec.count, "height": height, "width": self.info.width,
+                   "dtype": self.spec.dtype, "nodata": self.spec.nodata, "compress": "deflate", "tiled": True,
+                   "blockxsize": BLOCK, "blockysize": BLOCK, "BIGTIFF": "IF_SAFER", "crs": self.info.crs,
+                   "transform": transform}  # fmt: skip
+        if self.spec.dtype.startswith("float"):
+            profile["predictor"] = 3
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(self.target, "w", **profile) as dst:
+            if self.spec.colormap:
+                dst.write_colormap(1, self.spec.colormap)
+            for i, text in enumerate(self.spec.descriptions, start=1):
+                dst.set_band_description(i, text)
+            if self.spec.tags:
+                dst.update_tags(**self.spec.tags)
+
+    def write(self, row: int, data: np.ndarray) -> None:
+        """Hand over rows ``row .. row + data.shape[1]`` (C, rows, W); rows outside this writer's share are dropped."""
+        stop = row + data.shape[1]
+        lo, hi = max(row, self.buffer_start + sum(b.shape[1] for b in self.buffer)), min(stop, self.stop)
+        if hi <= lo:
+            return
+        self.buffer.append(data[:, lo - row : hi - row])
+        held = sum(b.shape[1] for b in self.buffer)
+        end = self.buffer_start + held
+        aligned = self.start + (end - self.start) // BLOCK * BLOCK
+        if end == self.stop:
+            aligned = end
+        if aligned > self.buffer_start:
+            self._flush(aligned)
+
+    def _flush(self, until: int) -> None:
+        from rasterio.windows import Window
+
+        data = np.concatenate(self.buffer, axis=1)
+        n = until - self.buffer_start
+        with _rasterio().open(self.target, "r+") as dst:
+            dst.write(data[:, :n], window=Window(0, self.buffer_start - self.start, self.info.width, n))
+        rest = data[:, n:]
+        self.buffer = [rest] if rest.shape[1] else []
+        self.buffer_start = self.rows_done = until
+        self._save_progress()
+
+    @property
+    def complete(self) -> bool:
+        return self.rows_done >= self.stop
+
+    def finish(self) -> Path:
+        """Move the finished file into place (converting it to a COG if asked) and drop the progress file."""
+        if not self.complete:
+            raise RuntimeError(f"{self.spec.path}: only rows up to {self.rows_done} of {self.stop} were written")
+        finalize(self.target, self.spec)
+        self.progress.unlink(missing_ok=True)
+        return self.spec.path
+
+
+def finalize(source: Path, spec: OutputBand) -> None:
+    """Rename ``source`` to ``spec.path`` or, with ``spec.cog``, copy it into a Cloud-Optimized GeoTIFF."""
+    if spec.cog:
+        from rasterio.shutil import copy
+
+        copy(source, spec.path, driver="COG", compress="deflate", blocksize=BLOCK, BIGTIFF="IF_SAFER")
+        source.unlink()
+    else:
+        os.replace(source, spec.path)
+
+
+def check_output(path: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse to clobber an existing output or an unfinished run unless asked."""
+    partial, progress = partial_path(path), progress_path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    if (partial.exists() or progress.exists()) and not (overwrite or resume):
+        raise FileExistsError(f"an unfinished run left {partial}; pass --resume to continue it "
+                              "or --overwrite to start again")  # fmt: skip
+    if overwrite and not resume:
+        for leftover in (partial, progress):
+            leftover.unlink(missing_ok=True)
