@@ -61,6 +61,9 @@ class TerraMindBackbone(TerraMind):
             per modality, or ``None`` for the raw token sequence.
         modality_drop_rate: training-time probability of dropping each input but one (see ``forward``).
         check_finite: raise on NaN/inf inputs instead of propagating them silently.
+        token_inputs: extra inputs given as token ids, ``{name: token key}`` (TiM's imagined modalities, or
+            generation targets that condition later decoding steps). Names already among the inputs are kept.
+        decoder_keys: token domains to decode (generation); empty for a plain backbone.
     """
 
     def __init__(
@@ -70,11 +73,16 @@ class TerraMindBackbone(TerraMind):
         merge_method: MergeMethod = "mean",
         modality_drop_rate: float = 0.0,
         check_finite: bool = True,
+        token_inputs: Mapping[str, str] | None = None,
+        decoder_keys: Sequence[str] = (),
     ) -> None:
         if merge_method not in MERGE_METHODS:
             raise ValueError(f"merge_method must be one of {MERGE_METHODS}, got {merge_method!r}")
         self.inputs = parse_modalities(modalities)
-        super().__init__(config, {key: channels for key, channels in self.inputs.values()})
+        for name, key in (token_inputs or {}).items():
+            if name not in self.inputs and all(key != k for k, _ in self.inputs.values()):
+                self.inputs[name] = (key, None)
+        super().__init__(config, {key: channels for key, channels in self.inputs.values()}, tuple(decoder_keys))
         self.merge_method = merge_method
         self.modality_drop_rate = modality_drop_rate
         self.check_finite = check_finite
@@ -292,30 +300,46 @@ def terramind_state_dict(size: str, pretrained: bool, ckpt_path: str | None) -> 
     return None
 
 
-def load_encoder_weights(model: TerraMind, state: dict, source: str, prefix: str = "") -> None:
-    """Load the encoder side of an official file into ``model`` (a backbone or a network), strictly.
+DECODER_PARTS = ("decoder.", "decoder_norm.", "decoder_proj_context.", "mask_token")
 
-    Taken from the file: ``encoder.*``, ``encoder_norm.*`` and the encoder embeddings of the model's keys;
-    the decoder and other modalities' embeddings are ignored. Position tables are rebuilt (not loaded) when
-    the model was constructed for another image size; embeddings of new modalities start untrained.
+
+def load_weights(
+    root: nn.Module, network: TerraMind, state: dict, source: str, prefix: str = "", strict: bool = True
+) -> None:
+    """Load an official-layout file into ``network`` (found at ``prefix`` inside ``root``), strictly.
+
+    Taken from the file: the encoder (``encoder.*``, ``encoder_norm.*``), the encoder embeddings of the
+    network's keys and, for networks with a decoder, the decoder and its target embeddings. The rest of the file
+    (other modalities, or the decoder for a backbone) is ignored. Position tables are rebuilt (not loaded) when
+    the network was constructed for another image size; embeddings of new modalities start untrained. Every
+    other parameter of ``network`` must come from the file; parameters of ``root`` outside ``network`` (heads,
+    tokenizers) are not this file's business.
     """
-    own_keys = set(model.encoder_embeddings)
+    own = set(network.encoder_embeddings)
+    targets = set(network.decoder_embeddings) if network.has_decoder else set()
 
     def keep(key: str) -> bool:
         if key.startswith("encoder_embeddings."):
-            return key.split(".")[1] in own_keys
+            return key.split(".")[1] in own
+        if key.startswith("decoder_embeddings."):
+            return key.split(".")[1] in targets
+        if key.startswith(DECODER_PARTS):
+            return network.has_decoder
         return key.startswith(("encoder.", "encoder_norm."))
 
-    converted, report = convert_state_dict(state, model, prefix=prefix, keep=keep)
-    expected_missing = {k for k in model.state_dict() if not k.startswith(prefix + "encoder")}
-    for key, embedding in model.encoder_embeddings.items():
+    converted, report = convert_state_dict(state, root, prefix=prefix, keep=keep)
+    net_keys = {prefix + k for k in network.state_dict()}
+    expected_missing = {k for k in root.state_dict() if k not in net_keys}
+    expected_missing |= {prefix + k for k in network.state_dict()
+                         if k.startswith("tokenizers.") or k == "missing_mod_token"}  # fmt: skip
+    for key, embedding in network.encoder_embeddings.items():
         if key not in mods.KEY_OWNERS:  # a new modality
             expected_missing |= {f"{prefix}encoder_embeddings.{key}.{n}" for n in embedding.state_dict()}
     rebuilt = [m for m in report.mismatched if m.split(":")[0].endswith("pos_emb")]
-    if rebuilt and model.config.img_size != 224:
+    if rebuilt and network.config.img_size != 224:
         report.mismatched = [m for m in report.mismatched if m not in rebuilt]
         expected_missing |= {prefix + m.split(":")[0] for m in rebuilt}
-    load_into(model, converted, report, source, expected_missing=expected_missing)
+    load_into(root, converted, report, source, expected_missing=expected_missing, strict=strict)
 
 
 def build_backbone(
@@ -336,7 +360,7 @@ def build_backbone(
     model = TerraMindBackbone(config, modalities, merge_method, modality_drop_rate)
     loaded = terramind_state_dict(size, pretrained, ckpt_path)
     if loaded is not None:
-        load_encoder_weights(model, *loaded)
+        load_weights(model, model, *loaded)
     for name, tokenizer in (tokenizers or {}).items():
         model.tokenizers[model.inputs[model._name_of(name)][0]] = tokenizer.eval().requires_grad_(False)
     if bands:

@@ -1,0 +1,274 @@
+"""Any-to-any generation: ``terramind_v1_{size}_generate``.
+
+``model = build("terramind_v1_base_generate", modalities=["S2L2A"], output_modalities=["LULC"],
+pretrained=True, standardize=True)``; ``model(x)["LULC"]`` are 10-class land-cover logits (B, 10, H, W).
+
+The model is the TerraMind network (with a decoder for the outputs) plus a :class:`Sampler`; tokenizers are
+built only for what needs them: outputs (decoding ids to pixels) and token inputs given as images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from terratim import modalities as mods
+from terratim.generation.sampler import Sampler, Scheme, Target
+from terratim.model.backbone import TerraMindBackbone, load_weights, parse_modalities, terramind_state_dict
+from terratim.model.config import size_config
+from terratim.registry import register
+
+
+def output_keys(output_modalities: Sequence[str], inputs: Mapping[str, tuple[str, int | None]]) -> dict[str, str]:
+    """``{user name: token key}`` for the outputs; an output that is also an input raises."""
+    if not output_modalities:
+        raise ValueError("output_modalities is empty; name at least one modality to generate")
+    outputs: dict[str, str] = {}
+    input_keys = {key for key, _ in inputs.values()}
+    input_modalities = {mods.KEY_OWNERS.get(key) for key in input_keys}
+    for name in output_modalities:
+        key = mods.token_key(name)
+        canonical = mods.resolve(name).name
+        if key in input_keys or canonical in input_modalities:
+            raise ValueError(f"{canonical} is both an input and an output; it is already given, remove it from "
+                             "output_modalities (or from modalities)")  # fmt: skip
+        outputs[canonical] = key
+    return outputs
+
+
+class TerraMindGenerate(nn.Module):
+    """TerraMind any-to-any generation.
+
+    Args:
+        network: TerraMind network with encoder embeddings for the inputs and the output token domains and a
+            decoder for the outputs.
+        outputs: ``{name: token key}`` in generation order.
+        decoding_steps: steps per image output (1 = all tokens in one pass, the reference).
+        temps: sampling temperature (0 = argmax).
+        top_p: nucleus threshold on the T = 1 distribution.
+        top_k: keep the k best logits (0 = off).
+        timesteps: diffusion steps when decoding tokens to pixels.
+        standardize: standardize inputs and de-standardize outputs with the registry statistics.
+        offset: ``{name: value}`` added to the mean of that modality (this model only).
+        scheme: ``roar`` (reference) or ``maskgit`` for images.
+        chain: condition each output on the outputs generated before it.
+        tokenizers: ``{name: tokenizer}`` for outputs (decoding) and token inputs given as images.
+    """
+
+    def __init__(
+        self,
+        network: TerraMindBackbone,
+        outputs: Mapping[str, str],
+        decoding_steps: int = 1,
+        temps: float = 1.0,
+        top_p: float = 0.8,
+        top_k: int | float = 0,
+        timesteps: int = 50,
+        standardize: bool = False,
+        offset: Mapping[str, float] | None = None,
+        scheme: Scheme = "roar",
+        chain: bool = False,
+        tokenizers: Mapping[str, nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.outputs = dict(outputs)
+        self.decoding_steps = decoding_steps
+        self.temps = temps
+        self.top_p = top_p
+        self.top_k = top_k
+        self.timesteps = timesteps
+        self.standardize = standardize
+        self.scheme = scheme
+        self.chain = chain
+        self.offset = {mods.resolve(k).name: float(v) for k, v in (offset or {}).items()}
+        self.tokenizers = nn.ModuleDict({mods.resolve(k).name: t for k, t in (tokenizers or {}).items()})
+        for tokenizer in self.tokenizers.values():
+            tokenizer.eval().requires_grad_(False)
+        self.user_inputs = [n for n, (key, _) in network.inputs.items() if n not in self.outputs]
+
+    # ------------------------------------------------------------------------------ standardization
+    def statistics(self, name: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std (1, C, 1, 1) of a modality, with this model's offset applied."""
+        modality = mods.resolve(name)
+        mean = torch.tensor(modality.mean, dtype=like.dtype, device=like.device) + self.offset.get(modality.name, 0)
+        std = torch.tensor(modality.std, dtype=like.dtype, device=like.device)
+        return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+    def _standardize_inputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, x in inputs.items():
+            known = name in mods.MODALITIES and mods.resolve(name).kind != "sequence"
+            if known and torch.is_floating_point(x) and mods.resolve(name).name != "LULC":
+                mean, std = self.statistics(name, x)
+                x = (x - mean) / std
+            out[name] = x
+        return out
+
+    # ----------------------------------------------------------------------------------------- steps
+    def targets(self, num_image_tokens: int) -> list[Target]:
+        """One record per output, in order."""
+        records = []
+        for key in self.outputs.values():
+            if mods.key_modality(key).kind == "sequence":
+                records.append(Target(key, 4, "autoregressive", 1, self.temps, self.top_k, self.top_p))
+            else:
+                records.append(Target(key, num_image_tokens, self.scheme, self.decoding_steps, self.temps,
+                                      self.top_k, self.top_p))  # fmt: skip
+        return records
+
+    def _prepared(self, x: Mapping[str, torch.Tensor], standardize: bool | None) -> dict[str, torch.Tensor]:
+        named = self.network.as_input_dict(x)
+        unknown = [n for n in named if n not in self.user_inputs]
+        if unknown:
+            raise KeyError(f"{unknown} are not inputs of this model; it takes {self.user_inputs}")
+        if self.standardize if standardize is None else standardize:
+            named = self._standardize_inputs(named)
+        for name, value in named.items():
+            if value.dim() == 4 and value.shape[-1] != value.shape[-2]:
+                raise ValueError(f"{name}: generation needs square inputs, got {tuple(value.shape[-2:])}; "
+                                 "use tiled generation (terratim generate) for other shapes")  # fmt: skip
+        return self.network.keyed_inputs(named)
+
+    @torch.no_grad()
+    def generate_tokens(
+        self,
+        x: Mapping[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+        standardize: bool | None = None,
+        return_states: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Generated token ids ``{name: (B, h, w)}`` (sequences (B, L)), without decoding to pixels."""
+        keyed = self._prepared(x, standardize)
+        grid = self._grid(keyed)
+        sampler = Sampler(self.network, record_logits=return_states)
+        states = sampler.generate(keyed, self.targets(grid * grid), generator, self.chain)
+        if return_states:
+            return {name: states[key] for name, key in self.outputs.items()}
+        tokens = {}
+        for name, key in self.outputs.items():
+            ids = states[key].ids
+            tokens[name] = ids if mods.key_modality(key).kind == "sequence" else ids.view(-1, grid, grid)
+        return tokens
+
+    def _grid(self, keyed: Mapping[str, torch.Tensor]) -> int:
+        for key, value in keyed.items():
+            if key.startswith("untok_") or key not in mods.KEY_OWNERS:
+                return value.shape[-1] // self.network.config.patch_size
+            if key.startswith("tok_"):
+                return int(round(value[0].numel() ** 0.5))
+        return self.network.config.grid
+
+    @torch.no_grad()
+    def decode(
+        self,
+        tokens: Mapping[str, torch.Tensor],
+        timesteps: int | None = None,
+        generator: torch.Generator | None = None,
+        standardize: bool | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Token ids -> pixels: LULC logits (B, 10, H, W), continuous modalities (B, C, H, W), coords (B, 2)."""
+        out = {}
+        for name, ids in tokens.items():
+            name = mods.resolve(name).name
+            if name not in self.tokenizers:
+                raise ValueError(f"no {name} tokenizer in this model to decode its tokens; build it with "
+                                 f"tokenizers={{'{name}': ...}} or pretrained=True")  # fmt: skip
+            tokenizer = self.tokenizers[name]
+            if mods.resolve(name).kind == "sequence":
+                out[name] = tokenizer.decode(ids)
+                continue
+            side = ids.shape[-1] * self.network.config.patch_size
+            image = tokenizer.decode_tokens(ids, image_size=side, timesteps=timesteps or self.timesteps,
+                                            generator=generator)  # fmt: skip
+            if name != "LULC" and (self.standardize if standardize is None else standardize):
+                mean, std = self.statistics(name, image)
+                image = image * std + mean
+            out[name] = image
+        return out
+
+    def forward(
+        self,
+        x: Mapping[str, torch.Tensor] | torch.Tensor,
+        standardize: bool | None = None,
+        timesteps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Generate every output and decode it: ``{name: tensor}``."""
+        tokens = self.generate_tokens(x, generator, standardize)
+        return self.decode(tokens, timesteps, generator, standardize)
+
+
+def build_tokenizers(names: Sequence[str], pretrained: bool) -> dict[str, nn.Module]:
+    """The official tokenizers for ``names`` (only those that have one)."""
+    from terratim.registry import build
+
+    tokenizers = {}
+    for name in names:
+        modality = mods.resolve(name)
+        if modality.kind == "sequence":
+            tokenizers[modality.name] = build("terramind_v1_coords_tokenizer", pretrained=pretrained)
+        elif modality.tokenizer_file is not None:
+            tokenizers[modality.name] = build(f"terramind_v1_tokenizer_{modality.name.lower()}",
+                                              pretrained=pretrained)  # fmt: skip
+    return tokenizers
+
+
+def build_generate(
+    size: str,
+    modalities: Sequence[str],
+    output_modalities: Sequence[str],
+    decoding_steps: int = 1,
+    temps: float = 1.0,
+    top_p: float = 0.8,
+    top_k: int | float = 0,
+    timesteps: int = 50,
+    standardize: bool = False,
+    offset: Mapping[str, float] | None = None,
+    img_size: int = 224,
+    pretrained: bool = False,
+    ckpt_path: str | None = None,
+    scheme: Scheme = "roar",
+    chain: bool = False,
+    tokenizers: Mapping[str, nn.Module] | None = None,
+    build_tokenizers_for_outputs: bool = True,
+    **unknown: Any,
+) -> TerraMindGenerate:
+    """Build a generation model (encoder-decoder) and the tokenizers it needs."""
+    if unknown:
+        raise TypeError(f"terramind_v1_{size}_generate: unknown arguments {sorted(unknown)}")
+    config = size_config(size).with_(img_size=img_size)
+    inputs = parse_modalities(modalities)
+    outputs = output_keys(output_modalities, inputs)
+    network = TerraMindBackbone(config, modalities, merge_method=None, token_inputs=outputs,
+                                decoder_keys=list(outputs.values()))  # fmt: skip
+    loaded = terramind_state_dict(size, pretrained, ckpt_path)
+    if loaded is not None:
+        load_weights(network, network, *loaded)
+    network.eval().requires_grad_(False)
+    given = dict(tokenizers or {})
+    wanted = [n for n in outputs if build_tokenizers_for_outputs and n not in given]
+    wanted += [n for n, (key, _) in inputs.items() if key.startswith("tok_") and n not in given]
+    given.update(build_tokenizers(wanted, pretrained) if wanted else {})
+    input_tokenizers = {n: t for n, t in given.items() if n in inputs and inputs[n][0].startswith("tok_")}
+    for name, tokenizer in input_tokenizers.items():
+        network.tokenizers[inputs[name][0]] = tokenizer.eval().requires_grad_(False)
+    output_tokenizers = {n: t for n, t in given.items() if n in outputs}
+    return TerraMindGenerate(network, outputs, decoding_steps, temps, top_p, top_k, timesteps, standardize,
+                             offset, scheme, chain, output_tokenizers)  # fmt: skip
+
+
+def _register_sizes() -> None:
+    for size in ("tiny", "small", "base", "large"):
+
+        def builder(size: str = size, **kwargs: Any) -> TerraMindGenerate:
+            return build_generate(size, **kwargs)
+
+        builder.__doc__ = f"TerraMind v1 {size} any-to-any generation (encoder-decoder + tokenizers)."
+        register(f"terramind_v1_{size}_generate")(builder)
+
+
+_register_sizes()
