@@ -66,6 +66,9 @@ class TerraMindBackbone(TerraMind):
         decoder_keys: token domains to decode (generation); empty for a plain backbone.
     """
 
+    # Submodules with weights of their own, not loaded from the TerraMind file with this network.
+    nested_prefixes: tuple[str, ...] = ("tokenizers.",)
+
     def __init__(
         self,
         config: TerraMindConfig,
@@ -331,7 +334,7 @@ def load_weights(
     net_keys = {prefix + k for k in network.state_dict()}
     expected_missing = {k for k in root.state_dict() if k not in net_keys}
     expected_missing |= {prefix + k for k in network.state_dict()
-                         if k.startswith("tokenizers.") or k == "missing_mod_token"}  # fmt: skip
+                         if k.startswith(network.nested_prefixes) or k == "missing_mod_token"}  # fmt: skip
     for key, embedding in network.encoder_embeddings.items():
         if key not in mods.KEY_OWNERS:  # a new modality
             expected_missing |= {f"{prefix}encoder_embeddings.{key}.{n}" for n in embedding.state_dict()}

@@ -1,0 +1,160 @@
+"""Thinking-in-Modalities: ``terramind_v1_{size}_tim``.
+
+TiM = a frozen generator (:class:`~terratim.generation.generate.TerraMindGenerate`, tokens only) + the trainable
+backbone (:class:`~terratim.model.backbone.TerraMindBackbone`), composed. In ``forward`` the generator imagines
+token ids of the TiM modalities from the inputs; the backbone embeds inputs + imagined tokens (appended after
+the inputs) and returns its per-layer features, merged as for the plain backbone.
+
+Both parts load from the same official file (spec §6.1). The trainable part's parameter names equal the
+reference ``TerraMindTiM``'s top-level names; the frozen copy lives under ``generator.``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from terratim import modalities as mods
+from terratim.generation.generate import TerraMindGenerate, build_generate
+from terratim.model.backbone import MergeMethod, TerraMindBackbone, load_weights, terramind_state_dict
+from terratim.model.config import TerraMindConfig, size_config
+from terratim.registry import register
+
+
+class TerraMindTiM(TerraMindBackbone):
+    """A backbone that first imagines extra modalities with a frozen TerraMind generator.
+
+    Args:
+        config: architecture.
+        modalities: inputs (pretrained modality names).
+        tim_modalities: modalities to imagine, in order (e.g. ``["LULC"]``).
+        generator: the frozen generator producing the TiM tokens.
+        merge_method: as for the backbone; TiM tokens count as image modalities, and with ``dict`` they keep
+            their own entry.
+        modality_drop_rate: training-time modality dropout over inputs and imagined modalities.
+    """
+
+    nested_prefixes = ("tokenizers.", "generator.")
+
+    def __init__(
+        self,
+        config: TerraMindConfig,
+        modalities: Sequence[str],
+        tim_modalities: Sequence[str],
+        generator: TerraMindGenerate,
+        merge_method: MergeMethod = "mean",
+        modality_drop_rate: float = 0.0,
+    ) -> None:
+        tim_keys = {mods.resolve(n).name: mods.token_key(n) for n in tim_modalities}
+        super().__init__(config, modalities, merge_method, modality_drop_rate, token_inputs=tim_keys)
+        self.tim_modalities = list(tim_keys)
+        self.generator = generator.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> TerraMindTiM:
+        """The generator stays in eval mode while the backbone trains."""
+        super().train(mode)
+        self.generator.eval()
+        return self
+
+    @property
+    def imagined(self) -> list[str]:
+        """TiM modalities the generator produces (those not given as inputs)."""
+        return list(self.generator.outputs)
+
+    def imagine(
+        self, x: torch.Tensor | Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Token ids the model imagines for an input: ``{name: (B, h, w)}`` (inputs standardized)."""
+        named = self.as_input_dict(x)
+        given = {n: v for n, v in named.items() if n in self.generator.user_inputs}
+        if not given:
+            raise ValueError(f"TiM needs at least one of its inputs {self.generator.user_inputs}")
+        return self.generator.generate_tokens(given, generator, standardize=False)
+
+    def forward(
+        self, x: torch.Tensor | Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> list[Any]:
+        """Imagine the TiM modalities, append their tokens after the inputs, encode and merge.
+
+        Args:
+            x: standardized inputs ``{name: tensor}`` (or a bare tensor for the first modality). A TiM
+                modality given here is used as given, not imagined.
+            generator: randomness for sampling TiM tokens and for modality dropout.
+        """
+        named = self.as_input_dict(x)
+        missing = [n for n in self.imagined if n not in named]
+        if missing:
+            imagined = self.imagine(named, generator)
+            named.update({n: imagined[n] for n in missing})
+        return super().forward(named, generator)
+
+
+def build_tim(
+    size: str,
+    modalities: Sequence[str] = ("S2L2A",),
+    tim_modalities: Sequence[str] = ("LULC",),
+    tim_decoding_steps: int = 1,
+    tim_temps: float = 1.0,
+    tim_top_p: float = 0.8,
+    tim_top_k: int | float = 0,
+    tim_scheme: str = "roar",
+    merge_method: MergeMethod = "mean",
+    img_size: int = 224,
+    pretrained: bool = False,
+    ckpt_path: str | None = None,
+    modality_drop_rate: float = 0.0,
+    tokenizers: Mapping[str, nn.Module] | None = None,
+    bands: Any = None,
+    **unknown: Any,
+) -> TerraMindTiM:
+    """Build a TiM backbone; the generator and the trainable encoder load from one official file."""
+    if unknown:
+        raise TypeError(f"terramind_v1_{size}_tim: unknown arguments {sorted(unknown)}")
+    if bands:
+        raise ValueError(
+            "TiM cannot use band subsets: its frozen generator imagines the TiM modalities from the full "
+            "pretrained bands of each input. Provide all pretrained bands (fill missing ones with the "
+            "modality's mean, i.e. 0 after standardization), or use the plain backbone with bands=..."
+        )
+    if any(isinstance(m, Mapping) for m in modalities):
+        raise ValueError("TiM inputs must be pretrained modalities: the frozen generator has no embedding for "
+                         "new modalities. Use the plain backbone for new modalities.")  # fmt: skip
+    if not tim_modalities:
+        raise ValueError("tim_modalities is empty; name at least one modality to imagine, e.g. ['LULC']")
+    input_names = {mods.resolve(m).name for m in modalities}
+    to_imagine = [m for m in tim_modalities if mods.resolve(m).name not in input_names]
+    generator = build_generate(
+        size, modalities, to_imagine or tim_modalities[:1], decoding_steps=tim_decoding_steps, temps=tim_temps,
+        top_p=tim_top_p, top_k=tim_top_k, img_size=img_size, pretrained=False, scheme=tim_scheme,
+        build_tokenizers_for_outputs=False, tokenizers=tokenizers,
+    )  # fmt: skip
+    if not to_imagine:
+        generator.outputs = {}
+    config = size_config(size).with_(img_size=img_size)
+    model = TerraMindTiM(config, modalities, tim_modalities, generator, merge_method, modality_drop_rate)
+    loaded = terramind_state_dict(size, pretrained, ckpt_path)
+    if loaded is not None:
+        state, source = loaded
+        load_weights(generator.network, generator.network, state, source)
+        load_weights(model, model, state, source)
+    for name, tokenizer in (tokenizers or {}).items():
+        key = model.inputs[model._name_of(name)][0]
+        if name in input_names:
+            model.tokenizers[key] = tokenizer.eval().requires_grad_(False)
+    return model
+
+
+def _register_sizes() -> None:
+    for size in ("tiny", "small", "base", "large"):
+
+        def builder(size: str = size, **kwargs: Any) -> TerraMindTiM:
+            return build_tim(size, **kwargs)
+
+        builder.__doc__ = f"TerraMind v1 {size} with Thinking-in-Modalities (imagines e.g. LULC, then encodes)."
+        register(f"terramind_v1_{size}_tim")(builder)
+
+
+_register_sizes()
