@@ -132,7 +132,12 @@ def convert_state_dict(
     report = LoadReport()
     for key, tensor in file_state.items():
         name = prefix + key
-        if name not in model_state and is_zero_norm_bias(key, tensor):
+        weight_name = name[: -len("bias")] + "weight"
+        if name not in model_state and key.endswith(".bias") and weight_name in model_state and keep(
+            key[: -len("bias")] + "weight"
+        ):
+            if not is_zero_norm_bias(key, tensor):
+                report.unexpected.append(f"{key} (the model's layer has no bias, the file's is non-zero)")
             continue  # bias-free LayerNorm: the zero buffer carries no information
         if not keep(key):
             report.ignored.append(key)

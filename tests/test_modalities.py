@@ -1,0 +1,51 @@
+"""The modality registry: exact aliases, bands, statistics, keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from terratim import modalities as mods
+
+
+@pytest.mark.parametrize("name,canonical", [("S2L2A", "S2L2A"), ("s2l2a", "S2L2A"), ("RGB", "S2RGB"),
+                                            ("s2rgb", "S2RGB"), ("Location", "COORDS"), ("coordinates", "COORDS"),
+                                            ("untok_sen1grd@224", "S1GRD"), ("tok_lulc@224", "LULC")])  # fmt: skip
+def test_resolve_exact_names_and_aliases(name, canonical):
+    assert mods.resolve(name).name == canonical
+
+
+@pytest.mark.parametrize("name", ["S2L1C_L8", "sentinel2", "S2", "lulc_v2", "dem30"])
+def test_no_substring_guessing(name):
+    with pytest.raises(KeyError, match="valid names"):
+        mods.resolve(name)
+
+
+def test_band_order_and_statistics_from_the_spec():
+    s2 = mods.MODALITIES["S2L2A"]
+    assert s2.bands[0] == "COASTAL_AEROSOL" and s2.bands[-1] == "SWIR_2" and s2.num_bands == 12
+    assert mods.MODALITIES["S2L1C"].bands[10] == "CIRRUS"
+    assert mods.MODALITIES["S2RGB"].bands == ("RED", "GREEN", "BLUE")
+    assert mods.MODALITIES["S1GRD"].mean == (-12.599, -20.293)
+    assert all(len(m.mean) == len(m.std) == m.num_bands for m in mods.MODALITIES.values())
+
+
+def test_keys():
+    assert mods.input_key("S2L2A") == "untok_sen2l2a@224"
+    assert mods.input_key("tok_sen2l2a@224") == "tok_sen2l2a@224"
+    assert mods.token_key("S2L2A") == "tok_sen2l2a@224"
+    assert mods.input_key("LULC") == "tok_lulc@224"
+    assert mods.MODALITIES["LULC"].vocab_size == 4375
+
+
+def test_s2l1c_cannot_be_generated():
+    with pytest.raises(ValueError, match="S2L1C cannot be generated.*use S2L2A"):
+        mods.token_key("S2L1C")
+
+
+def test_band_index_by_name_or_sentinel2_id():
+    s2 = mods.MODALITIES["S2L2A"]
+    assert s2.band_index("RED") == s2.band_index("B04") == 3
+    with pytest.raises(TypeError, match="by name"):
+        s2.band_index(3)
+    with pytest.raises(ValueError, match="no band 'CIRRUS'"):
+        s2.band_index("CIRRUS")

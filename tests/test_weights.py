@@ -1,0 +1,67 @@
+"""Checkpoint files: .pt and .safetensors reading, hub errors, conversion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import terratim
+from terratim import weights
+
+
+def test_pt_and_safetensors_load_the_same_model(tmp_path, tiny_checkpoint, tiny_state):
+    st_path = tmp_path / "tiny.safetensors"
+    weights.save_safetensors(tiny_state, st_path, config={"size": "tiny"})
+    assert weights.read_config(st_path) == {"size": "tiny"}
+    a = terratim.build("terramind_v1_tiny", modalities=["S1GRD"], ckpt_path=str(tiny_checkpoint)).eval()
+    b = terratim.build("terramind_v1_tiny", modalities=["S1GRD"], ckpt_path=str(st_path)).eval()
+    x = torch.randn(1, 2, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(a(x)[-1], b(x)[-1])
+
+
+def test_pretrained_offline_error_says_how_to_pass_a_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(weights.CheckpointError, match="ckpt_path=.*TerraMind_v1_tiny.pt"):
+        terratim.build("terramind_v1_tiny", modalities=["S2L2A"], pretrained=True)
+
+
+def test_hub_download_goes_through_the_hub_cache(monkeypatch, tmp_path, tiny_checkpoint):
+    calls = []
+
+    def fake_download(repo_id, filename):
+        calls.append((repo_id, filename))
+        return str(tiny_checkpoint)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    model = terratim.build("terramind_v1_tiny", modalities=["S2L2A"], pretrained=True)
+    assert calls == [("ibm-esa-geospatial/TerraMind-1.0-tiny", "TerraMind_v1_tiny.pt")]
+    assert model.out_channels[0] == 192
+
+
+def test_missing_file_and_garbage_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        weights.read_state_dict(tmp_path / "nope.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(weights.CheckpointError, match="garbage.pt is not a readable"):
+        weights.read_state_dict(garbage)
+
+
+def test_nonzero_norm_bias_is_not_silently_dropped(tiny_state):
+    model = terratim.build("terramind_v1_tiny", modalities=["S1GRD"])
+    state = dict(tiny_state)
+    state["encoder.0.norm1.bias"] = torch.ones(192)
+    _, report = weights.convert_state_dict(state, model)
+    assert any(k.startswith("encoder.0.norm1.bias") for k in report.unexpected)
+
+
+def test_list_models_has_reference_names():
+    names = terratim.list_models()
+    for size in ("tiny", "small", "base", "large"):
+        assert f"terramind_v1_{size}" in names
+        assert f"terramind_v1_{size}_tim" in names
+        assert f"terramind_v1_{size}_generate" in names
