@@ -1,0 +1,332 @@
+"""Lightning data modules: splits, batching, standardization and modality dropout over the GeoTIFF datasets.
+
+``GenericMultiModalDataModule`` takes the arguments of TerraTorch's data module of the same name, so TerraMind
+configs run after renaming ``terratorch.`` to ``terratim.``. Standardization statistics come from the modality
+registry unless ``means``/``stds`` are given; it happens after the batch reaches the device.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from terratim.data.datasets import MultiModalGeoTiffDataset, SampleFiles, collate, match_samples
+from terratim.data.transforms import build_transforms
+from terratim.modalities import resolve
+
+Split = Literal["train", "val", "test", "predict"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test", "predict")
+
+
+def _lookup(table: Mapping[str, Any] | None, modality: str) -> Any:
+    """Value of ``table`` for ``modality``, matching keys by canonical modality name ("RGB" == "S2RGB")."""
+    if not table:
+        return None
+    canonical = resolve(modality).name
+    for key, value in table.items():
+        try:
+            if resolve(key).name == canonical:
+                return value
+        except KeyError:
+            continue
+    return None
+
+
+def modality_stats(
+    modality: str,
+    bands: Sequence[str] | None = None,
+    means: Mapping | None = None,
+    stds: Mapping | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of a modality: from ``means``/``stds`` if given there, else the registry (band subset)."""
+    mod = resolve(modality)
+    mean, std = _lookup(means, modality), _lookup(stds, modality)
+    if (mean is None) != (std is None):
+        raise ValueError(f"{modality}: give both means and stds, or neither (registry statistics are used)")
+    if mean is None:
+        idx = [mod.band_index(b) for b in bands] if bands else list(range(mod.num_bands))
+        mean, std = [mod.mean[i] for i in idx], [mod.std[i] for i in idx]
+    mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+    expected = len(bands) if bands else mod.num_bands
+    if mean.shape != (expected,) or std.shape != (expected,):
+        raise ValueError(
+            f"{modality}: means/stds have {mean.size}/{std.size} values, expected {expected} (bands)"
+        )
+    if (std <= 0).any():
+        raise ValueError(f"{modality}: stds must be positive, got {std.tolist()}")
+    return mean, std
+
+
+def read_label_csv(path: str | os.PathLike) -> dict[str, Any]:
+    """Scene labels from a csv ``sample,label``; several labels (multi-label) are separated by spaces."""
+    labels = {}
+    with open(path, newline="") as fh:
+        for row in csv.reader(fh):
+            if not row or row[0].strip().lower() in ("sample", "sample_id", "id"):
+                continue
+            values = [int(v) for v in row[1].replace(";", " ").split()]
+            labels[row[0].strip()] = values if len(values) != 1 or " " in row[1].strip() else values[0]
+    return labels
+
+
+class GenericMultiModalDataModule(pl.LightningDataModule):
+    """Multimodal GeoTIFF data: one folder per modality per split, labels as rasters or a scene-label csv.
+
+    Batches are ``{"image": {modality: (B, C, H, W)}, "valid": {modality: (B, H, W)}, "mask": labels,
+    "meta": [per-sample dicts with sample_id, crs, transform, nodata, path]}``; images are standardized
+    ``(x - mean) / std`` after the transfer to the device.
+
+    Args:
+        modalities: modality names as the backbone knows them (``S2L1C``, ``S1GRD``, ...).
+        task: ``"segmentation"``, ``"regression"`` or ``"classification"``.
+        batch_size: samples per batch.
+        num_workers: data loader workers.
+        train_data_root: folder per modality (likewise ``val_``/``test_``/``predict_data_root``).
+        train_label_data_root: folder of label rasters (likewise for val/test).
+        train_split: optional file listing sample ids (likewise for val/test/predict).
+        image_grep: file pattern per modality (default ``"*.tif"``); a single string applies to all.
+        label_grep: label file pattern (default ``"*.tif"``).
+        label_csv: scene labels for classification (``sample,label``), instead of label rasters.
+        means: per-modality band means (raw units); default: the modality registry. Extra keys are ignored.
+        stds: per-modality band stds, as ``means``.
+        bands: per-modality band names the files hold, in order (default: all pretrained bands).
+        rgb_modality: modality used for RGB previews in prediction panels.
+        rgb_indices: band indices of (R, G, B) in ``rgb_modality``.
+        allow_substring_file_names: accept files whose names merely contain the sample id.
+        no_data_replace: fill value (raw units) for nodata pixels; default: the modality mean (0 after
+            standardization).
+        no_label_replace: label value for label nodata (default -1, the usual ignore index).
+        num_classes: number of classes; label values outside ``0..num_classes-1`` (and not the ignore value)
+            raise an error naming the file.
+        reduce_zero_label: subtract 1 from labels (for datasets whose class 0 means "no data").
+        nodata_to_ignore: set label pixels with no valid input in any modality to the ignore value.
+        train_transform: list of transforms (``class_path`` dicts or callables) for training; likewise for the
+            other splits. Geometric transforms apply the same draw to every modality and the label.
+        modality_dropout: probability of dropping each modality from a training batch (one is always kept).
+        drop_last: drop the last incomplete training batch.
+        missing: ``"raise"`` on a sample with a missing file, or ``"skip"`` it with a warning.
+    """
+
+    def __init__(
+        self,
+        modalities: list[str],
+        task: Literal["segmentation", "regression", "classification"] = "segmentation",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        train_data_root: dict[str, str] | None = None,
+        val_data_root: dict[str, str] | None = None,
+        test_data_root: dict[str, str] | None = None,
+        predict_data_root: dict[str, str] | None = None,
+        train_label_data_root: str | None = None,
+        val_label_data_root: str | None = None,
+        test_label_data_root: str | None = None,
+        train_split: str | None = None,
+        val_split: str | None = None,
+        test_split: str | None = None,
+        predict_split: str | None = None,
+        image_grep: dict[str, str] | str | None = None,
+        label_grep: str | None = None,
+        label_csv: str | None = None,
+        means: dict[str, list[float]] | None = None,
+        stds: dict[str, list[float]] | None = None,
+        bands: dict[str, list[str]] | None = None,
+        rgb_modality: str | None = None,
+        rgb_indices: list[int] | None = None,
+        allow_substring_file_names: bool = True,
+        no_data_replace: float | None = None,
+        no_label_replace: float | None = -1,
+        num_classes: int | None = None,
+        reduce_zero_label: bool = False,
+        nodata_to_ignore: bool = False,
+        train_transform: list[Any] | None = None,
+        val_transform: list[Any] | None = None,
+        test_transform: list[Any] | None = None,
+        predict_transform: list[Any] | None = None,
+        modality_dropout: float = 0.0,
+        drop_last: bool = True,
+        missing: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        super().__init__()
+        self.modalities = list(modalities)
+        for m in self.modalities:
+            resolve(m)  # fail early on unknown names
+        self.task = task
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.roots = {
+            "train": train_data_root,
+            "val": val_data_root,
+            "test": test_data_root,
+            "predict": predict_data_root,
+        }
+        self.label_roots = {
+            "train": train_label_data_root,
+            "val": val_label_data_root,
+            "test": test_label_data_root,
+            "predict": None,
+        }
+        self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": predict_split}
+        if isinstance(image_grep, str) or image_grep is None:
+            image_grep = {m: image_grep or "*.tif" for m in self.modalities}
+        missing_grep = [m for m in self.modalities if _lookup(image_grep, m) is None]
+        if missing_grep:
+            raise ValueError(f"image_grep has no pattern for {missing_grep}")
+        self.image_grep = {m: _lookup(image_grep, m) for m in self.modalities}
+        self.label_grep = label_grep or "*.tif"
+        self.label_csv = label_csv
+        self.bands = (
+            {m: list(_lookup(bands, m)) for m in self.modalities if _lookup(bands, m)} if bands else {}
+        )
+        self.stats = {m: modality_stats(m, self.bands.get(m), means, stds) for m in self.modalities}
+        self.rgb_modality, self.rgb_indices = rgb_modality, rgb_indices
+        self.allow_substring_file_names = allow_substring_file_names
+        self.no_data_replace, self.no_label_replace = no_data_replace, no_label_replace
+        self.num_classes, self.reduce_zero_label = num_classes, reduce_zero_label
+        self.nodata_to_ignore = nodata_to_ignore
+        self.transforms = {
+            "train": build_transforms(train_transform),
+            "val": build_transforms(val_transform),
+            "test": build_transforms(test_transform),
+            "predict": build_transforms(predict_transform),
+        }
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
+        self.modality_dropout = modality_dropout
+        self.drop_last, self.missing = drop_last, missing
+        self.datasets: dict[str, MultiModalGeoTiffDataset] = {}
+        self._device_stats: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.dropout_generator: torch.Generator | None = None
+
+    # ----------------------------------------------------------------------------------------------- datasets
+    def _samples(self, split: Split) -> list[SampleFiles]:
+        roots = self.roots[split]
+        if not roots:
+            raise ValueError(f"no {split}_data_root given, so there is no {split} data")
+        if set(map(lambda m: resolve(m).name, roots)) != {resolve(m).name for m in self.modalities}:
+            raise ValueError(f"{split}_data_root has modalities {list(roots)}, expected {self.modalities}")
+        roots = {m: _lookup(roots, m) for m in self.modalities}
+        labels = None if self.label_csv else self.label_roots[split]
+        if self.task != "classification" and self.label_roots[split] is None and split != "predict":
+            raise ValueError(f"no {split}_label_data_root given for the {self.task} task")
+        samples = match_samples(
+            roots,
+            self.image_grep,
+            labels,
+            self.label_grep,
+            self.splits[split],
+            self.allow_substring_file_names,
+            self.missing,
+        )
+        if self.label_csv and split != "predict":
+            table = read_label_csv(self.label_csv)
+            lost = [s.sample_id for s in samples if s.sample_id not in table]
+            if lost:
+                raise KeyError(f"label_csv {self.label_csv} has no label for samples {lost[:5]}")
+            for s in samples:
+                s.target = table[s.sample_id]
+        return samples
+
+    def fill_values(self) -> dict[str, np.ndarray]:
+        """Per-modality nodata fill (raw units): ``no_data_replace``, else the band means."""
+        if self.no_data_replace is not None:
+            return {m: np.full_like(self.stats[m][0], self.no_data_replace) for m in self.modalities}
+        return {m: self.stats[m][0] for m in self.modalities}
+
+    def make_dataset(self, split: Split) -> MultiModalGeoTiffDataset:
+        num_bands = {m: len(self.stats[m][0]) for m in self.modalities}
+        return MultiModalGeoTiffDataset(
+            self._samples(split),
+            num_bands,
+            self.fill_values(),
+            task=self.task,
+            num_classes=self.num_classes,
+            ignore_index=int(self.no_label_replace) if self.no_label_replace is not None else -1,
+            no_label_replace=self.no_label_replace,
+            reduce_zero_label=self.reduce_zero_label,
+            nodata_to_ignore=self.nodata_to_ignore,
+            transform=self.transforms[split],
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        for split in wanted.get(stage, SPLITS) if stage else SPLITS:
+            if split not in self.datasets and (stage or self.roots[split]):
+                self.datasets[split] = self.make_dataset(split)
+
+    def _loader(self, split: Split) -> DataLoader:
+        if split not in self.datasets:
+            self.datasets[split] = self.make_dataset(split)
+        train = split == "train"
+        dataset = self.datasets[split]
+        drop_last = self.drop_last and train and len(dataset) > self.batch_size
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            drop_last=drop_last,
+            persistent_workers=self.num_workers > 0 and train,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+    # ---------------------------------------------------------------------------------------- device side
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        meta = batch.pop("meta", None) if isinstance(batch, dict) else None
+        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if meta is not None:
+            batch["meta"] = meta
+        return batch
+
+    def _stats_on(self, mod: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (mod, str(device))
+        if key not in self._device_stats:
+            mean, std = self.stats[mod]
+            self._device_stats[key] = (
+                torch.as_tensor(mean, device=device).view(-1, 1, 1),
+                torch.as_tensor(std, device=device).view(-1, 1, 1),
+            )
+        return self._device_stats[key]
+
+    def standardize(self, images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``(x - mean) / std`` per modality and band; images are (B, C, H, W)."""
+        out = {}
+        for mod, x in images.items():
+            mean, std = self._stats_on(mod, x.device)
+            out[mod] = (x.float() - mean) / std
+        return out
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        batch["image"] = self.standardize(batch["image"])
+        training = self.trainer is not None and self.trainer.training
+        if training and self.modality_dropout > 0:
+            batch["image"] = drop_modalities(batch["image"], self.modality_dropout, self.dropout_generator)
+        return batch
+
+
+def drop_modalities(
+    images: dict[str, torch.Tensor], p: float, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """Drop each modality of a batch with probability ``p``, always keeping at least one."""
+    names = list(images)
+    keep = torch.rand(len(names), generator=generator) >= p
+    if not keep.any():
+        keep[int(torch.randint(len(names), (1,), generator=generator))] = True
+    return {n: images[n] for n, k in zip(names, keep.tolist(), strict=True) if k}

@@ -1,0 +1,156 @@
+"""Shared Lightning plumbing for the fine-tuning tasks: model building, freezing, optimisers, metric logging.
+
+Tasks call the model; the model never calls Lightning. Batches are ``{"image": {mod: (B, C, H, W)},
+"mask": target, ...}`` with standardized images (the data module standardizes after the device transfer).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+
+from terratim.tasks.factory import build_model, freeze
+
+SPLITS = ("train", "val", "test")
+
+
+class BaseTask(pl.LightningModule):
+    """Common constructor arguments and steps; subclasses define the loss, metrics and predictions.
+
+    Args:
+        model_args: TerraTorch-style model arguments (see :mod:`terratim.tasks.factory`).
+        model_factory: only ``"EncoderDecoderFactory"``.
+        freeze_backbone: keep the backbone weights fixed.
+        freeze_decoder: keep the necks' and decoder's weights fixed.
+        freeze_head: keep the head's weights fixed.
+        lr: learning rate when no ``optimizer:`` section is given in the config.
+        optimizer: ``torch.optim`` class name used without an ``optimizer:`` config section.
+        optimizer_hparams: extra optimiser arguments.
+        scheduler: ``torch.optim.lr_scheduler`` class name (``ReduceLROnPlateau`` monitors ``val/loss``).
+        scheduler_hparams: extra scheduler arguments.
+    """
+
+    task = "segmentation"
+
+    def __init__(
+        self,
+        model_args: dict[str, Any],
+        model_factory: str = "EncoderDecoderFactory",
+        freeze_backbone: bool = False,
+        freeze_decoder: bool = False,
+        freeze_head: bool = False,
+        lr: float = 1e-4,
+        optimizer: str = "AdamW",
+        optimizer_hparams: dict[str, Any] | None = None,
+        scheduler: str | None = None,
+        scheduler_hparams: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = build_model(model_factory, model_args, self.task)
+        if freeze_backbone:
+            freeze(self.model.backbone)
+        if freeze_decoder:
+            freeze(self.model.necks)
+            freeze(self.model.decoder)
+        if freeze_head:
+            freeze(self.model.head)
+        self.lr, self.optimizer_name, self.optimizer_hparams = lr, optimizer, dict(optimizer_hparams or {})
+        self.scheduler_name, self.scheduler_hparams = scheduler, dict(scheduler_hparams or {})
+        self.metrics = nn.ModuleDict({f"{split}_metrics": self.make_metrics() for split in SPLITS})
+
+    # ------------------------------------------------------------------------------------------- subclass API
+    def make_metrics(self) -> MetricCollection:
+        raise NotImplementedError
+
+    def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def update_metrics(self, metrics: MetricCollection, output: Tensor, target: Tensor) -> None:
+        raise NotImplementedError
+
+    def predictions(self, output: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------------------------------- steps
+    def forward(self, x: dict[str, Tensor] | Tensor) -> Tensor:
+        return self.model(x)
+
+    def _step(self, batch: dict[str, Any], split: str) -> Tensor:
+        if "mask" not in batch:
+            raise ValueError(f"{split} batch has no labels ('mask'); give the {split} label data")
+        output = self(batch["image"])
+        target = batch["mask"]
+        loss = self.compute_loss(output, target)
+        batch_size = target.shape[0]
+        self.log(
+            f"{split}/loss",
+            loss,
+            on_step=split == "train",
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=split != "train",
+        )
+        self.update_metrics(self.metrics[f"{split}_metrics"], output.detach(), target)
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        output = self(batch["image"])
+        result = {"prediction": self.predictions(output), "meta": batch.get("meta")}
+        for key in ("mask", "valid"):
+            if key in batch:
+                result[key] = batch[key]
+        result["image"] = batch["image"]
+        return result
+
+    def _log_metrics(self, split: str) -> None:
+        metrics = self.metrics[f"{split}_metrics"]
+        if not any(m.update_count for m in metrics.values()):
+            return
+        values = metrics.compute()
+        flat: dict[str, Tensor] = {}
+        for name, value in values.items():
+            if value.ndim == 0:
+                flat[f"{split}/{name}"] = value
+            else:  # per-class values
+                for i, v in enumerate(value):
+                    flat[f"{split}/{name}_{self.class_label(i)}"] = v
+        self.log_dict(flat)
+        metrics.reset()
+
+    def class_label(self, index: int) -> str:
+        return str(index)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    # --------------------------------------------------------------------------------------- optimisers
+    def configure_optimizers(self) -> Any:
+        """Used only without ``optimizer:``/``lr_scheduler:`` config sections (LightningCLI replaces it)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = getattr(torch.optim, self.optimizer_name)(params, lr=self.lr, **self.optimizer_hparams)
+        if self.scheduler_name is None:
+            return optimizer
+        scheduler = getattr(torch.optim.lr_scheduler, self.scheduler_name)(
+            optimizer, **self.scheduler_hparams
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}

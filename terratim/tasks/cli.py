@@ -1,0 +1,75 @@
+"""``terratim fit|validate|test|predict -c config.yaml``: LightningCLI over the typed task and data classes.
+
+Configs name classes by ``class_path``/``init_args`` (``terratim.tasks.SemanticSegmentationTask``,
+``terratim.datamodules.GenericMultiModalDataModule``, ``RichProgressBar``, ``ReduceLROnPlateau``, ...), and
+any value can be overridden on the command line (``--trainer.max_epochs 5``, ``--ckpt_path last.ckpt``,
+``--model.init_args.model_args.backbone terramind_v1_tiny``). ``predict`` writes one GeoTIFF per sample to
+``--predict_output_dir`` (default ``<default_root_dir>/predictions``), with ``--predict_png true`` for panels.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from terratim.tasks.writer import GeoTiffPredictionWriter
+
+
+class TerratimCLI(LightningCLI):
+    """LightningCLI with prediction output options."""
+
+    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
+        parser.add_argument(
+            "--predict_output_dir",
+            type=str | None,
+            default=None,
+            help="folder for predicted GeoTIFFs (default <default_root_dir>/predictions)",
+        )
+        parser.add_argument("--predict_png", type=bool, default=False, help="also write PNG panels")
+        parser.add_argument("--predict_overwrite", type=bool, default=False, help="replace existing outputs")
+
+    def before_predict(self) -> None:
+        if any(isinstance(cb, GeoTiffPredictionWriter) for cb in self.trainer.callbacks):
+            return
+        config = self.config[self.subcommand]
+        output = config.get("predict_output_dir") or os.path.join(
+            self.trainer.default_root_dir, "predictions"
+        )
+        writer = GeoTiffPredictionWriter(
+            output, png=config.get("predict_png", False), overwrite=config.get("predict_overwrite", False)
+        )
+        self.trainer.callbacks.append(writer)
+
+
+def run_lightning_cli(argv: list[str]) -> int:
+    """Run a LightningCLI subcommand (``argv[0]`` is ``fit``, ``validate``, ``test`` or ``predict``)."""
+    import terratim.datamodules  # noqa: F401 - makes short class names of our data modules resolvable
+    import terratim.tasks  # noqa: F401
+
+    TerratimCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(argv),
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "terratim", "default_env": False},
+        auto_configure_optimizers=True,
+    )
+    return 0
+
+
+def main() -> int:
+    """Entry point for ``python -m terratim.tasks.cli``."""
+    import sys
+
+    return run_lightning_cli(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["TerratimCLI", "run_lightning_cli"]

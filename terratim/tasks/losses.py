@@ -1,0 +1,150 @@
+"""Segmentation and regression losses with an ignore index, never NaN on an all-ignored batch.
+
+``dice``, ``jaccard`` and ``focal`` follow segmentation_models_pytorch's multiclass semantics (the library the
+reference uses): soft scores from the softmax, summed over batch and pixels per class, classes absent from the
+target contribute zero, then the mean over classes; ``smooth=0``, ``eps=1e-7``. Focal is the sum over classes
+of the binary focal loss (gamma 2) of each class's logit, averaged over the kept pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _zero(logits: Tensor) -> Tensor:
+    """A zero loss that still depends on the logits (keeps DDP gradients in sync)."""
+    return logits.sum() * 0.0
+
+
+def _valid(target: Tensor, ignore_index: int | None) -> Tensor:
+    return target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+
+
+def _soft_overlap(logits: Tensor, target: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-class intersection, cardinality and target presence. logits (B, K, H, W), target (B, H, W)."""
+    num_classes = logits.shape[1]
+    probs = logits.float().softmax(dim=1).flatten(2)  # (B, K, P)
+    valid = _valid(target, ignore_index)
+    target = torch.where(valid, target, 0).flatten(1)  # (B, P)
+    valid = valid.flatten(1)  # (B, P)
+    onehot = F.one_hot(target, num_classes).permute(0, 2, 1).float()  # (B, K, P)
+    mask = valid.unsqueeze(1).float()
+    probs, onehot = probs * mask, onehot * mask
+    intersection = (probs * onehot).sum(dim=(0, 2))  # (K,)
+    cardinality = (probs + onehot).sum(dim=(0, 2))
+    return intersection, cardinality, onehot.sum(dim=(0, 2)) > 0
+
+
+class DiceLoss(nn.Module):
+    """1 - soft Dice, per class then averaged (classes absent from the target count as 0)."""
+
+    def __init__(self, ignore_index: int | None = None, smooth: float = 0.0, eps: float = 1e-7) -> None:
+        super().__init__()
+        self.ignore_index, self.smooth, self.eps = ignore_index, smooth, eps
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        inter, card, present = _soft_overlap(logits, target, self.ignore_index)
+        dice = (2 * inter + self.smooth) / (card + self.smooth).clamp_min(self.eps)
+        loss = (1 - dice) * present.float()
+        return loss.mean() + _zero(logits)
+
+
+class JaccardLoss(nn.Module):
+    """1 - soft IoU, per class then averaged (classes absent from the target count as 0)."""
+
+    def __init__(self, ignore_index: int | None = None, smooth: float = 0.0, eps: float = 1e-7) -> None:
+        super().__init__()
+        self.ignore_index, self.smooth, self.eps = ignore_index, smooth, eps
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        inter, card, present = _soft_overlap(logits, target, self.ignore_index)
+        iou = (inter + self.smooth) / (card - inter + self.smooth).clamp_min(self.eps)
+        loss = (1 - iou) * present.float()
+        return loss.mean() + _zero(logits)
+
+
+class FocalLoss(nn.Module):
+    """Sum over classes of the binary focal loss FL = -(1 - p_t)^gamma log p_t of each class's logit."""
+
+    def __init__(
+        self, ignore_index: int | None = None, gamma: float = 2.0, alpha: float | None = None
+    ) -> None:
+        super().__init__()
+        self.ignore_index, self.gamma, self.alpha = ignore_index, gamma, alpha
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        valid = _valid(target, self.ignore_index)  # (B, H, W)
+        if not valid.any():
+            return _zero(logits)
+        scores = logits.float().permute(0, 2, 3, 1)[valid]  # (P, K)
+        onehot = F.one_hot(target[valid], logits.shape[1]).float()  # (P, K)
+        logpt = F.binary_cross_entropy_with_logits(scores, onehot, reduction="none")
+        loss = (1 - torch.exp(-logpt)).pow(self.gamma) * logpt
+        if self.alpha is not None:
+            loss = loss * (self.alpha * onehot + (1 - self.alpha) * (1 - onehot))
+        return loss.mean(dim=0).sum()
+
+
+class CrossEntropyLoss(nn.Module):
+    """Cross-entropy over the pixels that are not ignored (zero when all are)."""
+
+    def __init__(self, ignore_index: int | None = None, weight: list[float] | None = None) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.register_buffer("weight", torch.tensor(weight, dtype=torch.float32) if weight else None)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        valid = _valid(target, self.ignore_index)
+        if not valid.any():
+            return _zero(logits)
+        ignore = self.ignore_index if self.ignore_index is not None else -100
+        return F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=ignore)
+
+
+class MaskedRegressionLoss(nn.Module):
+    """MSE / MAE / RMSE / Huber over finite target pixels that differ from ``ignore_index``."""
+
+    def __init__(self, kind: str = "mse", ignore_index: float | None = None) -> None:
+        super().__init__()
+        if kind not in ("mse", "mae", "rmse", "huber"):
+            raise ValueError(f"unknown regression loss {kind!r}; choose mse, mae, rmse or huber")
+        self.kind, self.ignore_index = kind, ignore_index
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        valid = torch.isfinite(target)
+        if self.ignore_index is not None:
+            valid &= target != self.ignore_index
+        if not valid.any():
+            return _zero(pred)
+        p, t = pred.float()[valid], target.float()[valid]
+        if self.kind == "mae":
+            return F.l1_loss(p, t)
+        if self.kind == "huber":
+            return F.huber_loss(p, t)
+        mse = F.mse_loss(p, t)
+        return mse.sqrt() if self.kind == "rmse" else mse
+
+
+SEGMENTATION_LOSSES: dict[str, Callable[..., nn.Module]] = {
+    "ce": CrossEntropyLoss,
+    "dice": DiceLoss,
+    "jaccard": JaccardLoss,
+    "focal": FocalLoss,
+}
+
+
+def build_segmentation_loss(
+    name: str, ignore_index: int | None, class_weights: list[float] | None
+) -> nn.Module:
+    """A segmentation loss by name (``ce``, ``dice``, ``jaccard``, ``focal``)."""
+    if name not in SEGMENTATION_LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(SEGMENTATION_LOSSES)}")
+    if class_weights is not None and name != "ce":
+        raise ValueError(f"class_weights are only supported with loss 'ce', not {name!r}")
+    if name == "ce":
+        return CrossEntropyLoss(ignore_index, class_weights)
+    return SEGMENTATION_LOSSES[name](ignore_index=ignore_index)

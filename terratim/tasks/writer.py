@@ -1,0 +1,119 @@
+"""Prediction output: one georeferenced GeoTIFF per sample, plus an optional PNG panel.
+
+Each prediction keeps the CRS and transform of the sample's first modality. Class maps are uint8 (int16 above
+255 classes) with nodata 255 (-1) where no modality had a valid pixel; regression maps are float32 with NaN
+there.
+Scene classification writes one ``predictions_rank<r>.csv`` of class probabilities per process.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from terratim.data.geotiff import write_geotiff
+
+
+def _raw(images: dict[str, torch.Tensor], i: int, datamodule: Any) -> dict[str, np.ndarray]:
+    """Sample ``i`` of each modality, back in raw units when the data module knows the statistics."""
+    out = {}
+    for mod, x in images.items():
+        arr = x[i].detach().float().cpu().numpy()
+        stats = getattr(datamodule, "stats", {}).get(mod)
+        if stats is not None:
+            arr = arr * stats[1][:, None, None] + stats[0][:, None, None]
+        out[mod] = arr
+    return out
+
+
+class GeoTiffPredictionWriter(pl.Callback):
+    """Write each predicted sample to ``output_dir/<sample_id>_pred.tif`` (and ``_panel.png``).
+
+    Args:
+        output_dir: folder for the outputs (created).
+        png: also write a panel with the input (RGB / false colour), the prediction and the label.
+        overwrite: replace existing outputs; otherwise an existing output raises before prediction starts.
+    """
+
+    def __init__(self, output_dir: str, png: bool = False, overwrite: bool = False) -> None:
+        super().__init__()
+        self.output_dir, self.png, self.overwrite = Path(output_dir), png, overwrite
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.output_dir.is_dir() and any(self.output_dir.glob("*_pred.tif")) and not self.overwrite:
+            raise FileExistsError(
+                f"{self.output_dir} already holds predictions; pass overwrite (CLI: "
+                "--predict_overwrite true) or choose another output folder"
+            )
+        trainer.strategy.barrier()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        prediction = outputs["prediction"].detach().cpu()
+        metas = outputs.get("meta") or [{"sample_id": f"b{batch_idx}_{i}"} for i in range(len(prediction))]
+        if prediction.ndim == 2:  # scene classification (B, K)
+            self._write_csv(trainer, metas, prediction)
+            return
+        valid = outputs.get("valid")
+        for i, meta in enumerate(metas):
+            any_valid = None
+            if valid:
+                any_valid = torch.stack([v[i] for v in valid.values()]).any(0).cpu().numpy()
+            self._write_map(meta, prediction[i].numpy(), any_valid)
+            if self.png:
+                self._write_panel(trainer, pl_module, outputs, i, meta)
+
+    def _write_map(self, meta: dict[str, Any], pred: np.ndarray, any_valid: np.ndarray | None) -> None:
+        like = {"crs": meta.get("crs"), "transform": meta.get("transform")}
+        if np.issubdtype(pred.dtype, np.integer):
+            dtype, nodata = (np.uint8, 255) if pred.max(initial=0) < 255 else (np.int16, -1)
+            out = pred.astype(dtype)
+        else:
+            dtype, nodata = np.float32, float("nan")
+            out = pred.astype(np.float32)
+        if any_valid is not None:
+            out = np.where(any_valid, out, nodata).astype(dtype)
+        write_geotiff(
+            self.output_dir / f"{meta['sample_id']}_pred.tif", out, like=like, nodata=nodata, overwrite=True
+        )
+
+    def _write_panel(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, i: int, meta: dict[str, Any]
+    ) -> None:
+        from terratim.viz import save_panel
+
+        raw = _raw(outputs["image"], i, trainer.datamodule)
+        panels = [(mod, mod, arr) for mod, arr in raw.items()]
+        pred = outputs["prediction"][i].detach().cpu().numpy()
+        panels.append(
+            ("prediction", "LULC", pred) if pred.dtype.kind in "iu" else ("prediction", "DEM", pred[None])
+        )
+        if "mask" in outputs and outputs["mask"].ndim == 3:
+            label = outputs["mask"][i].cpu().numpy()
+            panels.append(
+                ("label", "LULC", label) if label.dtype.kind in "iu" else ("label", "DEM", label[None])
+            )
+        save_panel(self.output_dir / f"{meta['sample_id']}_panel.png", panels, title=meta["sample_id"])
+
+    def _write_csv(self, trainer: pl.Trainer, metas: list[dict], probs: torch.Tensor) -> None:
+        path = self.output_dir / f"predictions_rank{trainer.global_rank}.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(["sample", "prediction", *[f"p{k}" for k in range(probs.shape[1])]])
+            for meta, p in zip(metas, probs.tolist(), strict=True):
+                writer.writerow([meta["sample_id"], int(np.argmax(p)), *[f"{v:.6f}" for v in p]])
