@@ -1,0 +1,131 @@
+"""Generation: parity with the reference, multi-step ROAR / MaskGIT, chaining, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import terratim
+from fixture_weights import assert_close, load_case
+
+
+@pytest.fixture(scope="module")
+def parity_model(tiny_checkpoint):
+    entry, io = load_case("tiny_generate_s2l2a_to_lulc")
+    model = terratim.build(entry["name"], ckpt_path=str(tiny_checkpoint), build_tokenizers_for_outputs=False,
+                           **entry["build_kwargs"])  # fmt: skip
+    return model.eval(), entry, io
+
+
+def test_tokens_and_first_step_logits_match_the_reference(parity_model):
+    model, entry, io = parity_model
+    inputs = {name: io[f"input.{name}"] for name in entry["input_order"]}
+    states = model.generate_tokens(inputs, return_states=True)
+    assert torch.equal(states["LULC"].ids, io["output.tokens.LULC"].view(2, -1))
+    spec = entry["outputs"]["logits_step0.tok_lulc@224"]
+    assert_close(states["LULC"].first_logits, io["output.logits_step0.tok_lulc@224"], spec["tolerance"], "logits")
+    tokens = model.generate_tokens(inputs)
+    assert tokens["LULC"].shape == (2, 14, 14) and tokens["LULC"].dtype == torch.long
+
+
+def small_generator(tiny_checkpoint, **kwargs):
+    kwargs.setdefault("modalities", ["S2L2A"])
+    kwargs.setdefault("output_modalities", ["LULC"])
+    return terratim.build("terramind_v1_tiny_generate", ckpt_path=str(tiny_checkpoint),
+                          build_tokenizers_for_outputs=False, **kwargs).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("scheme", ["roar", "maskgit"])
+def test_multi_step_runs_and_is_deterministic_for_a_generator(tiny_checkpoint, scheme):
+    model = small_generator(tiny_checkpoint, decoding_steps=3, temps=1.0, scheme=scheme)
+    x = {"S2L2A": torch.randn(2, 12, 64, 64, generator=torch.Generator().manual_seed(0))}
+    a = model.generate_tokens(x, generator=torch.Generator().manual_seed(7))["LULC"]
+    b = model.generate_tokens(x, generator=torch.Generator().manual_seed(7))["LULC"]
+    c = model.generate_tokens(x, generator=torch.Generator().manual_seed(8))["LULC"]
+    assert a.shape == (2, 4, 4)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    states = model.generate_tokens(x, generator=torch.Generator().manual_seed(7), return_states=True)
+    assert [len(p[0]) if p.dim() == 2 else len(p) for p in states["LULC"].orders] == [6, 5, 5]
+    assert bool(states["LULC"].decoded.all())
+
+
+def test_later_steps_see_earlier_tokens(tiny_checkpoint):
+    """In step 2 the encoder sees the tokens decoded in step 1 (and only those), which changes the logits."""
+    from terratim.generation.sampler import Sampler, Target, TargetState
+
+    model = small_generator(tiny_checkpoint, temps=0.0)
+    x = {"S2L2A": torch.randn(1, 12, 64, 64, generator=torch.Generator().manual_seed(1))}
+    keyed = model.network.keyed_inputs(x)
+    sampler = Sampler(model.network)
+    target = Target("tok_lulc@224", 16, steps=2, temperature=0.0)
+    state = TargetState(torch.zeros(1, 16, dtype=torch.long), torch.zeros(1, 16, dtype=torch.bool))
+    ctx0, bias0 = sampler.context(keyed, {})
+    sampler.roar_step(target, state, 8, 0.0, ctx0, bias0, torch.Generator().manual_seed(0))
+    ctx1, bias1 = sampler.context(keyed, {"tok_lulc@224": state})
+    assert ctx0.shape[1] == 16 and bias0 is None
+    assert ctx1.shape[1] == 32
+    hidden = bias1[0, 0, 0, 16:] < 0  # the undecoded LULC tokens are masked out
+    assert torch.equal(hidden, ~state.decoded[0])
+    rest = (~state.decoded[0]).nonzero()[:, 0][None]
+    queries = model.network.image_queries("tok_lulc@224", rest, 4)
+    with torch.no_grad():
+        before = sampler._logits(target, queries, ctx0, bias0)
+        after = sampler._logits(target, queries, ctx1, bias1)
+    assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_chaining_conditions_the_second_target_on_the_first(tiny_checkpoint):
+    x = {"S2L2A": torch.randn(1, 12, 64, 64, generator=torch.Generator().manual_seed(2))}
+    kwargs = dict(output_modalities=["LULC", "NDVI"], temps=0.0)
+    plain = small_generator(tiny_checkpoint, **kwargs).generate_tokens(x, return_states=True)
+    chained = small_generator(tiny_checkpoint, chain=True, **kwargs).generate_tokens(x, return_states=True)
+    torch.testing.assert_close(plain["LULC"].first_logits, chained["LULC"].first_logits, atol=1e-4, rtol=1e-5)
+    assert not torch.allclose(plain["NDVI"].first_logits, chained["NDVI"].first_logits, atol=1e-3)
+
+
+def test_standardize_and_offset_do_not_leak_between_models(tiny_checkpoint):
+    shifted = small_generator(tiny_checkpoint, standardize=True, offset={"S2L2A": 1000.0})
+    plain = small_generator(tiny_checkpoint, standardize=True)
+    x = torch.full((1, 12, 32, 32), 2000.0)
+    mean_shifted, _ = shifted.statistics("S2L2A", x)
+    mean_plain, _ = plain.statistics("S2L2A", x)
+    torch.testing.assert_close(mean_shifted - mean_plain, torch.full_like(mean_plain, 1000.0))
+    assert terratim.MODALITIES["S2L2A"].mean[0] == 1390.458
+
+
+def test_temperature_zero_is_argmax_and_ignores_the_generator(tiny_checkpoint):
+    model = small_generator(tiny_checkpoint, temps=0.0)
+    x = {"S2L2A": torch.randn(1, 12, 32, 32)}
+    a = model.generate_tokens(x, generator=torch.Generator().manual_seed(1))["LULC"]
+    b = model.generate_tokens(x, generator=torch.Generator().manual_seed(2))["LULC"]
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (dict(output_modalities=["S2L1C"]), ValueError, "S2L1C cannot be generated"),
+        (dict(modalities=["LULC"], output_modalities=["LULC"]), ValueError, "both an input and an output"),
+        (dict(output_modalities=[]), ValueError, "output_modalities is empty"),
+    ],
+)
+def test_bad_configuration(tiny_checkpoint, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        small_generator(tiny_checkpoint, **kwargs)
+
+
+def test_bad_inputs(tiny_checkpoint):
+    model = small_generator(tiny_checkpoint)
+    with pytest.raises(ValueError, match="square"):
+        model.generate_tokens({"S2L2A": torch.randn(1, 12, 32, 64)})
+    with pytest.raises(ValueError, match="expected 12 bands"):
+        model.generate_tokens({"S2L2A": torch.randn(1, 4, 32, 32)})
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model.generate_tokens({"S2L2A": torch.randn(1, 12, 40, 40)})
+
+
+def test_decode_without_tokenizer_says_what_is_missing(tiny_checkpoint):
+    model = small_generator(tiny_checkpoint)
+    with pytest.raises(ValueError, match="no LULC tokenizer"):
+        model.decode({"LULC": torch.zeros(1, 2, 2, dtype=torch.long)})
