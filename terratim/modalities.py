@@ -15,7 +15,7 @@ Two kinds of checkpoint key exist per modality (spec §3.1):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 ModalityKind = Literal["image", "tokens", "sequence"]
 
@@ -89,6 +89,28 @@ class Modality:
     def is_image(self) -> bool:
         """True for modalities that are images (raw pixels or image tokens), False for sequences."""
         return self.kind != "sequence"
+
+    def standardize(self, x: Any, bands: tuple[str, ...] | None = None) -> Any:
+        """(x - mean) / std per band for a (B, C, H, W) or (C, H, W) tensor/array (optionally a band subset)."""
+        mean, std = self._stats(x, bands)
+        return (x - mean) / std
+
+    def destandardize(self, x: Any, bands: tuple[str, ...] | None = None) -> Any:
+        """Inverse of :meth:`standardize`."""
+        mean, std = self._stats(x, bands)
+        return x * std + mean
+
+    def _stats(self, x: Any, bands: tuple[str, ...] | None) -> tuple[Any, Any]:
+        index = [self.band_index(b) for b in bands] if bands else list(range(self.num_bands))
+        if x.shape[-3] != len(index):
+            raise ValueError(f"{self.name}: expected {len(index)} bands to standardize, got {x.shape[-3]}")
+        mean = [self.mean[i] for i in index]
+        std = [self.std[i] for i in index]
+        if hasattr(x, "new_tensor"):  # torch
+            return x.new_tensor(mean).view(-1, 1, 1), x.new_tensor(std).view(-1, 1, 1)
+        import numpy as np
+
+        return np.asarray(mean, dtype=x.dtype)[:, None, None], np.asarray(std, dtype=x.dtype)[:, None, None]
 
     def band_index(self, band: str) -> int:
         """Position of ``band`` (a band name or Sentinel-2 id such as ``"B04"``) in the pretrained order."""
