@@ -76,8 +76,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     device_kind = args.device.split(":")[0]
-    print(f"device {args.device} ({torch.cuda.get_device_name() if device_kind == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
-          f"{args.dtype}, S2L2A+S1GRD {args.img_size}x{args.img_size}, torch {torch.__version__}")  # fmt: skip
+    where = torch.cuda.get_device_name() if device_kind == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"device {args.device} ({where}), {args.dtype}, S2L2A+S1GRD {args.img_size}x{args.img_size}, "
+          f"torch {torch.__version__}")  # fmt: skip
     header = (f"{'size':<6}{'batch':>6}{'ms/batch':>11}{'min ms':>9}{'images/s':>10}{'GFLOP/batch':>13}"
               f"{'TFLOP/s':>9}{'peak MB':>9}{'reference':>11}{'speed-up':>9}")  # fmt: skip
     print(header)

@@ -113,4 +113,5 @@ def assert_close(ours: torch.Tensor, ref: torch.Tensor, tolerance: dict, what: s
     ref = ref.to(torch.float64)
     excess = (ours - ref).abs() - (tolerance["atol"] + tolerance["rtol"] * ref.abs())
     worst = float(excess.max())
-    assert worst <= 0, f"{what}: exceeds tolerance {tolerance} by {worst:.3g} (max abs diff {float((ours - ref).abs().max()):.3g})"
+    max_diff = float((ours - ref).abs().max())
+    assert worst <= 0, f"{what}: exceeds tolerance {tolerance} by {worst:.3g} (max abs diff {max_diff:.3g})"

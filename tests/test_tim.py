@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import terratim
-from fixture_weights import assert_close, load_case
 from terratim.generation.generate import TerraMindGenerate
 from terratim.model.backbone import TerraMindBackbone
+
+from fixture_weights import assert_close, load_case
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import terratim
+
 from fixture_weights import assert_close, load_case
 
 

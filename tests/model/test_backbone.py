@@ -17,7 +17,8 @@ def tiny(**kwargs):
 
 
 def inputs(batch=2, size=64):
-    return {"S2L2A": torch.randn(batch, 12, size, size, generator=G), "S1GRD": torch.randn(batch, 2, size, size, generator=G)}
+    return {"S2L2A": torch.randn(batch, 12, size, size, generator=G),
+            "S1GRD": torch.randn(batch, 2, size, size, generator=G)}
 
 
 def test_base_forward_gives_twelve_layers_of_768():

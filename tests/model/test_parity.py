@@ -7,8 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 import terratim
-from fixture_weights import FIXTURES, assert_close, load_case
 from terratim.layers import resize_table, sincos_1d, sincos_2d
+
+from fixture_weights import FIXTURES, assert_close, load_case
 
 
 @pytest.mark.parametrize("case", ["tiny_backbone_s2l2a_s1grd_mean", "tiny_backbone_s2l2a_s1grd_concat"])
