@@ -1,0 +1,81 @@
+"""``terratim pretrain -c config.yaml``: masked multimodal pretraining of TerraMind (see docs/pretraining.md).
+
+Config sections: ``model`` (``size`` of a released architecture or ``architecture`` with
+``TerraMindConfig`` fields; ``inputs``; ``targets``), ``tokenizers`` (``{modality: tokenizer file}`` for every
+target and token input), ``masking`` (``input_tokens``, ``target_tokens``, ``alpha``), ``loss_weighting``,
+``data``, ``optim``, ``trainer``, ``seed``, ``output``. The output is the encoder-decoder in the official layout
+(``.safetensors`` + ``.json``), loadable with ``terratim.build(..., ckpt_path=output)`` as backbone, generator
+or TiM model.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+TOP_KEYS = {"model", "tokenizers", "masking", "loss_weighting", "data", "optim", "trainer", "seed", "output"}
+MODEL_KEYS = {"size", "architecture", "inputs", "targets"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, help="YAML config (e.g. configs/pretrain/*.yaml)")
+    parser.add_argument("--output", help="override the config's output file (.safetensors)")
+    parser.add_argument("--max-steps", type=int, help="override trainer.max_steps")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
+def architecture(model: dict):
+    """The ``TerraMindConfig`` a ``model`` section names (``size``) or spells out (``architecture``)."""
+    from terratim.model.config import TerraMindConfig, size_config
+
+    if ("size" in model) == ("architecture" in model):
+        raise ValueError("the 'model' section needs exactly one of 'size' (tiny/small/base/large) or 'architecture'")
+    if "size" in model:
+        return size_config(model["size"])
+    return TerraMindConfig(**model["architecture"])
+
+
+def pretrain(config: dict, output: str | None = None, max_steps: int | None = None, overwrite: bool = False,
+             progress_bar: bool = True):  # fmt: skip
+    """Pretrain and export as a config dict describes; returns (module, output path)."""
+    import lightning.pytorch as pl
+
+    from terratim.data.geotiff import check_writable
+    from terratim.pretraining.config import check_keys, make_dataset, make_loader, make_trainer
+    from terratim.pretraining.masking import MaskingConfig
+    from terratim.pretraining.module import MaskedPretraining
+    from terratim.tokenizers.build import build_tokenizer
+
+    check_keys(config, TOP_KEYS, "top level")
+    model = dict(config.get("model") or {})
+    check_keys(model, MODEL_KEYS, "model")
+    if not model.get("inputs") or not model.get("targets"):
+        raise ValueError("the 'model' section needs 'inputs' and 'targets' (lists of modality names)")
+    out_path = check_writable(output or config.get("output") or "terramind_pretrained.safetensors", overwrite)
+    seed = int(config.get("seed", 0))
+    pl.seed_everything(seed, workers=True, verbose=False)
+    tokenizers = {
+        name: build_tokenizer(name, ckpt_path=path) for name, path in (config.get("tokenizers") or {}).items()
+    }
+    trainer_cfg = dict(config.get("trainer") or {})
+    if max_steps is not None:
+        trainer_cfg["max_steps"] = max_steps
+    trainer_cfg.setdefault("max_steps", 1000)
+    module = MaskedPretraining(
+        architecture(model), model["inputs"], model["targets"], tokenizers,
+        MaskingConfig(**(config.get("masking") or {})), max_steps=trainer_cfg["max_steps"],
+        weighting=config.get("loss_weighting", "mod"), seed=seed, **(config.get("optim") or {}),
+    )  # fmt: skip
+    data = dict(config.get("data") or {})
+    modalities = list(dict.fromkeys([*module.inputs, *module.targets]))
+    loader = make_loader(data, make_dataset(data, modalities), seed)
+    make_trainer(trainer_cfg, progress_bar).fit(module, loader)
+    module.export(out_path)
+    return module, out_path
+
+
+def run(args: argparse.Namespace) -> int:
+    from terratim.pretraining.config import load_yaml
+
+    _, path = pretrain(load_yaml(args.config), args.output, args.max_steps, args.overwrite)
+    print(f"TerraMind checkpoint written to {path} (+ {path.with_suffix('.json').name})")
+    return 0

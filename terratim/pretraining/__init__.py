@@ -1,0 +1,1 @@
+"""Pretraining from scratch: tokenizer training and the 4M-style masked multimodal token objective."""

@@ -1,0 +1,80 @@
+"""YAML configs of ``terratim train-tokenizer`` and ``terratim pretrain``: data, optimiser and trainer sections.
+
+Shared sections (see ``configs/pretrain/*.yaml`` for complete files)::
+
+    data:
+      simulated: {seed: 0, count: 2048, size: 64}   # or: root: /path/to/folder (<MODALITY>/<sample>.tif)
+      crop: 224                                      # folder data only: centre crop
+      batch_size: 32
+      num_workers: 0
+    optim: {lr: 1.0e-3, weight_decay: 0.05, warmup_steps: 100}
+    trainer: {max_steps: 2000, accelerator: auto, devices: 1, strategy: auto, precision: 32-true}
+    seed: 0
+    output: terramind_pretrained.safetensors
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader, Dataset
+
+from terratim.pretraining.data import FolderDataset, SimulatedDataset
+
+DATA_KEYS = {"simulated", "root", "crop", "batch_size", "num_workers"}
+TRAINER_KEYS = {"max_steps", "accelerator", "devices", "num_nodes", "strategy", "precision",
+                "accumulate_grad_batches", "gradient_clip_val", "log_every_n_steps", "default_root_dir"}  # fmt: skip
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config into a dict, with a clear error for a missing or malformed file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def check_keys(section: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise ValueError(f"unknown keys in '{where}': {unknown}; allowed: {sorted(allowed)}")
+
+
+def make_dataset(data: Mapping[str, Any], modalities: Sequence[str]) -> Dataset:
+    """The dataset a ``data:`` section describes, returning the given modalities."""
+    check_keys(data, DATA_KEYS, "data")
+    if ("simulated" in data) == ("root" in data):
+        raise ValueError("the 'data' section needs exactly one of 'simulated: {seed, count, size}' or 'root: DIR'")
+    if "simulated" in data:
+        sim = dict(data["simulated"])
+        check_keys(sim, {"seed", "count", "size"}, "data.simulated")
+        return SimulatedDataset(int(sim.get("seed", 0)), int(sim["count"]), int(sim.get("size", 224)), modalities)
+    return FolderDataset(data["root"], modalities, crop=data.get("crop"))
+
+
+def make_loader(data: Mapping[str, Any], dataset: Dataset, seed: int) -> DataLoader:
+    import torch
+
+    return DataLoader(dataset, batch_size=int(data.get("batch_size", 16)), shuffle=True, drop_last=True,
+                      num_workers=int(data.get("num_workers", 0)),
+                      generator=torch.Generator().manual_seed(seed))  # fmt: skip
+
+
+def make_trainer(trainer: Mapping[str, Any], progress_bar: bool = True) -> Any:
+    """A Lightning ``Trainer`` from the ``trainer:`` section (DDP / FSDP through ``strategy``)."""
+    import lightning.pytorch as pl
+
+    check_keys(trainer, TRAINER_KEYS, "trainer")
+    options = {"max_steps": 1000, "accelerator": "auto", "devices": 1, "logger": False,
+               "enable_checkpointing": False, "enable_progress_bar": progress_bar, "enable_model_summary": False,
+               "log_every_n_steps": 10}  # fmt: skip
+    options.update(trainer)
+    return pl.Trainer(**options)

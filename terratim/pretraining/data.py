@@ -1,0 +1,126 @@
+"""Pretraining data: co-registered samples from a folder (``<MODALITY>/<sample>.tif``) or from the simulator.
+
+Both datasets return ``{modality name: tensor}`` in model units: continuous images standardized with the
+registry's pretraining statistics (float32 (C, H, W), nodata filled with 0 = the mean), LULC as class ids
+(int64 (H, W)).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from terratim import modalities as mods
+from terratim.data import sim
+
+
+def to_model_units(name: str, array: np.ndarray) -> torch.Tensor:
+    """Physical values (C, H, W) -> standardized float32 (NaN -> 0), or LULC class ids int64 (H, W)."""
+    modality = mods.resolve(name)
+    if modality.name == "LULC":
+        ids = np.nan_to_num(array[0], nan=0.0)
+        return torch.from_numpy(ids.astype(np.int64))
+    mean = np.asarray(modality.mean, np.float32)[:, None, None]
+    std = np.asarray(modality.std, np.float32)[:, None, None]
+    if array.shape[0] != len(mean):
+        raise ValueError(f"{modality.name}: expected {len(mean)} bands {list(modality.bands)}, got {array.shape[0]}")
+    z = (array.astype(np.float32) - mean) / std
+    return torch.from_numpy(np.nan_to_num(z, nan=0.0))
+
+
+def _crop(array: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None:
+        return array
+    height, width = array.shape[-2:]
+    if height < size or width < size:
+        raise ValueError(f"sample of {height}x{width} pixels is smaller than the crop size {size}")
+    top, left = (height - size) // 2, (width - size) // 2
+    return array[..., top : top + size, left : left + size]
+
+
+class FolderDataset(Dataset):
+    """Samples laid out like ``tests/data/terramesh_examples``: ``<root>/<MODALITY>/<sample>.tif``.
+
+    Args:
+        root: the folder holding one sub-folder per modality.
+        modalities: modality folder names to read (registry names, e.g. ``["S1GRD", "LULC"]``).
+        crop: centre-crop every sample to this square size (a multiple of the patch size), or None.
+    """
+
+    def __init__(self, root: str | os.PathLike, modalities: Sequence[str], crop: int | None = None) -> None:
+        self.root = Path(root)
+        self.modalities = [mods.resolve(m).name for m in modalities]
+        self.crop = crop
+        per_mod = {}
+        for mod in self.modalities:
+            folder = self.root / mod
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{mod}: folder {folder} not found (expected <root>/<MODALITY>/*.tif)")
+            per_mod[mod] = {p.stem for p in folder.glob("*.tif")}
+        common = set.intersection(*per_mod.values())
+        if not common:
+            raise ValueError(f"no sample name is present in every modality folder under {self.root}")
+        self.samples = sorted(common)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        from terratim.data.geotiff import read_geotiff
+
+        name = self.samples[index]
+        out = {}
+        for mod in self.modalities:
+            bands = mods.MODALITIES[mod].num_bands
+            raster = read_geotiff(self.root / mod / f"{name}.tif", expected_bands=bands, what=mod)
+            out[mod] = to_model_units(mod, _crop(raster.data, self.crop))
+        return out
+
+
+class SimulatedDataset(Dataset):
+    """Samples ``0 .. length-1`` of the simulated world ``seed`` (see :mod:`terratim.data.sim`).
+
+    Args:
+        seed: dataset seed.
+        length: number of samples.
+        size: chip side in pixels.
+        modalities: which simulated modalities (and ``"WATER"``, the label) to return.
+        cache: keep generated samples in memory (for small datasets reused over many epochs).
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        length: int,
+        size: int = 224,
+        modalities: Sequence[str] = sim.SIM_MODALITIES,
+        cache: bool = True,
+    ) -> None:
+        unknown = [m for m in modalities if m not in (*sim.SIM_MODALITIES, sim.LABEL)]
+        if unknown:
+            raise ValueError(f"the simulator has no modality {unknown}; it makes {[*sim.SIM_MODALITIES, sim.LABEL]}")
+        self.seed, self.length, self.modalities = seed, length, list(modalities)
+        self.config = sim.SimConfig(size=size)
+        self._cache: dict[int, dict[str, torch.Tensor]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        chip = sim.sample(self.seed, index, self.config)
+        out = {}
+        for mod in self.modalities:
+            if mod == sim.LABEL:
+                out[mod] = torch.from_numpy(chip[mod][0].astype(np.int64))
+            else:
+                out[mod] = to_model_units(mod, chip[mod])
+        if self._cache is not None:
+            self._cache[index] = out
+        return out

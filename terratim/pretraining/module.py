@@ -1,0 +1,152 @@
+"""Lightning module for masked multimodal pretraining; the objective itself is in :mod:`.objective`.
+
+The module owns a :class:`~terratim.model.terramind.TerraMind` (encoder embeddings for the inputs, a decoder for
+the target token domains) and frozen tokenizers that turn target modalities (and token inputs such as LULC)
+into ids on the fly. ``export`` writes ``network.state_dict()`` - the official checkpoint layout - as
+safetensors with the architecture as JSON next to it, which ``terratim.build(..., ckpt_path=...)`` loads as a
+backbone, a generator or a TiM model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn as nn
+
+from terratim import modalities as mods
+from terratim.model.config import TerraMindConfig
+from terratim.model.terramind import TerraMind
+from terratim.pretraining.masking import MaskingConfig, select_tokens
+from terratim.pretraining.objective import LossWeighting, masked_modeling_loss
+from terratim.weights import save_safetensors
+
+
+class MaskedPretraining(pl.LightningModule):
+    """4M-style pretraining of TerraMind.
+
+    Args:
+        config: network architecture.
+        inputs: input modalities (raw images through patch embeddings; LULC / NDVI as tokens).
+        targets: target modalities (their token domains); each needs a tokenizer.
+        tokenizers: ``{modality: tokenizer}`` for every target and every token input (frozen here).
+        masking: token budgets and Dirichlet concentration.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps, then cosine decay to 0 at ``max_steps``.
+        max_steps: total optimisation steps (for the schedule).
+        weighting: ``"mod"`` or ``"token"`` averaging of the cross-entropy.
+        seed: seed of the masking generator (offset by the global rank).
+    """
+
+    def __init__(
+        self,
+        config: TerraMindConfig,
+        inputs: Sequence[str],
+        targets: Sequence[str],
+        tokenizers: Mapping[str, nn.Module],
+        masking: MaskingConfig | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 100,
+        max_steps: int = 1000,
+        weighting: LossWeighting = "mod",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.inputs = {mods.resolve(m).name: mods.input_key(m) for m in inputs}
+        self.targets = {mods.resolve(m).name: mods.token_key(m) for m in targets}
+        needed = {m for m, key in self.inputs.items() if mods.is_token_key(key)} | set(self.targets)
+        missing = sorted(needed - {mods.resolve(m).name for m in tokenizers})
+        if missing:
+            raise ValueError(f"pretraining needs a tokenizer for {missing} (targets and token inputs)")
+        self.network = TerraMind(config, {key: None for key in self.inputs.values()}, list(self.targets.values()))
+        self.tokenizers = nn.ModuleDict({mods.resolve(m).name: t.eval().requires_grad_(False)
+                                         for m, t in tokenizers.items()})  # fmt: skip
+        self.masking = masking or MaskingConfig()
+        self.lr, self.weight_decay = lr, weight_decay
+        self.warmup_steps, self.max_steps = warmup_steps, max_steps
+        self.weighting = weighting
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+
+    def train(self, mode: bool = True) -> MaskedPretraining:
+        super().train(mode)
+        self.tokenizers.eval()  # frozen tokenizers never leave eval mode
+        return self
+
+    @torch.no_grad()
+    def tokenize(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, h, w) of a modality from its model-unit image."""
+        return self.tokenizers[name].encode(x)[1]
+
+    def prepare(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+        """``{input key: image or ids}`` and ``{target key: ids}`` from a batch of model-unit tensors."""
+        missing = [m for m in (*self.inputs, *self.targets) if m not in batch]
+        if missing:
+            raise KeyError(f"the batch lacks modalities {missing}; it has {sorted(batch)}")
+        ids = {m: self.tokenize(m, batch[m]) for m in {*self.targets, *self._token_inputs()}}
+        inputs = {key: ids[m] if m in ids and mods.is_token_key(key) else batch[m] for m, key in self.inputs.items()}
+        return inputs, {key: ids[m] for m, key in self.targets.items()}
+
+    def _token_inputs(self) -> list[str]:
+        return [m for m, key in self.inputs.items() if mods.is_token_key(key)]
+
+    def _tokens_per_image(self, x: torch.Tensor) -> int:
+        if x.is_floating_point():  # raw image
+            patch = self.network.config.patch_size
+            return (x.shape[-2] // patch) * (x.shape[-1] // patch)
+        return x[0].numel()
+
+    def loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> tuple:
+        """Masked-modeling loss of one batch (also usable outside Lightning)."""
+        inputs, targets = self.prepare(batch)
+        source = {key: mods.KEY_OWNERS[key] for key in (*inputs, *targets)}
+        selection = select_tokens(
+            next(iter(inputs.values())).shape[0],
+            {key: self._tokens_per_image(x) for key, x in inputs.items()},
+            {key: x[0].numel() for key, x in targets.items()},
+            source, self.masking, generator,
+        )  # fmt: skip
+        return masked_modeling_loss(self.network, inputs, targets, selection, self.weighting)
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed + 1000 * self.global_rank)
+        loss, per_mod = self.loss(batch, self._generator)
+        size = next(iter(batch.values())).shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        for key, value in per_mod.items():
+            self.log(f"train/ce_{mods.KEY_OWNERS[key]}", value, batch_size=size)
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        decay, no_decay = [], []
+        for name, param in self.network.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if param.ndim < 2 or "mod_emb" in name or name == "mask_token" else decay).append(param)
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)  # fmt: skip
+
+        def schedule(step: int) -> float:
+            if step < self.warmup_steps:
+                return (step + 1) / self.warmup_steps
+            progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """Write the network in the official layout (``.safetensors``) and its architecture (``.json``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"terramind": self.network.config.to_dict(), "inputs": list(self.inputs),
+                "targets": list(self.targets), "masking": vars(self.masking)}  # fmt: skip
+        save_safetensors(self.network.state_dict(), path, config=meta)
+        return path

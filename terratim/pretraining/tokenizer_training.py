@@ -1,0 +1,125 @@
+"""Training FSQ-VAE tokenizers (spec §7): the objective per decoder kind and a Lightning module.
+
+* Class maps (LULC, ``ClassTokenizer``): one-hot -> ViT encoder -> FSQ -> ViT decoder -> class logits;
+  loss = cross-entropy against the class ids.
+* Continuous images (``DiffusionTokenizer``): the FSQ codes condition an x_0-predicting UNet. Training is the
+  DiVAE objective: draw t uniformly, noise the clean image with the zero-terminal-SNR schedule the sampler uses,
+  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM eq. 4), and regress x_0 with a mean squared error.
+
+The FSQ rounding passes gradients straight through, so encoder and decoder train jointly, with no codebook
+loss. Inputs are in model units (standardized images, or class ids for LULC).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from terratim.tokenizers.ddim import NUM_TRAIN_TIMESTEPS, zero_terminal_snr_alphas_cumprod
+from terratim.tokenizers.model import ClassTokenizer, FSQTokenizer, TokenizerConfig, make_tokenizer
+
+
+def with_decoder(tokenizer: FSQTokenizer) -> FSQTokenizer:
+    """Build a fresh tokenizer's decoder now, so the optimiser sees its parameters."""
+    if "decoder" not in tokenizer._modules:
+        tokenizer._modules["decoder"] = tokenizer.make_decoder()  # the lazy property is for loading
+    return tokenizer
+
+
+def class_tokenizer_loss(tokenizer: ClassTokenizer, ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the reconstructed class logits against class ids (B, H, W)."""
+    logits = tokenizer(ids)  # (B, classes, H, W)
+    return F.cross_entropy(logits.float(), ids.long().reshape(logits.shape[0], *logits.shape[-2:]))
+
+
+def diffusion_tokenizer_loss(
+    tokenizer: FSQTokenizer, x0: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """DiVAE x_0-regression loss for a standardized image batch (B, C, H, W)."""
+    # 1. codes of the clean image (straight-through FSQ).
+    codes, _ = tokenizer.encode(x0)
+    # 2. a timestep per sample and the noised image x_t (DDPM eq. 4 with the zero-terminal-SNR alpha-bar).
+    alphas_cumprod = zero_terminal_snr_alphas_cumprod().to(x0.device)
+    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (x0.shape[0],), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    abar = alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    # 3. regress x_0.
+    return F.mse_loss(tokenizer.denoise(x_t, t, codes).float(), x0.float())
+
+
+def tokenizer_loss(tokenizer: FSQTokenizer, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The training loss of any tokenizer for one batch in model units."""
+    if isinstance(tokenizer, ClassTokenizer):
+        return class_tokenizer_loss(tokenizer, x)
+    return diffusion_tokenizer_loss(tokenizer, x, generator)
+
+
+class TokenizerTraining(pl.LightningModule):
+    """Trains one tokenizer from ``batch[modality]``.
+
+    Args:
+        config: tokenizer architecture (``TokenizerConfig``).
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up, then cosine decay to 0 at ``max_steps``.
+        max_steps: schedule length.
+        seed: seed of the timestep / noise generator.
+    """
+
+    def __init__(
+        self,
+        config: TokenizerConfig,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 50,
+        max_steps: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = with_decoder(make_tokenizer(config))
+        self.modality = self.tokenizer.modality.name
+        self.lr, self.weight_decay = lr, weight_decay
+        self.warmup_steps, self.max_steps, self.seed = warmup_steps, max_steps, seed
+        self._generator: torch.Generator | None = None
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed + 1000 * self.global_rank)
+        if self.modality not in batch:
+            raise KeyError(f"the batch lacks {self.modality}; it has {sorted(batch)}")
+        x = batch[self.modality]
+        loss = tokenizer_loss(self.tokenizer, x, self._generator)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    @torch.no_grad()
+    def token_usage(self, x: torch.Tensor) -> float:
+        """Fraction of distinct ids among the tokens of a batch (a collapse check)."""
+        ids = self.tokenizer.encode(x)[1]
+        return float(ids.unique().numel() / ids.numel())
+
+    def configure_optimizers(self) -> dict:
+        optimizer = torch.optim.AdamW(self.tokenizer.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+        def schedule(step: int) -> float:
+            if step < self.warmup_steps:
+                return (step + 1) / self.warmup_steps
+            progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """Write the tokenizer as ``.safetensors`` + ``.json`` (what ``build_tokenizer(ckpt_path=...)`` reads)."""
+        from terratim.tokenizers.build import save_tokenizer
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return save_tokenizer(self.tokenizer, path)

@@ -1,0 +1,119 @@
+"""Masked multimodal pretraining: the loss falls in a few steps, and checkpoints load through ``build``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import terratim
+from terratim.commands.pretrain import pretrain
+from terratim.commands.train_tokenizer import train_tokenizer
+from terratim.model.config import TerraMindConfig
+from terratim.pretraining.data import SimulatedDataset
+from terratim.pretraining.masking import MaskingConfig
+from terratim.pretraining.module import MaskedPretraining
+from terratim.pretraining.tokenizer_training import tokenizer_loss, with_decoder
+from terratim.sim_models import SIM_MICRO
+from terratim.tokenizers.model import TokenizerConfig, make_tokenizer
+from terratim.weights import read_state_dict
+
+TINY_TOKENIZER = {"enc_dim": 32, "enc_depth": 1, "enc_heads": 2, "dec_dim": 32, "dec_depth": 1, "dec_heads": 2}
+DATA = {"simulated": {"seed": 5, "count": 8, "size": 32}, "batch_size": 4}
+
+
+def tiny_tokenizer(modality: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    extra = {} if modality == "LULC" else {"unet": {"channels": 16, "channel_mult": [1], "num_res_blocks": 1,
+                                                    "attention_ds": [], "num_groups": 8}}  # fmt: skip
+    spec = {k: v for k, v in TINY_TOKENIZER.items() if modality == "LULC" or not k.startswith("dec")}
+    return make_tokenizer(TokenizerConfig.for_modality(modality, **spec, **extra))
+
+
+def test_a_few_pretraining_steps_decrease_the_loss() -> None:
+    torch.manual_seed(0)
+    config = TerraMindConfig(dim=32, encoder_depth=2, decoder_depth=1, num_heads=2, mlp_hidden=64,
+                             gated_mlp=False, bias=True, img_size=32)  # fmt: skip
+    module = MaskedPretraining(config, ["S1GRD", "DEM", "LULC"], ["LULC", "DEM"],
+                               {"LULC": tiny_tokenizer("LULC"), "DEM": tiny_tokenizer("DEM")},
+                               MaskingConfig(input_tokens=6, target_tokens=4))  # fmt: skip
+    batch = next(iter(DataLoader(SimulatedDataset(1, 8, size=32, modalities=["S1GRD", "DEM", "LULC"]), 8)))
+    optimizer = torch.optim.AdamW(module.network.parameters(), lr=3e-3)
+    losses = []
+    for step in range(30):
+        loss, per_mod = module.loss(batch, torch.Generator().manual_seed(step % 3))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert set(per_mod) == {"tok_lulc@224", "tok_dem@224"}
+    assert losses[0] > 7.0  # about log(vocabulary) at the start
+    assert sum(losses[-3:]) / 3 < losses[0] - 1.0
+    assert all(p.grad is None for p in module.tokenizers.parameters())  # tokenizers stay frozen
+
+
+def test_tokenizer_losses_fall() -> None:
+    batch = next(iter(DataLoader(SimulatedDataset(2, 4, size=32, modalities=["LULC", "DEM"]), 4)))
+    for modality in ("LULC", "DEM"):
+        tokenizer = with_decoder(tiny_tokenizer(modality))
+        optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=3e-3)
+        losses = []
+        for step in range(15):
+            loss = tokenizer_loss(tokenizer, batch[modality], torch.Generator().manual_seed(step % 2))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        assert sum(losses[-3:]) / 3 < 0.8 * losses[0], (modality, losses)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[MaskedPretraining, Path, Path]:
+    """The real commands: train a LULC tokenizer, then pretrain the sim_micro architecture, 2 steps each."""
+    root = tmp_path_factory.mktemp("pretrain")
+    trainer = {"max_steps": 2, "accelerator": "cpu"}
+    _, tok_path = train_tokenizer({"tokenizer": {"modality": "LULC", **TINY_TOKENIZER}, "data": DATA,
+                                   "trainer": trainer}, str(root / "lulc.safetensors"), progress_bar=False)  # fmt: skip
+    architecture = {**SIM_MICRO.to_dict(), "img_size": 32}
+    config = {"model": {"architecture": architecture, "inputs": ["S1GRD", "LULC"], "targets": ["LULC"]},
+              "tokenizers": {"LULC": str(tok_path)}, "masking": {"input_tokens": 4, "target_tokens": 2},
+              "data": DATA, "trainer": trainer}  # fmt: skip
+    module, path = pretrain(config, str(root / "tm.safetensors"), progress_bar=False)
+    return module, path, tok_path
+
+
+def test_checkpoint_is_the_official_layout(pretrained: tuple) -> None:
+    module, path, _ = pretrained
+    state = read_state_dict(path)
+    assert {"encoder.0.attn.qkv.weight", "encoder_norm.weight", "decoder.0.cross_attn.kv.weight",
+            "decoder_proj_context.weight", "mask_token", "encoder_embeddings.untok_sen1grd@224.proj.weight",
+            "decoder_embeddings.tok_lulc@224.token_emb.weight"} <= set(state)  # fmt: skip
+    assert path.with_suffix(".json").is_file()
+    for key, value in module.network.state_dict().items():
+        torch.testing.assert_close(state[key], value)
+
+
+def test_checkpoint_loads_as_backbone_generator_and_tim(pretrained: tuple) -> None:
+    module, path, tok_path = pretrained
+    s1 = torch.randn(2, 2, 32, 32)
+    backbone = terratim.build("terramind_sim_micro", modalities=["S1GRD"], ckpt_path=path, img_size=32)
+    torch.testing.assert_close(backbone.encoder[0].attn.qkv.weight, module.network.encoder[0].attn.qkv.weight)
+    assert len(backbone({"S1GRD": s1})) == SIM_MICRO.encoder_depth
+
+    tokenizer = terratim.build("terramind_sim_micro_tokenizer_lulc", ckpt_path=tok_path)
+    generator = terratim.build("terramind_sim_micro_generate", modalities=["S1GRD"], output_modalities=["LULC"],
+                               ckpt_path=path, img_size=32, tokenizers={"LULC": tokenizer}, temps=0.0)  # fmt: skip
+    torch.testing.assert_close(generator.network.decoder_embeddings["tok_lulc@224"].token_emb.weight,
+                               module.network.decoder_embeddings["tok_lulc@224"].token_emb.weight)  # fmt: skip
+    tokens = generator.generate_tokens({"S1GRD": s1})["LULC"]
+    assert tokens.shape == (2, 2, 2) and int(tokens.max()) < 4375
+    assert generator.decode({"LULC": tokens})["LULC"].shape == (2, 10, 32, 32)
+
+    tim = terratim.build("terramind_sim_micro_tim", modalities=["S1GRD"], tim_modalities=["LULC"],
+                           ckpt_path=path, img_size=32)  # fmt: skip
+    torch.testing.assert_close(tim.generator.network.decoder[0].mlp.fc1.weight,
+                               module.network.decoder[0].mlp.fc1.weight)  # fmt: skip
+    features = tim({"S1GRD": s1}, torch.Generator().manual_seed(0))
+    assert features[-1].shape == (2, 4, SIM_MICRO.dim)
