@@ -45,10 +45,16 @@ class TerratimCLI(LightningCLI):
 
 def run_lightning_cli(argv: list[str]) -> int:
     """Run a LightningCLI subcommand (``argv[0]`` is ``fit``, ``validate``, ``test`` or ``predict``)."""
+    build_cli(argv)
+    return 0
+
+
+def build_cli(argv: list[str]) -> TerratimCLI:
+    """Parse ``argv``, build the model, data and trainer, run the subcommand and return the CLI object."""
     import terratim.datamodules  # noqa: F401 - makes short class names of our data modules resolvable
     import terratim.tasks  # noqa: F401
 
-    TerratimCLI(
+    return TerratimCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -58,7 +64,6 @@ def run_lightning_cli(argv: list[str]) -> int:
         parser_kwargs={"prog": "terratim", "default_env": False},
         auto_configure_optimizers=True,
     )
-    return 0
 
 
 def main() -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
+from affine import Affine
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_CONFIGS = Path(__file__).parent / "reference_configs"
@@ -25,7 +25,7 @@ def write_tif(path: Path, data: np.ndarray, nodata: float | None = None) -> None
         "width": width,
         "dtype": data.dtype.name,
         "crs": "EPSG:4326",
-        "transform": from_origin(10.0, 45.0, 8.98e-5, 8.98e-5),
+        "transform": Affine(8.98e-5, 0.0, 10.0, 0.0, -8.98e-5, 45.0),
     }
     if nodata is not None:
         profile["nodata"] = nodata
@@ -34,7 +34,11 @@ def write_tif(path: Path, data: np.ndarray, nodata: float | None = None) -> None
 
 
 def make_flood_tree(root: Path, ids: list[str] = IDS, size: int = 32, seed: int = 0) -> Path:
-    """``root/sen1floods11_v1.1/{data/{S2L1CHand,S1GRDHand,LabelHand},splits}``, learnable water labels."""
+    """Learnable water chips in two layouts.
+
+    ``root/sen1floods11_v1.1/{data/{S2L1CHand,S1GRDHand,LabelHand},splits}`` (reference configs' paths) and
+    ``root/flat/{S2Hand,S1Hand,LabelHand,splits}`` (the Sen1Floods11 release layout).
+    """
     rng = np.random.default_rng(seed)
     base = root / "sen1floods11_v1.1"
     for sid in ids:
@@ -46,13 +50,19 @@ def make_flood_tree(root: Path, ids: list[str] = IDS, size: int = 32, seed: int 
         s1 = rng.normal(-12, 3, (2, size, size)).astype(np.float32)
         s1[:, water == 1] -= 8
         s1[:, -1, :3] = np.nan  # S1 nodata
-        write_tif(base / "data/S2L1CHand" / f"{sid}_S2Hand.tif", s2)
-        write_tif(base / "data/S1GRDHand" / f"{sid}_S1Hand.tif", s1, nodata=np.nan)
-        write_tif(base / "data/LabelHand" / f"{sid}_LabelHand.tif", water[None], nodata=-1)
+        for ref, flat, data, nodata in (
+            ("S2L1CHand", "S2Hand", s2, None),
+            ("S1GRDHand", "S1Hand", s1, np.nan),
+            ("LabelHand", "LabelHand", water[None], -1),
+        ):
+            write_tif(base / "data" / ref / f"{sid}_{flat}.tif", data, nodata)
+            write_tif(root / "flat" / flat / f"{sid}_{flat}.tif", data, nodata)
     splits = base / "splits"
     splits.mkdir(parents=True, exist_ok=True)
     for name in ("train", "valid", "test"):
-        (splits / f"flood_{name}_data.txt").write_text("\n".join(ids) + "\n")
+        for folder in (splits, root / "flat" / "splits"):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"flood_{name}_data.txt").write_text("\n".join(ids) + "\n")
     return base
 
 

@@ -1,0 +1,110 @@
+"""The real ``terratim fit|validate|test|predict`` entry point on small GeoTIFFs (tiny, random weights)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import IDS, REFERENCE_CONFIGS, REPO
+
+from terratim.cli import main
+from terratim.tasks.cli import build_cli
+
+FAST = ["--trainer.fast_dev_run=true", "--trainer.accelerator=cpu", "--data.init_args.num_workers=0"]
+OFFLINE = ["--model.init_args.model_args.backbone_pretrained=false"]
+
+
+@pytest.mark.parametrize(
+    ("config", "backbone"),
+    [
+        ("terramind_v1_tiny_sen1floods11.yaml", None),
+        ("terramind_v1_base_sen1floods11.yaml", "terramind_v1_tiny"),
+        ("terramind_v1_base_tim_lulc_sen1floods11.yaml", "terramind_v1_tiny_tim"),
+    ],
+)
+def test_reference_config_fit(flood_tree: Path, monkeypatch, config: str, backbone: str | None):
+    """The published configs, with only class paths renamed, run one fast_dev_run on data in their layout."""
+    text = (REFERENCE_CONFIGS / config).read_text()
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    assert "terratorch" not in body and "terratim.datamodules.GenericMultiModalDataModule" in body
+    monkeypatch.chdir(flood_tree)  # the configs' relative paths sen1floods11_v1.1/... resolve here
+    overrides = [f"--model.init_args.model_args.backbone={backbone}"] if backbone else []
+    cli = build_cli(["fit", "-c", str(REFERENCE_CONFIGS / config), *FAST, *OFFLINE, *overrides])
+    metrics = cli.trainer.callback_metrics
+    assert math.isfinite(float(metrics["train/loss_epoch"])) and math.isfinite(float(metrics["val/loss"]))
+    assert 0.0 <= float(metrics["val/mIoU"]) <= 1.0
+    assert "val/IoU_Flood" in metrics  # per-class IoU named by class_names
+    dm = cli.datamodule
+    assert dm.no_data_replace == 0 and dm.stats["S1GRD"][0].tolist() == pytest.approx([-12.599, -20.293])
+    if "tiny_sen1" in config:  # freeze_backbone: true
+        assert not any(p.requires_grad for p in cli.model.model.backbone.parameters())
+
+
+def _own_config(name: str, root: Path, out: Path) -> list[str]:
+    return [
+        "-c",
+        str(REPO / "configs" / name),
+        f"--data.init_args.root={root / 'flat'}",
+        "--data.init_args.batch_size=2",
+        "--data.init_args.num_workers=0",
+        "--trainer.accelerator=cpu",
+        "--trainer.precision=32",
+        f"--trainer.default_root_dir={out}",
+        f"--trainer.logger.init_args.save_dir={out}",
+        *OFFLINE,
+    ]
+
+
+OWN = ["terramind_v1_tiny_sen1floods11.yaml", "terramind_v1_tiny_tim_lulc_sen1floods11.yaml"]
+
+
+@pytest.mark.parametrize("config", OWN)
+def test_own_config_fit_validate_test_predict(flood_tree: Path, tmp_path: Path, config: str):
+    """fit writes a checkpoint; validate/test reload it; predict writes georeferenced GeoTIFFs and panels."""
+    args = _own_config(config, flood_tree, tmp_path)
+    limits = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    assert main(["fit", *args, *limits]) == 0
+    ckpt = next(tmp_path.rglob("checkpoints/last.ckpt"))
+    assert (ckpt.parent / "best.ckpt").is_file()
+    metrics_csv = next(tmp_path.rglob("metrics.csv")).read_text()
+    assert "val/mIoU" in metrics_csv and "lr-AdamW" in metrics_csv  # LearningRateMonitor ran
+    for command in ("validate", "test"):
+        cli = build_cli([command, *args, f"--ckpt_path={ckpt}", "--trainer.limit_val_batches=1"])
+        split = "val" if command == "validate" else "test"
+        assert math.isfinite(float(cli.trainer.callback_metrics[f"{split}/loss"]))
+    out = tmp_path / "pred"
+    predict = ["predict", *args, f"--ckpt_path={ckpt}", f"--predict_output_dir={out}"]
+    assert main([*predict, "--predict_png=true"]) == 0
+    for sid in IDS:
+        with (
+            rasterio.open(out / f"{sid}_pred.tif") as pred,
+            rasterio.open(flood_tree / "flat" / "S2Hand" / f"{sid}_S2Hand.tif") as src,
+        ):
+            assert pred.crs == src.crs and pred.transform == src.transform and pred.shape == src.shape
+            assert pred.nodata == 255 and pred.dtypes[0] == "uint8"
+            assert set(np.unique(pred.read(1))) <= {0, 1}
+        assert (out / f"{sid}_panel.png").stat().st_size > 1000
+    with pytest.raises(FileExistsError, match="already holds predictions"):  # no silent overwrite
+        main(predict)
+
+
+def test_ddp_fit_two_processes(flood_tree: Path, tmp_path: Path):
+    """fit on Lightning's DDP with 2 CPU processes (gloo) writes one checkpoint and validation metrics."""
+    args = _own_config("terramind_v1_tiny_sen1floods11.yaml", flood_tree, tmp_path)
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.max_epochs=1"]
+    limits = ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0"]
+    command = [sys.executable, "-m", "terratim.cli", "fit", *args, *ddp, *limits]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed_backend=gloo" in proc.stderr + proc.stdout
+    assert "All distributed processes registered" in proc.stderr + proc.stdout
+    assert len(list(tmp_path.rglob("checkpoints/last.ckpt"))) == 1
+    metrics = next(tmp_path.rglob("metrics.csv")).read_text()
+    assert "val/loss" in metrics
