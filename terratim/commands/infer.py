@@ -1,0 +1,200 @@
+"""``terratim infer``: streaming tiled inference over whole scenes.
+
+Fine-tuned task model::
+
+    terratim infer -c config.yaml --ckpt model.ckpt --input S1GRD=scene.tif --out pred.tif
+
+Generation (one file per output; LULC as a class map) and embeddings::
+
+    terratim infer --model terramind_v1_base_generate --pretrained --outputs LULC --input S1GRD=s1.tif --out lulc.tif
+    terratim infer --model terramind_v1_base --pretrained --embeddings chip --input S2L2A=s2.tif --out emb.parquet
+
+Memory does not grow with the scene; ``--resume`` continues an interrupted run (see docs/large_scenes.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", "-i", action="append", required=True, metavar="MODALITY=PATH",
+                        help="a co-registered input GeoTIFF/COG per modality (repeat for several)")
+    parser.add_argument("--out", "-o", required=True, type=Path,
+                        help="output GeoTIFF (.parquet for --embeddings chip); several outputs get _<NAME>")
+    source = parser.add_argument_group("model (a fine-tuned task, or a registry model)")
+    source.add_argument("-c", "--config", type=Path, help="the `terratim fit` config of the task model")
+    source.add_argument("--ckpt", type=Path, help="the task model's Lightning checkpoint")
+    source.add_argument("--model", help="a registry model: *_generate for generation, a backbone for embeddings")
+    source.add_argument("--outputs", nargs="+", help="modalities to generate (with a *_generate model)")
+    source.add_argument("--pretrained", action="store_true", help="load the official weights of --model")
+    source.add_argument("--model-ckpt", type=Path, help="local weights for --model (.pt or .safetensors)")
+    source.add_argument("--embeddings", choices=("pixel", "chip"),
+                        help="export backbone embeddings per pixel (GeoTIFF) or per chip (GeoParquet)")
+    source.add_argument("--timesteps", type=int, help="diffusion steps for continuous generated outputs")
+    source.add_argument("--seed", type=int, default=0, help="seed of the generation randomness")
+    tiles = parser.add_argument_group("tiling")
+    tiles.add_argument("--chip", type=int, default=224, help="chip side in pixels (default 224)")
+    tiles.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring chips (default 32)")
+    tiles.add_argument("--delta", type=int, default=8, help="margin cropped off each chip output (default 8)")
+    tiles.add_argument("--batch-size", type=int, default=16, help="chips per forward pass (default 16)")
+    tiles.add_argument("--blend", choices=("cosine", "average"), default="cosine",
+                       help="raised-cosine weights (reference, default) or plain averaging")
+    output = parser.add_argument_group("output")
+    output.add_argument("--confidence", action="store_true", help="add a confidence band (percent) to class maps")
+    output.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
+    output.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    output.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def parse_inputs(items: list[str]) -> dict[str, Path]:
+    """``["S1GRD=a.tif", ...]`` -> ``{"S1GRD": Path("a.tif")}`` with modality names resolved."""
+    from terratim.modalities import resolve
+
+    inputs: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--input {item!r}: expected MODALITY=PATH, e.g. S1GRD=scene.tif")
+        canonical = resolve(name).name
+        if canonical in inputs:
+            raise ValueError(f"--input {canonical} is given twice")
+        inputs[canonical] = Path(path)
+    return inputs
+
+
+class ProgressReport:
+    """Chips done / total with elapsed time and ETA: a rich bar on a terminal, a line per 10% otherwise."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet, self.start, self.next_line, self.bar, self.task = quiet, time.monotonic(), 0.0, None, None
+        if not quiet and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress("chips", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), "ETA",
+                                TimeRemainingColumn(), transient=False)  # fmt: skip
+            self.bar.start()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            if self.task is None:
+                self.task = self.bar.add_task("chips", total=total)
+            self.bar.update(self.task, completed=done)
+            return
+        fraction = done / max(total, 1)
+        if fraction >= self.next_line or done == total:
+            elapsed = time.monotonic() - self.start
+            eta = elapsed / fraction * (1 - fraction) if fraction else float("nan")
+            print(f"chips {done}/{total} ({fraction:.0%}), elapsed {elapsed:.0f}s, ETA {eta:.0f}s", file=sys.stderr)
+            self.next_line = fraction + 0.1
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"terratim infer: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from terratim.inference.engine import TilingConfig, infer_scene
+
+    inputs = parse_inputs(args.input)
+    tiling = TilingConfig(args.chip, args.overlap, args.delta, args.batch_size, args.blend)
+    if args.embeddings == "chip":
+        return _chip_embeddings(args, inputs, tiling)
+    predictor = _predictor(args, inputs)
+    progress = ProgressReport(args.quiet)
+    try:
+        paths = infer_scene(predictor.predict, inputs, predictor.heads, tiling, bands=predictor.bands,
+                            device=torch.device(args.device), fill=predictor.fill, overwrite=args.overwrite,
+                            resume=args.resume, progress=progress, fingerprint=predictor.fingerprint)  # fmt: skip
+    finally:
+        progress.close()
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def _model_kwargs(args: argparse.Namespace, inputs: dict[str, Path]) -> dict:
+    kwargs = {"modalities": list(inputs), "pretrained": args.pretrained}
+    if args.model_ckpt is not None:
+        kwargs["ckpt_path"] = str(args.model_ckpt)
+    return kwargs
+
+
+def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
+    import torch
+
+    import terratim
+    from terratim.inference import adapters
+
+    device = torch.device(args.device)
+    if args.config is not None or args.ckpt is not None:
+        if args.config is None or args.ckpt is None or args.model is not None:
+            raise ValueError("a task model needs both -c/--config and --ckpt (and no --model)")
+        task, data_args = adapters.load_task_model(args.config, args.ckpt, device)
+        predictor = adapters.task_predictor(task, data_args, args.out, device, args.confidence, args.cog)
+        predictor.fingerprint["ckpt"] = str(args.ckpt.resolve())
+        _check_modalities(inputs, predictor.bands)
+        return predictor
+    if args.model is None:
+        raise ValueError("name a model: -c config.yaml --ckpt model.ckpt, or --model NAME")
+    if args.model.endswith("_generate"):
+        if not args.outputs:
+            raise ValueError(f"--model {args.model} generates: name what with --outputs (e.g. --outputs LULC)")
+        model = terratim.build(args.model, output_modalities=args.outputs, standardize=True,
+                               **_model_kwargs(args, inputs)).to(device)  # fmt: skip
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        predictor = adapters.generation_predictor(model.eval(), args.out, generator, args.confidence, args.cog,
+                                                  args.timesteps)  # fmt: skip
+    elif args.embeddings == "pixel":
+        backbone = terratim.build(args.model, **_model_kwargs(args, inputs)).to(device).eval()
+        predictor = adapters.embedding_predictor(backbone, args.out, args.cog)
+    else:
+        raise ValueError(f"--model {args.model}: use a *_generate model with --outputs, or a backbone with "
+                         "--embeddings pixel|chip; fine-tuned models take -c/--config and --ckpt")  # fmt: skip
+    predictor.fingerprint.update(model=args.model, seed=args.seed, weights=str(args.model_ckpt or args.pretrained))
+    return predictor
+
+
+def _check_modalities(inputs: dict[str, Path], wanted: dict[str, int]) -> None:
+    if set(inputs) != set(wanted):
+        raise ValueError(f"the model takes {sorted(wanted)}, but --input gave {sorted(inputs)}")
+
+
+def _chip_embeddings(args: argparse.Namespace, inputs: dict[str, Path], tiling) -> int:
+    import torch
+
+    import terratim
+    from terratim import modalities as mods
+    from terratim.inference.embeddings import export_chip_embeddings, mean_token_embedder
+
+    if args.model is None:
+        raise ValueError("--embeddings chip needs --model (a backbone, e.g. terramind_v1_base)")
+    backbone = terratim.build(args.model, **_model_kwargs(args, inputs)).to(args.device).eval()
+    progress = ProgressReport(args.quiet)
+    try:
+        path = export_chip_embeddings(mean_token_embedder(backbone), inputs, args.out, tiling,
+                                      bands={n: mods.resolve(n).num_bands for n in inputs},
+                                      device=torch.device(args.device), overwrite=args.overwrite,
+                                      progress=progress)  # fmt: skip
+    finally:
+        progress.close()
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,125 @@
+"""Model adapters over real and generated scenes: LULC generation (acceptance), task models, embeddings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from conftest import TRANSFORM, write_scene
+
+import terratim
+from terratim import modalities as mods
+from terratim.inference import adapters
+from terratim.inference.embeddings import export_chip_embeddings, geo_metadata, polygon_wkb
+from terratim.inference.engine import TilingConfig, infer_scene
+from terratim.inference.heads import CLASS_NODATA
+
+S1_CHIP = Path(__file__).parents[1] / "data" / "sen1floods11" / "S1Hand" / "Spain_7370579_S1Hand.tif"
+
+
+def small_lulc_tokenizer():
+    from terratim.tokenizers.build import build_tokenizer
+    from terratim.tokenizers.model import TokenizerConfig
+
+    config = dataclasses.replace(TokenizerConfig.for_modality("LULC"), enc_dim=32, enc_depth=1, enc_heads=2,
+                                 dec_dim=32, dec_depth=1, dec_heads=2)  # fmt: skip
+    return build_tokenizer("LULC", config=config)
+
+
+def test_lulc_generation_over_a_real_512_chip_keeps_georeferencing(tmp_path):
+    """Acceptance: terramind_v1_tiny_generate (random weights) S1GRD -> LULC over 3 x 3 chips of a 512^2 scene."""
+    torch.manual_seed(0)
+    model = terratim.build("terramind_v1_tiny_generate", modalities=["S1GRD"], output_modalities=["LULC"],
+                           standardize=True, tokenizers={"LULC": small_lulc_tokenizer()})  # fmt: skip
+    predictor = adapters.generation_predictor(model, tmp_path / "lulc.tif", torch.Generator().manual_seed(0),
+                                              confidence=True)  # fmt: skip
+    assert predictor.bands == {"S1GRD": 2} and np.allclose(predictor.fill["S1GRD"], mods.MODALITIES["S1GRD"].mean)
+    (out,) = infer_scene(predictor.predict, {"S1GRD": S1_CHIP}, predictor.heads, TilingConfig(224, 32, 8, 9),
+                         bands=predictor.bands, fill=predictor.fill)  # fmt: skip
+    with rasterio.open(S1_CHIP) as src, rasterio.open(out) as dst:
+        assert (dst.height, dst.width) == (src.height, src.width) == (512, 512)
+        assert dst.crs == src.crs and dst.transform.almost_equals(src.transform)
+        classes, confidence = dst.read()
+        nodata = ~np.isfinite(src.read()).any(axis=0)
+        assert dst.colormap(1)[1][:3] == (0x1F, 0x5F, 0xD1)  # water colour of the LULC scheme
+    assert dst.dtypes[0] == "uint8" and classes[~nodata].max() < 10
+    assert np.all(classes[nodata] == CLASS_NODATA)
+    assert len(np.unique(classes[~nodata])) > 1 and confidence[~nodata].min() >= 10  # >= 1/10 of 100 %
+
+
+class StubRegression(torch.nn.Module):
+    """A stand-in task: 'regression' returning the first standardized channel."""
+
+    task = "regression"
+
+    def forward(self, x):
+        return x["S1GRD"][:, 0]  # (B, h, w)
+
+
+def test_task_predictor_standardizes_like_training(make_scene, tmp_path):
+    path, data = make_scene("s1", 2, 120, 130)
+    data_args = {"modalities": ["S1GRD"], "means": {"S1GRD": [1.0, 2.0]}, "stds": {"S1GRD": [2.0, 4.0]}}
+    predictor = adapters.task_predictor(StubRegression(), data_args, tmp_path / "reg.tif")
+    (out,) = infer_scene(predictor.predict, {"S1GRD": path}, predictor.heads, TilingConfig(64, 16, 8, 4),
+                         bands=predictor.bands, fill=predictor.fill)  # fmt: skip
+    with rasterio.open(out) as dst:
+        assert dst.dtypes == ("float32",) and dst.descriptions == ("value",)
+        assert np.allclose(dst.read(1), (data[0] - 1.0) / 2.0, atol=1e-6)
+    with pytest.raises(ValueError, match="does not predict pixels"):
+        adapters.task_predictor(type("C", (), {"task": "classification"})(), data_args, tmp_path / "x.tif")
+
+
+def test_per_pixel_embeddings_from_a_tiny_backbone(make_scene, tmp_path):
+    path, _ = make_scene("s1", 2, 240, 232)
+    backbone = terratim.build("terramind_v1_tiny", modalities=["S1GRD"]).eval()
+    predictor = adapters.embedding_predictor(backbone, tmp_path / "emb.tif")
+    (out,) = infer_scene(predictor.predict, {"S1GRD": path}, predictor.heads, TilingConfig(224, 32, 8, 4),
+                         bands=predictor.bands)  # fmt: skip
+    with rasterio.open(out) as dst:
+        assert dst.count == 192 and dst.transform == TRANSFORM
+        pixels = dst.read(1, window=((0, 64), (0, 64)))
+    # One vector per 16 px patch; the first chip starts delta = 8 px above and left of the scene.
+    # (192 channels are blended in float32, so "constant" is up to rounding.)
+    assert np.isfinite(pixels).all() and np.allclose(pixels[8:24, 8:24], pixels[8, 8], rtol=1e-5)
+    assert not np.isclose(pixels[8, 8], pixels[7, 7], rtol=1e-5)
+
+
+def test_polygon_wkb_and_geoparquet_metadata():
+    wkb = polygon_wkb(0.0, 1.0, 2.0, 3.0)
+    order, kind, rings, points = struct.unpack("<BIII", wkb[:13])
+    coords = struct.unpack("<10d", wkb[13:])
+    assert (order, kind, rings, points) == (1, 3, 1, 5) and coords[:4] == (0.0, 1.0, 2.0, 1.0)
+    meta = geo_metadata(rasterio.crs.CRS.from_epsg(32632))
+    assert meta["columns"]["geometry"]["crs"]["id"]["code"] == 32632
+
+
+def test_chip_embeddings_to_geoparquet(make_scene, tmp_path):
+    data = np.random.default_rng(0).standard_normal((2, 100, 150)).astype(np.float32)
+    data[:, :, 100:] = -9999.0  # the right third is nodata: those chips are left out
+    path = write_scene(tmp_path / "s1.tif", data, nodata=-9999.0)
+
+    def embed(batch):
+        return batch["S1GRD"].mean(dim=(2, 3))  # (B, 2)
+
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # the writer must say how to get it
+        with pytest.raises(ImportError, match="pip install pyarrow"):
+            export_chip_embeddings(embed, {"S1GRD": path}, tmp_path / "emb.parquet", TilingConfig(48, 16, 8, 4))
+        return
+    out = export_chip_embeddings(embed, {"S1GRD": path}, tmp_path / "emb.parquet", TilingConfig(48, 16, 8, 4))
+    table = pq.read_table(out)
+    geo = json.loads(table.schema.metadata[b"geo"])
+    assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["encoding"] == "WKB"
+    rows = table.to_pylist()
+    assert rows and all(r["col_off"] < 100 for r in rows) and len(rows[0]["embedding"]) == 2
+    first = rows[0]
+    assert (first["row_off"], first["col_off"]) == (0, 0)
+    coords = struct.unpack("<10d", first["geometry"][13:])
+    assert coords[0] == TRANSFORM.c and coords[1] == TRANSFORM.f - first["height"] * 10.0
