@@ -1,0 +1,147 @@
+"""``terratim generate``: any-to-any generation from GeoTIFF inputs to georeferenced GeoTIFF outputs.
+
+    terratim generate --input S2L2A=a.tif --output LULC,DEM --model terramind_v1_tiny_generate --pretrained \
+        --out DIR [--steps 10] [--decoding-steps 1] [--seed 0]
+
+Writes ``DIR/<OUTPUT>.tif`` per output (the input's CRS and transform; LULC as a uint8 class map with a colour
+table) and ``DIR/panel.png`` with inputs and outputs. Inputs larger than the model's image size run tiled with
+overlap and raised-cosine blending through the streaming scene engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", "-i", action="append", required=True, metavar="MODALITY=PATH",
+                        help="input GeoTIFF per modality (repeat for several; co-registered)")
+    parser.add_argument("--output", required=True, help="modalities to generate, comma separated (e.g. LULC,DEM)")
+    parser.add_argument("--model", default="terramind_v1_tiny_generate", help="a *_generate registry model")
+    parser.add_argument("--ckpt", help="TerraMind weights (.pt official layout or .safetensors)")
+    parser.add_argument("--pretrained", action="store_true", help="official weights from the Hugging Face hub")
+    parser.add_argument("--tokenizer", action="append", default=[], metavar="MODALITY=PATH",
+                        help="tokenizer weights per output (default: official, with --pretrained)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--steps", type=int, default=10, help="diffusion (DDIM) steps for continuous outputs")
+    parser.add_argument("--decoding-steps", type=int, default=1, help="token decoding steps (1 = one pass)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = argmax)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of all sampling randomness")
+    parser.add_argument("--chip", type=int, default=224, help="tile size for inputs larger than this")
+    parser.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
+    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def pairs(items: list[str], what: str) -> dict[str, str]:
+    from terratim.modalities import resolve
+
+    parsed = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"{what} {item!r}: expected MODALITY=PATH")
+        parsed[resolve(name).name] = path
+    return parsed
+
+
+def build_model(args: argparse.Namespace, inputs: list[str], outputs: list[str]):
+    import terratim
+
+    tokenizers = {name: terratim.build(f"terramind_v1_tokenizer_{name.lower()}", ckpt_path=path)
+                  for name, path in pairs(args.tokenizer, "--tokenizer").items()}  # fmt: skip
+    if not args.pretrained:
+        missing = [n for n in outputs if n not in tokenizers]
+        if missing:
+            raise SystemExit(f"no tokenizer weights for {missing}: pass --pretrained (official weights) or "
+                             f"--tokenizer {missing[0]}=PATH")  # fmt: skip
+    model = terratim.build(args.model, modalities=inputs, output_modalities=outputs, pretrained=args.pretrained,
+                           ckpt_path=args.ckpt, decoding_steps=args.decoding_steps, temps=args.temperature,
+                           timesteps=args.steps, standardize=True, tokenizers=tokenizers)  # fmt: skip
+    return model.eval().to(args.device)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from terratim.data.geotiff import check_writable
+    from terratim.inference.scene import SceneReader
+    from terratim.modalities import resolve
+
+    files = pairs(args.input, "--input")
+    outputs = [resolve(n.strip()).name for n in args.output.split(",") if n.strip()]
+    targets = {name: args.out / f"{name}.tif" for name in outputs}
+    panel = args.out / "panel.png"
+    for path in [*targets.values(), panel]:
+        check_writable(path, args.overwrite)
+    model = build_model(args, list(files), outputs)
+    reader = SceneReader(files, {n: resolve(n).num_bands for n in files})
+    info = reader.info
+    generator = torch.Generator().manual_seed(args.seed)
+    small = info.height == info.width and info.height <= args.chip and info.height % 16 == 0
+    try:
+        if small:
+            direct(model, reader, targets, generator, args)
+    finally:
+        reader.close()
+    if not small:
+        tiled(model, files, targets, generator, args)
+    write_panel(files, targets, panel)
+    for path in [*targets.values(), panel]:
+        print(f"wrote {path}")
+    return 0
+
+
+def direct(model, reader, targets: dict, generator, args: argparse.Namespace) -> None:
+    """One forward pass over the whole (small, square) input."""
+    import numpy as np
+    import torch
+
+    from terratim.data.geotiff import write_geotiff
+    from terratim.inference.heads import hex_colormap
+    from terratim.modalities import LULC_COLORS
+
+    arrays = reader.read_rows(0, reader.info.height)
+    for name, array in arrays.items():
+        if np.isnan(array).any():
+            raise SystemExit(f"{name}: {reader.paths[name]} has nodata pixels; generation needs complete inputs")
+    batch = {n: torch.from_numpy(a)[None].to(args.device) for n, a in arrays.items()}
+    with torch.no_grad():
+        result = model(batch, generator=generator)
+    profile = reader.datasets[next(iter(arrays))].profile
+    for name, path in targets.items():
+        image = result[name][0].float().cpu().numpy()
+        if name == "LULC":
+            write_geotiff(path, image.argmax(0).astype(np.uint8), like=profile, overwrite=args.overwrite,
+                          colormap=hex_colormap(LULC_COLORS))  # fmt: skip
+        else:
+            write_geotiff(path, image.astype(np.float32), like=profile, overwrite=args.overwrite)
+
+
+def tiled(model, files: dict[str, str], targets: dict, generator, args: argparse.Namespace) -> None:
+    """Chip the scene, generate per chip, blend (LULC logits before argmax), stream to disk."""
+    from terratim.inference.adapters import generation_predictor
+    from terratim.inference.engine import TilingConfig, infer_scene
+
+    predictor = generation_predictor(model, args.out / "generated.tif", generator=generator, timesteps=args.steps)
+    for head, path in zip(predictor.heads, targets.values()):
+        head.path = path
+    tiling = TilingConfig(chip=args.chip, overlap=args.overlap, batch_size=args.batch_size)
+    infer_scene(predictor.predict, files, predictor.heads, tiling, bands=predictor.bands, device=args.device,
+                fill=predictor.fill, overwrite=args.overwrite)  # fmt: skip
+
+
+def write_panel(files: dict[str, str], targets: dict, path: Path, max_side: int = 1024) -> None:
+    """PNG with every input and output, decimated to at most ``max_side`` pixels."""
+    from terratim.data.geotiff import read_geotiff
+    from terratim.viz import save_panel
+
+    panels = []
+    for kind, entries in (("input", files), ("generated", targets)):
+        for name, file in entries.items():
+            data = read_geotiff(file).data
+            step = max(1, max(data.shape[-2:]) // max_side)
+            panels.append((f"{kind} {name}", name, data[:, ::step, ::step]))
+    save_panel(path, panels, title="terratim generate")

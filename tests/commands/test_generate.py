@@ -1,0 +1,67 @@
+"""``terratim generate`` end to end on real samples, with random tiny weights and small tokenizers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+import terratim
+from terratim.cli import main
+from terratim.tokenizers.build import save_tokenizer
+from terratim.tokenizers.model import TokenizerConfig
+
+DATA = Path(__file__).parents[1] / "data"
+S2 = DATA / "terramesh_examples" / "S2L2A" / "38D_378R_2_3.tif"
+S1_512 = sorted((DATA / "sen1floods11" / "S1Hand").glob("*.tif"))[0]
+SMALL = dict(enc_dim=64, enc_depth=1, enc_heads=2, dec_dim=64, dec_depth=1, dec_heads=2)
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tokenizers")
+    lulc = terratim.build("terramind_v1_tokenizer_lulc", config=TokenizerConfig.for_modality("LULC", **SMALL))
+    unet = dict(channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_ds=(2,), num_groups=8)
+    dem = terratim.build("terramind_v1_tokenizer_dem", config=TokenizerConfig.for_modality("DEM", unet=unet, **SMALL))
+    return {"LULC": save_tokenizer(lulc, folder / "lulc.safetensors"),
+            "DEM": save_tokenizer(dem, folder / "dem.safetensors")}
+
+
+def test_generate_lulc_and_dem_from_s2(tmp_path, tiny_checkpoint, tokenizers):
+    out = tmp_path / "gen"
+    args = ["generate", "--input", f"S2L2A={S2}", "--output", "LULC,DEM", "--ckpt", str(tiny_checkpoint),
+            "--tokenizer", f"LULC={tokenizers['LULC']}", "--tokenizer", f"DEM={tokenizers['DEM']}",
+            "--out", str(out), "--steps", "2", "--seed", "1"]
+    assert main(args) == 0
+    with rasterio.open(S2) as src, rasterio.open(out / "LULC.tif") as lulc, rasterio.open(out / "DEM.tif") as dem:
+        assert lulc.crs == src.crs and lulc.transform == src.transform and dem.crs == src.crs
+        classes = lulc.read(1)
+        assert lulc.dtypes[0] == "uint8" and classes.shape == (224, 224) and classes.max() < 10
+        assert lulc.colormap(1)[1][:3] == (31, 95, 209)
+        heights = dem.read(1)
+        # standardized outputs are clipped to [-1, 1] and de-standardized with the DEM statistics
+        mean, std = terratim.MODALITIES["DEM"].mean[0], terratim.MODALITIES["DEM"].std[0]
+        assert heights.dtype == np.float32 and np.all(np.abs(heights - mean) <= std * 1.0001)
+    assert (out / "panel.png").stat().st_size > 10_000
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        main(args)
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_generate_tiles_a_512_scene(tmp_path, tiny_checkpoint, tokenizers):
+    out = tmp_path / "gen"
+    args = ["generate", "--input", f"S1GRD={S1_512}", "--output", "LULC", "--ckpt", str(tiny_checkpoint),
+            "--tokenizer", f"LULC={tokenizers['LULC']}", "--out", str(out), "--temperature", "0"]
+    assert main(args) == 0
+    with rasterio.open(S1_512) as src, rasterio.open(out / "LULC.tif") as lulc:
+        assert (lulc.width, lulc.height) == (512, 512)
+        assert lulc.crs == src.crs and lulc.transform == src.transform
+        assert lulc.read(1).max() < 10 or lulc.nodata == 255
+
+
+def test_generate_refuses_s2l1c_output(tmp_path, tiny_checkpoint, tokenizers):
+    with pytest.raises(ValueError, match="S2L1C cannot be generated"):
+        main(["generate", "--input", f"S2L2A={S2}", "--output", "S2L1C", "--ckpt", str(tiny_checkpoint),
+              "--tokenizer", f"LULC={tokenizers['LULC']}", "--out", str(tmp_path), "--pretrained"])
