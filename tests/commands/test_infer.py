@@ -1,0 +1,125 @@
+"""The real ``terratim infer`` entry point on small generated scenes: task models, generation, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import yaml
+from affine import Affine
+
+import terratim
+from terratim.cli import main
+
+TRANSFORM = Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5000000.0)
+
+
+def write_tif(path, data, crs="EPSG:32631", transform=TRANSFORM, nodata=None):
+    count, height, width = data.shape
+    with rasterio.open(path, "w", driver="GTiff", count=count, height=height, width=width, dtype=data.dtype.name,
+                       crs=crs, transform=transform, nodata=nodata) as dst:  # fmt: skip
+        dst.write(data)
+    return path
+
+
+@pytest.fixture
+def s1_scene(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.normal(-12.0, 4.0, (2, 260, 300)).astype(np.float32)
+    data[:, :40, :50] = np.nan
+    return write_tif(tmp_path / "s1.tif", data, nodata=np.nan), data
+
+
+@pytest.fixture
+def task_files(tmp_path):
+    """A tiny segmentation task saved the way `terratim fit` saves it: config + Lightning checkpoint."""
+    from terratim.tasks import SemanticSegmentationTask
+
+    model_args = {"backbone": "terramind_v1_tiny", "backbone_pretrained": False, "backbone_modalities": ["S1GRD"],
+                  "necks": [{"name": "SelectIndices", "indices": [11]}, {"name": "ReshapeTokensToImage"}],
+                  "decoder": "FCNDecoder", "decoder_channels": 16, "num_classes": 3}  # fmt: skip
+    torch.manual_seed(0)
+    task = SemanticSegmentationTask(model_args, class_names=["land", "water", "cloud"])
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, ckpt)
+    config = {"model": {"class_path": "terratim.tasks.SemanticSegmentationTask",
+                        "init_args": {"model_args": model_args, "class_names": ["land", "water", "cloud"]}},
+              "data": {"class_path": "terratim.datamodules.GenericMultiModalDataModule",
+                       "init_args": {"modalities": ["S1GRD"], "no_data_replace": 0}}}  # fmt: skip
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    return config_path, ckpt
+
+
+def test_task_model_writes_a_georeferenced_class_map(s1_scene, task_files, tmp_path, capsys):
+    scene, data = s1_scene
+    config, ckpt = task_files
+    out = tmp_path / "pred.tif"
+    args = ["infer", "-c", str(config), "--ckpt", str(ckpt), "--input", f"S1GRD={scene}", "--out", str(out),
+            "--chip", "224", "--overlap", "32", "--batch-size", "4", "--confidence"]  # fmt: skip
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "chips 4/4 (100%)" in captured.err and "ETA" in captured.err and f"wrote {out}" in captured.out
+    with rasterio.open(out) as dst:
+        assert dst.crs.to_epsg() == 32631 and dst.transform == TRANSFORM and dst.count == 2
+        classes = dst.read(1)
+        assert dst.colormap(1)[0][:3] == (0, 0, 0) and dst.tags()["CLASS_1"] == "water"
+    assert np.all(classes[:40, :50] == 255) and classes[40:].max() <= 2
+    assert main(args) == 2  # no silent overwrite
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_generate_lulc_through_the_cli(s1_scene, tmp_path, monkeypatch):
+    from terratim.tokenizers.build import build_tokenizer
+    from terratim.tokenizers.model import TokenizerConfig
+
+    build = terratim.build
+    small = dataclasses.replace(TokenizerConfig.for_modality("LULC"), enc_dim=32, enc_depth=1, enc_heads=2,
+                                dec_dim=32, dec_depth=1, dec_heads=2)  # fmt: skip
+
+    def build_small(name, **kwargs):  # the real model, with a small random LULC tokenizer to keep CI fast
+        return build(name, tokenizers={"LULC": build_tokenizer("LULC", config=small)}, **kwargs)
+
+    monkeypatch.setattr(terratim, "build", build_small)
+    scene, data = s1_scene
+    out = tmp_path / "lulc.tif"
+    assert main(["infer", "--model", "terramind_v1_tiny_generate", "--outputs", "LULC", "--input",
+                 f"S1GRD={scene}", "--out", str(out), "--batch-size", "4", "--quiet"]) == 0  # fmt: skip
+    with rasterio.open(out) as dst:
+        lulc = dst.read(1)
+        assert dst.transform == TRANSFORM and dst.dtypes == ("uint8",) and dst.nodata == 255
+    assert lulc[40:].max() <= 9 and np.all(lulc[:40, :50] == 255)
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda s, o, t: ["--input", f"S2L2A={s}"], "S2L2A input .* has 2 bands, expected 12"),
+        (lambda s, o, t: ["--input", f"S1GRD={s}", "--chip", "512"], "smaller than one chip"),
+        (lambda s, o, t: ["--input", f"S1GRD={t / 'nope.tif'}"], "S1GRD input not found"),
+        (lambda s, o, t: ["--input", f"{s}"], "expected MODALITY=PATH"),
+        (lambda s, o, t: ["--input", f"SAR={s}"], "unknown modality 'SAR'"),
+        (lambda s, o, t: ["--input", f"S1GRD={s}", "--input", f"S2L2A={o}"], "not co-registered"),
+    ],
+)
+def test_bad_input_is_explained(s1_scene, tmp_path, capsys, make_args, message):
+    scene, _ = s1_scene
+    other = write_tif(tmp_path / "s2.tif", np.zeros((12, 260, 301), np.float32))
+    args = ["infer", "--model", "terramind_v1_tiny", "--embeddings", "pixel", "--out", str(tmp_path / "o.tif"),
+            *make_args(scene, other, tmp_path)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("terratim infer: error:")
+    import re
+
+    assert re.search(message, err), err
+
+
+def test_model_source_must_be_given(s1_scene, tmp_path, capsys):
+    scene, _ = s1_scene
+    assert main(["infer", "--input", f"S1GRD={scene}", "--out", str(tmp_path / "o.tif")]) == 2
+    assert "name a model" in capsys.readouterr().err
