@@ -162,7 +162,6 @@ class TerraMindGenerate(nn.Module):
                 return int(round(value[0].numel() ** 0.5))
         return self.network.config.grid
 
-    @torch.no_grad()
     def decode(
         self,
         tokens: Mapping[str, torch.Tensor],
@@ -171,24 +170,9 @@ class TerraMindGenerate(nn.Module):
         standardize: bool | None = None,
     ) -> dict[str, torch.Tensor]:
         """Token ids -> pixels: LULC logits (B, 10, H, W), continuous modalities (B, C, H, W), coords (B, 2)."""
-        out = {}
-        for name, ids in tokens.items():
-            name = mods.resolve(name).name
-            if name not in self.tokenizers:
-                raise ValueError(f"no {name} tokenizer in this model to decode its tokens; build it with "
-                                 f"tokenizers={{'{name}': ...}} or pretrained=True")  # fmt: skip
-            tokenizer = self.tokenizers[name]
-            if mods.resolve(name).kind == "sequence":
-                out[name] = tokenizer.decode(ids)
-                continue
-            side = ids.shape[-1] * self.network.config.patch_size
-            image = tokenizer.decode_tokens(ids, image_size=side, timesteps=timesteps or self.timesteps,
-                                            generator=generator)  # fmt: skip
-            if name != "LULC" and (self.standardize if standardize is None else standardize):
-                mean, std = self.statistics(name, image)
-                image = image * std + mean
-            out[name] = image
-        return out
+        physical = self.standardize if standardize is None else standardize
+        return decode_tokens(tokens, self.tokenizers, timesteps or self.timesteps, generator,
+                             physical_units=physical, offset=self.offset)  # fmt: skip
 
     def forward(
         self,
@@ -200,6 +184,50 @@ class TerraMindGenerate(nn.Module):
         """Generate every output and decode it: ``{name: tensor}``."""
         tokens = self.generate_tokens(x, generator, standardize)
         return self.decode(tokens, timesteps, generator, standardize)
+
+
+@torch.no_grad()
+def decode_tokens(
+    tokens: Mapping[str, torch.Tensor],
+    tokenizers: Mapping[str, nn.Module],
+    timesteps: int = 10,
+    generator: torch.Generator | None = None,
+    physical_units: bool = True,
+    offset: Mapping[str, float] | None = None,
+    patch_size: int = 16,
+) -> dict[str, torch.Tensor]:
+    """Decode token ids with modality tokenizers.
+
+    Args:
+        tokens: ``{name: ids}``, image ids (B, h, w), sequence ids (B, L).
+        tokenizers: ``{name: tokenizer}`` covering every name in ``tokens``.
+        timesteps: diffusion steps for continuous modalities.
+        generator: diffusion noise.
+        physical_units: de-standardize continuous outputs with the registry statistics (plus ``offset``).
+        offset: ``{name: value}`` added to the registry mean.
+        patch_size: pixels per token side.
+
+    Returns:
+        ``{name: tensor}``: LULC as 10-class logits (B, 10, H, W), other images (B, C, H, W), coords (B, 2).
+    """
+    out = {}
+    for name, ids in tokens.items():
+        modality = mods.resolve(name)
+        if modality.name not in tokenizers:
+            raise ValueError(f"no {modality.name} tokenizer to decode its tokens; pass tokenizers={{'{modality.name}':"
+                             f" terratim.build('terramind_v1_tokenizer_{modality.name.lower()}', ...)}} "
+                             "or build with pretrained=True")  # fmt: skip
+        tokenizer = tokenizers[modality.name]
+        if modality.kind == "sequence":
+            out[modality.name] = tokenizer.decode(ids)
+            continue
+        size = (ids.shape[-2] * patch_size, ids.shape[-1] * patch_size)
+        image = tokenizer.decode_tokens(ids, image_size=size, timesteps=timesteps, generator=generator)
+        if modality.name != "LULC" and physical_units:
+            shift = (offset or {}).get(modality.name, 0.0)
+            image = modality.destandardize(image) + shift
+        out[modality.name] = image
+    return out
 
 
 def build_tokenizers(names: Sequence[str], pretrained: bool) -> dict[str, nn.Module]:
