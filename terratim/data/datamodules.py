@@ -56,15 +56,13 @@ def modality_stats(
     mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
     expected = len(bands) if bands else mod.num_bands
     if mean.shape != (expected,) or std.shape != (expected,):
-        raise ValueError(
-            f"{modality}: means/stds have {mean.size}/{std.size} values, expected {expected} (bands)"
-        )
+        raise ValueError(f"{modality}: means/stds have {mean.size}/{std.size} values, expected {expected} (bands)")
     if (std <= 0).any():
         raise ValueError(f"{modality}: stds must be positive, got {std.tolist()}")
     return mean, std
 
 
-def read_label_csv(path: str | os.PathLike) -> dict[str, Any]:
+def read_label_csv(path: str | os.PathLike) -> dict[str, list[int]]:
     """Scene labels from a csv ``sample,label``; several labels (multi-label) are separated by spaces."""
     labels = {}
     with open(path, newline="") as fh:
@@ -72,7 +70,7 @@ def read_label_csv(path: str | os.PathLike) -> dict[str, Any]:
             if not row or row[0].strip().lower() in ("sample", "sample_id", "id"):
                 continue
             values = [int(v) for v in row[1].replace(";", " ").split()]
-            labels[row[0].strip()] = values if len(values) != 1 or " " in row[1].strip() else values[0]
+            labels[row[0].strip()] = values
     return labels
 
 
@@ -94,6 +92,7 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         image_grep: file pattern per modality (default ``"*.tif"``); a single string applies to all.
         label_grep: label file pattern (default ``"*.tif"``).
         label_csv: scene labels for classification (``sample,label``), instead of label rasters.
+        multi_label: scene labels are sets of classes (multi-hot targets), e.g. BigEarthNet.
         means: per-modality band means (raw units); default: the modality registry. Extra keys are ignored.
         stds: per-modality band stds, as ``means``.
         bands: per-modality band names the files hold, in order (default: all pretrained bands).
@@ -134,6 +133,7 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         image_grep: dict[str, str] | str | None = None,
         label_grep: str | None = None,
         label_csv: str | None = None,
+        multi_label: bool = False,
         means: dict[str, list[float]] | None = None,
         stds: dict[str, list[float]] | None = None,
         bands: dict[str, list[str]] | None = None,
@@ -179,10 +179,8 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
             raise ValueError(f"image_grep has no pattern for {missing_grep}")
         self.image_grep = {m: _lookup(image_grep, m) for m in self.modalities}
         self.label_grep = label_grep or "*.tif"
-        self.label_csv = label_csv
-        self.bands = (
-            {m: list(_lookup(bands, m)) for m in self.modalities if _lookup(bands, m)} if bands else {}
-        )
+        self.label_csv, self.multi_label = label_csv, multi_label
+        self.bands = {m: list(_lookup(bands, m)) for m in self.modalities if _lookup(bands, m)} if bands else {}
         self.stats = {m: modality_stats(m, self.bands.get(m), means, stds) for m in self.modalities}
         self.rgb_modality, self.rgb_indices = rgb_modality, rgb_indices
         self.allow_substring_file_names = allow_substring_file_names
@@ -250,6 +248,7 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
             no_label_replace=self.no_label_replace,
             reduce_zero_label=self.reduce_zero_label,
             nodata_to_ignore=self.nodata_to_ignore,
+            multi_label=self.multi_label,
             transform=self.transforms[split],
         )
 

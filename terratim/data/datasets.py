@@ -94,9 +94,7 @@ def find_file(root: Path, sample_id: str, grep: str, allow_substring: bool) -> t
         if len(hits) == 1:
             return root / hits[0], searched
         if len(hits) > 1:
-            raise ValueError(
-                f"sample {sample_id!r}: {len(hits)} files in {root} match {pattern!r}: {hits[:5]}"
-            )
+            raise ValueError(f"sample {sample_id!r}: {len(hits)} files in {root} match {pattern!r}: {hits[:5]}")
     return None, searched
 
 
@@ -187,6 +185,7 @@ class MultiModalGeoTiffDataset(Dataset):
         no_label_replace: float | None = -1,
         reduce_zero_label: bool = False,
         nodata_to_ignore: bool = False,
+        multi_label: bool = False,
         transform: Callable | None = None,
     ) -> None:
         self.samples = list(samples)
@@ -198,6 +197,7 @@ class MultiModalGeoTiffDataset(Dataset):
         self.no_label_replace = no_label_replace
         self.reduce_zero_label = reduce_zero_label
         self.nodata_to_ignore = nodata_to_ignore
+        self.multi_label = multi_label
         self.transform = transform
 
     def __len__(self) -> int:
@@ -257,14 +257,17 @@ class MultiModalGeoTiffDataset(Dataset):
             )
 
     def _scene_label(self, files: SampleFiles) -> np.ndarray:
-        target = files.target
-        if isinstance(target, (list, tuple)):  # multi-label: class indices -> multi-hot
-            hot = np.zeros(self.num_classes or (max(target) + 1), dtype=np.float32)
-            hot[list(target)] = 1.0
+        target = [int(t) for t in np.atleast_1d(files.target)]
+        self._check_classes(np.asarray(target), files)
+        if self.multi_label:  # class indices -> multi-hot (K,)
+            if self.num_classes is None:
+                raise ValueError("multi-label classification needs num_classes")
+            hot = np.zeros(self.num_classes, dtype=np.float32)
+            hot[target] = 1.0
             return hot
-        label = np.asarray(int(target), dtype=np.int64)
-        self._check_classes(label[None], files)
-        return label
+        if len(target) != 1:
+            raise ValueError(f"sample {files.sample_id!r} has {len(target)} labels {target}; set multi_label")
+        return np.asarray(target[0], dtype=np.int64)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         files = self.samples[index]
@@ -307,5 +310,5 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
             for m in first["valid"]
         }
     if "mask" in first:
-        batch["mask"] = torch.stack([torch.as_tensor(np.ascontiguousarray(s["mask"])) for s in samples])
+        batch["mask"] = torch.stack([torch.as_tensor(np.array(s["mask"])) for s in samples])
     return batch

@@ -157,8 +157,7 @@ class AlbumentationsTransform:
 
 
 NATIVE: dict[str, type] = {
-    cls.__name__: cls
-    for cls in (D4, HorizontalFlip, VerticalFlip, RandomRotate90, RandomCrop, CenterCrop, ToTensorV2)
+    cls.__name__: cls for cls in (D4, HorizontalFlip, VerticalFlip, RandomRotate90, RandomCrop, CenterCrop, ToTensorV2)
 }
 
 
@@ -169,9 +168,7 @@ def _from_spec(spec: dict) -> Callable:
     init_args = dict(spec.get("init_args") or {})
     short = class_path.rsplit(".", 1)[-1]
     module = class_path.rsplit(".", 1)[0] if "." in class_path else ""
-    if short in NATIVE and (
-        module in ("", "terratim.data.transforms") or module.startswith("albumentations")
-    ):
+    if short in NATIVE and (module in ("", "terratim.data.transforms") or module.startswith("albumentations")):
         return NATIVE[short](**init_args)
     if module.startswith("albumentations") or not module:
         try:

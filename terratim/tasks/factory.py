@@ -144,7 +144,8 @@ def build_backbone(backbone: str | nn.Module, kwargs: dict[str, Any]) -> nn.Modu
         return registry.build(backbone, **kwargs)
     except TypeError as err:
         if "unknown arguments" in str(err):
-            raise ValueError(f"model_args: {err} (set as backbone_<argument>)") from err
+            bad = [f"backbone_{k}" for k in kwargs if repr(k) in str(err)]
+            raise ValueError(f"model_args: backbone {backbone!r} does not take {bad} ({err})") from err
         raise
 
 

@@ -1,0 +1,43 @@
+"""Sen1Floods11DataModule on the real sample chips in tests/data/sen1floods11 (official layout and splits)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from terratim.data.sen1floods11 import Sen1Floods11DataModule
+
+ROOT = Path(__file__).resolve().parents[1] / "data" / "sen1floods11"
+CHIPS = sorted(p.name.removesuffix("_S1Hand.tif") for p in (ROOT / "S1Hand").glob("*_S1Hand.tif"))
+
+
+def test_official_split_with_missing_chips_raises_naming_the_sample():
+    dm = Sen1Floods11DataModule(str(ROOT), modalities=["S1GRD"])
+    with pytest.raises(FileNotFoundError, match=r"sample '.+' \(from split file .*flood_test_data.txt\) has no file"):
+        dm.make_dataset("test")
+
+
+def test_s1_chips_batch_with_crops(tmp_path: Path):
+    split = tmp_path / "chips.txt"
+    split.write_text("\n".join(CHIPS))
+    dm = Sen1Floods11DataModule(str(ROOT), modalities=["S1GRD"], batch_size=3, crop_size=64,
+                                split_files={"train": str(split), "val": str(split)})  # fmt: skip
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == len(CHIPS) == 9
+    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(dm.transfer_batch_to_device(batch, torch.device("cpu"), 0), 0)
+    assert batch["image"]["S1GRD"].shape == (3, 2, 64, 64) and torch.isfinite(batch["image"]["S1GRD"]).all()
+    assert set(batch["mask"].unique().tolist()) <= {-1, 0, 1}
+    assert batch["meta"][0]["crs"].to_epsg() == 4326
+
+
+def test_s2_and_s1_of_one_chip_with_skip(tmp_path: Path):
+    dm = Sen1Floods11DataModule(str(ROOT), missing="skip")
+    with pytest.warns(UserWarning, match="skipped 89 of 90 samples"):
+        ds = dm.make_dataset("test")
+    sample = ds[0]
+    assert sample["meta"]["sample_id"] == "Spain_7370579"
+    assert sample["image"]["S2L1C"].shape == (13, 512, 512) and sample["image"]["S1GRD"].shape == (2, 512, 512)
+    assert sample["mask"].shape == (512, 512) and (sample["mask"] == 1).any()
