@@ -26,7 +26,7 @@ import torch
 
 from terratim.inference.engine import Predict, Progress, SceneEngine, TilingConfig, rank_rows
 from terratim.inference.heads import Head
-from terratim.inference.scene import BLOCK, SceneReader, SceneWriter, partial_path, progress_path
+from terratim.inference.scene import BLOCK, SceneReader, SceneWriter, block_cache, partial_path, progress_path
 
 
 def torch_distributed_context() -> tuple[int, int, Callable[[], None]]:
@@ -62,7 +62,7 @@ def infer_scene_distributed(predict: Predict, inputs: dict[str, str | os.PathLik
             raise FileExistsError(f"{head.path} exists; pass --overwrite to replace it")
         _check_part(part_path(head.path, rank, world_size), overwrite, resume)
     engine = SceneEngine(predict, heads, tiling, device, fill, fingerprint)
-    with SceneReader(inputs, bands) as reader:
+    with SceneReader(inputs, bands) as reader, block_cache(reader, engine.channels):
         rows = rank_rows(reader.info.height, rank, world_size)
         targets = [part_path(h.path, rank, world_size) for h in heads]
         if rows[1] > rows[0]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from terratim.inference.heads import Head
-from terratim.inference.scene import BLOCK, SceneReader, SceneWriter, check_output
+from terratim.inference.scene import BLOCK, SceneReader, SceneWriter, block_cache, check_output
 from terratim.inference.tiling import BlendAccumulator, Chip, ChipGrid, blend_weights, reflect_pad_strip
 
 Predict = Callable[[dict[str, torch.Tensor]], torch.Tensor]
@@ -240,6 +240,6 @@ def infer_scene(predict: Predict, inputs: dict[str, str | os.PathLike], heads: S
     for head in heads:
         check_output(head.path, overwrite, resume)
     engine = SceneEngine(predict, heads, tiling, device, fill, fingerprint)
-    with SceneReader(inputs, bands) as reader:
+    with SceneReader(inputs, bands) as reader, block_cache(reader, engine.channels):
         writers = engine.run(reader, resume=resume, progress=progress)
     return [w.finish() for w in writers]

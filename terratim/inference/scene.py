@@ -149,6 +149,18 @@ class OutputBand:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+def block_cache(reader: SceneReader, out_bands: int):
+    """A ``rasterio.Env`` whose GDAL block cache holds two block rows of every input and output band.
+
+    GDAL's default cache (5 % of RAM) would otherwise fill up with blocks of rows already done, so the resident
+    memory would grow with the scene. Two block rows cover the rows a chip row reads and the rows written.
+    """
+    rasterio = _rasterio()
+    bands = sum(reader.band_counts().values()) + out_bands
+    size = 2 * BLOCK * reader.info.width * 4 * bands
+    return rasterio.Env(GDAL_CACHEMAX=int(min(max(size, 32 * 2**20), 1024 * 2**20)))
+
+
 def partial_path(path: Path) -> Path:
     """Where an unfinished output is written before it is renamed into place."""
     return path.with_name(path.name + ".partial")

@@ -175,20 +175,30 @@ class BlendAccumulator:
         self.core = weights.shape[0]
         self.base = start_row
         self.dtype = np.dtype(dtype)
-        self.sums = np.zeros((channels, 0, width), dtype=self.dtype)  # (K, rows held, W)
-        self.counts = np.zeros((0, width), dtype=self.dtype)  # (rows held, W)
-        self.valid = np.zeros((0, width), dtype=bool)  # input had data there
+        self.held = 0  # rows in use, from ``base``
+        self._allocate(self.core)
+
+    def _allocate(self, capacity: int) -> None:
+        sums = np.zeros((self.channels, capacity, self.width), dtype=self.dtype)  # (K, capacity, W)
+        counts = np.zeros((capacity, self.width), dtype=self.dtype)  # (capacity, W)
+        valid = np.zeros((capacity, self.width), dtype=bool)  # input had data there
+        if self.held:
+            sums[:, : self.held], counts[: self.held] = self.sums[:, : self.held], self.counts[: self.held]
+            valid[: self.held] = self.valid[: self.held]
+        self.sums, self.counts, self.valid = sums, counts, valid
 
     @property
     def rows_held(self) -> int:
+        return self.held
+
+    @property
+    def capacity(self) -> int:
         return self.counts.shape[0]
 
     def _grow(self, rows: int) -> None:
-        extra = rows - self.rows_held
-        if extra > 0:
-            self.sums = np.concatenate([self.sums, np.zeros((self.channels, extra, self.width), self.dtype)], 1)
-            self.counts = np.concatenate([self.counts, np.zeros((extra, self.width), self.dtype)], 0)
-            self.valid = np.concatenate([self.valid, np.zeros((extra, self.width), bool)], 0)
+        if rows > self.capacity:  # rare: a batch reached a chip row further down
+            self._allocate(max(rows, self.capacity + self.core // 2))
+        self.held = max(self.held, rows)
 
     def add(self, output: np.ndarray, y: int, x: int, valid: np.ndarray | None = None) -> None:
         """Add one cropped chip output (K, core, core) whose core starts at scene row ``y``, column ``x``."""
@@ -206,19 +216,23 @@ class BlendAccumulator:
         """Hand out final rows ``base .. until`` and drop them.
 
         Returns:
-            (blended (K, rows, W) in the sum dtype, covered (rows, W) bool, valid (rows, W) bool). Pixels no chip
-            covered (all their chips were nodata) are 0 in ``blended`` and False in ``covered``.
+            (blended (K, rows, W) in the sum dtype, covered (rows, W) bool, valid (rows, W) bool). Pixels no
+            chip covered (all their chips were nodata) are 0 in ``blended`` and False in ``covered``.
         """
         n = until - self.base
         if n < 0:
             raise ValueError(f"rows before {self.base} were already handed out")
         self._grow(n)
-        sums, counts, valid = self.sums[:, :n], self.counts[:n], self.valid[:n]
+        sums, counts = self.sums[:, :n], self.counts[:n]
         covered = counts > 0
         blended = np.divide(sums, counts, out=np.zeros_like(sums), where=covered[None])
-        self.sums, self.counts, self.valid = self.sums[:, n:], self.counts[n:], self.valid[n:]
-        self.base = until
-        return blended, covered, valid.copy()
+        valid = self.valid[:n].copy()
+        rest = self.held - n  # rows still in flight move to the top; the freed rows are zeroed
+        self.sums[:, :rest], self.counts[:rest], self.valid[:rest] = (
+            self.sums[:, n : self.held].copy(), self.counts[n : self.held].copy(), self.valid[n : self.held].copy())
+        self.sums[:, rest : self.held], self.counts[rest : self.held], self.valid[rest : self.held] = 0, 0, False
+        self.held, self.base = rest, until
+        return blended, covered, valid
 
 
 def blend_image(image: np.ndarray, predict, grid: ChipGrid, mode: str = "cosine") -> np.ndarray:
