@@ -28,6 +28,11 @@ MERGE_METHODS = ("mean", "max", "concat", "dict", None)
 ModalitySpec = str | Mapping[str, int]
 
 
+def is_finite(x: torch.Tensor) -> bool:
+    """True when ``x`` has no NaN/inf: one reduction, and the full check only if the sum is not finite."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def parse_modalities(modalities: Sequence[ModalitySpec]) -> dict[str, tuple[str, int | None]]:
     """User modality list -> ``{user name: (internal key, channels of a new modality or None)}``.
 
@@ -145,7 +150,7 @@ class TerraMindBackbone(TerraMind):
             self._check_image(name, key, x)
         elif torch.is_floating_point(x) or (key == "tok_lulc@224" and x.dim() in (3, 4) and x.shape[-1] > 32):
             x = self._tokenize(name, key, x)
-        if self.check_finite and torch.is_floating_point(x) and not bool(torch.isfinite(x).all()):
+        if self.check_finite and torch.is_floating_point(x) and not is_finite(x):
             raise ValueError(
                 f"{name}: input contains NaN or inf; fill nodata before the model "
                 "(the data modules replace nodata with a fill value and pass a validity mask)"
@@ -223,8 +228,10 @@ class TerraMindBackbone(TerraMind):
         parts = [layer[:, s.start : s.stop] for s in images]  # each (B, N, D)
         if self.merge_method == "concat":
             return self._concat(parts)
-        stacked = torch.stack(parts, dim=1)  # (B, M, N, D)
-        return stacked.mean(1) if self.merge_method == "mean" else stacked.amax(1)
+        merged = parts[0]
+        for part in parts[1:]:  # pairwise, without stacking a (B, M, N, D) copy
+            merged = merged + part if self.merge_method == "mean" else torch.maximum(merged, part)
+        return merged / len(parts) if self.merge_method == "mean" and len(parts) > 1 else merged
 
     def _concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
         missing = self.out_channels[0] // self.config.dim - len(parts)
