@@ -8,8 +8,13 @@ import time
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="terramind_v1_tiny", help="backbone name (default terramind_v1_tiny)")
-    parser.add_argument("--input", action="append", default=[], metavar="MODALITY=PATH",
-                        help="GeoTIFF per modality (repeatable); default: bundled TerraMesh S2L2A + S1RTC")
+    parser.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="MODALITY=PATH",
+        help="GeoTIFF per modality (repeatable); default: bundled TerraMesh S2L2A + S1RTC",
+    )
     parser.add_argument("--ckpt", help="official-layout .pt or .safetensors checkpoint")
     parser.add_argument("--pretrained", action="store_true", help="download official weights from the hub")
     parser.add_argument("--merge", default="mean", choices=["mean", "max", "concat"], help="modality merge")

@@ -15,14 +15,25 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", "-i", action="append", required=True, metavar="MODALITY=PATH",
-                        help="input GeoTIFF per modality (repeat for several; co-registered)")
+    parser.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        required=True,
+        metavar="MODALITY=PATH",
+        help="input GeoTIFF per modality (repeat for several; co-registered)",
+    )
     parser.add_argument("--output", required=True, help="modalities to generate, comma separated (e.g. LULC,DEM)")
     parser.add_argument("--model", default="terramind_v1_tiny_generate", help="a *_generate registry model")
     parser.add_argument("--ckpt", help="TerraMind weights (.pt official layout or .safetensors)")
     parser.add_argument("--pretrained", action="store_true", help="official weights from the Hugging Face hub")
-    parser.add_argument("--tokenizer", action="append", default=[], metavar="MODALITY=PATH",
-                        help="tokenizer weights per output (default: official, with --pretrained)")
+    parser.add_argument(
+        "--tokenizer",
+        action="append",
+        default=[],
+        metavar="MODALITY=PATH",
+        help="tokenizer weights per output (default: official, with --pretrained)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--steps", type=int, default=10, help="diffusion (DDIM) steps for continuous outputs")
     parser.add_argument("--decoding-steps", type=int, default=1, help="token decoding steps (1 = one pass)")
