@@ -56,6 +56,7 @@ class TerraMindGenerate(nn.Module):
         scheme: ``roar`` (reference) or ``maskgit`` for images.
         chain: condition each output on the outputs generated before it.
         tokenizers: ``{name: tokenizer}`` for outputs (decoding) and token inputs given as images.
+        cfg_scale: classifier-free guidance scale (1 = off, the reference's setting).
     """
 
     def __init__(
@@ -72,8 +73,10 @@ class TerraMindGenerate(nn.Module):
         scheme: Scheme = "roar",
         chain: bool = False,
         tokenizers: Mapping[str, nn.Module] | None = None,
+        cfg_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        self.cfg_scale = cfg_scale
         self.network = network
         self.outputs = dict(outputs)
         self.decoding_steps = decoding_steps
@@ -114,10 +117,11 @@ class TerraMindGenerate(nn.Module):
         records = []
         for key in self.outputs.values():
             if mods.key_modality(key).kind == "sequence":
-                records.append(Target(key, 4, "autoregressive", 1, self.temps, self.top_k, self.top_p))
+                records.append(Target(key, 4, "autoregressive", 1, self.temps, self.top_k, self.top_p,
+                                      cfg_scale=self.cfg_scale))  # fmt: skip
             else:
                 records.append(Target(key, num_image_tokens, self.scheme, self.decoding_steps, self.temps,
-                                      self.top_k, self.top_p))  # fmt: skip
+                                      self.top_k, self.top_p, cfg_scale=self.cfg_scale))  # fmt: skip
         return records
 
     def _prepared(self, x: Mapping[str, torch.Tensor], standardize: bool | None) -> dict[str, torch.Tensor]:
@@ -263,6 +267,7 @@ def build_generate(
     chain: bool = False,
     tokenizers: Mapping[str, nn.Module] | None = None,
     build_tokenizers_for_outputs: bool = True,
+    cfg_scale: float = 1.0,
     **unknown: Any,
 ) -> TerraMindGenerate:
     """Build a generation model (encoder-decoder) and the tokenizers it needs."""
@@ -286,7 +291,7 @@ def build_generate(
         network.tokenizers[inputs[name][0]] = tokenizer.eval().requires_grad_(False)
     output_tokenizers = {n: t for n, t in given.items() if n in outputs}
     return TerraMindGenerate(network, outputs, decoding_steps, temps, top_p, top_k, timesteps, standardize,
-                             offset, scheme, chain, output_tokenizers)  # fmt: skip
+                             offset, scheme, chain, output_tokenizers, cfg_scale)  # fmt: skip
 
 
 def _register_sizes() -> None:

@@ -130,3 +130,20 @@ def test_decode_without_tokenizer_says_what_is_missing(tiny_checkpoint):
     model = small_generator(tiny_checkpoint)
     with pytest.raises(ValueError, match="no LULC tokenizer"):
         model.decode({"LULC": torch.zeros(1, 2, 2, dtype=torch.long)})
+
+
+def test_classifier_free_guidance_changes_logits_and_scale_one_is_plain(tiny_checkpoint):
+    x = {"S2L2A": torch.randn(1, 12, 32, 32, generator=torch.Generator().manual_seed(4))}
+    plain = small_generator(tiny_checkpoint, temps=0.0).generate_tokens(x, return_states=True)["LULC"]
+    guided = small_generator(tiny_checkpoint, temps=0.0, cfg_scale=3.0).generate_tokens(x, return_states=True)["LULC"]
+    assert not torch.allclose(plain.first_logits, guided.first_logits, atol=1e-3)
+    assert torch.isfinite(guided.first_logits).all()
+
+
+def test_coordinates_are_decoded_autoregressively(tiny_checkpoint):
+    model = small_generator(tiny_checkpoint, output_modalities=["COORDS"], temps=1.0)
+    x = {"S2L2A": torch.randn(2, 12, 32, 32, generator=torch.Generator().manual_seed(5))}
+    a = model.generate_tokens(x, generator=torch.Generator().manual_seed(3))["COORDS"]
+    b = model.generate_tokens(x, generator=torch.Generator().manual_seed(3))["COORDS"]
+    assert a.dim() == 2 and a.shape[0] == 2 and 1 <= a.shape[1] <= 4
+    assert torch.equal(a, b) and int(a.max()) < 30000
