@@ -9,9 +9,9 @@ the real one: use it to learn and test the tools, never for real-world results.
 Registered names (same arguments as the ``terramind_v1_*`` builders, ``pretrained=True`` loads the bundle):
 
 * ``terramind_sim_micro`` - backbone;
-* ``terramind_sim_micro_generate`` - any-to-any generation (outputs LULC, DEM, NDVI);
+* ``terramind_sim_micro_generate`` - any-to-any generation (inputs S1GRD, DEM, LULC; outputs LULC, DEM);
 * ``terramind_sim_micro_tim`` - Thinking-in-Modalities backbone;
-* ``terramind_sim_micro_tokenizer_{lulc,dem,ndvi}`` - its tokenizers.
+* ``terramind_sim_micro_tokenizer_{lulc,dem}`` - its tokenizers.
 
 The architecture is added to the table of named sizes as ``"sim_micro"``, so the regular creation paths
 (backbone, generation, TiM) build and load it strictly.
@@ -31,11 +31,11 @@ from terratim.registry import register
 
 SIZE = "sim_micro"
 SIM_MICRO = TerraMindConfig(dim=64, encoder_depth=4, decoder_depth=2, num_heads=4, mlp_hidden=256,
-                            gated_mlp=False, bias=True, patch_size=16, img_size=128)  # fmt: skip
+                            gated_mlp=False, bias=True, patch_size=16, img_size=64)  # fmt: skip
 SIZES.setdefault(SIZE, SIM_MICRO)
 ASSETS = Path(__file__).resolve().parent / "assets" / "sim_micro"
 CHECKPOINT = ASSETS / "terramind_sim_micro.safetensors"
-TOKENIZER_MODALITIES = ("LULC", "DEM", "NDVI")
+TOKENIZER_MODALITIES = ("LULC", "DEM")
 IMG_SIZE = SIM_MICRO.img_size
 
 

@@ -3,16 +3,17 @@
 Config sections: ``model`` (``size`` of a released architecture or ``architecture`` with
 ``TerraMindConfig`` fields; ``inputs``; ``targets``), ``tokenizers`` (``{modality: tokenizer file}`` for every
 target and token input), ``masking`` (``input_tokens``, ``target_tokens``, ``alpha``), ``loss_weighting``,
-``data``, ``optim``, ``trainer``, ``seed``, ``output``. The output is the encoder-decoder in the official layout
-(``.safetensors`` + ``.json``), loadable with ``terratim.build(..., ckpt_path=output)`` as backbone, generator
-or TiM model.
+``data``, ``optim``, ``trainer``, ``seed``, ``output``, ``export_dtype`` (``float16`` halves the file). The
+output is the encoder-decoder in the official layout (``.safetensors`` + ``.json``), loadable with
+``terratim.build(..., ckpt_path=output)`` as backbone, generator or TiM model.
 """
 
 from __future__ import annotations
 
 import argparse
 
-TOP_KEYS = {"model", "tokenizers", "masking", "loss_weighting", "data", "optim", "trainer", "seed", "output"}
+TOP_KEYS = {"model", "tokenizers", "masking", "loss_weighting", "data", "optim", "trainer", "seed", "output",
+            "export_dtype"}  # fmt: skip
 MODEL_KEYS = {"size", "architecture", "inputs", "targets"}
 
 
@@ -40,7 +41,7 @@ def pretrain(config: dict, output: str | None = None, max_steps: int | None = No
     import lightning.pytorch as pl
 
     from terratim.data.geotiff import check_writable
-    from terratim.pretraining.config import check_keys, make_dataset, make_loader, make_trainer
+    from terratim.pretraining.config import cast_checkpoint, check_keys, make_dataset, make_loader, make_trainer
     from terratim.pretraining.masking import MaskingConfig
     from terratim.pretraining.module import MaskedPretraining
     from terratim.tokenizers.build import build_tokenizer
@@ -70,6 +71,8 @@ def pretrain(config: dict, output: str | None = None, max_steps: int | None = No
     loader = make_loader(data, make_dataset(data, modalities), seed)
     make_trainer(trainer_cfg, progress_bar).fit(module, loader)
     module.export(out_path)
+    if config.get("export_dtype", "float32") != "float32":
+        cast_checkpoint(out_path, config["export_dtype"])
     return module, out_path
 
 

@@ -1,7 +1,8 @@
 """``terratim train-tokenizer -c config.yaml``: train an FSQ-VAE tokenizer (see docs/pretraining.md).
 
 Config sections: ``tokenizer`` (``TokenizerConfig`` fields; ``modality`` required, the rest default to the
-released architecture), ``data``, ``optim``, ``trainer``, ``seed``, ``output`` (see
+released architecture), ``data``, ``optim``, ``trainer``, ``seed``, ``output``, ``export_dtype`` (``float16``
+halves the file) (see
 :mod:`terratim.pretraining.config`). The result is ``output`` (``.safetensors``) with its ``.json`` config, which
 ``terratim.build("terramind_v1_tokenizer_<mod>", ckpt_path=output)`` loads.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-TOP_KEYS = {"tokenizer", "data", "optim", "trainer", "seed", "output"}
+TOP_KEYS = {"tokenizer", "data", "optim", "trainer", "seed", "output", "export_dtype"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +27,7 @@ def train_tokenizer(config: dict, output: str | None = None, max_steps: int | No
     import lightning.pytorch as pl
 
     from terratim.data.geotiff import check_writable
-    from terratim.pretraining.config import check_keys, make_dataset, make_loader, make_trainer
+    from terratim.pretraining.config import cast_checkpoint, check_keys, make_dataset, make_loader, make_trainer
     from terratim.pretraining.tokenizer_training import TokenizerTraining
     from terratim.tokenizers.model import TokenizerConfig
 
@@ -47,6 +48,8 @@ def train_tokenizer(config: dict, output: str | None = None, max_steps: int | No
     loader = make_loader(data, make_dataset(data, [tok_config.modality]), seed)
     make_trainer(trainer_cfg, progress_bar).fit(module, loader)
     module.export(out_path)
+    if config.get("export_dtype", "float32") != "float32":
+        cast_checkpoint(out_path, config["export_dtype"])
     return module, out_path
 
 

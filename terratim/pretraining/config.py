@@ -16,10 +16,13 @@ Shared sections (see ``configs/pretrain/*.yaml`` for complete files)::
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
 from terratim.pretraining.data import FolderDataset, SimulatedDataset
@@ -68,13 +71,51 @@ def make_loader(data: Mapping[str, Any], dataset: Dataset, seed: int) -> DataLoa
                       generator=torch.Generator().manual_seed(seed))  # fmt: skip
 
 
-def make_trainer(trainer: Mapping[str, Any], progress_bar: bool = True) -> Any:
-    """A Lightning ``Trainer`` from the ``trainer:`` section (DDP / FSDP through ``strategy``)."""
-    import lightning.pytorch as pl
+def make_trainer(trainer: Mapping[str, Any], progress_bar: bool = True) -> pl.Trainer:
+    """A Lightning ``Trainer`` from the ``trainer:`` section (DDP / FSDP through ``strategy``).
 
+    On a terminal a progress bar shows; otherwise (logs, CI) the loss is printed every ``log_every_n_steps``.
+    """
     check_keys(trainer, TRAINER_KEYS, "trainer")
+    interactive = progress_bar and sys.stdout.isatty()
     options = {"max_steps": 1000, "accelerator": "auto", "devices": 1, "logger": False,
-               "enable_checkpointing": False, "enable_progress_bar": progress_bar, "enable_model_summary": False,
-               "log_every_n_steps": 10}  # fmt: skip
+               "enable_checkpointing": False, "enable_progress_bar": interactive, "enable_model_summary": False,
+               "log_every_n_steps": 50}  # fmt: skip
     options.update(trainer)
+    if progress_bar and not interactive:
+        options["callbacks"] = [PrintLoss(int(options["log_every_n_steps"]))]
     return pl.Trainer(**options)
+
+
+def cast_checkpoint(path: str | os.PathLike, dtype: str) -> Path:
+    """Rewrite a ``.safetensors`` file with floating-point tensors in ``dtype`` (e.g. ``float16`` to halve a
+    bundled file); the loaders cast back to the model's dtype. The ``.json`` beside it is kept."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if dtype not in ("float16", "bfloat16", "float32"):
+        raise ValueError(f"export_dtype must be float16, bfloat16 or float32, got {dtype!r}")
+    path = Path(path)
+    target = getattr(torch, dtype)
+    state = {k: v.to(target) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    save_file(state, str(path))
+    return path
+
+
+class PrintLoss(pl.Callback):
+    """Print step, loss and elapsed time every ``every`` steps (for logs without a terminal)."""
+
+    def __init__(self, every: int) -> None:
+        self.every, self.start = max(1, every), 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        step = trainer.global_step
+        if step % self.every == 0 or step == trainer.max_steps:
+            loss = trainer.callback_metrics.get("train/loss")
+            shown = f"{float(loss):.4f}" if loss is not None else "n/a"
+            print(f"step {step}/{trainer.max_steps} loss {shown} ({time.perf_counter() - self.start:.0f} s)",
+                  flush=True)  # fmt: skip
