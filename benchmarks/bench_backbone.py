@@ -12,49 +12,21 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
-import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from common import DTYPES, device_line, flops, timed
 
 import terratim
 
 REFERENCE_SECONDS = {("cpu", "fp32", "tiny", 8): 0.437, ("cpu", "fp32", "base", 8): 4.46,
                      ("cuda", "bf16", "base", 64): 0.0166, ("cuda", "bf16", "tiny", 8): 0.0040,
                      ("cuda", "fp32", "tiny", 8): 0.0040}  # fmt: skip
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def make_inputs(batch: int, size: int, device: str) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return {"S2L2A": torch.randn(batch, 12, size, size, generator=g).to(device),
             "S1GRD": torch.randn(batch, 2, size, size, generator=g).to(device)}  # fmt: skip
-
-
-def count_flops(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(inputs)
-    return counter.get_total_flops()
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_forward(model, inputs, device: str, dtype: str, repeats: int, warmup: int) -> list[float]:
-    autocast = torch.autocast(device.split(":")[0], dtype=DTYPES[dtype], enabled=dtype != "fp32")
-    times = []
-    with torch.no_grad(), autocast:
-        for i in range(warmup + repeats):
-            sync(device)
-            start = time.perf_counter()
-            model(inputs)
-            sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return times
 
 
 def peak_memory_mb(device: str) -> float:
@@ -76,10 +48,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     device_kind = args.device.split(":")[0]
-    where = torch.cuda.get_device_name() if device_kind == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"device {args.device} ({where}), {args.dtype}, S2L2A+S1GRD {args.img_size}x{args.img_size}, "
-          f"torch {torch.__version__}")  # fmt: skip
-    header = (f"{'size':<6}{'batch':>6}{'ms/batch':>11}{'min ms':>9}{'images/s':>10}{'GFLOP/batch':>13}"
+    print(f"{device_line(args.device)}, {args.dtype}, S2L2A+S1GRD {args.img_size}x{args.img_size}, "
+          f"torch {torch.__version__}")
+    header = (f"{'size':<6}{'batch':>6}{'ms/batch':>11}{'images/s':>10}{'GFLOP/batch':>13}"
               f"{'TFLOP/s':>9}{'peak MB':>9}{'reference':>11}{'speed-up':>9}")  # fmt: skip
     print(header)
     for size in args.sizes:
@@ -91,14 +62,13 @@ def main() -> None:
             if device_kind == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             inputs = make_inputs(batch, args.img_size, args.device)
-            flops = count_flops(model, inputs)
-            times = time_forward(model, inputs, args.device, args.dtype, args.repeats, args.warmup)
-            median = statistics.median(times)
+            flop_count = flops(lambda: model(inputs))
+            median = timed(lambda: model(inputs), args.device, args.repeats, args.warmup, args.dtype)
             reference = REFERENCE_SECONDS.get((device_kind, args.dtype, size, batch))
             ref_text = f"{reference * 1000:.1f} ms" if reference else "-"
             speedup = f"{reference / median:.2f}x" if reference else "-"
-            print(f"{size:<6}{batch:>6}{median * 1000:>11.1f}{min(times) * 1000:>9.1f}{batch / median:>10.1f}"
-                  f"{flops / 1e9:>13.1f}{flops / median / 1e12:>9.2f}{peak_memory_mb(args.device):>9.0f}"
+            print(f"{size:<6}{batch:>6}{median * 1000:>11.1f}{batch / median:>10.1f}"
+                  f"{flop_count / 1e9:>13.1f}{flop_count / median / 1e12:>9.2f}{peak_memory_mb(args.device):>9.0f}"
                   f"{ref_text:>11}{speedup:>9}")  # fmt: skip
 
 

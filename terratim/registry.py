@@ -40,6 +40,16 @@ def register(name: str, description: str = "") -> Callable[[Callable[..., nn.Mod
     return wrap
 
 
+def register_sizes(pattern: str, build_fn: Callable[..., nn.Module], description: str) -> None:
+    """Register ``pattern.format(size=...)`` for the four TerraMind sizes, each calling ``build_fn(size, **kw)``."""
+    for size in ("tiny", "small", "base", "large"):
+
+        def builder(_size: str = size, **kwargs: Any) -> nn.Module:
+            return build_fn(_size, **kwargs)
+
+        register(pattern.format(size=size), description.format(size=size))(builder)
+
+
 def _load_builders() -> None:
     global _loaded
     if _loaded:

@@ -21,7 +21,7 @@ from terratim import modalities as mods
 from terratim.generation.generate import TerraMindGenerate, build_generate
 from terratim.model.backbone import MergeMethod, TerraMindBackbone, load_weights, terramind_state_dict
 from terratim.model.config import TerraMindConfig, size_config
-from terratim.registry import register
+from terratim.registry import register_sizes
 
 
 class TerraMindTiM(TerraMindBackbone):
@@ -147,14 +147,5 @@ def build_tim(
     return model
 
 
-def _register_sizes() -> None:
-    for size in ("tiny", "small", "base", "large"):
-
-        def builder(size: str = size, **kwargs: Any) -> TerraMindTiM:
-            return build_tim(size, **kwargs)
-
-        builder.__doc__ = f"TerraMind v1 {size} with Thinking-in-Modalities (imagines e.g. LULC, then encodes)."
-        register(f"terramind_v1_{size}_tim")(builder)
-
-
-_register_sizes()
+register_sizes("terramind_v1_{size}_tim", build_tim,
+               "TerraMind v1 {size} with Thinking-in-Modalities (imagines e.g. LULC, then encodes).")

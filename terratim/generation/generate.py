@@ -19,7 +19,7 @@ from terratim import modalities as mods
 from terratim.generation.sampler import Sampler, Scheme, Target
 from terratim.model.backbone import TerraMindBackbone, load_weights, parse_modalities, terramind_state_dict
 from terratim.model.config import size_config
-from terratim.registry import register
+from terratim.registry import register_sizes
 
 
 def output_keys(output_modalities: Sequence[str], inputs: Mapping[str, tuple[str, int | None]]) -> dict[str, str]:
@@ -294,14 +294,5 @@ def build_generate(
                              offset, scheme, chain, output_tokenizers, cfg_scale)  # fmt: skip
 
 
-def _register_sizes() -> None:
-    for size in ("tiny", "small", "base", "large"):
-
-        def builder(size: str = size, **kwargs: Any) -> TerraMindGenerate:
-            return build_generate(size, **kwargs)
-
-        builder.__doc__ = f"TerraMind v1 {size} any-to-any generation (encoder-decoder + tokenizers)."
-        register(f"terramind_v1_{size}_generate")(builder)
-
-
-_register_sizes()
+register_sizes("terramind_v1_{size}_generate", build_generate,
+               "TerraMind v1 {size} any-to-any generation (encoder-decoder + tokenizers).")

@@ -18,7 +18,7 @@ from terratim import modalities as mods
 from terratim.model.config import TerraMindConfig, size_config
 from terratim.model.embeddings import PatchEmbedding, SequenceEmbedding, TokenEmbedding
 from terratim.model.terramind import Span, TerraMind
-from terratim.registry import register
+from terratim.registry import register_sizes
 from terratim.weights import TERRAMIND_FILES, convert_state_dict, hub_file, load_into, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -378,14 +378,4 @@ def build_backbone(
     return model
 
 
-def _register_sizes() -> None:
-    for size in ("tiny", "small", "base", "large"):
-
-        def builder(size: str = size, **kwargs: Any) -> TerraMindBackbone:
-            return build_backbone(size, **kwargs)
-
-        builder.__doc__ = f"TerraMind v1 {size} encoder as a backbone (per-layer features)."
-        register(f"terramind_v1_{size}")(builder)
-
-
-_register_sizes()
+register_sizes("terramind_v1_{size}", build_backbone, "TerraMind v1 {size} encoder as a backbone (per-layer features).")
