@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from terratim.inference.engine import Predict, Progress, SceneEngine, TilingConfig, rank_rows
+from terratim.inference.engine import DEFAULT_TILING, Predict, Progress, SceneEngine, TilingConfig, rank_rows
 from terratim.inference.heads import Head
 from terratim.inference.scene import BLOCK, SceneReader, SceneWriter, block_cache, partial_path, progress_path
+from terratim.inference.tiling import panel_ranges
 
 
 def torch_distributed_context() -> tuple[int, int, Callable[[], None]]:
@@ -44,7 +45,7 @@ def part_path(path: Path, rank: int, world_size: int) -> Path:
 
 
 def infer_scene_distributed(predict: Predict, inputs: dict[str, str | os.PathLike], heads: Sequence[Head],
-                            tiling: TilingConfig = TilingConfig(), *, rank: int, world_size: int,
+                            tiling: TilingConfig = DEFAULT_TILING, *, rank: int, world_size: int,
                             barrier: Callable[[], None], bands: dict[str, int] | None = None,
                             device: str | torch.device = "cpu", fill: dict | None = None, overwrite: bool = False,
                             resume: bool = False, progress: Progress | None = None,
@@ -62,7 +63,7 @@ def infer_scene_distributed(predict: Predict, inputs: dict[str, str | os.PathLik
             raise FileExistsError(f"{head.path} exists; pass --overwrite to replace it")
         _check_part(part_path(head.path, rank, world_size), overwrite, resume)
     engine = SceneEngine(predict, heads, tiling, device, fill, fingerprint)
-    with SceneReader(inputs, bands) as reader, block_cache(reader, engine.channels):
+    with SceneReader(inputs, bands) as reader, block_cache(reader, engine.channels, tiling.panel):
         rows = rank_rows(reader.info.height, rank, world_size)
         targets = [part_path(h.path, rank, world_size) for h in heads]
         if rows[1] > rows[0]:
@@ -70,8 +71,9 @@ def infer_scene_distributed(predict: Predict, inputs: dict[str, str | os.PathLik
         info, fingerprint_all = reader.info, engine._fingerprint(reader)
     barrier()
     if rank == 0:
+        panels = panel_ranges(info.width, tiling.panel)
         for head in heads:
-            _assemble(head, info, fingerprint_all, world_size)
+            _assemble(head, info, fingerprint_all, panels, world_size)
     barrier()
     return [h.path for h in heads]
 
@@ -86,23 +88,29 @@ def _check_part(part: Path, overwrite: bool, resume: bool) -> None:
             leftover.unlink()
 
 
-def _assemble(head: Head, info, fingerprint: dict, world_size: int) -> None:
+def _assemble(head: Head, info, fingerprint: dict, panels: list[tuple[int, int]], world_size: int) -> None:
+    """Copy the ranks' part files, panel by panel and block row by block row, into ``head.path``."""
     from rasterio.windows import Window
 
     from terratim.data.geotiff import _rasterio
 
     spec = head.output_band()
     partial_path(spec.path).unlink(missing_ok=True)
-    writer = SceneWriter(spec, info, fingerprint)
-    for rank in range(world_size):
-        start, stop = rank_rows(info.height, rank, world_size)
-        if stop <= start:
-            continue
+    writer = SceneWriter(spec, info, fingerprint, panels)
+    shares = [rank_rows(info.height, rank, world_size) for rank in range(world_size)]
+    sources = {r: _rasterio().open(part_path(head.path, r, world_size)) for r, (a, b) in enumerate(shares) if b > a}
+    try:
+        for col0, col1 in panels:
+            for rank, src in sources.items():
+                start, stop = shares[rank]
+                for top in range(0, stop - start, BLOCK):
+                    n = min(BLOCK, stop - start - top)
+                    writer.write(start + top, src.read(window=Window(col0, top, col1 - col0, n)))
+    finally:
+        for src in sources.values():
+            src.close()
+    for rank in sources:
         part = part_path(head.path, rank, world_size)
-        with _rasterio().open(part) as src:
-            for top in range(0, stop - start, BLOCK):
-                n = min(BLOCK, stop - start - top)
-                writer.write(start + top, src.read(window=Window(0, top, info.width, n)))
         part.unlink()
         progress_path(part).unlink(missing_ok=True)
     writer.finish()

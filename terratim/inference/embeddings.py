@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from terratim.inference.engine import TilingConfig
-from terratim.inference.scene import SceneReader, check_output
+from terratim.inference.engine import DEFAULT_TILING, TilingConfig
+from terratim.inference.scene import SceneReader, block_cache, check_output
 from terratim.inference.tiling import reflect_pad_strip
 
 Embed = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # {name: (B, C, h, w)} -> (B, D)
@@ -57,8 +57,8 @@ def mean_token_embedder(backbone: torch.nn.Module) -> Embed:
     """Chip embedding = mean of the last-layer tokens of a TerraMind backbone (inputs in raw units)."""
     from terratim import modalities as mods
 
-    stats = {n: (torch.tensor(mods.resolve(n).mean).view(1, -1, 1, 1), torch.tensor(mods.resolve(n).std).view(1, -1, 1, 1))
-             for n in backbone.inputs}  # fmt: skip
+    stats = {n: (torch.tensor(mods.resolve(n).mean).view(1, -1, 1, 1),
+                 torch.tensor(mods.resolve(n).std).view(1, -1, 1, 1)) for n in backbone.inputs}  # fmt: skip
 
     def embed(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = {n: (x - stats[n][0].to(x)) / stats[n][1].to(x) for n, x in batch.items()}
@@ -68,7 +68,7 @@ def mean_token_embedder(backbone: torch.nn.Module) -> Embed:
 
 
 def export_chip_embeddings(embed: Embed, inputs: dict[str, str | os.PathLike], out: str | os.PathLike,
-                           tiling: TilingConfig = TilingConfig(), *, bands: dict[str, int] | None = None,
+                           tiling: TilingConfig = DEFAULT_TILING, *, bands: dict[str, int] | None = None,
                            device: str | torch.device = "cpu", overwrite: bool = False,
                            progress: Callable[[int, int], None] | None = None) -> Path:  # fmt: skip
     """Embed every chip of a scene and write a GeoParquet file.
@@ -80,7 +80,7 @@ def export_chip_embeddings(embed: Embed, inputs: dict[str, str | os.PathLike], o
     pa, pq = _pyarrow()
     out = Path(out)
     check_output(out, overwrite, resume=False)
-    with SceneReader(inputs, bands) as reader:
+    with SceneReader(inputs, bands) as reader, block_cache(reader, 0):
         info, grid = reader.info, tiling.grid(reader.info.height, reader.info.width)
         d, size = grid.delta, grid.chip
         schema = _schema(pa, info.crs)

@@ -17,7 +17,14 @@ import torch
 
 from terratim.inference.heads import Head
 from terratim.inference.scene import BLOCK, SceneReader, SceneWriter, block_cache, check_output
-from terratim.inference.tiling import BlendAccumulator, Chip, ChipGrid, blend_weights, reflect_pad_strip
+from terratim.inference.tiling import (
+    BlendAccumulator,
+    Chip,
+    ChipGrid,
+    blend_weights,
+    panel_ranges,
+    reflect_pad_strip,
+)
 
 Predict = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 Progress = Callable[[int, int], None]
@@ -33,6 +40,8 @@ class TilingConfig:
         delta: margin cropped off each chip output (spec §8.6; lowered to overlap // 2 when larger).
         batch_size: chips per forward pass.
         blend: ``"cosine"`` (reference raised-cosine ramps) or ``"average"``.
+        panel: columns done at a time (rounded down to a multiple of 256; 0 = the whole width). Memory grows
+            with the panel width, not with the scene; chips on a panel edge run twice.
     """
 
     chip: int = 224
@@ -40,6 +49,7 @@ class TilingConfig:
     delta: int = 8
     batch_size: int = 16
     blend: str = "cosine"
+    panel: int = 2048
 
     @property
     def stride(self) -> int:
@@ -49,6 +59,9 @@ class TilingConfig:
         if not 0 <= self.overlap < self.chip:
             raise ValueError(f"overlap must be in [0, chip) = [0, {self.chip}), got {self.overlap}")
         return ChipGrid(height, width, self.chip, self.stride, self.delta)
+
+
+DEFAULT_TILING = TilingConfig()
 
 
 @dataclass
@@ -70,7 +83,7 @@ class SceneEngine:
         fingerprint: extra settings recorded for resume checks (e.g. the checkpoint path).
     """
 
-    def __init__(self, predict: Predict, heads: Sequence[Head], tiling: TilingConfig = TilingConfig(),
+    def __init__(self, predict: Predict, heads: Sequence[Head], tiling: TilingConfig = DEFAULT_TILING,
                  device: str | torch.device = "cpu", fill: dict[str, float | Sequence[float]] | None = None,
                  fingerprint: dict | None = None) -> None:  # fmt: skip
         self.predict, self.heads, self.tiling = predict, list(heads), tiling
@@ -88,6 +101,10 @@ class SceneEngine:
             targets: Sequence[Path] | None = None, progress: Progress | None = None) -> list[SceneWriter]:  # fmt: skip
         """Predict output rows ``rows`` (default all) and write them; returns the writers (complete).
 
+        The columns are done panel by panel (``tiling.panel`` wide), each panel top to bottom, so memory depends
+        on the panel width, not on the scene. Chips overlapping a panel edge run for both panels; each panel
+        keeps only its own columns, so the result equals one pass over the whole width.
+
         Args:
             reader: the opened inputs.
             resume: continue partial outputs left by an interrupted run with the same settings.
@@ -98,20 +115,22 @@ class SceneEngine:
         info = reader.info
         grid = self.tiling.grid(info.height, info.width)
         start, stop = rows if rows is not None else (0, info.height)
+        panels = panel_ranges(info.width, self.tiling.panel)
         fingerprint = self._fingerprint(reader)
         writers = [
-            SceneWriter(h.output_band(), info, fingerprint, resume, (start, stop), targets[i] if targets else None)
+            SceneWriter(h.output_band(), info, fingerprint, panels, resume, (start, stop),
+                        targets[i] if targets else None)
             for i, h in enumerate(self.heads)
-        ]
-        first = min(w.rows_done for w in writers)
-        if first >= stop:
-            return writers
-        chip_rows = grid.rows_for(first, stop)
-        weights = blend_weights(grid.chip, grid.stride, grid.delta, self.tiling.blend)
-        dtype = np.float64 if self.channels <= 64 else np.float32  # float64 keeps identity exact
-        acc = BlendAccumulator(self.channels, info.width, weights, grid.row_offsets[chip_rows[0]], dtype)
-        loop = _Loop(self, reader, grid, acc, writers, progress, len(chip_rows) * len(grid.col_offsets))
-        loop.run(chip_rows, stop)
+        ]  # fmt: skip
+        todo = []  # (panel, chip rows, chip columns) still to do
+        for p, (col0, col1) in enumerate(panels):
+            first = min(w.first_row(p) for w in writers)
+            if first < stop:
+                todo.append((p, grid.rows_for(first, stop), grid.cols_for(col0, col1)))
+        total = sum(len(r) * len(c) for _, r, c in todo)
+        loop = _Loop(self, reader, grid, writers, progress, total)
+        for p, chip_rows, chip_cols in todo:
+            loop.run_panel(panels[p], chip_rows, chip_cols, stop)
         return writers
 
     def fill_values(self, name: str, bands: int) -> np.ndarray:
@@ -120,19 +139,28 @@ class SceneEngine:
 
 
 class _Loop:
-    """State of one pass over a scene's chip rows."""
+    """State of one pass over a scene: chips in flight, progress, the blend accumulator of the current panel."""
 
-    def __init__(self, engine: SceneEngine, reader: SceneReader, grid: ChipGrid, acc: BlendAccumulator,
-                 writers: list[SceneWriter], progress: Progress | None, total: int) -> None:  # fmt: skip
-        self.engine, self.reader, self.grid, self.acc, self.writers = engine, reader, grid, acc, writers
+    def __init__(self, engine: SceneEngine, reader: SceneReader, grid: ChipGrid, writers: list[SceneWriter],
+                 progress: Progress | None, total: int) -> None:  # fmt: skip
+        self.engine, self.reader, self.grid, self.writers = engine, reader, grid, writers
         self.progress, self.total, self.done = progress, total, 0
         self.pending: list[_Pending] = []
+        self.weights = blend_weights(grid.chip, grid.stride, grid.delta, engine.tiling.blend)
+        self.dtype = np.float64 if engine.channels <= 64 else np.float32  # float64 keeps identity exact
 
-    def run(self, chip_rows: range, stop: int) -> None:
+    def run_panel(self, panel: tuple[int, int], chip_rows: range, chip_cols: range, stop: int) -> None:
+        """Chip rows ``chip_rows`` x columns ``chip_cols``; write output columns ``panel`` down to ``stop``."""
+        offsets = self.grid.col_offsets
+        self.panel, self.xs = panel, [offsets[c] for c in chip_cols]
+        self.x0 = self.xs[0]  # accumulator column 0 = scene column x0
+        width = self.xs[-1] + self.grid.core - self.x0
+        start_row = self.grid.row_offsets[chip_rows[0]]
+        self.acc = BlendAccumulator(self.engine.channels, width, self.weights, start_row, self.dtype)
         batch = self.engine.tiling.batch_size
         for row in chip_rows:
             strips, valid = self._read_chip_row(row)
-            for x in self.grid.col_offsets:
+            for x in self.xs:
                 self._queue(Chip(row, self.grid.row_offsets[row], x), strips, valid)
                 if len(self.pending) >= batch:
                     self._run_batch()
@@ -143,27 +171,29 @@ class _Loop:
         self._flush(chip_rows[-1] + 1, stop)
 
     def _read_chip_row(self, row: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        d, chip, height = self.grid.delta, self.grid.chip, self.grid.height
-        top = self.grid.row_offsets[row] - d  # first scene row the chips read
-        data = self.reader.read_rows(top, top + chip)
-        pad_top, pad_bottom = max(0, -top), max(0, top + chip - height)
+        """Inputs of one chip row over the panel's chip columns, reflect-padded at the scene edges."""
+        d, chip, height, width = self.grid.delta, self.grid.chip, self.grid.height, self.grid.width
+        top, left = self.grid.row_offsets[row] - d, self.x0 - d  # first scene row / column the chips read
+        right = self.xs[-1] - d + chip
+        data = self.reader.read_rows(top, top + chip, left, right)
+        pads = (max(0, -top), max(0, top + chip - height), max(0, -left), max(0, right - width))
         strips, valid = {}, None
         for name, strip in data.items():
-            strip = reflect_pad_strip(strip, pad_top, pad_bottom, d)  # (C, chip, W + 2d)
+            strip = reflect_pad_strip(strip, *pads)  # (C, chip, right - left)
             has = ~np.isnan(strip).all(axis=0)
             valid = has if valid is None else valid | has
             strips[name] = strip
         return strips, valid
 
     def _queue(self, chip: Chip, strips: dict[str, np.ndarray], valid: np.ndarray) -> None:
-        d, size = self.grid.delta, self.grid.chip
-        core_valid = valid[d : size - d, chip.x + d : chip.x + size - d]
+        d, size, x = self.grid.delta, self.grid.chip, chip.x - self.x0
+        core_valid = valid[d : size - d, x + d : x + size - d]
         if not core_valid.any():  # nodata chip: skipped, its pixels stay nodata
             self._tick(1)
             return
         inputs = {}
         for name, strip in strips.items():
-            window = strip[:, :, chip.x : chip.x + size]
+            window = strip[:, :, x : x + size]
             nan = np.isnan(window)
             if nan.any():
                 window = np.where(nan, self.engine.fill_values(name, window.shape[0]), window)
@@ -182,9 +212,9 @@ class _Loop:
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the model returned {got}; the engine expects (B, K, chip, chip) = {expected}")
-        out = out.detach().to("cpu", torch.float64 if self.acc.dtype == np.float64 else torch.float32).numpy()
+        out = out.detach().to("cpu", torch.float64 if self.dtype == np.float64 else torch.float32).numpy()
         for p, o in zip(self.pending, out):
-            self.acc.add(o[:, d : d + core, d : d + core], p.chip.y, p.chip.x, p.valid)
+            self.acc.add(o[:, d : d + core, d : d + core], p.chip.y, p.chip.x - self.x0, p.valid)
         self._tick(len(self.pending))
         self.pending = []
 
@@ -199,10 +229,11 @@ class _Loop:
             return
         row0 = self.acc.base
         blended, covered, valid = self.acc.pop(until)
-        mask = covered & valid
+        cols = slice(self.panel[0] - self.x0, self.panel[1] - self.x0)
+        mask = covered[:, cols] & valid[:, cols]
         offset = 0
         for head, writer in zip(self.engine.heads, self.writers):
-            part = blended[offset : offset + head.channels]
+            part = blended[offset : offset + head.channels, :, cols]
             offset += head.channels
             writer.write(row0, head.finalise(part, mask))
 
@@ -215,7 +246,7 @@ def rank_rows(height: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 def infer_scene(predict: Predict, inputs: dict[str, str | os.PathLike], heads: Sequence[Head],
-                tiling: TilingConfig = TilingConfig(), *, bands: dict[str, int] | None = None,
+                tiling: TilingConfig = DEFAULT_TILING, *, bands: dict[str, int] | None = None,
                 device: str | torch.device = "cpu", fill: dict | None = None, overwrite: bool = False,
                 resume: bool = False, progress: Progress | None = None,
                 fingerprint: dict | None = None) -> list[Path]:  # fmt: skip
@@ -240,6 +271,6 @@ def infer_scene(predict: Predict, inputs: dict[str, str | os.PathLike], heads: S
     for head in heads:
         check_output(head.path, overwrite, resume)
     engine = SceneEngine(predict, heads, tiling, device, fill, fingerprint)
-    with SceneReader(inputs, bands) as reader, block_cache(reader, engine.channels):
+    with SceneReader(inputs, bands) as reader, block_cache(reader, engine.channels, tiling.panel):
         writers = engine.run(reader, resume=resume, progress=progress)
     return [w.finish() for w in writers]

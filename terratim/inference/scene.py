@@ -54,12 +54,17 @@ class SceneReader:
     def band_counts(self) -> dict[str, int]:
         return {name: ds.count for name, ds in self.datasets.items()}
 
-    def read_rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Rows ``start .. stop`` (clipped to the scene) of every input, ``{name: (C, rows, W) float32}``."""
+    def read_rows(self, start: int, stop: int, col0: int = 0, col1: int | None = None) -> dict[str, np.ndarray]:
+        """Rows ``start .. stop`` and columns ``col0 .. col1`` (clipped to the scene) of every input.
+
+        Returns:
+            ``{name: (C, rows, cols) float32}`` with nodata as NaN.
+        """
         from rasterio.windows import Window
 
         start, stop = max(start, 0), min(stop, self.info.height)
-        window = Window(0, start, self.info.width, stop - start)
+        col0, col1 = max(col0, 0), min(self.info.width if col1 is None else col1, self.info.width)
+        window = Window(col0, start, col1 - col0, stop - start)
         out = {}
         for name, ds in self.datasets.items():
             try:
@@ -149,15 +154,16 @@ class OutputBand:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def block_cache(reader: SceneReader, out_bands: int):
-    """A ``rasterio.Env`` whose GDAL block cache holds two block rows of every input and output band.
+def block_cache(reader: SceneReader, out_bands: int, panel: int = 0):
+    """A ``rasterio.Env`` whose GDAL block cache holds two block rows of a panel of every input and output band.
 
     GDAL's default cache (5 % of RAM) would otherwise fill up with blocks of rows already done, so the resident
     memory would grow with the scene. Two block rows cover the rows a chip row reads and the rows written.
     """
     rasterio = _rasterio()
     bands = sum(reader.band_counts().values()) + out_bands
-    size = 2 * BLOCK * reader.info.width * 4 * bands
+    columns = reader.info.width if panel <= 0 else min(reader.info.width, panel + 2 * BLOCK)
+    size = 2 * BLOCK * columns * 4 * bands
     return rasterio.Env(GDAL_CACHEMAX=int(min(max(size, 32 * 2**20), 1024 * 2**20)))
 
 
@@ -172,46 +178,51 @@ def progress_path(path: Path) -> Path:
 
 
 class SceneWriter:
-    """Writes output rows in order, one whole block row at a time, to a tiled compressed GeoTIFF.
+    """Writes output rows in order, panel by panel, whole 256-row block rows at a time, to a tiled GeoTIFF.
 
-    Rows are buffered until a full block row (256 rows) is complete, so no compressed block is written twice.
-    After each write the file is closed and the progress sidecar updated, which makes ``rows_done`` durable.
+    The scene's columns are cut into panels (multiples of 256 wide, see :func:`panel_ranges`). Within the current
+    panel, rows arrive in order and are buffered until a full block row is complete, so no compressed block is
+    written twice. After each write the file is closed and the progress sidecar records ``(panel, rows_done)``,
+    which makes the state durable.
 
     Args:
         spec: what to write.
         info: scene georeferencing.
         fingerprint: settings that must match for a resumed run (inputs, chip, model...).
+        panels: column ranges, in processing order.
         resume: continue a partial output of an earlier run instead of starting one.
         rows: ``(start, stop)`` output rows this writer owns (a distributed rank's share); default all.
         target: file to write (default: ``partial_path(spec.path)``).
     """
 
-    def __init__(self, spec: OutputBand, info: SceneInfo, fingerprint: dict, resume: bool = False,
+    def __init__(self, spec: OutputBand, info: SceneInfo, fingerprint: dict,
+                 panels: list[tuple[int, int]] | None = None, resume: bool = False,
                  rows: tuple[int, int] | None = None, target: Path | None = None) -> None:  # fmt: skip
         self.spec, self.info = spec, info
+        self.panels = panels or [(0, info.width)]
         self.start, self.stop = rows if rows is not None else (0, info.height)
         self.target = target or partial_path(spec.path)
         self.progress = progress_path(self.target if target else spec.path)
-        self.fingerprint = {**fingerprint, "rows": [self.start, self.stop]}
-        self.rows_done = self._resume_state() if resume else None
-        if self.rows_done is None:
+        self.fingerprint = {**fingerprint, "rows": [self.start, self.stop], "panels": [list(p) for p in self.panels]}
+        state = self._resume_state() if resume else None
+        self.panel, self.rows_done = state or (0, self.start)
+        if state is None:
             self._create()
-            self.rows_done = self.start
             self._save_progress()
         self.buffer: list[np.ndarray] = []
         self.buffer_start = self.rows_done
 
-    def _resume_state(self) -> int | None:
+    def _resume_state(self) -> tuple[int, int] | None:
         if not (self.target.exists() and self.progress.exists()):
             return None
         state = json.loads(self.progress.read_text())
         if state.get("fingerprint") != json.loads(json.dumps(self.fingerprint)):
             raise ValueError(f"cannot resume {self.spec.path}: {self.progress} was written by a run with other "
                              "settings (inputs, chip, model or outputs); use --overwrite to start again")  # fmt: skip
-        return int(state["rows_done"])
+        return int(state["panel"]), int(state["rows_done"])
 
     def _save_progress(self) -> None:
-        state = {"rows_done": self.rows_done, "fingerprint": self.fingerprint}
+        state = {"panel": self.panel, "rows_done": self.rows_done, "fingerprint": self.fingerprint}
         tmp = self.progress.with_name(self.progress.name + ".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, self.progress)
@@ -237,41 +248,52 @@ class SceneWriter:
             if self.spec.tags:
                 dst.update_tags(**self.spec.tags)
 
+    def first_row(self, panel: int) -> int:
+        """First row of ``panel`` still to write (``stop`` when the panel is done)."""
+        if panel < self.panel:
+            return self.stop
+        return self.rows_done if panel == self.panel else self.start
+
     def write(self, row: int, data: np.ndarray) -> None:
-        """Hand over rows ``row .. row + data.shape[1]`` (C, rows, W); rows outside this writer's share are dropped."""
-        stop = row + data.shape[1]
-        lo, hi = max(row, self.buffer_start + sum(b.shape[1] for b in self.buffer)), min(stop, self.stop)
+        """Rows ``row .. row + data.shape[1]`` of the current panel, (C, rows, panel width).
+
+        Rows outside this writer's share or already written are dropped.
+        """
+        held = sum(b.shape[1] for b in self.buffer)
+        if row > self.buffer_start + held:
+            raise ValueError(f"rows {self.buffer_start + held}..{row} were skipped")
+        lo, hi = max(row, self.buffer_start + held), min(row + data.shape[1], self.stop)
         if hi <= lo:
             return
         self.buffer.append(data[:, lo - row : hi - row])
-        held = sum(b.shape[1] for b in self.buffer)
-        end = self.buffer_start + held
-        aligned = self.start + (end - self.start) // BLOCK * BLOCK
-        if end == self.stop:
-            aligned = end
+        end = self.buffer_start + held + hi - lo
+        aligned = end if end == self.stop else self.start + (end - self.start) // BLOCK * BLOCK
         if aligned > self.buffer_start:
             self._flush(aligned)
 
     def _flush(self, until: int) -> None:
         from rasterio.windows import Window
 
-        data = np.concatenate(self.buffer, axis=1)
+        data = np.concatenate(self.buffer, axis=1) if len(self.buffer) > 1 else self.buffer[0]
         n = until - self.buffer_start
+        col0, col1 = self.panels[self.panel]
         with _rasterio().open(self.target, "r+") as dst:
-            dst.write(data[:, :n], window=Window(0, self.buffer_start - self.start, self.info.width, n))
+            dst.write(data[:, :n], window=Window(col0, self.buffer_start - self.start, col1 - col0, n))
         rest = data[:, n:]
         self.buffer = [rest] if rest.shape[1] else []
         self.buffer_start = self.rows_done = until
+        if until == self.stop:  # panel done: the next one starts at the top of the share
+            self.panel, self.rows_done, self.buffer_start, self.buffer = self.panel + 1, self.start, self.start, []
         self._save_progress()
 
     @property
     def complete(self) -> bool:
-        return self.rows_done >= self.stop
+        return self.panel >= len(self.panels)
 
     def finish(self) -> Path:
         """Move the finished file into place (converting it to a COG if asked) and drop the progress file."""
         if not self.complete:
-            raise RuntimeError(f"{self.spec.path}: only rows up to {self.rows_done} of {self.stop} were written")
+            raise RuntimeError(f"{self.spec.path}: unfinished (panel {self.panel}, rows up to {self.rows_done})")
         finalize(self.target, self.spec)
         self.progress.unlink(missing_ok=True)
         return self.spec.path

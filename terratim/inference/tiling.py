@@ -109,15 +109,34 @@ class ChipGrid:
 
     def rows_for(self, start: int, stop: int) -> range:
         """Chip rows whose cores touch output rows ``start .. stop``."""
-        offsets = self.row_offsets
-        first = next(i for i, y in enumerate(offsets) if y + self.core > start)
-        last = max(i for i, y in enumerate(offsets) if y < stop)
-        return range(first, last + 1)
+        return _touching(self.row_offsets, self.core, start, stop)
+
+    def cols_for(self, start: int, stop: int) -> range:
+        """Chip columns whose cores touch output columns ``start .. stop``."""
+        return _touching(self.col_offsets, self.core, start, stop)
 
     def finished_before(self, row: int) -> int:
         """Output rows that are final once every chip row before ``row`` has been added."""
         offsets = self.row_offsets
         return self.height if row >= len(offsets) else offsets[row]
+
+
+def _touching(offsets: list[int], core: int, start: int, stop: int) -> range:
+    first = next(i for i, o in enumerate(offsets) if o + core > start)
+    last = max(i for i, o in enumerate(offsets) if o < stop)
+    return range(first, last + 1)
+
+
+def panel_ranges(width: int, panel: int, block: int = 256) -> list[tuple[int, int]]:
+    """Split columns ``0 .. width`` into panels of about ``panel`` columns, cut at multiples of ``block``.
+
+    ``panel <= 0`` gives one full-width panel.
+    """
+    if panel <= 0 or panel >= width:
+        return [(0, width)]
+    step = max(block, panel // block * block)
+    cuts = list(range(0, width, step)) + [width]
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def ramp_weights(chip: int, stride: int, delta: int) -> np.ndarray:
@@ -151,11 +170,15 @@ def blend_weights(chip: int, stride: int, delta: int, mode: str = "cosine") -> n
     return np.outer(axis, axis) + BLEND_FLOOR
 
 
-def reflect_pad_strip(strip: np.ndarray, top: int, bottom: int, delta: int) -> np.ndarray:
-    """Reflect-pad a (C, rows, W) strip by ``top``/``bottom`` rows and ``delta`` columns on each side."""
-    if top == bottom == delta == 0:
+def reflect_pad_strip(strip: np.ndarray, top: int, bottom: int, left: int, right: int | None = None) -> np.ndarray:
+    """Reflect-pad a (C, rows, cols) strip by ``top``/``bottom`` rows and ``left``/``right`` columns.
+
+    ``right`` defaults to ``left``.
+    """
+    right = left if right is None else right
+    if top == bottom == left == right == 0:
         return strip
-    return np.pad(strip, ((0, 0), (top, bottom), (delta, delta)), mode="reflect")
+    return np.pad(strip, ((0, 0), (top, bottom), (left, right)), mode="reflect")
 
 
 class BlendAccumulator:
@@ -229,7 +252,10 @@ class BlendAccumulator:
         valid = self.valid[:n].copy()
         rest = self.held - n  # rows still in flight move to the top; the freed rows are zeroed
         self.sums[:, :rest], self.counts[:rest], self.valid[:rest] = (
-            self.sums[:, n : self.held].copy(), self.counts[n : self.held].copy(), self.valid[n : self.held].copy())
+            self.sums[:, n : self.held].copy(),
+            self.counts[n : self.held].copy(),
+            self.valid[n : self.held].copy(),
+        )
         self.sums[:, rest : self.held], self.counts[rest : self.held], self.valid[rest : self.held] = 0, 0, False
         self.held, self.base = rest, until
         return blended, covered, valid

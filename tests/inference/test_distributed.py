@@ -33,8 +33,15 @@ def worker(rank: int, world_size: int, init_file: str, scene: str, out: str) -> 
             chips.append(batch["S1GRD"].shape[0])
             return identity(batch)
 
-        infer_scene_distributed(counting, {"S1GRD": scene}, [Head(out, 2)], TilingConfig(64, 16, 8, 8),
-                                rank=rank_, world_size=world, barrier=barrier)
+        infer_scene_distributed(
+            counting,
+            {"S1GRD": scene},
+            [Head(out, 2)],
+            TilingConfig(64, 16, 8, 8),
+            rank=rank_,
+            world_size=world,
+            barrier=barrier,
+        )
         (Path(out).parent / f"chips{rank}").write_text(str(sum(chips)))
     finally:
         dist.destroy_process_group()

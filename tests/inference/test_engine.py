@@ -25,14 +25,20 @@ def read(path):
 
 
 @pytest.mark.parametrize(
-    ("height", "width", "chip", "overlap", "batch"),
-    [(300, 517, 64, 16, 5), (97, 131, 32, 12, 3), (260, 300, 224, 32, 16), (70, 70, 48, 47, 7)],
+    ("height", "width", "chip", "overlap", "batch", "panel"),
+    [
+        (300, 517, 64, 16, 5, 2048),
+        (97, 131, 32, 12, 3, 2048),
+        (260, 300, 224, 32, 16, 0),
+        (70, 70, 48, 47, 7, 2048),
+        (150, 777, 64, 20, 6, 256),  # three column panels: chips on panel edges run twice, same result
+    ],
 )
-def test_identity_reproduces_two_modalities_exactly(make_scene, tmp_path, height, width, chip, overlap, batch):
+def test_identity_reproduces_two_modalities_exactly(make_scene, tmp_path, height, width, chip, overlap, batch, panel):
     a, data_a = make_scene("A", 2, height, width, seed=1)
     b, data_b = make_scene("B", 1, height, width, seed=2)
     head = Head(tmp_path / "out.tif", 3)
-    out = infer_scene(identity, {"A": a, "B": b}, [head], TilingConfig(chip, overlap, 8, batch))
+    out = infer_scene(identity, {"A": a, "B": b}, [head], TilingConfig(chip, overlap, 8, batch, panel=panel))
     pixels, profile = read(out[0])
     assert np.array_equal(pixels, np.concatenate([data_a, data_b]))  # every pixel, no seams
     assert profile["crs"] == CRS_UTM and profile["transform"] == TRANSFORM
@@ -82,8 +88,14 @@ def test_class_map_is_uint8_with_colour_table_and_confidence(make_scene, tmp_pat
         x = batch["A"][:, :1] * 4
         return torch.cat([-x, x, torch.full_like(x, -100.0)], dim=1)
 
-    head = Head(tmp_path / "map.tif", 3, "classes", ("land", "water", "cloud"), ("#00ff00", "#0000ff", "#ffffff"),
-                confidence=True)
+    head = Head(
+        tmp_path / "map.tif",
+        3,
+        "classes",
+        ("land", "water", "cloud"),
+        ("#00ff00", "#0000ff", "#ffffff"),
+        confidence=True,
+    )
     out = infer_scene(logits, {"A": a}, [head], TilingConfig(48, 16, 4, 4))[0]
     with rasterio.open(out) as src:
         pixels, colormap, tags = src.read(), src.colormap(1), src.tags()
@@ -113,9 +125,9 @@ def test_memory_holds_only_the_chip_rows_in_flight(make_scene, tmp_path, monkeyp
         original_add(self, *args, **kwargs)
         held.append(self.rows_held)
 
-    def read_rows(self, start, stop):
+    def read_rows(self, start, stop, *cols):
         reads.append(stop - start)
-        return original_read(self, start, stop)
+        return original_read(self, start, stop, *cols)
 
     monkeypatch.setattr(SceneEngine.run.__globals__["BlendAccumulator"], "add", add)
     monkeypatch.setattr(SceneReader, "read_rows", read_rows)
@@ -158,6 +170,26 @@ def test_interrupted_run_resumes_without_redoing_written_rows(make_scene, tmp_pa
     assert sum(rows_seen) == len(grid.rows_for(done, 700)) * len(grid.col_offsets) < len(grid)
     with pytest.raises(FileExistsError, match="--overwrite"):
         infer_scene(identity, {"A": a}, [head], tiling)
+
+
+def test_resume_continues_in_the_second_panel(make_scene, tmp_path):
+    a, data = make_scene("A", 1, 300, 600)
+    head = Head(tmp_path / "out.tif", 1)
+    tiling = TilingConfig(64, 16, 8, 8, panel=256)  # panels 0-256, 256-512, 512-600
+    calls = {"n": 0}
+
+    def failing(batch):
+        calls["n"] += 1
+        if calls["n"] == 9:  # 8 batches fill panel 0 (7 chip rows x 6 chip columns = 42 chips)
+            raise KeyboardInterrupt
+        return batch["A"]
+
+    with pytest.raises(KeyboardInterrupt):
+        infer_scene(failing, {"A": a}, [head], tiling)
+    state = json.loads(progress_path(head.path).read_text())
+    assert state["panel"] == 1 and state["rows_done"] == 0
+    infer_scene(identity, {"A": a}, [head], tiling, resume=True)
+    assert np.array_equal(read(head.path)[0], data)
 
 
 def test_resume_with_other_settings_is_refused(make_scene, tmp_path):
