@@ -49,17 +49,64 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the input dtype (spec §7.3), returned in the input dtype."""
+    """GroupNorm with float32 statistics and affine math whatever the input dtype (spec §7.3).
+
+    float32 inputs are normalized as they are. 16-bit inputs are read and written in 16 bits: the kernels
+    accumulate in float32, which equals the reference's ``GN(x.float()).to(x.dtype)`` (on CUDA the affine
+    parameters are rounded to the input dtype first) without materializing a float32 copy of the activations.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if x.dtype != torch.float32 and x.device.type != "cpu":
+            weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+        elif x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            x = x.float()
         with torch.autocast(x.device.type, enabled=False):
-            return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(
-                x.dtype
-            )
+            return F.group_norm(x, self.num_groups, weight, bias, self.eps)
 
 
 def norm_silu(norm: GroupNorm32, x: torch.Tensor) -> torch.Tensor:
-    return F.silu(norm(x))
+    """SiLU(GN(x)); in place when no gradient is needed (the normalized tensor is fresh)."""
+    return F.silu(norm(x), inplace=not torch.is_grad_enabled())
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that, for float32 CPU inference on channels-last inputs, runs oneDNN with its weights
+    reordered once into oneDNN's blocked layout and cached (eager PyTorch reorders them on every call).
+
+    The cached copy is keyed by the weight's storage, version and the input shape, so loading new weights,
+    moving the module or training invalidates it. It holds a second copy of the weights in memory; call
+    :meth:`DiffusionUNet.release_packed_weights` to drop it. Results are bit-identical to the channels-last
+    ``F.conv2d`` path (same oneDNN kernels).
+    """
+
+    packing = True
+
+    def _packable(self, x: torch.Tensor) -> bool:
+        return (
+            self.packing and x.device.type == "cpu" and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and self.padding_mode == "zeros"
+            and isinstance(self.padding, tuple) and x.is_contiguous(memory_format=torch.channels_last)
+            and torch.backends.mkldnn.is_available()
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._packable(x):
+            return super().forward(x)
+        key = (tuple(x.shape), self.weight.data_ptr(), self.weight._version)
+        cached = self.__dict__.get("_packed")
+        if cached is None or cached[0] != key:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight.detach(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
+                list(x.shape),
+            )  # fmt: skip
+            cached = self.__dict__["_packed"] = (key, packed)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, cached[1], self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
+            "none", [], "",
+        )  # fmt: skip
 
 
 class ResBlock(nn.Module):
@@ -68,16 +115,16 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, out_channels: int, emb_channels: int, groups: int = 32) -> None:
         super().__init__()
         self.in_layers = nn.Sequential(
-            GroupNorm32(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            GroupNorm32(groups, channels), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1)
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
             GroupNorm32(groups, out_channels), nn.SiLU(), nn.Dropout(0.0),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            Conv2d(out_channels, out_channels, 3, padding=1),
         )  # fmt: skip
         nn.init.zeros_(self.out_layers[3].weight)
         nn.init.zeros_(self.out_layers[3].bias)
-        self.skip_connection = nn.Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
+        self.skip_connection = Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers[2](norm_silu(self.in_layers[0], x))  # (B, C_out, H, W)
@@ -113,7 +160,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         return self.op(x)
@@ -124,7 +171,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -158,7 +205,7 @@ class DiffusionUNet(nn.Module):
         groups = config.num_groups
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.input_blocks = nn.ModuleList(
-            [EmbedSequential(nn.Conv2d(image_channels * p2 + cond_channels, ch, 3, padding=1))]
+            [EmbedSequential(Conv2d(image_channels * p2 + cond_channels, ch, 3, padding=1))]
         )
         skips, ds = [ch], 1
         for level, mult in enumerate(config.channel_mult):
@@ -188,10 +235,25 @@ class DiffusionUNet(nn.Module):
                     ds //= 2
                 self.output_blocks.append(EmbedSequential(*layers))
         self.out = nn.Sequential(
-            GroupNorm32(groups, ch), nn.SiLU(), nn.Conv2d(ch, image_channels * p2, 3, padding=1)
+            GroupNorm32(groups, ch), nn.SiLU(), Conv2d(ch, image_channels * p2, 3, padding=1)
         )
         nn.init.zeros_(self.out[2].weight)
         nn.init.zeros_(self.out[2].bias)
+        self.optimized = True
+
+    def set_optimized(self, enabled: bool = True) -> DiffusionUNet:
+        """Channels-last activations and cached oneDNN weights (default), or the reference's plain layout."""
+        self.optimized = enabled
+        for module in self.modules():
+            if isinstance(module, Conv2d):
+                module.packing = enabled
+        return self.release_packed_weights()
+
+    def release_packed_weights(self) -> DiffusionUNet:
+        """Drop the cached oneDNN copies of the convolution weights (rebuilt on the next CPU call)."""
+        for module in self.modules():
+            module.__dict__.pop("_packed", None)
+        return self
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C*p*p, H/p, W/p), channel index c*p*p + py*p + px."""
@@ -216,7 +278,7 @@ class DiffusionUNet(nn.Module):
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(batch)
         emb = self.time_embed(timestep_embedding(t, self.config.channels).to(self.time_embed[0].weight.dtype))
         h = torch.cat([self.patchify(x_t), cond.to(x_t.dtype)], dim=1)  # (B, 16C + d, H/4, W/4)
-        h = h.contiguous(memory_format=torch.channels_last)
+        h = h.contiguous(memory_format=torch.channels_last if self.optimized else torch.contiguous_format)
         hs = []
         for block in self.input_blocks:
             h = block(h, emb)

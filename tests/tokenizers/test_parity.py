@@ -1,0 +1,86 @@
+"""Parity with the reference tokenizer on the public ``tokenizer_dem_224`` case (real architecture, 1.1 GB weights).
+
+The weights are regenerated from their recipe once and cached (tests/fixture_weights.py); they go through the
+real builder and strict loader. Comparisons run in float32 with TF32 off, at the manifest's tolerances.
+"""
+
+from __future__ import annotations
+
+import fixture_weights as fw
+import pytest
+import torch
+
+import terratim
+from terratim.tokenizers import DDIMSampler
+
+CASE = "tokenizer_dem_224"
+
+
+@pytest.fixture(scope="module")
+def case():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    entry, tensors = fw.load_case(CASE)
+    tok = terratim.build(entry["name"], ckpt_path=fw.materialize(entry["weights_set"]))
+    return entry, tensors, tok
+
+
+def _tol(entry, name):
+    return entry["outputs"][name]["tolerance"]
+
+
+def test_encode_matches_reference(case):
+    entry, io, tok = case
+    with torch.no_grad():
+        latents = tok.latents(io["input.x"])
+        codes, ids = tok.encode(io["input.x"])
+    fw.assert_close(latents, io["output.latent_pre_quant"], _tol(entry, "latent_pre_quant"), "latents")
+    fw.assert_close(codes, io["output.quant"], _tol(entry, "quant"), "FSQ codes")
+    assert ids.dtype == torch.int64 and torch.equal(ids, io["output.tokens"])
+    assert torch.equal(tok.quantizer.ids_to_codes(ids), codes)  # ids decode to exactly the same codes
+
+
+def test_build_is_lazy_and_decoder_loads_strictly(case):
+    entry, io, _ = case
+    tok = terratim.build(entry["name"], ckpt_path=fw.materialize(entry["weights_set"]))
+    assert not tok.has_decoder  # encoding never builds the 196M-parameter UNet
+    assert sum(p.numel() for p in tok.parameters()) == 90_176_261  # ViT-B encoder + quant_proj
+    assert len(tok.state_dict()) + len(tok.decoder.state_dict()) == entry_keys(entry)
+
+
+def entry_keys(entry) -> int:
+    import json
+
+    spec = json.loads((fw.FIXTURES / "weights" / f"{entry['weights_set']}.spec.json").read_text())
+    return spec["n_keys"]
+
+
+@pytest.mark.parametrize("t", [999, 499])
+def test_denoiser_matches_reference(case, t):
+    entry, io, tok = case
+    with torch.no_grad():
+        x0 = tok.denoise(io["aux.noise"], t, io["output.quant"])
+    fw.assert_close(x0, io[f"output.denoiser_t{t}"], _tol(entry, f"denoiser_t{t}"), f"denoiser t={t}")
+
+
+def test_first_ddim_step_matches_reference(case):
+    entry, io, tok = case
+    timesteps = entry["details"]["ddim_timesteps"]
+    with torch.no_grad():
+        x0 = tok.denoise(io["aux.noise"], timesteps[0], io["output.quant"])
+    prev = DDIMSampler().step(x0, timesteps[0], timesteps[1], io["aux.noise"])
+    fw.assert_close(prev, io["output.ddim_step0_prev_sample"], _tol(entry, "ddim_step0_prev_sample"), "DDIM step 0")
+
+
+def test_generator_draws_the_reference_noise(case):
+    _, io, tok = case
+    noise = tok.initial_noise(tuple(io["aux.noise"].shape), None, torch.Generator().manual_seed(15))
+    assert torch.equal(noise, io["aux.noise"])
+
+
+@pytest.mark.slow
+def test_full_50_step_decode_matches_reference(case):
+    entry, io, tok = case
+    out = tok.decode_tokens(io["output.tokens"], image_size=(224, 224), timesteps=50, noise=io["aux.noise"])
+    fw.assert_close(out, io["output.decode_ddim50"], _tol(entry, "decode_ddim50"), "50-step DDIM decode")
+    assert float(out.abs().max()) <= 1.0  # the reference's clipping of x0 bounds the output
