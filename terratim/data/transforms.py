@@ -137,22 +137,27 @@ class AlbumentationsTransform:
         import albumentations as A
 
         mods = list(sample["image"])
+        valid = sample.get("valid") or {}
         targets = {f"image_{i}": "image" for i in range(1, len(mods))}
-        compose = A.Compose([self.transform], additional_targets=targets)
-        kwargs = {"image": sample["image"][mods[0]].transpose(1, 2, 0)}
-        for i, mod in enumerate(mods[1:], start=1):
-            kwargs[f"image_{i}"] = sample["image"][mod].transpose(1, 2, 0)
+        targets.update({f"valid_{i}": "mask" for i, mod in enumerate(mods) if mod in valid})
+        kwargs = {"image": sample["image"][mods[0]].transpose(1, 2, 0)}  # albumentations wants (H, W, C)
+        for i, mod in enumerate(mods):
+            if i:
+                kwargs[f"image_{i}"] = sample["image"][mod].transpose(1, 2, 0)
+            if mod in valid:
+                kwargs[f"valid_{i}"] = valid[mod].astype(np.uint8)
         if sample.get("mask") is not None and np.ndim(sample["mask"]) == 2:
             kwargs["mask"] = sample["mask"]
-        result = compose(**kwargs)
+        result = A.Compose([self.transform], additional_targets=targets)(**kwargs)
         out = dict(sample)
         out["image"] = {
             mod: np.ascontiguousarray(result["image" if i == 0 else f"image_{i}"].transpose(2, 0, 1))
             for i, mod in enumerate(mods)
         }
+        if valid:
+            out["valid"] = {mod: result[f"valid_{i}"].astype(bool) for i, mod in enumerate(mods) if mod in valid}
         if "mask" in kwargs:
             out["mask"] = np.ascontiguousarray(result["mask"])
-        out.pop("valid", None)  # arbitrary albumentations transforms cannot be replayed on validity masks
         return out
 
 

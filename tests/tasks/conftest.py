@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from affine import Affine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +65,15 @@ def make_flood_tree(root: Path, ids: list[str] = IDS, size: int = 32, seed: int 
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"flood_{name}_data.txt").write_text("\n".join(ids) + "\n")
     return base
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than two threads on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
