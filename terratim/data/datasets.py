@@ -234,10 +234,8 @@ class MultiModalGeoTiffDataset(Dataset):
                 f"sample {files.sample_id!r}: label {files.label} is {data.shape[0]}x{data.shape[1]} "
                 f"pixels but the images are {size[0]}x{size[1]}"
             )
-        if self.task == "regression":
-            return np.where(
-                np.isfinite(data), data, np.nan if self.no_label_replace is None else self.no_label_replace
-            ).astype(np.float32)
+        if self.task == "regression":  # nodata stays NaN: never a valid target, left out of losses and metrics
+            return data.astype(np.float32)
         fill = self.ignore_index if self.no_label_replace is None else self.no_label_replace
         label = np.where(np.isfinite(data), data, fill).astype(np.int64)
         if self.reduce_zero_label:

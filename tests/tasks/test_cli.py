@@ -108,3 +108,46 @@ def test_ddp_fit_two_processes(flood_tree: Path, tmp_path: Path):
     assert len(list(tmp_path.rglob("checkpoints/last.ckpt"))) == 1
     metrics = next(tmp_path.rglob("metrics.csv")).read_text()
     assert "val/loss" in metrics
+
+
+REGRESSION = """
+seed_everything: 0
+trainer: {{accelerator: cpu, max_epochs: 1, limit_train_batches: 1, limit_val_batches: 1, logger: false,
+          enable_checkpointing: false, default_root_dir: {out}}}
+data:
+  class_path: terratim.datamodules.GenericMultiModalDataModule
+  init_args:
+    task: regression
+    modalities: [S1GRD]
+    batch_size: 2
+    image_grep: {{S1GRD: "*_S1Hand.tif"}}
+    label_grep: "*_LabelHand.tif"
+    train_data_root: {{S1GRD: {root}/S1Hand}}
+    val_data_root: {{S1GRD: {root}/S1Hand}}
+    predict_data_root: {{S1GRD: {root}/S1Hand}}
+    train_label_data_root: {root}/LabelHand
+    val_label_data_root: {root}/LabelHand
+    modality_dropout: 0.5
+model:
+  class_path: terratim.tasks.PixelwiseRegressionTask
+  init_args:
+    loss: rmse
+    model_args:
+      backbone: terramind_v1_tiny
+      backbone_modalities: [S1GRD]
+      necks: [{{name: SelectIndices, indices: [11]}}, {{name: ReshapeTokensToImage}}]
+      decoder: FCNDecoder
+      decoder_channels: 16
+"""
+
+
+def test_regression_fit_and_predict_float_maps(flood_tree: Path, tmp_path: Path):
+    config = tmp_path / "regression.yaml"
+    config.write_text(REGRESSION.format(root=flood_tree / "flat", out=tmp_path))
+    cli = build_cli(["fit", "-c", str(config)])
+    assert math.isfinite(float(cli.trainer.callback_metrics["val/RMSE"]))  # label nodata (NaN) left out
+    assert main(["predict", "-c", str(config), f"--predict_output_dir={tmp_path / 'pred'}"]) == 0
+    with rasterio.open(tmp_path / "pred" / f"{IDS[0]}_pred.tif") as pred:
+        data = pred.read(1)
+        assert pred.dtypes[0] == "float32" and pred.crs.to_epsg() == 4326
+        assert np.isnan(data[-1, :3]).all() and np.isfinite(data[:-1]).all()  # S1 nodata pixels -> NaN
