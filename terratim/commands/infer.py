@@ -21,10 +21,21 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", "-i", action="append", required=True, metavar="MODALITY=PATH",
-                        help="a co-registered input GeoTIFF/COG per modality (repeat for several)")
-    parser.add_argument("--out", "-o", required=True, type=Path,
-                        help="output GeoTIFF (.parquet for --embeddings chip); several outputs get _<NAME>")
+    parser.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        required=True,
+        metavar="MODALITY=PATH",
+        help="a co-registered input GeoTIFF/COG per modality (repeat for several)",
+    )
+    parser.add_argument(
+        "--out",
+        "-o",
+        required=True,
+        type=Path,
+        help="output GeoTIFF (.parquet for --embeddings chip); several outputs get _<NAME>",
+    )
     source = parser.add_argument_group("model (a fine-tuned task, or a registry model)")
     source.add_argument("-c", "--config", type=Path, help="the `terratim fit` config of the task model")
     source.add_argument("--ckpt", type=Path, help="the task model's Lightning checkpoint")
@@ -32,8 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--outputs", nargs="+", help="modalities to generate (with a *_generate model)")
     source.add_argument("--pretrained", action="store_true", help="load the official weights of --model")
     source.add_argument("--model-ckpt", type=Path, help="local weights for --model (.pt or .safetensors)")
-    source.add_argument("--embeddings", choices=("pixel", "chip"),
-                        help="export backbone embeddings per pixel (GeoTIFF) or per chip (GeoParquet)")
+    source.add_argument(
+        "--embeddings",
+        choices=("pixel", "chip"),
+        help="export backbone embeddings per pixel (GeoTIFF) or per chip (GeoParquet)",
+    )
     source.add_argument("--timesteps", type=int, help="diffusion steps for continuous generated outputs")
     source.add_argument("--seed", type=int, default=0, help="seed of the generation randomness")
     tiles = parser.add_argument_group("tiling")
@@ -41,8 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tiles.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring chips (default 32)")
     tiles.add_argument("--delta", type=int, default=8, help="margin cropped off each chip output (default 8)")
     tiles.add_argument("--batch-size", type=int, default=16, help="chips per forward pass (default 16)")
-    tiles.add_argument("--blend", choices=("cosine", "average"), default="cosine",
-                       help="raised-cosine weights (reference, default) or plain averaging")
+    tiles.add_argument(
+        "--blend",
+        choices=("cosine", "average"),
+        default="cosine",
+        help="raised-cosine weights (reference, default) or plain averaging",
+    )
+    tiles.add_argument("--panel", type=int, default=2048,
+                       help="columns done at a time; memory grows with it, not with the scene (0 = all)")  # fmt: skip
     output = parser.add_argument_group("output")
     output.add_argument("--confidence", action="store_true", help="add a confidence band (percent) to class maps")
     output.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
@@ -115,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
     from terratim.inference.engine import TilingConfig, infer_scene
 
     inputs = parse_inputs(args.input)
-    tiling = TilingConfig(args.chip, args.overlap, args.delta, args.batch_size, args.blend)
+    tiling = TilingConfig(args.chip, args.overlap, args.delta, args.batch_size, args.blend, args.panel)
     if args.embeddings == "chip":
         return _chip_embeddings(args, inputs, tiling)
     predictor = _predictor(args, inputs)
@@ -179,6 +199,7 @@ def _check_modalities(inputs: dict[str, Path], wanted: dict[str, int]) -> None:
 
 
 def _chip_embeddings(args: argparse.Namespace, inputs: dict[str, Path], tiling) -> int:
+    import numpy as np
     import torch
 
     import terratim
@@ -193,6 +214,7 @@ def _chip_embeddings(args: argparse.Namespace, inputs: dict[str, Path], tiling) 
         path = export_chip_embeddings(mean_token_embedder(backbone), inputs, args.out, tiling,
                                       bands={n: mods.resolve(n).num_bands for n in inputs},
                                       device=torch.device(args.device), overwrite=args.overwrite,
+                                      fill={n: np.asarray(mods.resolve(n).mean, np.float32) for n in inputs},
                                       progress=progress)  # fmt: skip
     finally:
         progress.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch
 
 from terratim.inference.engine import DEFAULT_TILING, TilingConfig
 from terratim.inference.scene import SceneReader, block_cache, check_output
-from terratim.inference.tiling import reflect_pad_strip
+from terratim.inference.tiling import panel_ranges, reflect_pad_strip
 
 Embed = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # {name: (B, C, h, w)} -> (B, D)
 
@@ -69,49 +69,62 @@ def mean_token_embedder(backbone: torch.nn.Module) -> Embed:
 
 def export_chip_embeddings(embed: Embed, inputs: dict[str, str | os.PathLike], out: str | os.PathLike,
                            tiling: TilingConfig = DEFAULT_TILING, *, bands: dict[str, int] | None = None,
-                           device: str | torch.device = "cpu", overwrite: bool = False,
+                           device: str | torch.device = "cpu", fill: dict | None = None, overwrite: bool = False,
                            progress: Callable[[int, int], None] | None = None) -> Path:  # fmt: skip
     """Embed every chip of a scene and write a GeoParquet file.
 
     Columns: ``chip_row``, ``chip_col`` (grid indices), ``row_off``, ``col_off``, ``height``, ``width`` (the
     chip's pixel window, clipped to the scene), ``embedding`` (list of float32) and ``geometry`` (WKB polygon of
-    the window, scene CRS).
+    the window, scene CRS). ``fill`` replaces nodata (NaN) input pixels per modality (default 0). Memory
+    depends on ``tiling.panel``, not on the scene.
     """
     pa, pq = _pyarrow()
     out = Path(out)
     check_output(out, overwrite, resume=False)
-    with SceneReader(inputs, bands) as reader, block_cache(reader, 0):
+    with SceneReader(inputs, bands) as reader, block_cache(reader, 0, tiling.panel):
         info, grid = reader.info, tiling.grid(reader.info.height, reader.info.width)
-        d, size = grid.delta, grid.chip
         schema = _schema(pa, info.crs)
         tmp = out.with_name(out.name + ".partial")
         written, done = 0, 0
         with pq.ParquetWriter(tmp, schema) as writer:
-            for r, y in enumerate(grid.row_offsets):
-                top = y - d
-                data = reader.read_rows(top, top + size)
-                pad = (max(0, -top), max(0, top + size - info.height))
-                strips = {n: reflect_pad_strip(s, *pad, d) for n, s in data.items()}
-                valid = np.logical_or.reduce([~np.isnan(s).all(0) for s in strips.values()])
-                chips = [(c, x) for c, x in enumerate(grid.col_offsets)
-                         if valid[d : size - d, x + d : x + size - d].any()]  # fmt: skip
-                for start in range(0, len(chips), tiling.batch_size):
-                    chunk = chips[start : start + tiling.batch_size]
-                    tensors = {n: torch.from_numpy(np.stack([np.nan_to_num(s[:, :, x : x + size]) for _, x in chunk]))
-                               .to(device) for n, s in strips.items()}  # fmt: skip
-                    with torch.inference_mode():
-                        vectors = embed(tensors).float().cpu().numpy()  # (B, D)
-                    rows = [_row(r, c, x - d, top, size, info, v) for (c, x), v in zip(chunk, vectors)]
-                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-                    written += len(rows)
-                done += len(grid.col_offsets)
-                if progress is not None:
-                    progress(done, len(grid))
+            for col0, col1 in panel_ranges(info.width, tiling.panel):  # each chip column in the panel of its x
+                cols = [(c, x) for c, x in enumerate(grid.col_offsets) if col0 <= x < col1]
+                for r in range(len(grid.row_offsets)):
+                    for rows in _embed_chip_row(embed, reader, grid, r, cols, tiling.batch_size, device, fill or {}):
+                        writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                        written += len(rows)
+                    done += len(cols)
+                    if progress is not None:
+                        progress(done, len(grid))
     if not written:
         tmp.unlink()
         raise ValueError(f"every chip of {[str(p) for p in inputs.values()]} is nodata; nothing to embed")
     os.replace(tmp, out)
     return out
+
+
+def _embed_chip_row(embed: Embed, reader: SceneReader, grid, r: int, cols: list[tuple[int, int]], batch_size: int,
+                    device, fill: dict) -> Iterator[list[dict]]:  # fmt: skip
+    """Rows of the table for the chips of chip row ``r`` in columns ``cols``, one batch at a time."""
+    if not cols:
+        return
+    info, d, size = reader.info, grid.delta, grid.chip
+    top, left, right = grid.row_offsets[r] - d, cols[0][1] - d, cols[-1][1] - d + size
+    data = reader.read_rows(top, top + size, left, right)
+    pads = (max(0, -top), max(0, top + size - info.height), max(0, -left), max(0, right - info.width))
+    strips = {n: reflect_pad_strip(s, *pads) for n, s in data.items()}
+    valid = np.logical_or.reduce([~np.isnan(s).all(0) for s in strips.values()])
+    chips = [(c, x - left) for c, x in cols if valid[d : size - d, x - left + d : x - left + size - d].any()]
+    for start in range(0, len(chips), batch_size):
+        chunk = chips[start : start + batch_size]
+        tensors = {}
+        for n, s in strips.items():
+            value = np.asarray(fill.get(n, 0.0), np.float32).reshape(-1, 1, 1)
+            windows = [np.where(np.isnan(w := s[:, :, x : x + size]), value, w) for _, x in chunk]
+            tensors[n] = torch.from_numpy(np.stack(windows).astype(np.float32)).to(device)
+        with torch.inference_mode():
+            vectors = embed(tensors).float().cpu().numpy()  # (B, D)
+        yield [_row(r, c, x + left, top, size, info, v) for (c, x), v in zip(chunk, vectors)]
 
 
 def _row(chip_row: int, chip_col: int, left: int, top: int, size: int, info, vector: np.ndarray) -> dict:

@@ -123,3 +123,19 @@ def test_model_source_must_be_given(s1_scene, tmp_path, capsys):
     scene, _ = s1_scene
     assert main(["infer", "--input", f"S1GRD={scene}", "--out", str(tmp_path / "o.tif")]) == 2
     assert "name a model" in capsys.readouterr().err
+
+
+def test_chip_embeddings_through_the_cli(s1_scene, tmp_path, capsys):
+    scene, _ = s1_scene
+    out = tmp_path / "emb.parquet"
+    rc = main(["infer", "--model", "terramind_v1_tiny", "--embeddings", "chip", "--input", f"S1GRD={scene}",
+               "--out", str(out), "--quiet"])  # fmt: skip
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # GeoParquet is optional: the error names the package to install
+        assert rc == 2 and "pip install pyarrow" in capsys.readouterr().err
+        return
+    assert rc == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 4 and len(table.column("embedding")[0]) == 192  # 2 x 2 chips, tiny D = 192
+    assert b"geo" in table.schema.metadata
