@@ -40,9 +40,12 @@ def _check_decoder_layout(model: FSQTokenizer, state: dict[str, torch.Tensor], s
     """Strictly compare the file's decoder keys with a decoder built on the meta device."""
     with torch.device("meta"):
         decoder = model.make_decoder()
-    _, report = convert_state_dict(_decoder_state(state), decoder)
-    report.missing.extend(k for k in decoder.state_dict() if k not in _decoder_state(state))
+    file_state = _decoder_state(state)
+    _, report = convert_state_dict(file_state, decoder)
+    report.missing.extend(k for k in decoder.state_dict() if k not in file_state)
     if not report.ok:
+        for keys in (report.missing, report.unexpected, report.mismatched):
+            keys[:] = [DECODER_PREFIX + k for k in keys]  # name keys as they appear in the file
         raise CheckpointError(f"checkpoint {source}: the decoder does not fit {type(decoder).__name__}:\n"
                               f"{report.describe()}")  # fmt: skip
 

@@ -234,9 +234,7 @@ class DiffusionUNet(nn.Module):
                     layers.append(Upsample(ch))
                     ds //= 2
                 self.output_blocks.append(EmbedSequential(*layers))
-        self.out = nn.Sequential(
-            GroupNorm32(groups, ch), nn.SiLU(), Conv2d(ch, image_channels * p2, 3, padding=1)
-        )
+        self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(), Conv2d(ch, image_channels * p2, 3, padding=1))
         nn.init.zeros_(self.out[2].weight)
         nn.init.zeros_(self.out[2].bias)
         self.optimized = True

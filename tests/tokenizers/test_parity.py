@@ -6,12 +6,13 @@ real builder and strict loader. Comparisons run in float32 with TF32 off, at the
 
 from __future__ import annotations
 
-import fixture_weights as fw
 import pytest
 import torch
 
 import terratim
 from terratim.tokenizers import DDIMSampler
+
+import fixture_weights as fw
 
 CASE = "tokenizer_dem_224"
 

@@ -1,0 +1,62 @@
+"""The patched UNet: layout of patches and condition, time embedding, optimized path == plain path."""
+
+from __future__ import annotations
+
+import torch
+from conftest import randomize
+
+from terratim.tokenizers import DiffusionUNet, UNetConfig
+from terratim.tokenizers.unet import GroupNorm32, timestep_embedding
+
+SMALL = UNetConfig(channels=32, channel_mult=(1, 1, 2, 2), num_res_blocks=1, attention_ds=(4, 8))
+
+
+def test_released_sizes_and_key_layout():
+    with torch.device("meta"):
+        unet = DiffusionUNet(12, 5)
+    keys = unet.state_dict()
+    assert sum(p.numel() for p in unet.parameters()) == 196_951_744  # S2L2A decoder (spec §7.6)
+    assert keys["input_blocks.0.0.weight"].shape == (256, 197, 3, 3)
+    assert keys["out.2.weight"].shape == (192, 256, 3, 3)
+    assert keys["middle_block.1.qkv.weight"].shape == (1536, 512, 1)
+    assert "output_blocks.11.1.conv.weight" in keys and "input_blocks.4.0.op.weight" in keys
+    assert len(keys) == 601 - 155  # the file's 601 keys minus the encoder's 153 and quant_proj's 2
+
+
+def test_patch_layout_is_channel_major():
+    unet = DiffusionUNet(2, 5, SMALL)
+    x = torch.arange(2 * 8 * 8, dtype=torch.float32).reshape(1, 2, 8, 8)
+    patches = unet.patchify(x)  # (1, 32, 2, 2)
+    c, py, px, i, j = 1, 2, 3, 1, 0
+    assert patches[0, c * 16 + py * 4 + px, i, j] == x[0, c, i * 4 + py, j * 4 + px]
+    assert torch.equal(unet.unpatchify(patches), x)
+
+
+def test_time_embedding_is_cos_then_sin():
+    emb = timestep_embedding(torch.tensor([3.0]), 8)
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(4) / 4)
+    torch.testing.assert_close(emb[0], torch.cat([torch.cos(3 * freqs), torch.sin(3 * freqs)]))
+
+
+def test_optimized_path_equals_plain_path_and_batches_are_independent():
+    unet = randomize(DiffusionUNet(1, 5, SMALL)).eval()
+    g = torch.Generator().manual_seed(0)
+    x, codes = torch.randn(2, 1, 64, 64, generator=g), torch.rand(2, 5, 4, 4, generator=g)
+    with torch.no_grad():
+        fast = unet(x, 500, codes)
+        prepared = unet(x, 500, unet.prepare_condition(codes, (64, 64)), prepared=True)
+        single = unet(x[1:], 500, codes[1:])
+        unet.set_optimized(False)
+        plain = unet(x, torch.tensor(500), codes)
+    assert fast.shape == x.shape and fast.is_contiguous()
+    assert torch.equal(fast, prepared)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(single, fast[1:], atol=1e-5, rtol=1e-5)
+
+
+def test_group_norm_statistics_in_float32_for_bfloat16():
+    norm = GroupNorm32(4, 8)
+    x = torch.randn(2, 8, 4, 4) * 100 + 1000
+    out = norm(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), norm(x.bfloat16().float()), atol=2e-2, rtol=1e-2)
