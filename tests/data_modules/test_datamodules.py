@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_sample, module_args, write_tif
+from dm_rasters import make_sample, module_args, write_tif
 
 from terratim.data.datamodules import GenericMultiModalDataModule, drop_modalities
 from terratim.modalities import resolve

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import IDS, REFERENCE_CONFIGS, REPO
+from finetune_data import IDS, REFERENCE_CONFIGS, REPO
 
 from terratim.cli import main
 from terratim.tasks.cli import build_cli
