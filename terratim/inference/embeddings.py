@@ -114,7 +114,8 @@ def _embed_chip_row(embed: Embed, reader: SceneReader, grid, r: int, cols: list[
     pads = (max(0, -top), max(0, top + size - info.height), max(0, -left), max(0, right - info.width))
     strips = {n: reflect_pad_strip(s, *pads) for n, s in data.items()}
     valid = np.logical_or.reduce([~np.isnan(s).all(0) for s in strips.values()])
-    chips = [(c, x - left) for c, x in cols if valid[d : size - d, x - left + d : x - left + size - d].any()]
+    x0 = cols[0][1]  # strip column 0 = scene column x0 - d; a chip at x starts at strip column x - x0
+    chips = [(c, x - x0) for c, x in cols if valid[d : size - d, x - x0 + d : x - x0 + size - d].any()]
     for start in range(0, len(chips), batch_size):
         chunk = chips[start : start + batch_size]
         tensors = {}

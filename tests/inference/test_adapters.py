@@ -123,3 +123,7 @@ def test_chip_embeddings_to_geoparquet(make_scene, tmp_path):
     assert (first["row_off"], first["col_off"]) == (0, 0)
     coords = struct.unpack("<10d", first["geometry"][13:])
     assert coords[0] == TRANSFORM.c and coords[1] == TRANSFORM.f - first["height"] * 10.0
+    # An interior chip (core at row 32, column 32) embeds exactly its 48 px window, starting delta = 8 px earlier.
+    inner = next(r for r in rows if (r["chip_row"], r["chip_col"]) == (1, 1))
+    assert (inner["row_off"], inner["col_off"], inner["height"], inner["width"]) == (24, 24, 48, 48)
+    assert np.allclose(inner["embedding"], data[:, 24:72, 24:72].mean(axis=(1, 2)), atol=1e-5)
