@@ -81,26 +81,33 @@ def export_chip_embeddings(embed: Embed, inputs: dict[str, str | os.PathLike], o
     pa, pq = _pyarrow()
     out = Path(out)
     check_output(out, overwrite, resume=False)
+    tmp, written = out.with_name(out.name + ".partial"), 0
     with SceneReader(inputs, bands) as reader, block_cache(reader, 0, tiling.panel):
-        info, grid = reader.info, tiling.grid(reader.info.height, reader.info.width)
-        schema = _schema(pa, info.crs)
-        tmp = out.with_name(out.name + ".partial")
-        written, done = 0, 0
+        schema = _schema(pa, reader.info.crs)
         with pq.ParquetWriter(tmp, schema) as writer:
-            for col0, col1 in panel_ranges(info.width, tiling.panel):  # each chip column in the panel of its x
-                cols = [(c, x) for c, x in enumerate(grid.col_offsets) if col0 <= x < col1]
-                for r in range(len(grid.row_offsets)):
-                    for rows in _embed_chip_row(embed, reader, grid, r, cols, tiling.batch_size, device, fill or {}):
-                        writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-                        written += len(rows)
-                    done += len(cols)
-                    if progress is not None:
-                        progress(done, len(grid))
+            for rows in iter_chip_embeddings(embed, reader, tiling, device, fill, progress):
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                written += len(rows)
     if not written:
         tmp.unlink()
         raise ValueError(f"every chip of {[str(p) for p in inputs.values()]} is nodata; nothing to embed")
     os.replace(tmp, out)
     return out
+
+
+def iter_chip_embeddings(embed: Embed, reader: SceneReader, tiling: TilingConfig = DEFAULT_TILING,
+                         device: str | torch.device = "cpu", fill: dict | None = None,
+                         progress: Callable[[int, int], None] | None = None) -> Iterator[list[dict]]:  # fmt: skip
+    """Table rows (see :func:`export_chip_embeddings`), one batch of chips at a time, panel by panel."""
+    grid = tiling.grid(reader.info.height, reader.info.width)
+    done = 0
+    for col0, col1 in panel_ranges(reader.info.width, tiling.panel):  # each chip column in the panel of its x
+        cols = [(c, x) for c, x in enumerate(grid.col_offsets) if col0 <= x < col1]
+        for r in range(len(grid.row_offsets)):
+            yield from _embed_chip_row(embed, reader, grid, r, cols, tiling.batch_size, device, fill or {})
+            done += len(cols)
+            if progress is not None:
+                progress(done, len(grid))
 
 
 def _embed_chip_row(embed: Embed, reader: SceneReader, grid, r: int, cols: list[tuple[int, int]], batch_size: int,

@@ -16,9 +16,10 @@ from conftest import TRANSFORM, write_scene
 import terratim
 from terratim import modalities as mods
 from terratim.inference import adapters
-from terratim.inference.embeddings import export_chip_embeddings, geo_metadata, polygon_wkb
+from terratim.inference.embeddings import export_chip_embeddings, geo_metadata, iter_chip_embeddings, polygon_wkb
 from terratim.inference.engine import TilingConfig, infer_scene
 from terratim.inference.heads import CLASS_NODATA
+from terratim.inference.scene import SceneReader
 
 S1_CHIP = Path(__file__).parents[1] / "data" / "sen1floods11" / "S1Hand" / "Spain_7370579_S1Hand.tif"
 
@@ -107,17 +108,23 @@ def test_chip_embeddings_to_geoparquet(make_scene, tmp_path):
     def embed(batch):
         return batch["S1GRD"].mean(dim=(2, 3))  # (B, 2)
 
+    tiling = TilingConfig(48, 16, 8, 4)
+    with SceneReader({"S1GRD": path}) as reader:
+        rows = [row for batch in iter_chip_embeddings(embed, reader, tiling) for row in batch]
+    _check_chip_rows(rows, data)
     try:
         import pyarrow.parquet as pq
     except ImportError:  # the writer must say how to get it
         with pytest.raises(ImportError, match="pip install pyarrow"):
-            export_chip_embeddings(embed, {"S1GRD": path}, tmp_path / "emb.parquet", TilingConfig(48, 16, 8, 4))
+            export_chip_embeddings(embed, {"S1GRD": path}, tmp_path / "emb.parquet", tiling)
         return
-    out = export_chip_embeddings(embed, {"S1GRD": path}, tmp_path / "emb.parquet", TilingConfig(48, 16, 8, 4))
-    table = pq.read_table(out)
+    table = pq.read_table(export_chip_embeddings(embed, {"S1GRD": path}, tmp_path / "emb.parquet", tiling))
     geo = json.loads(table.schema.metadata[b"geo"])
     assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["encoding"] == "WKB"
-    rows = table.to_pylist()
+    assert table.to_pylist() == rows
+
+
+def _check_chip_rows(rows: list[dict], data: np.ndarray) -> None:
     assert rows and all(r["col_off"] < 100 for r in rows) and len(rows[0]["embedding"]) == 2
     first = rows[0]
     assert (first["row_off"], first["col_off"]) == (0, 0)
