@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -101,10 +102,17 @@ def test_ddp_fit_two_processes(flood_tree: Path, tmp_path: Path):
     limits = ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0"]
     command = [sys.executable, "-m", "terratim.cli", "fit", *args, *ddp, *limits]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "distributed_backend=gloo" in proc.stderr + proc.stdout
-    assert "All distributed processes registered" in proc.stderr + proc.stdout
+    # Own process group, so that a hang cannot leave the rank-1 child behind.
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        output, _ = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, output[-3000:]
+    assert "distributed_backend=gloo" in output and "All distributed processes registered" in output
     assert len(list(tmp_path.rglob("checkpoints/last.ckpt"))) == 1
     metrics = next(tmp_path.rglob("metrics.csv")).read_text()
     assert "val/loss" in metrics
