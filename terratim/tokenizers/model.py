@@ -81,18 +81,12 @@ class TokenizerConfig:
 
 def standardize(modality: str | Modality, x: torch.Tensor) -> torch.Tensor:
     """(x - mean) / std per band with the registry's pretraining statistics (spec §3.4)."""
-    mod = resolve(modality) if isinstance(modality, str) else modality
-    mean = torch.tensor(mod.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    std = torch.tensor(mod.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    return (x - mean) / std
+    return (resolve(modality) if isinstance(modality, str) else modality).standardize(x)
 
 
 def destandardize(modality: str | Modality, z: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`standardize`."""
-    mod = resolve(modality) if isinstance(modality, str) else modality
-    mean = torch.tensor(mod.mean, dtype=z.dtype, device=z.device).view(-1, 1, 1)
-    std = torch.tensor(mod.std, dtype=z.dtype, device=z.device).view(-1, 1, 1)
-    return z * std + mean
+    return (resolve(modality) if isinstance(modality, str) else modality).destandardize(z)
 
 
 class FSQTokenizer(nn.Module):
