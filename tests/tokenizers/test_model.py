@@ -91,7 +91,7 @@ def test_standardize_round_trip():
     x = torch.rand(12, 4, 4) * 5000
     z = standardize("S2L2A", x)
     assert abs(float(z[0, 0, 0]) - (float(x[0, 0, 0]) - 1390.458) / 2106.761) < 1e-5
-    torch.testing.assert_close(destandardize("S2L2A", z), x)
+    torch.testing.assert_close(destandardize("S2L2A", z), x, rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.parametrize(
