@@ -108,6 +108,8 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         nodata_to_ignore: set label pixels with no valid input in any modality to the ignore value.
         train_transform: list of transforms (``class_path`` dicts or callables) for training; likewise for the
             other splits. Geometric transforms apply the same draw to every modality and the label.
+            ``predict_transform`` must keep the geometry (no crops or flips): predictions take the georeferencing
+            of the input files.
         modality_dropout: probability of dropping each modality from a training batch (one is always kept).
         drop_last: drop the last incomplete training batch.
         missing: ``"raise"`` on a sample with a missing file, or ``"skip"`` it with a warning.
@@ -255,7 +257,8 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         for split in wanted.get(stage, SPLITS) if stage else SPLITS:
-            if split not in self.datasets and (stage or self.roots[split]):
+            optional = (stage == "fit" and split == "val") or stage is None
+            if split not in self.datasets and not (optional and not self.roots[split]):
                 self.datasets[split] = self.make_dataset(split)
 
     def _loader(self, split: Split) -> DataLoader:
@@ -277,7 +280,9 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.roots["val"] and self.trainer is not None and self.trainer.state.fn == "fit":
+            return []  # fit without validation data
         return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:

@@ -133,7 +133,7 @@ class Sen1Floods11DataModule(GenericMultiModalDataModule):
             train_transform=train_transform,
             val_transform=val_transform,
             test_transform=test_transform,
-            predict_transform=val_transform,
+            predict_transform=None,  # full chips: predictions keep the chip's georeferencing
             modality_dropout=modality_dropout,
             missing=missing,
             **kwargs,

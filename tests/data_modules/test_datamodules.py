@@ -119,3 +119,16 @@ def test_batches_of_different_sizes_raise_a_clear_error(tmp_path: Path):
     dm = GenericMultiModalDataModule(**module_args(tmp_path))
     with pytest.raises(ValueError, match="different sizes.*RandomCrop"):
         next(iter(dm.val_dataloader()))
+
+
+def test_fit_without_validation_data(tree: Path):
+    import lightning.pytorch as pl
+
+    args = module_args(tree, val_data_root=None, val_label_data_root=None)
+    dm = GenericMultiModalDataModule(**args)
+    dm.trainer = pl.Trainer(logger=False, enable_checkpointing=False)
+    dm.trainer.state.fn = "fit"
+    dm.setup("fit")
+    assert "val" not in dm.datasets and dm.val_dataloader() == []
+    with pytest.raises(ValueError, match="no val_data_root given"):
+        dm.setup("validate")
