@@ -138,6 +138,8 @@ def _run(args: argparse.Namespace) -> int:
     tiling = TilingConfig(args.chip, args.overlap, args.delta, args.batch_size, args.blend, args.panel)
     if args.embeddings == "chip":
         return _chip_embeddings(args, inputs, tiling)
+    if args.out.exists() and not args.overwrite:  # fail before loading a model
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
     predictor = _predictor(args, inputs)
     progress = ProgressReport(args.quiet)
     try:

@@ -134,3 +134,28 @@ def _check_chip_rows(rows: list[dict], data: np.ndarray) -> None:
     inner = next(r for r in rows if (r["chip_row"], r["chip_col"]) == (1, 1))
     assert (inner["row_off"], inner["col_off"], inner["height"], inner["width"]) == (24, 24, 48, 48)
     assert np.allclose(inner["embedding"], data[:, 24:72, 24:72].mean(axis=(1, 2)), atol=1e-5)
+
+
+class StubGenerate(torch.nn.Module):
+    """Stands in for a generation model: LULC logits and an S2L2A image in physical units."""
+
+    outputs = {"LULC": "tok_lulc@224", "S2L2A": "tok_sen2l2a@224"}
+    user_inputs = ["S1GRD"]
+
+    def forward(self, x, standardize=None, timesteps=None, generator=None):
+        s1 = x["S1GRD"]
+        lulc = torch.zeros(s1.shape[0], 10, *s1.shape[-2:])
+        lulc[:, 1] = 1.0  # water everywhere
+        return {"LULC": lulc, "S2L2A": s1[:, :1].expand(-1, 12, -1, -1) + 1000.0}
+
+
+def test_generation_heads_one_file_per_output(make_scene, tmp_path):
+    path, data = make_scene("s1", 2, 100, 90)
+    predictor = adapters.generation_predictor(StubGenerate(), tmp_path / "gen.tif")
+    assert [h.path.name for h in predictor.heads] == ["gen_LULC.tif", "gen_S2L2A.tif"]
+    lulc, s2 = infer_scene(predictor.predict, {"S1GRD": path}, predictor.heads, TilingConfig(48, 16, 8, 4),
+                           bands=predictor.bands, fill=predictor.fill)  # fmt: skip
+    with rasterio.open(lulc) as a, rasterio.open(s2) as b:
+        assert a.dtypes == ("uint8",) and np.all(a.read(1) == 1) and a.tags()["CLASS_1"] == "water"
+        assert b.count == 12 and b.dtypes[0] == "float32" and b.descriptions[3] == "RED"
+        assert np.allclose(b.read(4), data[0] + 1000.0)

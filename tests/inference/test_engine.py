@@ -209,3 +209,12 @@ def test_wrong_model_output_shape_is_explained(make_scene, tmp_path):
     a, _ = make_scene("A", 1, 100, 100)
     with pytest.raises(ValueError, match=r"expects \(B, K, chip, chip\)"):
         infer_scene(lambda b: b["A"][:, :, :10], {"A": a}, [Head(tmp_path / "o.tif", 1)], TilingConfig(64, 16))
+
+
+def test_cog_output_keeps_pixels_and_georeferencing(make_scene, tmp_path):
+    a, data = make_scene("A", 1, 300, 280)
+    (out,) = infer_scene(identity, {"A": a}, [Head(tmp_path / "cog.tif", 1, cog=True)], TilingConfig(64, 16, 8, 8))
+    with rasterio.open(out) as dst:
+        assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert dst.transform == TRANSFORM and dst.crs == CRS_UTM
+        assert np.array_equal(dst.read(), data)
