@@ -150,7 +150,5 @@ class BaseTask(pl.LightningModule):
         optimizer = getattr(torch.optim, self.optimizer_name)(params, lr=self.lr, **self.optimizer_hparams)
         if self.scheduler_name is None:
             return optimizer
-        scheduler = getattr(torch.optim.lr_scheduler, self.scheduler_name)(
-            optimizer, **self.scheduler_hparams
-        )
+        scheduler = getattr(torch.optim.lr_scheduler, self.scheduler_name)(optimizer, **self.scheduler_hparams)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}

@@ -34,9 +34,7 @@ class TerratimCLI(LightningCLI):
         if any(isinstance(cb, GeoTiffPredictionWriter) for cb in self.trainer.callbacks):
             return
         config = self.config[self.subcommand]
-        output = config.get("predict_output_dir") or os.path.join(
-            self.trainer.default_root_dir, "predictions"
-        )
+        output = config.get("predict_output_dir") or os.path.join(self.trainer.default_root_dir, "predictions")
         writer = GeoTiffPredictionWriter(
             output, png=config.get("predict_png", False), overwrite=config.get("predict_overwrite", False)
         )

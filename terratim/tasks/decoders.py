@@ -70,9 +70,7 @@ class UNetDecoder(nn.Module):
         channels = list(channels)
         skip_ch = (skips + [0] * len(channels))[: len(channels)]  # blocks past the finest map have no skip
         cins = [head, *channels[:-1]]
-        self.blocks = nn.ModuleList(
-            UNetBlock(ci, s, co) for ci, s, co in zip(cins, skip_ch, channels, strict=True)
-        )
+        self.blocks = nn.ModuleList(UNetBlock(ci, s, co) for ci, s, co in zip(cins, skip_ch, channels, strict=True))
         self.out_channels = channels[-1]
         init_decoder(self)
 
@@ -104,9 +102,7 @@ class PPM(nn.Module):
 class UperNetDecoder(nn.Module):
     """UPerNet: PPM on the coarsest map, FPN top-down fusion, concatenation at the finest scale, 3x3 fuse."""
 
-    def __init__(
-        self, embed_dim: list[int], channels: int = 256, pool_scales: Sequence[int] = (1, 2, 3, 6)
-    ) -> None:
+    def __init__(self, embed_dim: list[int], channels: int = 256, pool_scales: Sequence[int] = (1, 2, 3, 6)) -> None:
         super().__init__()
         self.ppm = PPM(embed_dim[-1], channels, pool_scales)
         self.bottleneck = conv_bn_relu(embed_dim[-1] + len(pool_scales) * channels, channels)
@@ -124,9 +120,7 @@ class UperNetDecoder(nn.Module):
             )
         outs = [conv(x) for conv, x in zip(self.fpn, laterals[:-1], strict=True)] + [laterals[-1]]
         size = outs[0].shape[-2:]
-        outs = [outs[0]] + [
-            F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outs[1:]
-        ]
+        outs = [outs[0]] + [F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outs[1:]]
         return self.fuse(torch.cat(outs, dim=1))
 
 

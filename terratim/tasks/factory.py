@@ -186,9 +186,7 @@ def build_encoder_decoder(model_args: Mapping[str, Any], task: str) -> EncoderDe
             raise ValueError(f"model_args needs num_classes for {task}")
         head_cls = SegmentationHead if pixel_wise else ClassificationHead
         head = head_cls(decoder.out_channels, int(model_args["num_classes"]), **head_kwargs)
-    return EncoderDecoderModel(
-        backbone, necks, decoder, head, pixel_wise, model_args.get("padding", "reflect")
-    )
+    return EncoderDecoderModel(backbone, necks, decoder, head, pixel_wise, model_args.get("padding", "reflect"))
 
 
 MODEL_FACTORIES = {"EncoderDecoderFactory": build_encoder_decoder}

@@ -70,9 +70,7 @@ class JaccardLoss(nn.Module):
 class FocalLoss(nn.Module):
     """Sum over classes of the binary focal loss FL = -(1 - p_t)^gamma log p_t of each class's logit."""
 
-    def __init__(
-        self, ignore_index: int | None = None, gamma: float = 2.0, alpha: float | None = None
-    ) -> None:
+    def __init__(self, ignore_index: int | None = None, gamma: float = 2.0, alpha: float | None = None) -> None:
         super().__init__()
         self.ignore_index, self.gamma, self.alpha = ignore_index, gamma, alpha
 
@@ -137,9 +135,7 @@ SEGMENTATION_LOSSES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_segmentation_loss(
-    name: str, ignore_index: int | None, class_weights: list[float] | None
-) -> nn.Module:
+def build_segmentation_loss(name: str, ignore_index: int | None, class_weights: list[float] | None) -> nn.Module:
     """A segmentation loss by name (``ce``, ``dice``, ``jaccard``, ``focal``)."""
     if name not in SEGMENTATION_LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {sorted(SEGMENTATION_LOSSES)}")

@@ -41,14 +41,10 @@ class SelectIndices(Neck):
 class ReshapeTokensToImage(Neck):
     """(B, N, D) row-major tokens -> (B, D, h, w) maps, for square and rectangular token grids."""
 
-    def __init__(
-        self, channel_list: list[int], remove_cls_token: bool = False, effective_time_dim: int = 1
-    ) -> None:
+    def __init__(self, channel_list: list[int], remove_cls_token: bool = False, effective_time_dim: int = 1) -> None:
         super().__init__()
         if effective_time_dim != 1:
-            raise ValueError(
-                "ReshapeTokensToImage: effective_time_dim > 1 (temporal inputs) is not supported"
-            )
+            raise ValueError("ReshapeTokensToImage: effective_time_dim > 1 (temporal inputs) is not supported")
         self.remove_cls_token = remove_cls_token
 
     def _reshape(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -59,9 +55,7 @@ class ReshapeTokensToImage(Neck):
             x = x[:, 1:]
         b, n, d = x.shape
         if n != h * w:
-            raise ValueError(
-                f"ReshapeTokensToImage: {n} tokens do not fill the {h}x{w} token grid of the input"
-            )
+            raise ValueError(f"ReshapeTokensToImage: {n} tokens do not fill the {h}x{w} token grid of the input")
         return x.transpose(1, 2).reshape(b, d, h, w)  # (B, D, h, w)
 
     def forward(self, features: list[Tensor], grid: tuple[int, int]) -> list[Tensor]:

@@ -86,9 +86,7 @@ class GeoTiffPredictionWriter(pl.Callback):
             out = pred.astype(np.float32)
         if any_valid is not None:
             out = np.where(any_valid, out, nodata).astype(dtype)
-        write_geotiff(
-            self.output_dir / f"{meta['sample_id']}_pred.tif", out, like=like, nodata=nodata, overwrite=True
-        )
+        write_geotiff(self.output_dir / f"{meta['sample_id']}_pred.tif", out, like=like, nodata=nodata, overwrite=True)
 
     def _write_panel(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, i: int, meta: dict[str, Any]
@@ -98,14 +96,10 @@ class GeoTiffPredictionWriter(pl.Callback):
         raw = _raw(outputs["image"], i, trainer.datamodule)
         panels = [(mod, mod, arr) for mod, arr in raw.items()]
         pred = outputs["prediction"][i].detach().cpu().numpy()
-        panels.append(
-            ("prediction", "LULC", pred) if pred.dtype.kind in "iu" else ("prediction", "DEM", pred[None])
-        )
+        panels.append(("prediction", "LULC", pred) if pred.dtype.kind in "iu" else ("prediction", "DEM", pred[None]))
         if "mask" in outputs and outputs["mask"].ndim == 3:
             label = outputs["mask"][i].cpu().numpy()
-            panels.append(
-                ("label", "LULC", label) if label.dtype.kind in "iu" else ("label", "DEM", label[None])
-            )
+            panels.append(("label", "LULC", label) if label.dtype.kind in "iu" else ("label", "DEM", label[None]))
         save_panel(self.output_dir / f"{meta['sample_id']}_panel.png", panels, title=meta["sample_id"])
 
     def _write_csv(self, trainer: pl.Trainer, metas: list[dict], probs: torch.Tensor) -> None:
