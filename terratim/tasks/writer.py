@@ -45,13 +45,15 @@ class GeoTiffPredictionWriter(pl.Callback):
         self.output_dir, self.png, self.overwrite = Path(output_dir), png, overwrite
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.output_dir.is_dir() and any(self.output_dir.glob("*_pred.tif")) and not self.overwrite:
+        existing = [*self.output_dir.glob("*_pred.tif"), *self.output_dir.glob("predictions_rank*.csv")]
+        if existing and not self.overwrite:
             raise FileExistsError(
                 f"{self.output_dir} already holds predictions; pass overwrite (CLI: "
                 "--predict_overwrite true) or choose another output folder"
             )
         trainer.strategy.barrier()
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / f"predictions_rank{trainer.global_rank}.csv").unlink(missing_ok=True)
 
     def on_predict_batch_end(
         self,

@@ -159,3 +159,42 @@ def test_regression_fit_and_predict_float_maps(flood_tree: Path, tmp_path: Path)
         data = pred.read(1)
         assert pred.dtypes[0] == "float32" and pred.crs.to_epsg() == 4326
         assert np.isnan(data[-1, :3]).all() and np.isfinite(data[:-1]).all()  # S1 nodata pixels -> NaN
+
+
+CLASSIFICATION = """
+trainer: {{accelerator: cpu, max_epochs: 1, limit_train_batches: 1, limit_val_batches: 1, logger: false,
+          enable_checkpointing: false, default_root_dir: {out}}}
+data:
+  class_path: terratim.datamodules.GenericMultiModalDataModule
+  init_args:
+    task: classification
+    modalities: [S1GRD]
+    batch_size: 2
+    image_grep: {{S1GRD: "*_S1Hand.tif"}}
+    train_data_root: {{S1GRD: {root}/S1Hand}}
+    val_data_root: {{S1GRD: {root}/S1Hand}}
+    predict_data_root: {{S1GRD: {root}/S1Hand}}
+    label_csv: {out}/labels.csv
+    multi_label: true
+    num_classes: 4
+model:
+  class_path: terratim.tasks.ClassificationTask
+  init_args:
+    multi_label: true
+    class_names: [water, forest, urban, crops]
+    model_args: {{backbone: terramind_v1_tiny, backbone_modalities: [S1GRD], num_classes: 4, head_dropout: 0.1}}
+"""
+
+
+def test_multi_label_scene_classification_fit_and_predict(flood_tree: Path, tmp_path: Path):
+    (tmp_path / "labels.csv").write_text("sample,label\nGhana_1,0 2\nIndia_2,1\nSpain_3,0 1 3\nMekong_4,3\n")
+    config = tmp_path / "classification.yaml"
+    config.write_text(CLASSIFICATION.format(root=flood_tree / "flat", out=tmp_path))
+    cli = build_cli(["fit", "-c", str(config)])
+    assert 0.0 <= float(cli.trainer.callback_metrics["val/mAP"]) <= 1.0
+    assert main(["predict", "-c", str(config), f"--predict_output_dir={tmp_path / 'pred'}"]) == 0
+    rows = (tmp_path / "pred" / "predictions_rank0.csv").read_text().splitlines()
+    assert rows[0] == "sample,prediction,p0,p1,p2,p3" and len(rows) == 1 + len(IDS)
+    again = ["predict", "-c", str(config), f"--predict_output_dir={tmp_path / 'pred'}", "--predict_overwrite=true"]
+    assert main(again) == 0
+    assert len((tmp_path / "pred" / "predictions_rank0.csv").read_text().splitlines()) == 1 + len(IDS)
