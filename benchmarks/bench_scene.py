@@ -44,7 +44,7 @@ def make_scene(path: Path, size: int) -> None:
             dst.write((base[None] + noise).astype(np.float32), window=Window(0, top, size, len(rows)))
 
 
-def run_one(size: int, device: str, chip: int, overlap: int, batch_size: int, workdir: Path) -> dict:
+def run_one(size: int, device: str, chip: int, overlap: int, batch_size: int, panel: int, workdir: Path) -> dict:
     """Time one scene in this process and report its peak RSS."""
     import torch
 
@@ -60,7 +60,7 @@ def run_one(size: int, device: str, chip: int, overlap: int, batch_size: int, wo
     def predict(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(batch["S1GRD"])
 
-    tiling = TilingConfig(chip, overlap, 8, batch_size)
+    tiling = TilingConfig(chip, overlap, 8, batch_size, panel=panel)
     chips = len(tiling.grid(size, size))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -82,6 +82,7 @@ def main() -> int:
     parser.add_argument("--chip", type=int, default=224)
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--panel", type=int, default=2048, help="columns at a time (0 = whole width)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size, print JSON
     parser.add_argument("--make", type=int, help=argparse.SUPPRESS)  # internal: write one scene
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -90,20 +91,22 @@ def main() -> int:
         make_scene(args.workdir / f"scene_{args.make}.tif", args.make)
         return 0
     if args.one:
-        result = run_one(args.one, args.device, args.chip, args.overlap, args.batch_size, args.workdir)
+        result = run_one(args.one, args.device, args.chip, args.overlap, args.batch_size, args.panel, args.workdir)
         print(json.dumps(result))
         return 0
-    print(f"device={args.device} chip={args.chip} overlap={args.overlap} batch={args.batch_size}")
+    print(f"device={args.device} chip={args.chip} overlap={args.overlap} batch={args.batch_size} panel={args.panel}")
     print(f"{'size':>6} {'chips':>6} {'seconds':>8} {'Mpx/s':>7} {'s/Mpx':>6} {'peak RSS MiB':>13} {'out MiB':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             subprocess.run([sys.executable, __file__, "--make", str(size), "--workdir", tmp], check=True)
             cmd = [sys.executable, __file__, "--one", str(size), "--workdir", tmp, "--device", args.device,
-                   "--chip", str(args.chip), "--overlap", str(args.overlap), "--batch-size", str(args.batch_size)]  # fmt: skip
+                   "--chip", str(args.chip), "--overlap", str(args.overlap),
+                   "--batch-size", str(args.batch_size), "--panel", str(args.panel)]  # fmt: skip
             line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             r = json.loads(line)
             print(f"{r['size']:>6} {r['chips']:>6} {r['seconds']:>8} {r['megapixels_per_s']:>7} "
-                  f"{r['seconds_per_megapixel']:>6} {r['peak_rss_mib']:>13} {r['output_mib']:>8}", flush=True)  # fmt: skip
+                  f"{r['seconds_per_megapixel']:>6} {r['peak_rss_mib']:>13} {r['output_mib']:>8}",
+                  flush=True)  # fmt: skip
             for name in (f"scene_{size}.tif", f"pred_{size}.tif"):
                 (Path(tmp) / name).unlink(missing_ok=True)
     return 0
