@@ -141,9 +141,8 @@ def build_tim(
         load_weights(generator.network, generator.network, state, source)
         load_weights(model, model, state, source)
     for name, tokenizer in (tokenizers or {}).items():
-        key = model.inputs[model._name_of(name)][0]
-        if name in input_names:
-            model.tokenizers[key] = tokenizer.eval().requires_grad_(False)
+        if mods.resolve(name).name in input_names:
+            model.attach_tokenizer(name, tokenizer)
     return model
 
 

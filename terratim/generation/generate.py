@@ -88,7 +88,9 @@ class TerraMindGenerate(nn.Module):
         self.scheme = scheme
         self.chain = chain
         self.offset = {mods.resolve(k).name: float(v) for k, v in (offset or {}).items()}
-        self.tokenizers = nn.ModuleDict({mods.resolve(k).name: t for k, t in (tokenizers or {}).items()})
+        named = {mods.resolve(k).name: t for k, t in (tokenizers or {}).items()}
+        self.tokenizers = nn.ModuleDict({k: t for k, t in named.items() if isinstance(t, nn.Module)})
+        self.text_tokenizers = {k: t for k, t in named.items() if not isinstance(t, nn.Module)}  # coordinates
         for tokenizer in self.tokenizers.values():
             tokenizer.eval().requires_grad_(False)
         self.user_inputs = [n for n, (key, _) in network.inputs.items() if n not in self.outputs]
@@ -175,8 +177,8 @@ class TerraMindGenerate(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Token ids -> pixels: LULC logits (B, 10, H, W), continuous modalities (B, C, H, W), coords (B, 2)."""
         physical = self.standardize if standardize is None else standardize
-        return decode_tokens(tokens, self.tokenizers, timesteps or self.timesteps, generator,
-                             physical_units=physical, offset=self.offset)  # fmt: skip
+        return decode_tokens(tokens, {**self.tokenizers, **self.text_tokenizers}, timesteps or self.timesteps,
+                             generator, physical_units=physical, offset=self.offset)  # fmt: skip
 
     def forward(
         self,
@@ -242,7 +244,10 @@ def build_tokenizers(names: Sequence[str], pretrained: bool) -> dict[str, nn.Mod
     for name in names:
         modality = mods.resolve(name)
         if modality.kind == "sequence":
-            tokenizers[modality.name] = build("terramind_v1_coords_tokenizer", pretrained=pretrained)
+            if pretrained:  # the WordPiece vocabulary has no random initialisation
+                from terratim.tokenizers.coords import CoordsTokenizer
+
+                tokenizers[modality.name] = CoordsTokenizer.pretrained()
         elif modality.tokenizer_file is not None:
             tokenizers[modality.name] = build(f"terramind_v1_tokenizer_{modality.name.lower()}",
                                               pretrained=pretrained)  # fmt: skip
@@ -288,7 +293,7 @@ def build_generate(
     given.update(build_tokenizers(wanted, pretrained) if wanted else {})
     input_tokenizers = {n: t for n, t in given.items() if n in inputs and inputs[n][0].startswith("tok_")}
     for name, tokenizer in input_tokenizers.items():
-        network.tokenizers[inputs[name][0]] = tokenizer.eval().requires_grad_(False)
+        network.attach_tokenizer(name, tokenizer)
     output_tokenizers = {n: t for n, t in given.items() if n in outputs}
     return TerraMindGenerate(network, outputs, decoding_steps, temps, top_p, top_k, timesteps, standardize,
                              offset, scheme, chain, output_tokenizers, cfg_scale)  # fmt: skip

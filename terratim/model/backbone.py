@@ -28,6 +28,15 @@ MERGE_METHODS = ("mean", "max", "concat", "dict", None)
 ModalitySpec = str | Mapping[str, int]
 
 
+def given_as_image(x: torch.Tensor) -> bool:
+    """Whether an input of a token modality is an image to tokenize rather than token ids.
+
+    Token ids are int32/int64 tensors (B, h, w) or (B, N). Images are float tensors, 4-D tensors (B, C, H, W), or
+    uint8/int16 class maps (B, H, W) as read from GeoTIFFs.
+    """
+    return torch.is_floating_point(x) or x.dim() == 4 or x.dtype in (torch.uint8, torch.int8, torch.int16, torch.bool)
+
+
 def is_finite(x: torch.Tensor) -> bool:
     """True when ``x`` has no NaN/inf: one reduction, and the full check only if the sum is not finite."""
     return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
@@ -94,7 +103,8 @@ class TerraMindBackbone(TerraMind):
         self.merge_method = merge_method
         self.modality_drop_rate = modality_drop_rate
         self.check_finite = check_finite
-        self.tokenizers = nn.ModuleDict()
+        self.tokenizers = nn.ModuleDict()  # image tokenizers of token inputs given as images
+        self.text_tokenizers: dict[str, Any] = {}  # the coordinates tokenizer (not a module)
         self.band_names: dict[str, tuple[str, ...]] = {}
         num_images = sum(1 for key, _ in self.inputs.values() if not self._is_sequence(key))
         if merge_method == "concat":
@@ -148,7 +158,7 @@ class TerraMindBackbone(TerraMind):
         embedding = self.encoder_embeddings[key]
         if isinstance(embedding, PatchEmbedding):
             self._check_image(name, key, x)
-        elif torch.is_floating_point(x) or (key == "tok_lulc@224" and x.dim() in (3, 4) and x.shape[-1] > 32):
+        elif given_as_image(x):
             x = self._tokenize(name, key, x)
         if self.check_finite and torch.is_floating_point(x) and not is_finite(x):
             raise ValueError(
@@ -161,7 +171,17 @@ class TerraMindBackbone(TerraMind):
                                  f"got [{int(x.min())}, {int(x.max())}]")  # fmt: skip
         return x
 
+    def attach_tokenizer(self, name: str, tokenizer: Any) -> None:
+        """Tokenize input ``name`` inside the model when it arrives as an image (or lon/lat for COORDS)."""
+        key = self.inputs[self._name_of(name)][0]
+        if isinstance(tokenizer, nn.Module):
+            self.tokenizers[key] = tokenizer.eval().requires_grad_(False)
+        else:
+            self.text_tokenizers[key] = tokenizer
+
     def _tokenize(self, name: str, key: str, x: torch.Tensor) -> torch.Tensor:
+        if key in self.text_tokenizers:
+            return self.text_tokenizers[key].encode(x)
         if key not in self.tokenizers:
             raise ValueError(
                 f"{name} was given as an image, but this model has no {name} tokenizer; pass token ids "
@@ -372,7 +392,7 @@ def build_backbone(
     if loaded is not None:
         load_weights(model, model, *loaded)
     for name, tokenizer in (tokenizers or {}).items():
-        model.tokenizers[model.inputs[model._name_of(name)][0]] = tokenizer.eval().requires_grad_(False)
+        model.attach_tokenizer(name, tokenizer)
     if bands:
         model.select_bands(bands)
     return model

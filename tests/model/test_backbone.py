@@ -187,3 +187,29 @@ def test_autocast_bf16_runs_close_to_fp32():
     assert seen == [torch.float32, torch.bfloat16]  # the matrix products really ran in bf16
     assert torch.isfinite(low).all()
     assert (low.float() - ref).abs().mean() < 0.05
+
+
+def test_lulc_class_map_is_tokenized_inside():
+    from terratim.tokenizers.model import TokenizerConfig
+
+    config = TokenizerConfig.for_modality("LULC", enc_dim=64, enc_depth=1, enc_heads=2, dec_dim=64, dec_depth=1,
+                                          dec_heads=2)  # fmt: skip
+    tokenizer = terratim.build("terramind_v1_tokenizer_lulc", config=config)
+    model = tiny(modalities=["S1GRD", "LULC"], tokenizers={"LULC": tokenizer})
+    classes = torch.randint(0, 10, (2, 64, 64), generator=G).to(torch.uint8)
+    _, ids = tokenizer.encode(classes)
+    s1 = torch.randn(2, 2, 64, 64, generator=G)
+    with torch.no_grad():
+        from_map = model({"S1GRD": s1, "LULC": classes})[-1]
+        from_ids = model({"S1GRD": s1, "LULC": ids.long()})[-1]
+    torch.testing.assert_close(from_map, from_ids)
+
+
+def test_coordinates_input_as_lon_lat(tmp_path):
+    from terratim.tokenizers.coords import CoordsTokenizer, write_coords_vocab
+
+    vocab = write_coords_vocab(tmp_path / "config.json", lats=[45.0, 45.25], lons=[7.5, 7.75])
+    model = tiny(modalities=["S1GRD", "COORDS"], tokenizers={"COORDS": CoordsTokenizer.from_file(vocab)})
+    with torch.no_grad():
+        out = model({"S1GRD": torch.randn(2, 2, 32, 32), "COORDS": torch.tensor([[7.5, 45.0], [7.74, 45.26]])})
+    assert out[-1].shape == (2, 4, 192)  # coordinates tokens are not image tokens: the mean merge skips them
