@@ -122,6 +122,8 @@ class FSQTokenizer(nn.Module):
             if self.decoder_loader is not None:
                 self.decoder_loader(decoder)
             decoder.train(self.training)
+            if not any(p.requires_grad for p in self.parameters()):  # a frozen tokenizer stays frozen
+                decoder.requires_grad_(False)
             self._modules["decoder"] = decoder  # add_module would consult this property (hasattr) and recurse
         return self._modules["decoder"]
 

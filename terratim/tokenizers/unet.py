@@ -7,15 +7,16 @@ names follow the official checkpoints (``time_embed``, ``input_blocks``, ``middl
 ``out``; inside blocks ``in_layers``, ``emb_layers``, ``out_layers``, ``skip_connection``, ``norm``, ``qkv``,
 ``proj_out``, ``op``, ``conv``).
 
-Speed (all at identical fp32 math): activations are kept channels-last, GroupNorm+SiLU run as one fused call
-sequence, attention uses ``scaled_dot_product_attention`` on (B, 1, T, C) instead of two einsums, and the
-time embedding and upsampled condition are computed once per call (the sampler reuses the condition for every
-step via :meth:`DiffusionUNet.prepare_condition`).
+Speed (same fp32 math): activations are kept channels-last; on CPU the convolution weights are reordered into
+oneDNN's blocked layout once and cached instead of on every call; SiLU runs in place on the GroupNorm output;
+attention uses ``scaled_dot_product_attention`` on (B, 1, T, C) instead of two einsums; the upsampled condition
+is computed once per decode and reused by every step (:meth:`DiffusionUNet.prepare_condition`).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,9 @@ def norm_silu(norm: GroupNorm32, x: torch.Tensor) -> torch.Tensor:
     return F.silu(norm(x), inplace=not torch.is_grad_enabled())
 
 
+_PACKED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()  # conv -> (key, weight)
+
+
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` that, for float32 CPU inference on channels-last inputs, runs oneDNN with its weights
     reordered once into oneDNN's blocked layout and cached (eager PyTorch reorders them on every call).
@@ -96,13 +100,13 @@ class Conv2d(nn.Conv2d):
         if not self._packable(x):
             return super().forward(x)
         key = (tuple(x.shape), self.weight.data_ptr(), self.weight._version)
-        cached = self.__dict__.get("_packed")
+        cached = _PACKED.get(self)
         if cached is None or cached[0] != key:
             packed = torch.ops.mkldnn._reorder_convolution_weight(
                 self.weight.detach(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
                 list(x.shape),
             )  # fmt: skip
-            cached = self.__dict__["_packed"] = (key, packed)
+            cached = _PACKED[self] = (key, packed)
         return torch.ops.mkldnn._convolution_pointwise(
             x, cached[1], self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
             "none", [], "",
@@ -250,7 +254,7 @@ class DiffusionUNet(nn.Module):
     def release_packed_weights(self) -> DiffusionUNet:
         """Drop the cached oneDNN copies of the convolution weights (rebuilt on the next CPU call)."""
         for module in self.modules():
-            module.__dict__.pop("_packed", None)
+            _PACKED.pop(module, None)
         return self
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
@@ -275,7 +279,8 @@ class DiffusionUNet(nn.Module):
         cond = codes if prepared else self.prepare_condition(codes, x_t.shape[-2:])
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(batch)
         emb = self.time_embed(timestep_embedding(t, self.config.channels).to(self.time_embed[0].weight.dtype))
-        h = torch.cat([self.patchify(x_t), cond.to(x_t.dtype)], dim=1)  # (B, 16C + d, H/4, W/4)
+        dtype = self.out[2].weight.dtype  # the module's dtype (autocast still decides the compute dtype)
+        h = torch.cat([self.patchify(x_t.to(dtype)), cond.to(dtype)], dim=1)  # (B, 16C + d, H/4, W/4)
         h = h.contiguous(memory_format=torch.channels_last if self.optimized else torch.contiguous_format)
         hs = []
         for block in self.input_blocks:

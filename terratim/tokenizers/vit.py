@@ -25,6 +25,15 @@ def resized_positions(pos_emb: torch.Tensor, grid_h: int, grid_w: int) -> torch.
     return table.flatten(2).transpose(1, 2)
 
 
+def post_mlp_float32(norm: nn.LayerNorm, mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
+    """x + fc2(tanh(fc1(LN(x)))) in float32 with autocast off, also when the module itself is 16-bit."""
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.float()
+        h = F.layer_norm(x, norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)
+        h = torch.tanh(F.linear(h, mlp.fc1.weight.float(), mlp.fc1.bias.float()))
+        return x + F.linear(h, mlp.fc2.weight.float(), mlp.fc2.bias.float())
+
+
 class ViTBlock(nn.Module):
     """Pre-norm transformer block; LayerNorms have a learned bias here (unlike the TerraMind backbone)."""
 
@@ -73,9 +82,7 @@ class ViTEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)
             outputs.append(x)
-        with torch.autocast(x.device.type, enabled=False):  # the post-MLP runs in float32 (spec §7.1)
-            x = x.float()
-            x = x + self.post_mlp(self.norm_mlp(x))
+        x = post_mlp_float32(self.norm_mlp, self.post_mlp, x)  # spec §7.1
         outputs[-1] = x
         grids = [o.transpose(1, 2).reshape(o.shape[0], -1, grid_h, grid_w) for o in outputs]  # (B, D, h, w)
         return grids if return_intermediates else grids[-1]

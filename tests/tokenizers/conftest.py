@@ -1,30 +1,11 @@
-"""Tiny tokenizer configs (same code paths as the released architecture, a few seconds on CPU)."""
+"""Fixtures: tiny random-weight DEM and LULC tokenizers."""
 
 from __future__ import annotations
 
 import pytest
-import torch
+from tokenizer_helpers import randomize, tiny_config
 
-from terratim.tokenizers import TokenizerConfig, build_tokenizer
-
-TINY = dict(
-    enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2,
-    unet={"channels": 32, "channel_mult": (1, 1, 2, 2), "num_res_blocks": 1, "attention_ds": (4, 8)},
-)  # fmt: skip
-
-
-def tiny_config(modality: str) -> TokenizerConfig:
-    return TokenizerConfig.for_modality(modality, **TINY)
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every weight (the zero-initialised output convs included) a small random value."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    return model
+from terratim.tokenizers import build_tokenizer
 
 
 @pytest.fixture

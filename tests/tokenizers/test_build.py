@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomize, tiny_config
+from tokenizer_helpers import randomize, tiny_config
 
 import terratim
 from terratim.tokenizers import TokenizerConfig, build_tokenizer, save_tokenizer

@@ -76,7 +76,7 @@ def test_lulc_class_ids_one_hot_and_logits(tiny_lulc):
 
 
 def test_decoder_is_built_only_when_needed():
-    from conftest import tiny_config
+    from tokenizer_helpers import tiny_config
 
     from terratim.tokenizers import build_tokenizer
 
@@ -128,3 +128,15 @@ def test_bad_ids_and_sizes_raise(tiny_dem, tiny_lulc):
         tiny_lulc.encode(torch.full((1, 1, 32, 32), 0.5))
     with pytest.raises(ValueError, match="outputs 32x32"):
         tiny_lulc.decode_tokens(torch.zeros(1, 2, 2, dtype=torch.long), image_size=64)
+
+
+def test_bfloat16_module_runs(tiny_dem, tiny_lulc):
+    x = _image(batch=1)
+    ref_ids = tiny_dem.encode(x)[1]
+    tok = tiny_dem.to(torch.bfloat16)
+    codes, ids = tok.encode(x)
+    assert codes.dtype == torch.float32 and float((ids == ref_ids).float().mean()) > 0.5
+    out = tok.decode_tokens(ids, timesteps=2, generator=torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float32 and bool(torch.isfinite(out).all())
+    logits = tiny_lulc.to(torch.bfloat16)(torch.randint(0, 10, (1, 32, 32)))
+    assert logits.shape == (1, 10, 32, 32)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import randomize
+from tokenizer_helpers import randomize
 
 from terratim.tokenizers import DiffusionUNet, UNetConfig
 from terratim.tokenizers.unet import GroupNorm32, timestep_embedding
@@ -60,3 +60,20 @@ def test_group_norm_statistics_in_float32_for_bfloat16():
     out = norm(x.bfloat16())
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), norm(x.bfloat16().float()), atol=2e-2, rtol=1e-2)
+
+
+def test_cached_conv_weights_follow_weight_updates_and_copies():
+    import copy
+
+    unet = randomize(DiffusionUNet(1, 5, SMALL)).eval()
+    x, codes = torch.randn(1, 1, 32, 32), torch.rand(1, 5, 2, 2)
+    with torch.no_grad():
+        before = unet(x, 10, codes)
+        unet.input_blocks[0][0].weight.mul_(2.0)  # in-place update: the cached copy must be rebuilt
+        after = unet(x, 10, codes)
+        clone = copy.deepcopy(unet)
+        unet.set_optimized(False)
+        plain = unet(x, 10, codes)
+        assert torch.equal(clone(x, 10, codes), after)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, plain, atol=1e-5, rtol=1e-5)
