@@ -10,6 +10,7 @@ any value can be overridden on the command line (``--trainer.max_epochs 5``, ``-
 from __future__ import annotations
 
 import os
+import warnings
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
@@ -52,6 +53,12 @@ def build_cli(argv: list[str]) -> TerratimCLI:
     import terratim.datamodules  # noqa: F401 - makes short class names of our data modules resolvable
     import terratim.tasks  # noqa: F401
 
+    with warnings.catch_warnings():  # argv is the command line itself, not a second source of arguments
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return _cli(argv)
+
+
+def _cli(argv: list[str]) -> TerratimCLI:
     return TerratimCLI(
         LightningModule,
         LightningDataModule,
