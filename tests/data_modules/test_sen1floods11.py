@@ -41,3 +41,17 @@ def test_s2_and_s1_of_one_chip_with_skip(tmp_path: Path):
     assert sample["meta"]["sample_id"] == "Spain_7370579"
     assert sample["image"]["S2L1C"].shape == (13, 512, 512) and sample["image"]["S1GRD"].shape == (2, 512, 512)
     assert sample["mask"].shape == (512, 512) and (sample["mask"] == 1).any()
+
+
+def test_v11_bucket_layout_with_csv_splits(tmp_path: Path):
+    data = tmp_path / "data" / "flood_events" / "HandLabeled"
+    data.mkdir(parents=True)
+    for folder in ("S1Hand", "S2Hand", "LabelHand"):
+        (data / folder).symlink_to(ROOT / folder)
+    splits = tmp_path / "splits" / "flood_handlabeled"
+    splits.mkdir(parents=True)
+    rows = [f"{c}_S1Hand.tif,{c}_LabelHand.tif" for c in CHIPS[:2]]
+    for name in ("train", "valid", "test"):
+        (splits / f"flood_{name}_data.csv").write_text("\n".join(rows) + "\n")
+    ds = Sen1Floods11DataModule(str(tmp_path), modalities=["S1GRD"]).make_dataset("test")
+    assert [s.sample_id for s in ds.samples] == CHIPS[:2]
