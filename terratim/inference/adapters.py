@@ -131,8 +131,15 @@ def load_task_model(config_path: Path, ckpt_path: Path, device: str | torch.devi
     config = _load_config(config_path)
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors vary by torch version
+        raise ValueError(f"{ckpt_path} is not a Lightning checkpoint that loads without running pickled code: "
+                         f"{err}") from err  # fmt: skip
+    if "state_dict" not in checkpoint:
+        raise ValueError(f"{ckpt_path} has no 'state_dict'; pass the checkpoint written by `terratim fit`")
     hparams = dict(checkpoint.get("hyper_parameters") or config["model"].get("init_args") or {})
+    hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}  # LightningCLI's _class_path etc.
     model_args = dict(hparams.get("model_args", {}))
     model_args["backbone_pretrained"] = False  # the fine-tuned weights come from the checkpoint
     model_args.pop("backbone_ckpt_path", None)
