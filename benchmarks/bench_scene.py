@@ -44,12 +44,15 @@ def make_scene(path: Path, size: int) -> None:
             dst.write((base[None] + noise).astype(np.float32), window=Window(0, top, size, len(rows)))
 
 
-def run_one(size: int, device: str, chip: int, overlap: int, batch_size: int, panel: int, workdir: Path) -> dict:
+def run_one(size: int, device: str, chip: int, overlap: int, batch_size: int, panel: int, steady: bool,
+            workdir: Path) -> dict:  # fmt: skip
     """Time one scene in this process and report its peak RSS."""
     import torch
 
-    from terratim.inference.engine import TilingConfig, infer_scene
+    from terratim.inference.engine import TilingConfig, infer_scene, steady_heap
     from terratim.inference.heads import Head
+
+    heap = steady_heap() if steady else False  # what `terratim infer` does
 
     scene, out = workdir / f"scene_{size}.tif", workdir / f"pred_{size}.tif"
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -72,7 +75,7 @@ def run_one(size: int, device: str, chip: int, overlap: int, batch_size: int, pa
             "megapixels_per_s": round(size * size / seconds / 1e6, 3),
             "seconds_per_megapixel": round(seconds / (size * size / 1e6), 3),
             "peak_rss_mib": round(peak), "rss_before_run_mib": round(rss_before),
-            "output_mib": round(out.stat().st_size / 2**20, 1)}  # fmt: skip
+            "output_mib": round(out.stat().st_size / 2**20, 1), "steady_heap": heap}  # fmt: skip
 
 
 def main() -> int:
@@ -83,6 +86,8 @@ def main() -> int:
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--panel", type=int, default=2048, help="columns at a time (0 = whole width)")
+    parser.add_argument("--glibc-default-heap", action="store_true",
+                        help="leave glibc's dynamic mmap threshold on (terratim infer turns it off)")  # fmt: skip
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size, print JSON
     parser.add_argument("--make", type=int, help=argparse.SUPPRESS)  # internal: write one scene
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -91,10 +96,12 @@ def main() -> int:
         make_scene(args.workdir / f"scene_{args.make}.tif", args.make)
         return 0
     if args.one:
-        result = run_one(args.one, args.device, args.chip, args.overlap, args.batch_size, args.panel, args.workdir)
+        result = run_one(args.one, args.device, args.chip, args.overlap, args.batch_size, args.panel,
+                         not args.glibc_default_heap, args.workdir)  # fmt: skip
         print(json.dumps(result))
         return 0
-    print(f"device={args.device} chip={args.chip} overlap={args.overlap} batch={args.batch_size} panel={args.panel}")
+    print(f"device={args.device} chip={args.chip} overlap={args.overlap} batch={args.batch_size} panel={args.panel} "
+          f"steady_heap={not args.glibc_default_heap}")  # fmt: skip
     print(f"{'size':>6} {'chips':>6} {'seconds':>8} {'Mpx/s':>7} {'s/Mpx':>6} {'peak RSS MiB':>13} {'out MiB':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
@@ -102,6 +109,7 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--one", str(size), "--workdir", tmp, "--device", args.device,
                    "--chip", str(args.chip), "--overlap", str(args.overlap),
                    "--batch-size", str(args.batch_size), "--panel", str(args.panel)]  # fmt: skip
+            cmd += ["--glibc-default-heap"] if args.glibc_default_heap else []
             line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             r = json.loads(line)
             print(f"{r['size']:>6} {r['chips']:>6} {r['seconds']:>8} {r['megapixels_per_s']:>7} "

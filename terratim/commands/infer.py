@@ -132,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from terratim.inference.engine import TilingConfig, infer_scene
+    from terratim.inference.engine import TilingConfig, infer_scene, steady_heap
 
+    steady_heap()
     inputs = parse_inputs(args.input)
     tiling = TilingConfig(args.chip, args.overlap, args.delta, args.batch_size, args.blend, args.panel)
     if args.embeddings == "chip":

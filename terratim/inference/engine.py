@@ -238,6 +238,28 @@ class _Loop:
             writer.write(row0, head.finalise(part, mask))
 
 
+def steady_heap() -> bool:
+    """Keep glibc's heap from creeping up over a long streaming run; returns whether it applied.
+
+    glibc raises its mmap threshold each time a large block is freed, after which the engine's repeated
+    multi-megabyte buffers come from the heap and fragment it: peak RSS then creeps up with the scene (about
+    35 MiB from 4,096² to 8,192² in benchmarks/bench_scene.py). Fixing the threshold at 128 KiB returns those
+    buffers to the system on free. This is process-wide, so only entry points (``terratim infer``, the benchmark)
+    call it. Elsewhere than glibc it does nothing.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        return False
+    m_mmap_threshold = -3  # <malloc.h>
+    return bool(mallopt and mallopt(m_mmap_threshold, 128 * 1024))
+
+
 def rank_rows(height: int, rank: int, world_size: int) -> tuple[int, int]:
     """Contiguous, block-aligned share of output rows for ``rank`` of ``world_size``."""
     blocks = -(-height // BLOCK)
