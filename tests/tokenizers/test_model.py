@@ -23,17 +23,21 @@ def test_encode_latents_and_ids(tiny_dem):
 
 
 def test_decode_default_steps_noise_and_generator(tiny_dem):
-    _, ids = tiny_dem.encode(_image())
-    noise = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(3))
+    _, ids = tiny_dem.encode(_image(batch=1, size=32))
+    calls = []
+    hook = tiny_dem.decoder.register_forward_hook(lambda module, args, out: calls.append(int(args[1])))
+    noise = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(3))
     a = tiny_dem.decode_tokens(ids, generator=torch.Generator().manual_seed(3))
+    assert calls == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]  # 10 trailing DDIM steps by default
+    hook.remove()
     b = tiny_dem.decode_tokens(ids, noise=noise, generator=torch.Generator().manual_seed(99))  # noise wins
     c = tiny_dem.decode_tokens(ids, timesteps=3, noise=noise)
-    assert a.shape == (2, 1, 64, 64) and a.dtype == torch.float32
+    assert a.shape == (1, 1, 32, 32) and a.dtype == torch.float32
     assert torch.equal(a, b) and not torch.equal(a, c)
     with torch.no_grad():
         tiny_dem.decoder.out[2].bias.fill_(3.0)  # make the decoder predict x0 far above 1
-    clipped = tiny_dem.decode_tokens(ids, noise=noise)
-    free = tiny_dem.decode_tokens(ids, noise=noise, clip=False)
+    clipped = tiny_dem.decode_tokens(ids, timesteps=1, noise=noise)
+    free = tiny_dem.decode_tokens(ids, timesteps=1, noise=noise, clip=False)
     assert float(clipped.max()) <= 1.0  # clipped x0, the reference's behaviour
     assert float(free.max()) > 2.0
 
