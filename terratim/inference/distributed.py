@@ -68,7 +68,7 @@ def infer_scene_distributed(predict: Predict, inputs: dict[str, str | os.PathLik
         targets = [part_path(h.path, rank, world_size) for h in heads]
         if rows[1] > rows[0]:
             engine.run(reader, resume=resume, rows=rows, targets=targets, progress=progress)
-        info, fingerprint_all = reader.info, engine._fingerprint(reader)
+        info, fingerprint_all = reader.info, engine.fingerprint(reader)
     barrier()
     if rank == 0:
         panels = panel_ranges(info.width, tiling.panel)

@@ -92,7 +92,8 @@ class SceneEngine:
         self.extra = fingerprint or {}
         self.channels = sum(h.channels for h in self.heads)
 
-    def _fingerprint(self, reader: SceneReader) -> dict:
+    def fingerprint(self, reader: SceneReader) -> dict:
+        """Settings a resumed run must share: inputs (path, size), tiling, heads and the caller's extras."""
         inputs = {n: [str(p.resolve()), p.stat().st_size] for n, p in reader.paths.items()}
         heads = [[str(h.path), h.channels, h.kind, h.confidence] for h in self.heads]
         return {"inputs": inputs, "tiling": asdict(self.tiling), "heads": heads, **self.extra}
@@ -116,7 +117,7 @@ class SceneEngine:
         grid = self.tiling.grid(info.height, info.width)
         start, stop = rows if rows is not None else (0, info.height)
         panels = panel_ranges(info.width, self.tiling.panel)
-        fingerprint = self._fingerprint(reader)
+        fingerprint = self.fingerprint(reader)
         writers = [
             SceneWriter(h.output_band(), info, fingerprint, panels, resume, (start, stop),
                         targets[i] if targets else None)
