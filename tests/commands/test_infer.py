@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from affine import Affine
 
 import terratim
 from terratim.cli import main
+from terratim.inference.scene import progress_path
 
 TRANSFORM = Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5000000.0)
 
@@ -33,18 +35,14 @@ def s1_scene(tmp_path):
     return write_tif(tmp_path / "s1.tif", data, nodata=np.nan), data
 
 
-@pytest.fixture(params=["terramind_v1_tiny", "terramind_v1_tiny_tim"])
-def task_files(request, tmp_path):
-    """A tiny segmentation task saved the way `terratim fit` saves it: config + Lightning checkpoint.
-
-    Run once with a plain backbone and once with a TiM backbone (which imagines LULC inside each chip).
-    """
+def save_task(tmp_path, backbone: str):
+    """A tiny segmentation task saved the way `terratim fit` saves it: config + Lightning checkpoint."""
     from terratim.tasks import SemanticSegmentationTask
 
-    model_args = {"backbone": request.param, "backbone_pretrained": False, "backbone_modalities": ["S1GRD"],
+    model_args = {"backbone": backbone, "backbone_pretrained": False, "backbone_modalities": ["S1GRD"],
                   "necks": [{"name": "SelectIndices", "indices": [11]}, {"name": "ReshapeTokensToImage"}],
                   "decoder": "FCNDecoder", "decoder_channels": 16, "num_classes": 3}  # fmt: skip
-    if request.param.endswith("_tim"):
+    if backbone.endswith("_tim"):
         model_args["backbone_tim_modalities"] = ["LULC"]
     torch.manual_seed(0)
     task = SemanticSegmentationTask(model_args, class_names=["land", "water", "cloud"])
@@ -56,7 +54,13 @@ def task_files(request, tmp_path):
                        "init_args": {"modalities": ["S1GRD"], "no_data_replace": 0}}}  # fmt: skip
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    return config_path, ckpt, request.param
+    return config_path, ckpt
+
+
+@pytest.fixture(params=["terramind_v1_tiny", "terramind_v1_tiny_tim"])
+def task_files(request, tmp_path):
+    """A plain backbone, and a TiM backbone (which imagines LULC inside each chip)."""
+    return (*save_task(tmp_path, request.param), request.param)
 
 
 def test_task_model_writes_a_georeferenced_class_map(s1_scene, task_files, tmp_path, capsys):
@@ -145,3 +149,33 @@ def test_chip_embeddings_through_the_cli(s1_scene, tmp_path, capsys):
     table = pq.read_table(out)
     assert table.num_rows == 4 and len(table.column("embedding")[0]) == 192  # 2 x 2 chips, tiny D = 192
     assert b"geo" in table.schema.metadata
+
+
+def test_resume_after_an_interruption_matches_a_clean_run(tmp_path, monkeypatch, capsys):
+    config, ckpt = save_task(tmp_path, "terramind_v1_tiny")
+    data = np.random.default_rng(1).normal(-12.0, 4.0, (2, 600, 260)).astype(np.float32)
+    scene = write_tif(tmp_path / "tall.tif", data)
+    common = ["infer", "-c", str(config), "--ckpt", str(ckpt), "--input", f"S1GRD={scene}", "--batch-size", "2",
+              "--quiet"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "clean.tif")]) == 0
+    from terratim.inference import engine
+
+    original, calls = engine._Loop._run_batch, {"n": 0}
+
+    def interrupted(self):
+        calls["n"] += 1
+        if calls["n"] == 4:  # one batch per chip row; rows 0-2 are done, so output rows 0-255 are on disk
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(engine._Loop, "_run_batch", interrupted)
+    out = tmp_path / "resumed.tif"
+    with pytest.raises(KeyboardInterrupt):
+        main([*common, "--out", str(out)])
+    monkeypatch.setattr(engine._Loop, "_run_batch", original)
+    state = json.loads(progress_path(out).read_text())
+    assert (state["panel"], state["rows_done"]) == (0, 256)  # what the resumed run must not redo
+    assert main([*common, "--out", str(out)]) == 2 and "--resume" in capsys.readouterr().err
+    assert main([*common, "--out", str(out), "--resume"]) == 0
+    with rasterio.open(tmp_path / "clean.tif") as a, rasterio.open(out) as b:
+        assert np.array_equal(a.read(), b.read())
