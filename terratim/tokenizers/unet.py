@@ -241,14 +241,16 @@ class DiffusionUNet(nn.Module):
         self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(), Conv2d(ch, image_channels * p2, 3, padding=1))
         nn.init.zeros_(self.out[2].weight)
         nn.init.zeros_(self.out[2].bias)
-        self.optimized = True
+        self.set_optimized(True)
 
     def set_optimized(self, enabled: bool = True) -> DiffusionUNet:
-        """Channels-last activations and cached oneDNN weights (default), or the reference's plain layout."""
+        """Channels-last activations and weights plus cached oneDNN weights on CPU (default), or the
+        reference's plain NCHW layout. Both give the same values up to float rounding."""
         self.optimized = enabled
         for module in self.modules():
             if isinstance(module, Conv2d):
                 module.packing = enabled
+        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
         return self.release_packed_weights()
 
     def release_packed_weights(self) -> DiffusionUNet:
