@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 GRID = 0.25
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SOS]", "[EOS]", "[S_0]", "[S_1]", "[S_2]")  # ids 0..6
@@ -68,14 +69,16 @@ def write_coords_vocab(
     return path
 
 
-class CoordsTokenizer:
-    """Encode (lon, lat) pairs to token ids and back.
+class CoordsTokenizer(nn.Module):
+    """Encode (lon, lat) pairs to token ids and back. A parameter-free module, so it sits in a ``ModuleDict``
+    next to the image tokenizers.
 
     Args:
         tokenizer: a ``tokenizers.Tokenizer`` (see :meth:`from_file` / :meth:`pretrained`).
     """
 
     def __init__(self, tokenizer) -> None:
+        super().__init__()
         self.tokenizer = tokenizer
 
     @classmethod

@@ -64,3 +64,9 @@ def test_bad_input_raises(vocab, tmp_path):
     bad.write_text("{}")
     with pytest.raises(ValueError, match="not a tokenizers JSON"):
         CoordsTokenizer.from_file(bad)
+
+
+def test_is_a_parameter_free_module(vocab):
+    tok = CoordsTokenizer.from_file(vocab)
+    modules = torch.nn.ModuleDict({"COORDS": tok}).eval().requires_grad_(False)
+    assert modules["COORDS"] is tok and not list(tok.parameters())
