@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import TRANSFORM, write_scene
 
 import terratim
 from terratim import modalities as mods
@@ -20,6 +19,8 @@ from terratim.inference.embeddings import export_chip_embeddings, geo_metadata, 
 from terratim.inference.engine import TilingConfig, infer_scene
 from terratim.inference.heads import CLASS_NODATA
 from terratim.inference.scene import SceneReader
+
+from scene_rasters import TRANSFORM, write_scene
 
 S1_CHIP = Path(__file__).parents[1] / "data" / "sen1floods11" / "S1Hand" / "Spain_7370579_S1Hand.tif"
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import CRS_UTM, TRANSFORM, write_scene
 
 from terratim.inference.engine import SceneEngine, TilingConfig, infer_scene
 from terratim.inference.heads import CLASS_NODATA, Head
 from terratim.inference.scene import SceneReader, partial_path, progress_path
+
+from scene_rasters import CRS_UTM, TRANSFORM, write_scene
 
 
 def identity(batch):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
-from conftest import TRANSFORM, write_scene
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from terratim.inference.scene import BLOCK, OutputBand, SceneInfo, SceneReader, SceneWriter, check_output
+
+from scene_rasters import TRANSFORM, write_scene
 
 
 def test_reader_reads_windows_with_nodata_as_nan(tmp_path):
