@@ -189,8 +189,8 @@ class TerraMindBackbone(TerraMind):
                 f"build(..., tokenizers={{'{name}': terratim.build('terramind_v1_tokenizer_{name.lower()}')}})"
             )
         with torch.no_grad():
-            _, ids = self.tokenizers[key].encode(x)
-        return ids
+            encoded = self.tokenizers[key].encode(x)
+        return encoded[1] if isinstance(encoded, tuple) else encoded  # image tokenizers: (codes, ids)
 
     def as_input_dict(self, x: torch.Tensor | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Accept a dict {name: tensor} or a bare tensor (taken as the first declared modality)."""
