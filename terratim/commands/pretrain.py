@@ -1,11 +1,12 @@
 """``terratim pretrain -c config.yaml``: masked multimodal pretraining of TerraMind (see docs/pretraining.md).
 
-Config sections: ``model`` (``size`` of a released architecture or ``architecture`` with
-``TerraMindConfig`` fields; ``inputs``; ``targets``), ``tokenizers`` (``{modality: tokenizer file}`` for every
-target and token input), ``masking`` (``input_tokens``, ``target_tokens``, ``alpha``), ``loss_weighting``,
-``data``, ``optim``, ``trainer``, ``seed``, ``output``, ``export_dtype`` (``float16`` halves the file). The
-output is the encoder-decoder in the official layout (``.safetensors`` + ``.json``), loadable with
-``terratim.build(..., ckpt_path=output)`` as backbone, generator or TiM model.
+Config sections: ``model`` (``size`` of a released architecture or ``architecture`` with ``TerraMindConfig``
+fields; ``inputs``; ``targets``; optional ``init_from``, a checkpoint to continue from), ``tokenizers``
+(``{modality: tokenizer file}`` for every target and token input), ``masking`` (``input_tokens``,
+``target_tokens``, ``alpha``), ``loss_weighting``, ``data``, ``optim``, ``trainer``, ``seed``, ``output``,
+``export_dtype`` (``float16`` halves the file). The output is the encoder-decoder in the official layout
+(``.safetensors`` + ``.json``), loadable with ``terratim.build(..., ckpt_path=output)`` as backbone, generator
+or TiM model.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 
 TOP_KEYS = {"model", "tokenizers", "masking", "loss_weighting", "data", "optim", "trainer", "seed", "output",
             "export_dtype"}  # fmt: skip
-MODEL_KEYS = {"size", "architecture", "inputs", "targets"}
+MODEL_KEYS = {"size", "architecture", "inputs", "targets", "init_from"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +67,8 @@ def pretrain(config: dict, output: str | None = None, max_steps: int | None = No
         MaskingConfig(**(config.get("masking") or {})), max_steps=trainer_cfg["max_steps"],
         weighting=config.get("loss_weighting", "mod"), seed=seed, **(config.get("optim") or {}),
     )  # fmt: skip
+    if model.get("init_from"):
+        module.load_network(model["init_from"])
     data = dict(config.get("data") or {})
     modalities = list(dict.fromkeys([*module.inputs, *module.targets]))
     loader = make_loader(data, make_dataset(data, modalities), seed)

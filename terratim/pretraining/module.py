@@ -142,6 +142,13 @@ class MaskedPretraining(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def load_network(self, path: str | os.PathLike) -> None:
+        """Start from a checkpoint in the official layout (to continue pretraining); every key must fit."""
+        from terratim.weights import convert_state_dict, load_into, read_state_dict
+
+        converted, report = convert_state_dict(read_state_dict(path), self.network)
+        load_into(self.network, converted, report, source=str(path))
+
     def export(self, path: str | os.PathLike) -> Path:
         """Write the network in the official layout (``.safetensors``) and its architecture (``.json``)."""
         path = Path(path)
