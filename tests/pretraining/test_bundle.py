@@ -1,0 +1,46 @@
+"""The bundled simulated-data model: small, loadable by name, and it has learned something."""
+
+from __future__ import annotations
+
+import torch
+
+import terratim
+from terratim.pretraining.data import SimulatedDataset
+from terratim.sim_models import ASSETS, CHECKPOINT, IMG_SIZE, build_sim_tokenizer
+
+
+def test_bundle_is_small_and_complete() -> None:
+    files = sorted(ASSETS.glob("*.safetensors"))
+    assert {f.name for f in files} == {"terramind_sim_micro.safetensors", "tokenizer_lulc.safetensors",
+                                      "tokenizer_dem.safetensors"}  # fmt: skip
+    assert all(f.with_suffix(".json").is_file() for f in files)
+    assert sum(f.stat().st_size for f in ASSETS.iterdir()) <= 20 * 2**20
+
+
+def test_builds_by_name_from_the_bundled_files() -> None:
+    s1 = SimulatedDataset(31, 2, IMG_SIZE, ["S1GRD"], cache=False)
+    x = torch.stack([s1[i]["S1GRD"] for i in range(2)])
+    backbone = terratim.build("terramind_sim_micro", pretrained=True, modalities=["S1GRD"])
+    tim = terratim.build("terramind_sim_micro_tim", pretrained=True, modalities=["S1GRD"], tim_modalities=["LULC"])
+    torch.testing.assert_close(backbone.encoder[0].attn.qkv.weight, tim.encoder[0].attn.qkv.weight)
+    assert tim({"S1GRD": x}, torch.Generator().manual_seed(0))[-1].shape == (2, (IMG_SIZE // 16) ** 2, 64)
+    assert str(CHECKPOINT).endswith("terramind_sim_micro.safetensors")
+
+
+def test_generator_imagines_water_better_than_chance() -> None:
+    """From S1 alone, imagined water (LULC classes 1 and 3) overlaps the simulated water label more than a random
+    map with the same water fraction would. (The bundled model is small and briefly trained: its imagined land
+    cover is coarse, see docs/pretraining.md.)"""
+    data = SimulatedDataset(4242, 16, IMG_SIZE, ["S1GRD", "WATER"], cache=False)
+    s1 = torch.stack([data[i]["S1GRD"] for i in range(16)])
+    water = torch.stack([data[i]["WATER"] for i in range(16)]).bool()
+    generator = terratim.build("terramind_sim_micro_generate", pretrained=True, modalities=["S1GRD"],
+                               output_modalities=["LULC"], temps=0.0)  # fmt: skip
+    with torch.no_grad():
+        imagined = generator({"S1GRD": s1})["LULC"].argmax(1)
+    wet = (imagined == 1) | (imagined == 3)
+    iou = ((wet & water).sum() / (wet | water).sum()).item()
+    p, q = wet.float().mean().item(), water.float().mean().item()
+    chance = p * q / (p + q - p * q)  # expected IoU of independent maps with these fractions
+    assert iou > chance + 0.05, (iou, chance)
+    assert build_sim_tokenizer("LULC").config.enc_dim == 64
