@@ -191,9 +191,7 @@ def _land_cover(rng: np.random.Generator, dem: np.ndarray, cfg: SimConfig) -> np
     return lulc
 
 
-def _reflectance(
-    rng: np.random.Generator, lulc: np.ndarray, dem: np.ndarray, parcels: np.ndarray
-) -> np.ndarray:
+def _reflectance(rng: np.random.Generator, lulc: np.ndarray, dem: np.ndarray, parcels: np.ndarray) -> np.ndarray:
     """Cloud-free S2L2A surface reflectance in DN. (12, H, W) float32."""
     size = lulc.shape[0]
     table = np.zeros((10, 12), np.float32)
@@ -232,9 +230,7 @@ def _atmosphere(rng: np.random.Generator, s2: np.ndarray, cfg: SimConfig) -> np.
     return np.clip(np.round(s2), 1, 15000).astype(np.float32)
 
 
-def _backscatter(
-    rng: np.random.Generator, lulc: np.ndarray, dem: np.ndarray, parcels: np.ndarray
-) -> np.ndarray:
+def _backscatter(rng: np.random.Generator, lulc: np.ndarray, dem: np.ndarray, parcels: np.ndarray) -> np.ndarray:
     """S1GRD VV, VH in dB with terrain modulation and speckle. (2, H, W) float32."""
     size = lulc.shape[0]
     table = np.zeros((10, 2), np.float32)
