@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dm_rasters import make_sample, module_args, write_tif
 
 from terratim.data.datamodules import GenericMultiModalDataModule, drop_modalities
 from terratim.modalities import resolve
+
+from dm_rasters import make_sample, module_args, write_tif
 
 
 def _first_batch(dm: GenericMultiModalDataModule, split: str = "train") -> dict:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from finetune_data import make_flood_tree
 
 

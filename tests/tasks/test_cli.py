@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from finetune_data import IDS, REFERENCE_CONFIGS, REPO
 
 from terratim.cli import main
 from terratim.tasks.cli import build_cli
+
+from finetune_data import IDS, REFERENCE_CONFIGS, REPO
 
 FAST = ["--trainer.fast_dev_run=true", "--trainer.accelerator=cpu", "--data.init_args.num_workers=0"]
 OFFLINE = ["--model.init_args.model_args.backbone_pretrained=false"]
