@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--outputs", nargs="+", default=["LULC"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--decoding-steps", type=int, default=1)
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = argmax (no sampling)")
+    parser.add_argument("--top-p", type=float, default=0.8)
     parser.add_argument("--decode", action="store_true", help="also time decoding with the real tokenizers")
     parser.add_argument("--timesteps", type=int, default=10, help="diffusion steps when decoding")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -34,12 +36,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     print(f"{device_line(args.device)}, {args.dtype}, {'+'.join(args.inputs)} -> {'+'.join(args.outputs)}, "
-          f"{args.decoding_steps} decoding step(s), 224 x 224")
+          f"{args.decoding_steps} decoding step(s), temperature {args.temperature}, top-p {args.top_p}, 224 x 224")
     print(f"{'size':<6}{'batch':>6}{'tokens s':>10}{'GFLOP':>9}{'full s':>9}{'reference':>11}{'speed-up':>9}")
     kind = args.device.split(":")[0]
     for size in args.sizes:
         model = terratim.build(f"terramind_v1_{size}_generate", modalities=args.inputs, output_modalities=args.outputs,
-                               decoding_steps=args.decoding_steps, temps=1.0, timesteps=args.timesteps,
+                               decoding_steps=args.decoding_steps, temps=args.temperature, top_p=args.top_p,
+                               timesteps=args.timesteps,
                                build_tokenizers_for_outputs=args.decode).eval().to(args.device)  # fmt: skip
         for batch in args.batch_sizes:
             g = torch.Generator().manual_seed(0)

@@ -47,3 +47,31 @@ def test_sampling_is_reproducible_with_a_generator_and_argmax_at_zero():
     assert torch.equal(a, b)
     greedy, _ = sample_tokens(logits, 0.0)
     assert torch.equal(greedy, logits.argmax(-1))
+
+
+def test_sampling_follows_the_filtered_distribution():
+    """Empirical frequencies match softmax(filtered logits / T) over many draws."""
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]]).expand(20000, -1)
+    ids, probs = sample_tokens(logits, 0.7, top_p=0.9, generator=torch.Generator().manual_seed(0))
+    expected = (top_p_filter(logits[:1], 0.9) / 0.7).softmax(-1)[0]
+    counts = torch.bincount(ids, minlength=5).float() / len(ids)
+    assert counts[expected == 0].sum() == 0  # nothing outside the nucleus
+    torch.testing.assert_close(counts, expected, atol=0.015, rtol=0)
+    torch.testing.assert_close(probs, expected[ids])
+
+
+def test_peaked_rows_use_a_prefix_and_give_the_same_nucleus():
+    from terratim.generation.sampling import nucleus_keep, sorted_nucleus_candidates
+
+    logits = torch.randn(6, 4375, generator=torch.Generator().manual_seed(0))
+    logits[:, :20] += 12.0  # peaked: the nucleus lies in the first 128 sorted entries
+    values, order, log_total = sorted_nucleus_candidates(logits, 0.8)
+    assert values.shape[-1] == 128
+    full_values, full_order = torch.sort(logits, descending=True)
+    prefix = nucleus_keep(values, 0.8, log_total)
+    full = nucleus_keep(full_values, 0.8)
+    assert torch.equal(prefix, full[:, :128]) and not full[:, 128:].any()
+    kept = torch.isfinite(top_p_filter(logits, 0.8))
+    assert torch.equal(kept.sum(-1), prefix.sum(-1))
+    flat = torch.randn(3, 4375)
+    assert sorted_nucleus_candidates(flat, 0.8)[0].shape[-1] == 4375  # falls back to the full sort
