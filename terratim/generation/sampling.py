@@ -89,9 +89,8 @@ def sample_tokens(
         confidence). Temperature 0 gives the argmax (deterministic).
     """
     if abs(temperature) < ARGMAX_BELOW:
-        probs = logits.float().softmax(dim=-1)
-        ids = logits.argmax(dim=-1)
-        return ids, probs.gather(-1, ids[..., None])[..., 0]
+        best, ids = logits.float().max(dim=-1)
+        return ids, (best - torch.logsumexp(logits.float(), dim=-1)).exp()  # softmax probability of the argmax
     candidates = top_k_filter(logits.float(), top_k)
     order = None
     if 0.0 < top_p < 1.0:
