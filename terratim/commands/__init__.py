@@ -1,0 +1,25 @@
+"""Subcommands of the ``terratim`` CLI (see :mod:`terratim.cli`) and what they share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def modality_paths(items: list[str], what: str = "--input") -> dict[str, Path]:
+    """``["S1GRD=a.tif", ...]`` -> ``{"S1GRD": Path("a.tif")}`` with modality names resolved.
+
+    Raises:
+        ValueError: for an item that is not MODALITY=PATH, or a modality given twice.
+    """
+    from terratim.modalities import resolve
+
+    parsed: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{what} {item!r}: expected MODALITY=PATH, e.g. S1GRD=scene.tif")
+        canonical = resolve(name).name
+        if canonical in parsed:
+            raise ValueError(f"{what} {canonical} is given twice")
+        parsed[canonical] = Path(path)
+    return parsed

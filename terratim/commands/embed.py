@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from terratim.commands import modality_paths
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="terramind_v1_tiny", help="backbone name (default terramind_v1_tiny)")
@@ -21,19 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="write the last layer's embedding as .npy")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--repeat", type=int, default=3, help="timed forward passes")
-
-
-def parse_inputs(pairs: list[str]) -> dict[str, str]:
-    """``["S2L2A=a.tif", ...]`` -> ``{"S2L2A": "a.tif"}`` with canonical modality names."""
-    from terratim import modalities as mods
-
-    parsed = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"--input expects MODALITY=PATH, got {pair!r}")
-        name, path = pair.split("=", 1)
-        parsed[mods.resolve(name).name] = path
-    return parsed
 
 
 def load_inputs(files: dict[str, str]):
@@ -62,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from terratim.data.geotiff import check_writable
     from terratim.samples import terramesh_file
 
-    files = parse_inputs(args.input) or {m: str(terramesh_file(m)) for m in ("S2L2A", "S1RTC")}
+    files = modality_paths(args.input) or {m: str(terramesh_file(m)) for m in ("S2L2A", "S1RTC")}
     inputs = load_inputs(files)
     model = terratim.build(args.model, modalities=list(inputs), merge_method=args.merge,
                            pretrained=args.pretrained, ckpt_path=args.ckpt).eval()  # fmt: skip

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from terratim.commands import modality_paths
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -46,23 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
-def pairs(items: list[str], what: str) -> dict[str, str]:
-    from terratim.modalities import resolve
-
-    parsed = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"{what} {item!r}: expected MODALITY=PATH")
-        parsed[resolve(name).name] = path
-    return parsed
-
-
 def build_model(args: argparse.Namespace, inputs: list[str], outputs: list[str]):
     import terratim
 
     tokenizers = {name: terratim.build(f"terramind_v1_tokenizer_{name.lower()}", ckpt_path=path)
-                  for name, path in pairs(args.tokenizer, "--tokenizer").items()}  # fmt: skip
+                  for name, path in modality_paths(args.tokenizer, "--tokenizer").items()}  # fmt: skip
     if not args.pretrained:
         missing = [n for n in outputs if n not in tokenizers]
         if missing:
@@ -81,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from terratim.inference.scene import SceneReader
     from terratim.modalities import resolve
 
-    files = pairs(args.input, "--input")
+    files = modality_paths(args.input)
     outputs = [resolve(n.strip()).name for n in args.output.split(",") if n.strip()]
     targets = {name: args.out / f"{name}.tif" for name in outputs}
     panel = args.out / "panel.png"

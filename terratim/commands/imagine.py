@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from terratim.commands import modality_paths
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -44,14 +46,13 @@ def run(args: argparse.Namespace) -> int:
 
     import terratim
     from terratim.commands.embed import load_inputs
-    from terratim.commands.generate import pairs
     from terratim.data.geotiff import check_writable, read_geotiff, write_geotiff
     from terratim.generation.generate import build_tokenizers, decode_tokens
     from terratim.inference.heads import hex_colormap
     from terratim.modalities import LULC_COLORS, resolve
     from terratim.viz import save_panel
 
-    files = pairs(args.input, "--input")
+    files = modality_paths(args.input)
     tim = [resolve(n.strip()).name for n in args.tim.split(",") if n.strip()]
     targets = {name: args.out / f"imagined_{name}.tif" for name in tim}
     panel = args.out / "imagined.png"
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     model = terratim.build(args.model, modalities=list(files), tim_modalities=tim, tim_temps=args.temperature,
                            pretrained=args.pretrained, ckpt_path=args.ckpt).eval()  # fmt: skip
     tokenizers = {name: terratim.build(f"terramind_v1_tokenizer_{name.lower()}", ckpt_path=path)
-                  for name, path in pairs(args.tokenizer, "--tokenizer").items()}  # fmt: skip
+                  for name, path in modality_paths(args.tokenizer, "--tokenizer").items()}  # fmt: skip
     missing = [n for n in tim if n not in tokenizers]
     if missing and not args.pretrained:
         raise SystemExit(f"no tokenizer for {missing}: pass --pretrained or --tokenizer {missing[0]}=PATH")

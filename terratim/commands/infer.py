@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from terratim.commands import modality_paths
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -72,22 +74,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
 
-def parse_inputs(items: list[str]) -> dict[str, Path]:
-    """``["S1GRD=a.tif", ...]`` -> ``{"S1GRD": Path("a.tif")}`` with modality names resolved."""
-    from terratim.modalities import resolve
-
-    inputs: dict[str, Path] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--input {item!r}: expected MODALITY=PATH, e.g. S1GRD=scene.tif")
-        canonical = resolve(name).name
-        if canonical in inputs:
-            raise ValueError(f"--input {canonical} is given twice")
-        inputs[canonical] = Path(path)
-    return inputs
-
-
 class ProgressReport:
     """Chips done / total with elapsed time and ETA: a rich bar on a terminal, a line per 10% otherwise."""
 
@@ -135,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
     from terratim.inference.engine import TilingConfig, infer_scene, steady_heap
 
     steady_heap()
-    inputs = parse_inputs(args.input)
+    inputs = modality_paths(args.input)
     tiling = TilingConfig(args.chip, args.overlap, args.delta, args.batch_size, args.blend, args.panel)
     if args.embeddings == "chip":
         return _chip_embeddings(args, inputs, tiling)
