@@ -82,11 +82,14 @@ class Winograd3x3:
         assert bool((a_t[:, POINTS.index(1)] == 1).all())
 
     def transform_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """Kernel (C_out, C_in, 3, 3) -> U = G g G^T as (a^2, C_in, C_out), computed in float64."""
-        g = self.kernel_transform.to(weight.device)
-        u = g @ weight.double() @ g.T  # (C_out, C_in, a, a)
-        u = u.permute(2, 3, 1, 0).reshape(self.alpha**2, weight.shape[1], weight.shape[0])
-        return u.to(weight.dtype).contiguous()
+        """Kernel (C_out, C_in, 3, 3) -> U = G g G^T as (a^2, C_in, C_out), computed in float64 and rounded once.
+
+        vec(G g G^T) = (G (x) G) vec(g): one matrix product over all kernels."""
+        out_channels, in_channels = weight.shape[:2]
+        kron = torch.kron(self.kernel_transform, self.kernel_transform).to(weight.device)  # (a^2, 9)
+        kernels = weight.detach().permute(2, 3, 1, 0).reshape(KERNEL * KERNEL, -1).double()  # (9, C_in C_out)
+        u = (kron @ kernels).to(weight.dtype)  # (a^2, C_in C_out)
+        return u.view(self.alpha**2, in_channels, out_channels)
 
     def __call__(
         self,
