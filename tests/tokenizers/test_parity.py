@@ -56,11 +56,16 @@ def entry_keys(entry) -> int:
     return spec["n_keys"]
 
 
+@pytest.mark.parametrize("winograd", [True, False], ids=["winograd", "direct"])
 @pytest.mark.parametrize("t", [999, 499])
-def test_denoiser_matches_reference(case, t):
+def test_denoiser_matches_reference(case, t, winograd):
     entry, io, tok = case
-    with torch.no_grad():
-        x0 = tok.denoise(io["aux.noise"], t, io["output.quant"])
+    try:
+        tok.decoder.set_optimized(True, winograd=winograd)
+        with torch.no_grad():
+            x0 = tok.denoise(io["aux.noise"], t, io["output.quant"])
+    finally:
+        tok.decoder.set_optimized(True)
     fw.assert_close(x0, io[f"output.denoiser_t{t}"], _tol(entry, f"denoiser_t{t}"), f"denoiser t={t}")
 
 
