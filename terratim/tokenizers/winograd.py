@@ -16,10 +16,11 @@ difference against a float64 convolution.
 
 from __future__ import annotations
 
+import math
+import threading
 from fractions import Fraction
 
 import torch
-import torch.nn.functional as F
 
 POINTS = (0, 1, -1, 2, Fraction(-1, 2))  # finite interpolation points for m = 4 (plus infinity)
 KERNEL = 3
@@ -108,23 +109,32 @@ class Winograd3x3:
         m, alpha = self.tile, self.alpha
         tiles_h, tiles_w = -(-height // m), -(-width // m)
         tiles = batch * tiles_h * tiles_w
+        out_channels = weight_u.shape[-1]
+        scratch = _SCRATCH.get
         b_t, a_t = self.input_transform.to(x.device), self.output_transform.to(x.device)
         # zero padding 1 on top/left, and at least 1 on bottom/right so that the last tile is complete
-        padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, m * tiles_w + 1 - width, 1, m * tiles_h + 1 - height))
+        padded = scratch(x, "padded", (batch, m * tiles_h + 2, m * tiles_w + 2, channels))
+        for border in (padded[:, :1], padded[:, height + 1 :], padded[:, :, :1], padded[:, :, width + 1 :]):
+            border.zero_()
+        padded[:, 1 : height + 1, 1 : width + 1].copy_(x.permute(0, 2, 3, 1))
         sb, sy, sx, sc = padded.stride()
-        d = padded.as_strided(  # d[i, j, b, t, s, c] = padded[b, m t + i, m s + j, c]: overlapping tiles, a view
-            (alpha, alpha, batch, tiles_h, tiles_w, channels), (sy, sx, sb, m * sy, m * sx, sc)
-        ).contiguous()
-        v = (b_t @ d.view(alpha, -1)).view(alpha, alpha, -1)  # B^T d: rows of every tile
-        v = b_t @ v  # (a, a, T C_in) = B^T d B: columns (matmul broadcasts over the first axis)
-        prod = torch.bmm(v.view(alpha * alpha, tiles, channels), weight_u)  # (a^2, T, C_out)
-        out_channels = weight_u.shape[-1]
+        d = scratch(x, "tiles", (alpha, alpha, batch, tiles_h, tiles_w, channels))
+        d.copy_(padded.as_strided(  # d[i, j, b, t, s, c] = padded[b, m t + i, m s + j, c]: overlapping tiles
+            d.shape, (sy, sx, sb, m * sy, m * sx, sc)
+        ))  # fmt: skip
+        rows = torch.mm(b_t, d.view(alpha, -1), out=scratch(x, "rows", (alpha, d.numel() // alpha)))  # B^T d
+        v = torch.matmul(  # (a, a, T C_in) = B^T d B: matmul broadcasts over the first axis
+            b_t, rows.view(alpha, alpha, -1), out=scratch(x, "v", (alpha, alpha, tiles * channels))
+        )
+        prod = torch.bmm(  # (a^2, T, C_out)
+            v.view(alpha * alpha, tiles, channels), weight_u, out=scratch(x, "prod", (alpha**2, tiles, out_channels))
+        )
         if bias is not None or sample_bias is not None:
             total = sample_bias if bias is None else bias if sample_bias is None else bias + sample_bias
             prod[self.bias_slot].view(batch, tiles_h * tiles_w, out_channels).add_(total.view(-1, 1, out_channels))
-        y = (a_t @ prod.view(alpha, -1)).view(m, alpha, -1)  # A^T M
-        y = (a_t @ y).view(m, m, batch, tiles_h, tiles_w, out_channels)  # A^T M A, (m, m, B, th, tw, C_out)
-        y = y.permute(2, 3, 0, 4, 1, 5)  # (B, th, m, tw, m, C_out)
+        y = torch.mm(a_t, prod.view(alpha, -1), out=scratch(x, "y_rows", (m, prod.numel() // alpha)))  # A^T M
+        y = torch.matmul(a_t, y.view(m, alpha, -1), out=scratch(x, "y", (m, m, tiles * out_channels)))  # A^T M A
+        y = y.view(m, m, batch, tiles_h, tiles_w, out_channels).permute(2, 3, 0, 4, 1, 5)  # (B, th, m, tw, m, C)
         out = torch.empty(y.shape, dtype=x.dtype, device=x.device)
         exact_tiles = height == m * tiles_h and width == m * tiles_w
         if residual is not None and exact_tiles:
@@ -134,3 +144,28 @@ class Winograd3x3:
         out = out.view(batch, m * tiles_h, m * tiles_w, out_channels)[:, :height, :width].permute(0, 3, 1, 2)
         out = out.contiguous(memory_format=torch.channels_last)  # copies only when H or W is not a multiple of m
         return residual + out if residual is not None and not exact_tiles else out
+
+
+class _Scratch(threading.local):
+    """Work buffers reused by every Winograd call, one set per thread: fresh multi-MB tensors on every call cost
+    page faults that took up to a third of a convolution's time. Each (role, device, dtype) keeps one flat buffer
+    that grows to the largest size asked for (about 100 MB per image for the released decoder at 224 px)."""
+
+    def __init__(self) -> None:
+        self.flat: dict[tuple, torch.Tensor] = {}
+
+    def get(self, like: torch.Tensor, role: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """An uninitialized contiguous tensor of ``shape``; valid until the next request for ``role``."""
+        numel, key = math.prod(shape), (role, like.device, like.dtype)
+        flat = self.flat.get(key)
+        if flat is None or flat.numel() < numel:
+            flat = self.flat[key] = torch.empty(numel, device=like.device, dtype=like.dtype)
+        return flat[:numel].view(shape)
+
+
+_SCRATCH = _Scratch()
+
+
+def release_scratch() -> None:
+    """Free this thread's Winograd work buffers (they are rebuilt on the next call)."""
+    _SCRATCH.flat.clear()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from terratim.tokenizers.unet import WINOGRAD_BY_SIZE, Conv2d
-from terratim.tokenizers.winograd import Winograd3x3, toom_cook_matrices
+from terratim.tokenizers.winograd import Winograd3x3, release_scratch, toom_cook_matrices
 
 
 @pytest.mark.parametrize("tile", [2, 4])
@@ -71,3 +71,17 @@ def test_decoder_convolutions_pick_the_algorithm_by_size():
         direct = conv(x)
     torch.testing.assert_close(fast, direct, atol=1e-5, rtol=1e-5)
     assert fast.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_outputs_do_not_share_the_reused_work_buffers():
+    gen = torch.Generator().manual_seed(2)
+    winograd = Winograd3x3(4)
+    weight = winograd.transform_weight(torch.randn(8, 8, 3, 3, generator=gen))
+    first_input = _channels_last(torch.randn(1, 8, 12, 12, generator=gen))
+    first = winograd(first_input, weight, None)
+    kept = first.clone()
+    second = winograd(_channels_last(torch.randn(2, 8, 16, 16, generator=gen)), weight, None)  # larger: buffers grow
+    assert torch.equal(first, kept) and second.data_ptr() != first.data_ptr()
+    torch.testing.assert_close(winograd(first_input, weight, None), first, atol=0, rtol=0)
+    release_scratch()
+    torch.testing.assert_close(winograd(first_input, weight, None), first, atol=0, rtol=0)
