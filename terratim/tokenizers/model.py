@@ -26,6 +26,7 @@ from terratim.tokenizers.ddim import DDIMSampler
 from terratim.tokenizers.fsq import FSQ
 from terratim.tokenizers.unet import DiffusionUNet, UNetConfig
 from terratim.tokenizers.vit import ViTDecoder, ViTEncoder
+from terratim.tokenizers.winograd import release_scratch
 
 DEFAULT_STEPS = 10  # the reference's examples; 50 is its library default and what parity uses
 
@@ -270,7 +271,10 @@ class DiffusionTokenizer(FSQTokenizer):
         x_T = self.initial_noise((codes.shape[0], self.config.in_channels, *size), noise, generator)
         cond = decoder.prepare_condition(codes.to(x_T.device).float(), size)
         sampler = DDIMSampler(clip=clip)
-        return sampler.sample(lambda x, t: decoder(x, t, cond, prepared=True), x_T, timesteps)
+        try:
+            return sampler.sample(lambda x, t: decoder(x, t, cond, prepared=True), x_T, timesteps)
+        finally:
+            release_scratch()  # the Winograd work buffers live for one decode
 
     def forward(self, x: torch.Tensor, timesteps: int = DEFAULT_STEPS, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, clip: bool = True) -> torch.Tensor:  # fmt: skip

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from terratim.tokenizers.winograd import Winograd3x3
+from terratim.tokenizers.winograd import Winograd3x3, release_scratch
 
 
 @dataclass(frozen=True)
@@ -295,9 +295,11 @@ class DiffusionUNet(nn.Module):
         return self.release_packed_weights()
 
     def release_packed_weights(self) -> DiffusionUNet:
-        """Drop the cached oneDNN copies of the convolution weights (rebuilt on the next CPU call)."""
+        """Drop the cached oneDNN and Winograd copies of the convolution weights and this thread's Winograd work
+        buffers (all rebuilt on the next CPU call)."""
         for module in self.modules():
             _PACKED.pop(module, None)
+        release_scratch()
         return self
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
