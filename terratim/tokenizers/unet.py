@@ -125,15 +125,35 @@ class Conv2d(nn.Conv2d):
         transforms, the others add them after the convolution."""
         winograd = self._winograd(x) if self._packable(x) else None
         if winograd is not None:
-            key = (winograd.tile, self.weight.data_ptr(), self.weight._version)
-            cached = _PACKED.get(self)
-            if cached is None or cached[0] != key:
-                cached = _PACKED[self] = (key, winograd.transform_weight(self.weight.detach()))
-            return winograd(x, cached[1], self.bias, sample_bias, residual)
+            return winograd(x, self._winograd_weight(winograd), self.bias, sample_bias, residual)
         out = self._forward_unfused(x)
         if sample_bias is not None:
             out = out + sample_bias.to(out.dtype)[:, :, None, None]
         return out if residual is None else residual + out
+
+    def norm_silu_forward(
+        self,
+        norm: GroupNorm32,
+        x: torch.Tensor,
+        sample_bias: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`forward_fused` of SiLU(norm(x)); the Winograd path writes the SiLU straight into its padded
+        input buffer instead of padding a copy."""
+        winograd = self._winograd(x) if self._packable(x) else None
+        if winograd is None:
+            return self.forward_fused(norm_silu(norm, x), sample_bias, residual)
+        normed = norm(x)  # (B, C, H, W), channels-last like x
+        padded = winograd.padded_input(normed)
+        torch.ops.aten.silu.out(normed.permute(0, 2, 3, 1), out=padded[:, 1 : x.shape[2] + 1, 1 : x.shape[3] + 1])
+        return winograd(normed, self._winograd_weight(winograd), self.bias, sample_bias, residual, filled=True)
+
+    def _winograd_weight(self, winograd: Winograd3x3) -> torch.Tensor:
+        key = (winograd.tile, self.weight.data_ptr(), self.weight._version)
+        cached = _PACKED.get(self)
+        if cached is None or cached[0] != key:
+            cached = _PACKED[self] = (key, winograd.transform_weight(self.weight.detach()))
+        return cached[1]
 
     def _forward_unfused(self, x: torch.Tensor) -> torch.Tensor:
         if not self._packable(x):
@@ -171,9 +191,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         time_bias = self.emb_layers[1](F.silu(emb))  # (B, C_out)
-        h = self.in_layers[2].forward_fused(norm_silu(self.in_layers[0], x), sample_bias=time_bias)
-        h = self.out_layers[2](norm_silu(self.out_layers[0], h))  # (B, C_out, H, W)
-        return self.out_layers[3].forward_fused(h, residual=self.skip_connection(x))
+        h = self.in_layers[2].norm_silu_forward(self.in_layers[0], x, sample_bias=time_bias)  # (B, C_out, H, W)
+        skip = self.skip_connection(x)
+        dropout = self.out_layers[2]
+        if dropout.training and dropout.p > 0:
+            return self.out_layers[3].forward_fused(dropout(norm_silu(self.out_layers[0], h)), residual=skip)
+        return self.out_layers[3].norm_silu_forward(self.out_layers[0], h, residual=skip)
 
 
 class AttentionBlock(nn.Module):
@@ -334,5 +357,5 @@ class DiffusionUNet(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb)
-        h = self.out[2](norm_silu(self.out[0], h))
+        h = self.out[2].norm_silu_forward(self.out[0], h)
         return self.unpatchify(h).contiguous()

@@ -92,6 +92,18 @@ class Winograd3x3:
         u = (kron @ kernels).to(weight.dtype)  # (a^2, C_in C_out)
         return u.view(self.alpha**2, in_channels, out_channels)
 
+    def padded_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The zero-bordered work buffer (B, m th + 2, m tw + 2, C) for a (B, C, H, W) input ``x``; the input
+        goes into its interior ``[:, 1 : H + 1, 1 : W + 1]`` (channels last)."""
+        batch, channels, height, width = x.shape
+        m = self.tile
+        tiles_h, tiles_w = -(-height // m), -(-width // m)
+        # zero padding 1 on top/left, and at least 1 on bottom/right so that the last tile is complete
+        padded = _SCRATCH.get(x, "padded", (batch, m * tiles_h + 2, m * tiles_w + 2, channels))
+        for border in (padded[:, :1], padded[:, height + 1 :], padded[:, :, :1], padded[:, :, width + 1 :]):
+            border.zero_()
+        return padded
+
     def __call__(
         self,
         x: torch.Tensor,
@@ -99,11 +111,14 @@ class Winograd3x3:
         bias: torch.Tensor | None,
         sample_bias: torch.Tensor | None = None,
         residual: torch.Tensor | None = None,
+        filled: bool = False,
     ) -> torch.Tensor:
         """Channels-last (B, C_in, H, W) -> channels-last (B, C_out, H, W), weights from :meth:`transform_weight`.
 
         Returns ``residual + (conv(x) + bias + sample_bias[:, :, None, None])``: the per-sample bias (B, C_out)
         and the channels-last residual (B, C_out, H, W) are added inside the transforms, saving a pass each.
+        ``filled=True`` says the caller already wrote the input into :meth:`padded_input`'s interior (saving
+        the copy); ``x`` then only gives the shape.
         """
         batch, channels, height, width = x.shape
         m, alpha = self.tile, self.alpha
@@ -112,11 +127,9 @@ class Winograd3x3:
         out_channels = weight_u.shape[-1]
         scratch = _SCRATCH.get
         b_t, a_t = self.input_transform.to(x.device), self.output_transform.to(x.device)
-        # zero padding 1 on top/left, and at least 1 on bottom/right so that the last tile is complete
-        padded = scratch(x, "padded", (batch, m * tiles_h + 2, m * tiles_w + 2, channels))
-        for border in (padded[:, :1], padded[:, height + 1 :], padded[:, :, :1], padded[:, :, width + 1 :]):
-            border.zero_()
-        padded[:, 1 : height + 1, 1 : width + 1].copy_(x.permute(0, 2, 3, 1))
+        padded = self.padded_input(x)
+        if not filled:
+            padded[:, 1 : height + 1, 1 : width + 1].copy_(x.permute(0, 2, 3, 1))
         sb, sy, sx, sc = padded.stride()
         d = scratch(x, "tiles", (alpha, alpha, batch, tiles_h, tiles_w, channels))
         d.copy_(padded.as_strided(  # d[i, j, b, t, s, c] = padded[b, m t + i, m s + j, c]: overlapping tiles
