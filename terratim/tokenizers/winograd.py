@@ -162,14 +162,16 @@ class Winograd3x3:
 class _Scratch(threading.local):
     """Work buffers reused by every Winograd call, one set per thread: fresh multi-MB tensors on every call cost
     page faults that took up to a third of a convolution's time. Each (role, device, dtype) keeps one flat buffer
-    that grows to the largest size asked for (about 100 MB per image for the released decoder at 224 px)."""
+    that grows to the largest size asked for (about 100 MB per image for the released decoder at 224 px); buffers
+    made under ``torch.inference_mode`` are kept apart, since they cannot be written outside it."""
 
     def __init__(self) -> None:
         self.flat: dict[tuple, torch.Tensor] = {}
 
     def get(self, like: torch.Tensor, role: str, shape: tuple[int, ...]) -> torch.Tensor:
         """An uninitialized contiguous tensor of ``shape``; valid until the next request for ``role``."""
-        numel, key = math.prod(shape), (role, like.device, like.dtype)
+        # tensors made under inference_mode cannot be written outside it (and the other way round needs none)
+        numel, key = math.prod(shape), (role, like.device, like.dtype, torch.is_inference_mode_enabled())
         flat = self.flat.get(key)
         if flat is None or flat.numel() < numel:
             flat = self.flat[key] = torch.empty(numel, device=like.device, dtype=like.dtype)

@@ -77,3 +77,15 @@ def test_cached_conv_weights_follow_weight_updates_and_copies():
         assert torch.equal(clone(x, 10, codes), after)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_inference_mode_then_no_grad_share_caches_safely():
+    unet = randomize(DiffusionUNet(1, 5, SMALL)).eval()
+    x, codes = torch.randn(1, 1, 64, 64), torch.rand(1, 5, 4, 4)
+    with torch.inference_mode():
+        first = unet(x, 10, codes)  # caches and Winograd work buffers made as inference tensors
+    with torch.no_grad():
+        second = unet(x, 10, codes)  # must not write into those buffers
+    with torch.inference_mode():
+        third = unet(x, 10, codes)
+    assert torch.equal(first, second) and torch.equal(second, third)
