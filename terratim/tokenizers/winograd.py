@@ -82,14 +82,17 @@ class Winograd3x3:
         self.bias_slot = POINTS.index(1) * (self.alpha + 1)
         assert bool((a_t[:, POINTS.index(1)] == 1).all())
 
-    def transform_weight(self, weight: torch.Tensor) -> torch.Tensor:
+    def transform_weight(self, weight: torch.Tensor, chunk: int = 1 << 14) -> torch.Tensor:
         """Kernel (C_out, C_in, 3, 3) -> U = G g G^T as (a^2, C_in, C_out), computed in float64 and rounded once.
 
-        vec(G g G^T) = (G (x) G) vec(g): one matrix product over all kernels."""
+        vec(G g G^T) = (G (x) G) vec(g): one matrix product, run over ``chunk`` kernels at a time so that the
+        float64 intermediate stays in cache."""
         out_channels, in_channels = weight.shape[:2]
         kron = torch.kron(self.kernel_transform, self.kernel_transform).to(weight.device)  # (a^2, 9)
-        kernels = weight.detach().permute(2, 3, 1, 0).reshape(KERNEL * KERNEL, -1).double()  # (9, C_in C_out)
-        u = (kron @ kernels).to(weight.dtype)  # (a^2, C_in C_out)
+        kernels = weight.detach().permute(2, 3, 1, 0).reshape(KERNEL * KERNEL, -1)  # (9, C_in C_out)
+        u = torch.empty(self.alpha**2, kernels.shape[1], dtype=weight.dtype, device=weight.device)
+        for start in range(0, kernels.shape[1], chunk):
+            u[:, start : start + chunk] = kron @ kernels[:, start : start + chunk].double()
         return u.view(self.alpha**2, in_channels, out_channels)
 
     def padded_input(self, x: torch.Tensor) -> torch.Tensor:

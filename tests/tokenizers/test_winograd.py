@@ -85,3 +85,14 @@ def test_outputs_do_not_share_the_reused_work_buffers():
     torch.testing.assert_close(winograd(first_input, weight, None), first, atol=0, rtol=0)
     release_scratch()
     torch.testing.assert_close(winograd(first_input, weight, None), first, atol=0, rtol=0)
+
+
+def test_weight_transform_is_the_float64_product_rounded_once_whatever_the_chunk():
+    weight = torch.randn(6, 5, 3, 3, generator=torch.Generator().manual_seed(3))
+    winograd = Winograd3x3(4)
+    _, g, _ = toom_cook_matrices(4)
+    exact = (g @ weight.double() @ g.T).permute(2, 3, 1, 0).reshape(36, 5, 6).float()  # (a^2, C_in, C_out)
+    whole = winograd.transform_weight(weight)
+    torch.testing.assert_close(whole, exact, atol=0, rtol=1.2e-7)  # at most 1 float32 ulp from float64 G g G^T
+    for chunk in (7, 30):  # chunks that do and do not divide C_in x C_out give the same bits
+        assert torch.equal(winograd.transform_weight(weight, chunk=chunk), whole)
