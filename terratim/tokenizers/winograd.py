@@ -98,14 +98,17 @@ class Winograd3x3:
     def padded_input(self, x: torch.Tensor) -> torch.Tensor:
         """The zero-bordered work buffer (B, m th + 2, m tw + 2, C) for a (B, C, H, W) input ``x``; the input
         goes into its interior ``[:, 1 : H + 1, 1 : W + 1]`` (channels last)."""
-        batch, channels, height, width = x.shape
-        m = self.tile
-        tiles_h, tiles_w = -(-height // m), -(-width // m)
+        height, width = x.shape[-2:]
+        padded = self._padded_buffer(x)
         # zero padding 1 on top/left, and at least 1 on bottom/right so that the last tile is complete
-        padded = _SCRATCH.get(x, "padded", (batch, m * tiles_h + 2, m * tiles_w + 2, channels))
         for border in (padded[:, :1], padded[:, height + 1 :], padded[:, :, :1], padded[:, :, width + 1 :]):
             border.zero_()
         return padded
+
+    def _padded_buffer(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        m = self.tile
+        return _SCRATCH.get(x, "padded", (batch, m * -(-height // m) + 2, m * -(-width // m) + 2, channels))
 
     def __call__(
         self,
@@ -130,7 +133,7 @@ class Winograd3x3:
         out_channels = weight_u.shape[-1]
         scratch = _SCRATCH.get
         b_t, a_t = self.input_transform.to(x.device), self.output_transform.to(x.device)
-        padded = self.padded_input(x)
+        padded = self._padded_buffer(x) if filled else self.padded_input(x)
         if not filled:
             padded[:, 1 : height + 1, 1 : width + 1].copy_(x.permute(0, 2, 3, 1))
         sb, sy, sx, sc = padded.stride()
