@@ -13,8 +13,8 @@ Registered names (same arguments as the ``terramind_v1_*`` builders, ``pretraine
 * ``terramind_sim_micro_tim`` - Thinking-in-Modalities backbone;
 * ``terramind_sim_micro_tokenizer_{lulc,dem}`` - its tokenizers.
 
-The architecture is added to the table of named sizes as ``"sim_micro"``, so the regular creation paths
-(backbone, generation, TiM) build and load it strictly.
+The architecture is registered as the size ``"sim_micro"`` (:func:`terratim.model.config.register_size`), so
+the regular creation paths (backbone, generation, TiM) build and load it strictly.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from typing import Any
 
 import torch.nn as nn
 
-from terratim.model.config import SIZES, TerraMindConfig
+from terratim.model.config import TerraMindConfig, register_size
 from terratim.registry import register
 
 SIZE = "sim_micro"
 SIM_MICRO = TerraMindConfig(dim=64, encoder_depth=4, decoder_depth=2, num_heads=4, mlp_hidden=256,
                             gated_mlp=False, bias=True, patch_size=16, img_size=64)  # fmt: skip
-SIZES.setdefault(SIZE, SIM_MICRO)
+register_size(SIZE, SIM_MICRO)
 ASSETS = Path(__file__).resolve().parent / "assets" / "sim_micro"
 CHECKPOINT = ASSETS / "terramind_sim_micro.safetensors"
 TOKENIZER_MODALITIES = ("LULC", "DEM")

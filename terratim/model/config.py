@@ -60,6 +60,14 @@ DEFAULT_OUT_INDICES = {"tiny": (2, 5, 8, 11), "small": (2, 5, 8, 11), "base": (2
                        "large": (5, 11, 17, 23)}  # fmt: skip
 
 
+def register_size(size: str, config: TerraMindConfig) -> None:
+    """Add a named architecture (e.g. the bundled ``sim_micro``) so that every builder accepts ``size``.
+    Registering the same config again is a no-op; a different config under a taken name is an error."""
+    if SIZES.get(size, config) != config:
+        raise ValueError(f"TerraMind size {size!r} is already registered with another architecture")
+    SIZES[size] = config
+
+
 def size_config(size: str) -> TerraMindConfig:
     if size not in SIZES:
         raise KeyError(f"unknown TerraMind size {size!r}; sizes: {list(SIZES)}")
