@@ -70,6 +70,8 @@ def toom_cook_matrices(tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 class Winograd3x3:
     """F(tile x tile, 3 x 3) convolution with stride 1 and zero padding 1 (the decoder's 3x3 convolutions)."""
 
+    max_band_bytes = 64 << 20  # largest transformed input per band of tile rows
+
     def __init__(self, tile: int = 4) -> None:
         self.tile = tile
         self.alpha = tile + KERNEL - 1
@@ -127,42 +129,68 @@ class Winograd3x3:
         the copy); ``x`` then only gives the shape.
         """
         batch, channels, height, width = x.shape
-        m, alpha = self.tile, self.alpha
+        m = self.tile
         tiles_h, tiles_w = -(-height // m), -(-width // m)
-        tiles = batch * tiles_h * tiles_w
         out_channels = weight_u.shape[-1]
-        scratch = _SCRATCH.get
-        b_t, a_t = self.input_transform.to(x.device), self.output_transform.to(x.device)
         padded = self._padded_buffer(x) if filled else self.padded_input(x)
         if not filled:
             padded[:, 1 : height + 1, 1 : width + 1].copy_(x.permute(0, 2, 3, 1))
-        sb, sy, sx, sc = padded.stride()
-        d = scratch(x, "tiles", (alpha, alpha, batch, tiles_h, tiles_w, channels))
-        d.copy_(padded.as_strided(  # d[i, j, b, t, s, c] = padded[b, m t + i, m s + j, c]: overlapping tiles
-            d.shape, (sy, sx, sb, m * sy, m * sx, sc)
-        ))  # fmt: skip
-        rows = torch.mm(b_t, d.view(alpha, -1), out=scratch(x, "rows", (alpha, d.numel() // alpha)))  # B^T d
-        v = torch.matmul(  # (a, a, T C_in) = B^T d B: matmul broadcasts over the first axis
-            b_t, rows.view(alpha, alpha, -1), out=scratch(x, "v", (alpha, alpha, tiles * channels))
-        )
-        prod = torch.bmm(  # (a^2, T, C_out)
-            v.view(alpha * alpha, tiles, channels), weight_u, out=scratch(x, "prod", (alpha**2, tiles, out_channels))
-        )
-        if bias is not None or sample_bias is not None:
-            total = sample_bias if bias is None else bias if sample_bias is None else bias + sample_bias
-            prod[self.bias_slot].view(batch, tiles_h * tiles_w, out_channels).add_(total.view(-1, 1, out_channels))
-        y = torch.mm(a_t, prod.view(alpha, -1), out=scratch(x, "y_rows", (m, prod.numel() // alpha)))  # A^T M
-        y = torch.matmul(a_t, y.view(m, alpha, -1), out=scratch(x, "y", (m, m, tiles * out_channels)))  # A^T M A
-        y = y.view(m, m, batch, tiles_h, tiles_w, out_channels).permute(2, 3, 0, 4, 1, 5)  # (B, th, m, tw, m, C)
-        out = torch.empty(y.shape, dtype=x.dtype, device=x.device)
+        bias_total = sample_bias if bias is None else bias if sample_bias is None else bias + sample_bias
+        out = torch.empty(batch, tiles_h, m, tiles_w, m, out_channels, dtype=x.dtype, device=x.device)
         exact_tiles = height == m * tiles_h and width == m * tiles_w
+        residual_tiles = None
         if residual is not None and exact_tiles:
-            torch.add(residual.permute(0, 2, 3, 1).view(y.shape), y, out=out)
-        else:
-            out.copy_(y)
+            residual_tiles = residual.permute(0, 2, 3, 1).view(out.shape)
+        # bands of tile rows bound the work buffers on large maps (one band at 224 px)
+        per_row = self.alpha**2 * batch * tiles_w * max(channels, out_channels) * x.element_size()
+        band = max(1, min(tiles_h, self.max_band_bytes // per_row))
+        for first in range(0, tiles_h, band):
+            rows = slice(first, min(first + band, tiles_h))
+            self._band(padded, rows, weight_u, bias_total, out[:, rows], None if residual_tiles is None
+                       else residual_tiles[:, rows])  # fmt: skip
         out = out.view(batch, m * tiles_h, m * tiles_w, out_channels)[:, :height, :width].permute(0, 3, 1, 2)
         out = out.contiguous(memory_format=torch.channels_last)  # copies only when H or W is not a multiple of m
-        return residual + out if residual is not None and not exact_tiles else out
+        return residual + out if residual is not None and residual_tiles is None else out
+
+    def _band(
+        self,
+        padded: torch.Tensor,
+        rows: slice,
+        weight_u: torch.Tensor,
+        bias: torch.Tensor | None,
+        out: torch.Tensor,
+        residual: torch.Tensor | None,
+    ) -> None:
+        """Tile rows ``rows`` of the convolution of ``padded`` (B, H', W', C_in), written into ``out``
+        (B, rows, m, tw, m, C_out), plus ``residual`` of the same shape when given."""
+        m, alpha = self.tile, self.alpha
+        batch, band, _, tiles_w, _, out_channels = out.shape
+        channels = padded.shape[-1]
+        tiles = batch * band * tiles_w
+        scratch = _SCRATCH.get
+        b_t, a_t = self.input_transform.to(padded.device), self.output_transform.to(padded.device)
+        sb, sy, sx, sc = padded.stride()
+        d = scratch(padded, "tiles", (alpha, alpha, batch, band, tiles_w, channels))
+        d.copy_(padded[:, m * rows.start :].as_strided(  # d[i, j, b, t, s, c] = padded[b, m t + i, m s + j, c]
+            d.shape, (sy, sx, sb, m * sy, m * sx, sc), padded.storage_offset() + m * rows.start * sy
+        ))  # fmt: skip
+        rows_t = torch.mm(b_t, d.view(alpha, -1), out=scratch(padded, "rows", (alpha, d.numel() // alpha)))  # B^T d
+        v = torch.matmul(  # (a, a, T C_in) = B^T d B: matmul broadcasts over the first axis
+            b_t, rows_t.view(alpha, alpha, -1), out=scratch(padded, "v", (alpha, alpha, tiles * channels))
+        )
+        prod = torch.bmm(  # (a^2, T, C_out)
+            v.view(alpha * alpha, tiles, channels), weight_u,
+            out=scratch(padded, "prod", (alpha**2, tiles, out_channels)),
+        )  # fmt: skip
+        if bias is not None:
+            prod[self.bias_slot].view(batch, band * tiles_w, out_channels).add_(bias.view(-1, 1, out_channels))
+        y = torch.mm(a_t, prod.view(alpha, -1), out=scratch(padded, "y_rows", (m, prod.numel() // alpha)))  # A^T M
+        y = torch.matmul(a_t, y.view(m, alpha, -1), out=scratch(padded, "y", (m, m, tiles * out_channels)))
+        y = y.view(m, m, batch, band, tiles_w, out_channels).permute(2, 3, 0, 4, 1, 5)  # A^T M A: (B, t, m, s, m, C)
+        if residual is not None:
+            torch.add(residual, y, out=out)
+        else:
+            out.copy_(y)
 
 
 class _Scratch(threading.local):

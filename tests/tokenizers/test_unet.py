@@ -89,3 +89,17 @@ def test_inference_mode_then_no_grad_share_caches_safely():
     with torch.inference_mode():
         third = unet(x, 10, codes)
     assert torch.equal(first, second) and torch.equal(second, third)
+
+
+def test_banded_winograd_matches_the_plain_path(monkeypatch):
+    from terratim.tokenizers.unet import WINOGRAD_BY_SIZE
+
+    for _, winograd in WINOGRAD_BY_SIZE:
+        monkeypatch.setattr(winograd, "max_band_bytes", 1)  # one band per tile row, as on very large maps
+    unet = randomize(DiffusionUNet(1, 5, SMALL)).eval()
+    x, codes = torch.randn(2, 1, 64, 96), torch.rand(2, 5, 4, 6)
+    with torch.no_grad():
+        banded = unet(x, 300, codes)
+        unet.set_optimized(False)
+        plain = unet(x, 300, codes)
+    torch.testing.assert_close(banded, plain, atol=1e-5, rtol=1e-5)

@@ -25,15 +25,18 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("bands", ["one", "per_row"])  # one band of tile rows, or one band per row
 @pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("size", [(8, 8), (7, 10), (13, 5)])  # whole tiles, and sizes that are not
-def test_equals_float64_convolution_with_bias_and_residual(tile, size):
+def test_equals_float64_convolution_with_bias_and_residual(tile, size, bands):
     gen = torch.Generator().manual_seed(0)
     x = _channels_last(torch.randn(2, 24, *size, generator=gen))
     weight = torch.randn(16, 24, 3, 3, generator=gen) * 0.1
     bias, sample_bias = torch.randn(16, generator=gen), torch.randn(2, 16, generator=gen)
     residual = _channels_last(torch.randn(2, 16, *size, generator=gen))
     winograd = Winograd3x3(tile)
+    if bands == "per_row":
+        winograd.max_band_bytes = 1
     out = winograd(x, winograd.transform_weight(weight), bias, sample_bias, residual)
     conv = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
     expected = residual.double() + conv + sample_bias.double()[:, :, None, None]
