@@ -196,7 +196,8 @@ class Winograd3x3:
 class _Scratch(threading.local):
     """Work buffers reused by every Winograd call, one set per thread: fresh multi-MB tensors on every call cost
     page faults that took up to a third of a convolution's time. Each (role, device, dtype) keeps one flat buffer
-    that grows to the largest size asked for (about 100 MB per image for the released decoder at 224 px); buffers
+    that grows to the largest size asked for (about 100 MB for one 224 px image with the released decoder; bands
+    of tile rows cap the transform buffers at 64 MB each on larger inputs); buffers
     made under ``torch.inference_mode`` are kept apart, since they cannot be written outside it."""
 
     def __init__(self) -> None:
