@@ -4,12 +4,14 @@ Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016, arXiv:1
 output tile is Y = A^T [(G g G^T) (.) (B^T d B)] A, with d the (m + 2)^2 input tile under it, g the 3x3 kernel and
 (.) an elementwise product that, summed over input channels, becomes (m + 2)^2 independent matrix products. With
 m = 4 an output tile costs 36 multiplies per channel pair instead of 16 x 9 = 144: 4x fewer than a direct
-convolution. The matrices come from Toom-Cook interpolation at the points 0, +-1, +-2 and infinity
-(:func:`toom_cook_matrices`); the kernel transform G is applied once per weight, in float64.
+convolution (m = 2: 16 instead of 36). The matrices come from Toom-Cook interpolation at the points 0, 1, -1, 2,
+-1/2 and infinity (:func:`toom_cook_matrices`), which round about half as much as the textbook 0, +-1, +-2; the
+kernel transform G g G^T is computed once per weight, in float64.
 
-Layout (B = batch, th x tw tiles, T = B th tw): input transform = one gather of the overlapping tiles and one
-matrix product with the Kronecker matrix B^T (x) B^T; then (m + 2)^2 batched products (T, C_in) @ (C_in, C_out);
-then the output transform as one product with A^T (x) A^T. The result equals ``F.conv2d(x, weight, bias,
+Layout (B = batch, th x tw tiles, T = B th tw): the input is written into a zero-bordered buffer; the overlapping
+tiles are gathered as (a, a, T, C_in) and transformed by two small products (rows, then columns); then a^2 batched
+products (T, C_in) @ (C_in, C_out); then the output transform, again rows then columns, and a scatter of the tiles
+that also adds the residual. Large maps run in bands of tile rows. The result equals ``F.conv2d(x, weight, bias,
 padding=1)`` up to float32 rounding (a different order of sums), like any convolution algorithm; tests bound the
 difference against a float64 convolution.
 """
