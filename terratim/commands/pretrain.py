@@ -42,7 +42,7 @@ def pretrain(config: dict, output: str | None = None, max_steps: int | None = No
     import lightning.pytorch as pl
 
     from terratim.data.geotiff import check_writable
-    from terratim.pretraining.config import cast_checkpoint, check_keys, make_dataset, make_loader, make_trainer
+    from terratim.pretraining.config import check_keys, fit_and_export
     from terratim.pretraining.masking import MaskingConfig
     from terratim.pretraining.module import MaskedPretraining
     from terratim.tokenizers.build import build_tokenizer
@@ -69,13 +69,8 @@ def pretrain(config: dict, output: str | None = None, max_steps: int | None = No
     )  # fmt: skip
     if model.get("init_from"):
         module.load_network(model["init_from"])
-    data = dict(config.get("data") or {})
     modalities = list(dict.fromkeys([*module.inputs, *module.targets]))
-    loader = make_loader(data, make_dataset(data, modalities), seed)
-    make_trainer(trainer_cfg, progress_bar).fit(module, loader)
-    module.export(out_path)
-    if config.get("export_dtype", "float32") != "float32":
-        cast_checkpoint(out_path, config["export_dtype"])
+    fit_and_export(module, config, modalities, trainer_cfg, seed, progress_bar, out_path)
     return module, out_path
 
 

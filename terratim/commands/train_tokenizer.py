@@ -27,7 +27,7 @@ def train_tokenizer(config: dict, output: str | None = None, max_steps: int | No
     import lightning.pytorch as pl
 
     from terratim.data.geotiff import check_writable
-    from terratim.pretraining.config import cast_checkpoint, check_keys, make_dataset, make_loader, make_trainer
+    from terratim.pretraining.config import check_keys, fit_and_export
     from terratim.pretraining.tokenizer_training import TokenizerTraining
     from terratim.tokenizers.model import TokenizerConfig
 
@@ -44,12 +44,7 @@ def train_tokenizer(config: dict, output: str | None = None, max_steps: int | No
         trainer_cfg["max_steps"] = max_steps
     trainer_cfg.setdefault("max_steps", 1000)
     module = TokenizerTraining(tok_config, max_steps=trainer_cfg["max_steps"], seed=seed, **(config.get("optim") or {}))
-    data = dict(config.get("data") or {})
-    loader = make_loader(data, make_dataset(data, [tok_config.modality]), seed)
-    make_trainer(trainer_cfg, progress_bar).fit(module, loader)
-    module.export(out_path)
-    if config.get("export_dtype", "float32") != "float32":
-        cast_checkpoint(out_path, config["export_dtype"])
+    fit_and_export(module, config, [tok_config.modality], trainer_cfg, seed, progress_bar, out_path)
     return module, out_path
 
 

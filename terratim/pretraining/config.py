@@ -87,6 +87,40 @@ def make_trainer(trainer: Mapping[str, Any], progress_bar: bool = True) -> pl.Tr
     return pl.Trainer(**options)
 
 
+def warmup_cosine_schedule(optimizer, warmup_steps: int, max_steps: int) -> dict[str, Any]:
+    """Lightning's ``lr_scheduler`` entry: linear warm-up over ``warmup_steps``, then cosine decay to 0 at
+    ``max_steps``, stepped every optimizer step."""
+    import math
+
+    import torch
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
+
+
+def fit_and_export(
+    module: pl.LightningModule,
+    config: Mapping[str, Any],
+    modalities: Sequence[str],
+    trainer: Mapping[str, Any],
+    seed: int,
+    progress_bar: bool,
+    out_path: Path,
+) -> None:
+    """Train ``module`` on the ``data:`` section's ``modalities``, write it with ``module.export(out_path)``
+    and cast the file to ``export_dtype`` when the config asks for one."""
+    data = dict(config.get("data") or {})
+    make_trainer(trainer, progress_bar).fit(module, make_loader(data, make_dataset(data, modalities), seed))
+    module.export(out_path)
+    if config.get("export_dtype", "float32") != "float32":
+        cast_checkpoint(out_path, config["export_dtype"])
+
+
 def cast_checkpoint(path: str | os.PathLike, dtype: str) -> Path:
     """Rewrite a ``.safetensors`` file with floating-point tensors in ``dtype`` (e.g. ``float16`` to halve a
     bundled file); the loaders cast back to the model's dtype. The ``.json`` beside it is kept."""

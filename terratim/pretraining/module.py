@@ -9,7 +9,6 @@ backbone, a generator or a TiM model.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.nn as nn
 from terratim import modalities as mods
 from terratim.model.config import TerraMindConfig
 from terratim.model.terramind import TerraMind
+from terratim.pretraining.config import warmup_cosine_schedule
 from terratim.pretraining.masking import MaskingConfig, select_tokens
 from terratim.pretraining.objective import LossWeighting, masked_modeling_loss
 from terratim.weights import save_safetensors
@@ -132,15 +132,8 @@ class MaskedPretraining(pl.LightningModule):
             (no_decay if param.ndim < 2 or "mod_emb" in name or name == "mask_token" else decay).append(param)
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)  # fmt: skip
-
-        def schedule(step: int) -> float:
-            if step < self.warmup_steps:
-                return (step + 1) / self.warmup_steps
-            progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": warmup_cosine_schedule(optimizer, self.warmup_steps, self.max_steps)}  # fmt: skip
 
     def load_network(self, path: str | os.PathLike) -> None:
         """Start from a checkpoint in the official layout (to continue pretraining); every key must fit."""

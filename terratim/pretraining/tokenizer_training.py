@@ -12,7 +12,6 @@ loss. Inputs are in model units (standardized images, or class ids for LULC).
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from terratim.pretraining.config import warmup_cosine_schedule
 from terratim.tokenizers.ddim import NUM_TRAIN_TIMESTEPS, zero_terminal_snr_alphas_cumprod
 from terratim.tokenizers.model import ClassTokenizer, FSQTokenizer, TokenizerConfig, make_tokenizer
 
@@ -106,15 +106,8 @@ class TokenizerTraining(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         optimizer = torch.optim.AdamW(self.tokenizer.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-
-        def schedule(step: int) -> float:
-            if step < self.warmup_steps:
-                return (step + 1) / self.warmup_steps
-            progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": warmup_cosine_schedule(optimizer, self.warmup_steps, self.max_steps)}  # fmt: skip
 
     def export(self, path: str | os.PathLike) -> Path:
         """Write the tokenizer as ``.safetensors`` + ``.json`` (what ``build_tokenizer(ckpt_path=...)`` reads)."""
