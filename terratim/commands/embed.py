@@ -5,18 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from terratim.commands import modality_paths
+from terratim.commands import add_modality_paths, modality_paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="terramind_v1_tiny", help="backbone name (default terramind_v1_tiny)")
-    parser.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        metavar="MODALITY=PATH",
-        help="GeoTIFF per modality (repeatable); default: bundled TerraMesh S2L2A + S1RTC",
-    )
+    add_modality_paths(parser, "--input",
+                       help="GeoTIFF per modality (repeatable); default: bundled TerraMesh S2L2A + S1RTC")  # fmt: skip
     parser.add_argument("--ckpt", help="official-layout .pt or .safetensors checkpoint")
     parser.add_argument("--pretrained", action="store_true", help="download official weights from the hub")
     parser.add_argument("--merge", default="mean", choices=["mean", "max", "concat"], help="modality merge")

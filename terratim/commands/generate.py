@@ -13,29 +13,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from terratim.commands import modality_paths
+from terratim.commands import add_modality_paths, modality_paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--input",
-        "-i",
-        action="append",
-        required=True,
-        metavar="MODALITY=PATH",
-        help="input GeoTIFF per modality (repeat for several; co-registered)",
-    )
+    add_modality_paths(parser, "--input", "-i", required=True,
+                       help="input GeoTIFF per modality (repeat for several; co-registered)")  # fmt: skip
     parser.add_argument("--output", required=True, help="modalities to generate, comma separated (e.g. LULC,DEM)")
     parser.add_argument("--model", default="terramind_v1_tiny_generate", help="a *_generate registry model")
     parser.add_argument("--ckpt", help="TerraMind weights (.pt official layout or .safetensors)")
     parser.add_argument("--pretrained", action="store_true", help="official weights from the Hugging Face hub")
-    parser.add_argument(
-        "--tokenizer",
-        action="append",
-        default=[],
-        metavar="MODALITY=PATH",
-        help="tokenizer weights per output (default: official, with --pretrained)",
-    )
+    add_modality_paths(parser, "--tokenizer",
+                       help="tokenizer weights per output (default: official, with --pretrained)")  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--steps", type=int, default=10, help="diffusion (DDIM) steps for continuous outputs")
     parser.add_argument("--decoding-steps", type=int, default=1, help="token decoding steps (1 = one pass)")

@@ -10,29 +10,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from terratim.commands import modality_paths
+from terratim.commands import add_modality_paths, modality_paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--input",
-        "-i",
-        action="append",
-        required=True,
-        metavar="MODALITY=PATH",
-        help="input GeoTIFF per modality (square, side a multiple of 16)",
-    )
+    add_modality_paths(parser, "--input", "-i", required=True,
+                       help="input GeoTIFF per modality (square, side a multiple of 16)")  # fmt: skip
     parser.add_argument("--tim", default="LULC", help="modalities to imagine, comma separated (default LULC)")
     parser.add_argument("--model", default="terramind_v1_tiny_tim", help="a *_tim registry model")
     parser.add_argument("--ckpt", help="TerraMind weights (.pt official layout or .safetensors)")
     parser.add_argument("--pretrained", action="store_true", help="official weights from the Hugging Face hub")
-    parser.add_argument(
-        "--tokenizer",
-        action="append",
-        default=[],
-        metavar="MODALITY=PATH",
-        help="tokenizer weights for decoding an imagined modality",
-    )
+    add_modality_paths(parser, "--tokenizer", help="tokenizer weights for decoding an imagined modality")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--temperature", type=float, default=0.0, help="TiM sampling temperature (0 = argmax)")
     parser.add_argument("--steps", type=int, default=10, help="diffusion steps for continuous modalities")

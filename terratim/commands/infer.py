@@ -19,18 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from terratim.commands import modality_paths
+from terratim.commands import add_modality_paths, modality_paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--input",
-        "-i",
-        action="append",
-        required=True,
-        metavar="MODALITY=PATH",
-        help="a co-registered input GeoTIFF/COG per modality (repeat for several)",
-    )
+    add_modality_paths(parser, "--input", "-i", required=True,
+                       help="a co-registered input GeoTIFF/COG per modality (repeat for several)")  # fmt: skip
     parser.add_argument(
         "--out",
         "-o",
