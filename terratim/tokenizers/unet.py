@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -85,23 +86,25 @@ _PACKED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` that, for float32 CPU inference on channels-last inputs, runs oneDNN with its weights
-    reordered once into oneDNN's blocked layout and cached (eager PyTorch reorders them on every call).
+    """``nn.Conv2d`` that, for float32 CPU inference on channels-last inputs, runs 3x3 convolutions on maps of
+    14 px and more as Winograd (:data:`WINOGRAD_BY_SIZE`) and the others on oneDNN, with the weights
+    transformed (Winograd) or reordered into oneDNN's blocked layout (eager PyTorch reorders them on every call)
+    once and cached.
 
-    The cached copy is keyed by the weight's storage, version and the input shape, so loading new weights,
-    moving the module or training invalidates it. It holds a second copy of the weights in memory; call
-    :meth:`DiffusionUNet.release_packed_weights` to drop it. Results are bit-identical to the channels-last
-    ``F.conv2d`` path (same oneDNN kernels).
+    The cached copy is keyed by the weight's storage and version (and, for oneDNN, the input shape), so loading
+    new weights, moving the module or training invalidates it. It holds another copy of the weights in memory;
+    call :meth:`DiffusionUNet.release_packed_weights` to drop it. The oneDNN results are bit-identical to the
+    channels-last ``F.conv2d`` path (same kernels); Winograd's equal them up to float32 rounding.
     """
 
     packing = True
     winograd = True
 
     def _winograd(self, x: torch.Tensor) -> Winograd3x3 | None:
-        """The Winograd algorithm for this call (:data:`WINOGRAD_BY_SIZE`), or None for oneDNN."""
+        """The Winograd algorithm for this call (:data:`WINOGRAD_BY_SIZE`), or None for oneDNN / PyTorch."""
         if not (
             self.winograd and self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
-            and self.dilation == (1, 1) and self.groups == 1
+            and self.dilation == (1, 1) and self.groups == 1 and self._packable(x)
         ):  # fmt: skip
             return None
         return next((w for size, w in WINOGRAD_BY_SIZE if min(x.shape[-2:]) >= size), None)
@@ -123,7 +126,7 @@ class Conv2d(nn.Conv2d):
     ) -> torch.Tensor:
         """``residual + (conv(x) + sample_bias[:, :, None, None])``; the Winograd path adds both inside its
         transforms, the others add them after the convolution."""
-        winograd = self._winograd(x) if self._packable(x) else None
+        winograd = self._winograd(x)
         if winograd is not None:
             return winograd(x, self._winograd_weight(winograd), self.bias, sample_bias, residual)
         out = self._forward_unfused(x)
@@ -140,7 +143,7 @@ class Conv2d(nn.Conv2d):
     ) -> torch.Tensor:
         """:meth:`forward_fused` of SiLU(norm(x)); the Winograd path writes the SiLU straight into its padded
         input buffer instead of padding a copy."""
-        winograd = self._winograd(x) if self._packable(x) else None
+        winograd = self._winograd(x)
         if winograd is None:
             return self.forward_fused(norm_silu(norm, x), sample_bias, residual)
         normed = norm(x)  # (B, C, H, W), channels-last like x
@@ -148,26 +151,25 @@ class Conv2d(nn.Conv2d):
         torch.ops.aten.silu.out(normed.permute(0, 2, 3, 1), out=padded[:, 1 : x.shape[2] + 1, 1 : x.shape[3] + 1])
         return winograd(normed, self._winograd_weight(winograd), self.bias, sample_bias, residual, filled=True)
 
-    def _winograd_weight(self, winograd: Winograd3x3) -> torch.Tensor:
-        key = (winograd.tile, self.weight.data_ptr(), self.weight._version)
+    def _cached_weight(self, layout: tuple, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``make(weight)``, kept until the weight or ``layout`` changes (one entry per module)."""
+        key = (layout, self.weight.data_ptr(), self.weight._version)
         cached = _PACKED.get(self)
         if cached is None or cached[0] != key:
-            cached = _PACKED[self] = (key, winograd.transform_weight(self.weight.detach()))
+            cached = _PACKED[self] = (key, make(self.weight.detach()))
         return cached[1]
+
+    def _winograd_weight(self, winograd: Winograd3x3) -> torch.Tensor:
+        return self._cached_weight(("winograd", winograd.tile), winograd.transform_weight)
 
     def _forward_unfused(self, x: torch.Tensor) -> torch.Tensor:
         if not self._packable(x):
             return super().forward(x)
-        key = (tuple(x.shape), self.weight.data_ptr(), self.weight._version)
-        cached = _PACKED.get(self)
-        if cached is None or cached[0] != key:
-            packed = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight.detach(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
-                list(x.shape),
-            )  # fmt: skip
-            cached = _PACKED[self] = (key, packed)
+        packed = self._cached_weight(("onednn", *x.shape), lambda weight: torch.ops.mkldnn._reorder_convolution_weight(
+            weight, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape)
+        ))  # fmt: skip
         return torch.ops.mkldnn._convolution_pointwise(
-            x, cached[1], self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
+            x, packed, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
             "none", [], "",
         )  # fmt: skip
 

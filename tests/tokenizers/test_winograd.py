@@ -62,11 +62,18 @@ def test_error_is_of_the_order_of_a_direct_float32_convolution():
 def test_decoder_convolutions_pick_the_algorithm_by_size():
     conv = Conv2d(8, 8, 3, padding=1).eval()
     tiles = {size: w.tile for size, w in WINOGRAD_BY_SIZE}
-    assert conv._winograd(torch.zeros(1, 8, 56, 56)).tile == tiles[28]
-    assert conv._winograd(torch.zeros(1, 8, 14, 20)).tile == tiles[14]
-    assert conv._winograd(torch.zeros(1, 8, 7, 7)) is None  # oneDNN's direct convolution
-    assert Conv2d(8, 8, 3, stride=2, padding=1)._winograd(torch.zeros(1, 8, 56, 56)) is None
-    assert Conv2d(8, 8, 1)._winograd(torch.zeros(1, 8, 56, 56)) is None
+
+    def zeros(height, width):
+        return _channels_last(torch.zeros(1, 8, height, width))
+
+    with torch.no_grad():
+        assert conv._winograd(zeros(56, 56)).tile == tiles[28]
+        assert conv._winograd(zeros(14, 20)).tile == tiles[14]
+        assert conv._winograd(zeros(7, 7)) is None  # oneDNN's direct convolution
+        assert Conv2d(8, 8, 3, stride=2, padding=1)._winograd(zeros(56, 56)) is None
+        assert Conv2d(8, 8, 1)._winograd(zeros(56, 56)) is None
+        assert conv._winograd(torch.zeros(1, 8, 56, 56)) is None  # NCHW: the reference layout, plain PyTorch
+    assert conv._winograd(zeros(56, 56)) is None  # training (gradients on): plain PyTorch
     x = _channels_last(torch.randn(1, 8, 32, 32))
     with torch.no_grad():
         fast = conv(x)
