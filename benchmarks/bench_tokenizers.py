@@ -7,7 +7,9 @@
 Full-size architecture with random weights (or ``--ckpt``). The denoiser step is timed three ways: in the
 reference's plain layout (NCHW, weights reordered by oneDNN on every call), channels-last with cached oneDNN
 weights, and that plus Winograd 3x3 convolutions (terratim's default on CPU); outputs are compared with the NCHW
-one. "weight preparation" is the extra time of the first call, which transforms and caches the weights.
+one, and each round's ratio to NCHW is reported too (median and range): on a machine whose speed drifts, a ratio
+of two back-to-back calls is fairer than a ratio of two best times. "weight preparation" is the extra time of
+the first call, which transforms and caches the weights.
 Full decodes are timed with prepared weights. On CPU, the
 process CPU time per call is printed next to the wall time: it is robust to other processes sharing the cores.
 """
@@ -56,7 +58,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed repetitions of encode / denoiser calls")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="timed repetitions of encode / denoiser calls (rounds of the three-way step comparison)")
     parser.add_argument("--ckpt", help="official tokenizer file (default: random weights)")
     parser.add_argument("--decode-both", action="store_true", help="also time full decodes in the NCHW layout")
     args = parser.parse_args()
@@ -95,6 +98,9 @@ def main() -> None:
                 wall, cpu, outputs[name] = timed(step, device, 1)
                 times[name].append((wall, cpu))
         best = {name: tuple(min(t) for t in zip(*times[name], strict=True)) for name in layouts}
+        # paired ratios: each round times every layout back to back, so a ratio sees one state of the machine
+        paired = {name: sorted(n[0] / o[0] for n, o in zip(times["nchw"], times[name], strict=True))
+                  for name in layouts}  # fmt: skip
         diff = {name: float((outputs[name] - outputs["nchw"]).abs().max()) for name in layouts}
         decoder.set_optimized(True)  # drops the cached weights: time the first call, which prepares them
         first_wall, first_cpu, _ = timed(step, device, 1, warmup=False)
@@ -125,8 +131,11 @@ def main() -> None:
     for what, precision, wall, cpu in rows:
         print(f"{what:<34} {precision:<14} {wall:>12.3f} {cpu:>12.3f}")
     for name, label in (("channels_last", "channels-last"), ("winograd", "channels-last + Winograd")):
-        print(f"\n{label} vs reference layout, one denoiser step: {best['nchw'][0] / best[name][0]:.2f}x wall, "
-              f"{best['nchw'][1] / best[name][1]:.2f}x CPU time; max |difference| {diff[name]:.2e}")  # fmt: skip
+        ratios = paired[name]
+        print(f"\n{label} vs reference layout, one denoiser step: {best['nchw'][0] / best[name][0]:.2f}x wall "
+              f"(best of each), {best['nchw'][1] / best[name][1]:.2f}x CPU time; max |difference| {diff[name]:.2e}\n"
+              f"  same-round wall ratios over {len(ratios)} rounds: median {ratios[len(ratios) // 2]:.2f}x, "
+              f"range {ratios[0]:.2f}-{ratios[-1]:.2f}x")  # fmt: skip
 
 if __name__ == "__main__":
     main()
