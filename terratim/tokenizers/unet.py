@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from terratim.tokenizers.winograd import Winograd3x3, release_scratch
+from terratim.tokenizers.winograd_kernels import load_kernels
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class Conv2d(nn.Conv2d):
 
     packing = True
     winograd = True
+    native = True  # Winograd transforms as compiled kernels (:mod:`terratim.tokenizers.winograd_kernels`)
 
     def _winograd(self, x: torch.Tensor) -> Winograd3x3 | None:
         """The Winograd algorithm for this call (:data:`WINOGRAD_BY_SIZE`), or None for oneDNN / PyTorch."""
@@ -128,7 +130,8 @@ class Conv2d(nn.Conv2d):
         transforms, the others add them after the convolution."""
         winograd = self._winograd(x)
         if winograd is not None:
-            return winograd(x, self._winograd_weight(winograd), self.bias, sample_bias, residual)
+            kernels = load_kernels() if self.native else None
+            return winograd(x, self._winograd_weight(winograd), self.bias, sample_bias, residual, kernels=kernels)
         out = self._forward_unfused(x)
         if sample_bias is not None:
             out = out + sample_bias.to(out.dtype)[:, :, None, None]
@@ -141,10 +144,10 @@ class Conv2d(nn.Conv2d):
         sample_bias: torch.Tensor | None = None,
         residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """:meth:`forward_fused` of SiLU(norm(x)); the Winograd path writes the SiLU straight into its padded
-        input buffer instead of padding a copy."""
+        """:meth:`forward_fused` of SiLU(norm(x)); the eager Winograd path writes the SiLU straight into its
+        padded input buffer instead of padding a copy."""
         winograd = self._winograd(x)
-        if winograd is None:
+        if winograd is None or (self.native and load_kernels() is not None):
             return self.forward_fused(norm_silu(norm, x), sample_bias, residual)
         normed = norm(x)  # (B, C, H, W), channels-last like x
         padded = winograd.padded_input(normed)
@@ -307,15 +310,19 @@ class DiffusionUNet(nn.Module):
         nn.init.zeros_(self.out[2].bias)
         self.set_optimized(True)
 
-    def set_optimized(self, enabled: bool = True, winograd: bool = True) -> DiffusionUNet:
-        """Channels-last activations and weights, Winograd 3x3 convolutions (``winograd``) and cached oneDNN
-        weights on CPU (default), or the reference's plain NCHW layout and direct convolutions. All give the
-        same values up to float32 rounding (Winograd: about twice a direct convolution's rounding error)."""
+    def set_optimized(self, enabled: bool = True, winograd: bool = True, native: bool = True) -> DiffusionUNet:
+        """Channels-last activations and weights, Winograd 3x3 convolutions (``winograd``) with their transforms
+        as compiled kernels where a C compiler is available (``native``, :mod:`~terratim.tokenizers.
+        winograd_kernels`; built here, once per machine) and cached oneDNN weights on CPU (default), or the
+        reference's plain NCHW layout and direct convolutions. All give the same values up to float32 rounding
+        (Winograd: about twice a direct convolution's rounding error)."""
         self.optimized = enabled
+        use_native = enabled and winograd and native and load_kernels() is not None
         for module in self.modules():
             if isinstance(module, Conv2d):
                 module.packing = enabled
                 module.winograd = enabled and winograd
+                module.native = use_native
         self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
         return self.release_packed_weights()
 

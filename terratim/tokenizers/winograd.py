@@ -21,8 +21,12 @@ from __future__ import annotations
 import math
 import threading
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from terratim.tokenizers.winograd_kernels import WinogradKernels
 
 POINTS = (0, 1, -1, 2, Fraction(-1, 2))  # finite interpolation points for m = 4 (plus infinity)
 KERNEL = 3
@@ -122,37 +126,71 @@ class Winograd3x3:
         sample_bias: torch.Tensor | None = None,
         residual: torch.Tensor | None = None,
         filled: bool = False,
+        kernels: WinogradKernels | None = None,
     ) -> torch.Tensor:
         """Channels-last (B, C_in, H, W) -> channels-last (B, C_out, H, W), weights from :meth:`transform_weight`.
 
         Returns ``residual + (conv(x) + bias + sample_bias[:, :, None, None])``: the per-sample bias (B, C_out)
         and the channels-last residual (B, C_out, H, W) are added inside the transforms, saving a pass each.
-        ``filled=True`` says the caller already wrote the input into :meth:`padded_input`'s interior (saving
-        the copy); ``x`` then only gives the shape.
+        ``kernels`` (:func:`~terratim.tokenizers.winograd_kernels.load_kernels`) runs the transforms as
+        compiled kernels, one pass each; otherwise they run in eager PyTorch, where ``filled=True`` says the
+        caller already wrote the input into :meth:`padded_input`'s interior (saving the copy) and ``x`` then
+        only gives the shape.
         """
         batch, channels, height, width = x.shape
         m = self.tile
         tiles_h, tiles_w = -(-height // m), -(-width // m)
         out_channels = weight_u.shape[-1]
+        bias_total = sample_bias if bias is None else bias if sample_bias is None else bias + sample_bias
+        # bands of tile rows bound the work buffers on large maps (one band at 224 px)
+        per_row = self.alpha**2 * batch * tiles_w * max(channels, out_channels) * x.element_size()
+        band = max(1, min(tiles_h, self.max_band_bytes // per_row))
+        bands = [slice(first, min(first + band, tiles_h)) for first in range(0, tiles_h, band)]
+        if kernels is not None:
+            return self._compiled(kernels, x, weight_u, bias_total, residual, bands)
         padded = self._padded_buffer(x) if filled else self.padded_input(x)
         if not filled:
             padded[:, 1 : height + 1, 1 : width + 1].copy_(x.permute(0, 2, 3, 1))
-        bias_total = sample_bias if bias is None else bias if sample_bias is None else bias + sample_bias
         out = torch.empty(batch, tiles_h, m, tiles_w, m, out_channels, dtype=x.dtype, device=x.device)
         exact_tiles = height == m * tiles_h and width == m * tiles_w
         residual_tiles = None
         if residual is not None and exact_tiles:
             residual_tiles = residual.permute(0, 2, 3, 1).view(out.shape)
-        # bands of tile rows bound the work buffers on large maps (one band at 224 px)
-        per_row = self.alpha**2 * batch * tiles_w * max(channels, out_channels) * x.element_size()
-        band = max(1, min(tiles_h, self.max_band_bytes // per_row))
-        for first in range(0, tiles_h, band):
-            rows = slice(first, min(first + band, tiles_h))
+        for rows in bands:
             self._band(padded, rows, weight_u, bias_total, out[:, rows], None if residual_tiles is None
                        else residual_tiles[:, rows])  # fmt: skip
         out = out.view(batch, m * tiles_h, m * tiles_w, out_channels)[:, :height, :width].permute(0, 3, 1, 2)
         out = out.contiguous(memory_format=torch.channels_last)  # copies only when H or W is not a multiple of m
         return residual + out if residual is not None and residual_tiles is None else out
+
+    def _compiled(
+        self,
+        kernels: WinogradKernels,
+        x: torch.Tensor,
+        weight_u: torch.Tensor,
+        bias: torch.Tensor | None,
+        residual: torch.Tensor | None,
+        bands: list[slice],
+    ) -> torch.Tensor:
+        """:meth:`__call__` with the transforms as compiled kernels: per band of tile rows, input transform into
+        (T, a^2, C_in), channel products, output transform with bias and residual straight into the output."""
+        batch, channels, height, width = x.shape
+        out_channels = weight_u.shape[-1]
+        out = torch.empty(batch, height, width, out_channels, dtype=x.dtype, device=x.device)  # channels-last
+        if bias is not None:
+            bias = bias.to(x.dtype).expand(batch, out_channels).contiguous()
+        if residual is not None:
+            residual = residual.permute(0, 2, 3, 1).contiguous()  # a view when channels-last already
+        tiles_w = -(-width // self.tile)
+        for rows in bands:
+            tiles = batch * (rows.stop - rows.start) * tiles_w
+            v = _SCRATCH.get(x, "tiles", (tiles, self.alpha**2, channels))
+            kernels.input(x.permute(0, 2, 3, 1), self.tile, rows, v)
+            prod = torch.bmm(  # (a^2, T, C_out); bmm reads the tile-major v at no extra cost
+                v.transpose(0, 1), weight_u, out=_SCRATCH.get(x, "prod", (self.alpha**2, tiles, out_channels))
+            )  # fmt: skip
+            kernels.output(prod, self.tile, rows, bias, residual, out)
+        return out.permute(0, 3, 1, 2)
 
     def _band(
         self,
