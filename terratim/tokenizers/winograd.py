@@ -41,7 +41,15 @@ def _poly_mul(a: list[Fraction], b: list[Fraction]) -> list[Fraction]:
 
 
 def toom_cook_matrices(tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact F(tile, 3) matrices (A^T (m x a), G (a x 3), B^T (a x a)), a = tile + 2, in float64.
+    """:func:`toom_cook_fractions` as float64 CPU tensors (A^T, G, B^T)."""
+    return tuple(  # type: ignore[return-value]
+        torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float64, device="cpu")
+        for rows in toom_cook_fractions(tile)
+    )
+
+
+def toom_cook_fractions(tile: int) -> tuple[list[list[Fraction]], list[list[Fraction]], list[list[Fraction]]]:
+    """Exact F(tile, 3) matrices (A^T (m x a), G (a x 3), B^T (a x a)), a = tile + 2, as fractions.
 
     Correlation is the transpose of polynomial multiplication s = g * x: evaluate both at a - 1 points and at
     infinity (the leading coefficient), multiply, interpolate. A^T is the evaluation of x, G the evaluation of g
@@ -66,11 +74,7 @@ def toom_cook_matrices(tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
         for q in points[:j] + points[j + 1 :] if j < alpha - 1 else points:
             poly = _poly_mul(poly, [-q, Fraction(1)])
         b_t.append(poly + [Fraction(0)] * (alpha - len(poly)))
-
-    def as_tensor(rows: list[list[Fraction]]) -> torch.Tensor:
-        return torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float64)
-
-    return as_tensor(a_t), as_tensor(g), as_tensor(b_t)
+    return a_t, g, b_t
 
 
 class Winograd3x3:

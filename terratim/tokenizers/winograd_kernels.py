@@ -10,8 +10,8 @@ in registers:
 - ``winograd_output``: products M (a^2, tiles, C) -> out (B, H, W, C) = A^T M A + bias (+ residual), pixels
   beyond H x W dropped.
 
-The C source is generated here from :func:`terratim.tokenizers.winograd.toom_cook_matrices`: every matrix
-entry is a dyadic rational, so the float literals are exact, and the zero entries are left out (about half of
+The C source is generated here from :func:`terratim.tokenizers.winograd.toom_cook_fractions`: every matrix
+entry is a dyadic rational, so the float literals are exact (checked), and the zero entries are left out (about half of
 B^T and A^T). The channel products stay on ``torch.bmm`` (MKL).
 
 The library is compiled with the system C compiler (``$CC``, else ``cc``; ``-O3 -march=native -fopenmp``)
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from terratim.tokenizers.winograd import KERNEL, toom_cook_matrices
+from terratim.tokenizers.winograd import KERNEL, toom_cook_fractions
 
 LOG = logging.getLogger(__name__)
 TILES = (2, 4)  # the output tile sizes the decoder uses (WINOGRAD_BY_SIZE)
@@ -79,9 +79,9 @@ def _combination(matrix: list[list[Fraction]], row: int, names: list[str]) -> st
 
 
 def _exact_matrices(tile: int) -> tuple[list[list[Fraction]], list[list[Fraction]]]:
-    """B^T and A^T as exact fractions (the float64 matrices hold dyadic rationals exactly)."""
-    a_t, _, b_t = toom_cook_matrices(tile)
-    return [[Fraction(v) for v in row] for row in b_t.tolist()], [[Fraction(v) for v in row] for row in a_t.tolist()]
+    """B^T and A^T as exact fractions."""
+    a_t, _, b_t = toom_cook_fractions(tile)
+    return b_t, a_t
 
 
 def _input_body(tile: int, kind: str) -> str:

@@ -56,12 +56,16 @@ def entry_keys(entry) -> int:
     return spec["n_keys"]
 
 
-@pytest.mark.parametrize("winograd", [True, False], ids=["winograd", "direct"])
+@pytest.mark.parametrize(
+    ("winograd", "native"), [(True, True), (True, False), (False, False)], ids=["compiled", "winograd", "direct"]
+)
 @pytest.mark.parametrize("t", [999, 499])
-def test_denoiser_matches_reference(case, t, winograd):
+def test_denoiser_matches_reference(case, t, winograd, native):
+    """Winograd with compiled transforms (the default where a C compiler exists), with eager transforms, and
+    oneDNN's direct convolutions."""
     entry, io, tok = case
     try:
-        tok.decoder.set_optimized(True, winograd=winograd)
+        tok.decoder.set_optimized(True, winograd=winograd, native=native)
         with torch.no_grad():
             x0 = tok.denoise(io["aux.noise"], t, io["output.quant"])
     finally:
