@@ -4,9 +4,10 @@
     python benchmarks/bench_tokenizers.py --device cuda        # adds bf16 autocast rows
     python benchmarks/bench_tokenizers.py --steps 10 --threads 1
 
-Full-size architecture with random weights (or ``--ckpt``). The denoiser step is timed three ways: in the
+Full-size architecture with random weights (or ``--ckpt``). The denoiser step is timed four ways: in the
 reference's plain layout (NCHW, weights reordered by oneDNN on every call), channels-last with cached oneDNN
-weights, and that plus Winograd 3x3 convolutions (terratim's default on CPU); outputs are compared with the NCHW
+weights, that plus Winograd 3x3 convolutions with eager transforms, and with compiled transforms (terratim's
+default on CPU where a C compiler exists); outputs are compared with the NCHW
 one, and each round's ratio to NCHW is reported too (median and range): on a machine whose speed drifts, a ratio
 of two back-to-back calls is fairer than a ratio of two best times. "weight preparation" is the extra time of
 the first call, which transforms and caches the weights.
@@ -22,6 +23,7 @@ import time
 import torch
 
 import terratim
+from terratim.tokenizers.winograd_kernels import load_kernels
 
 
 def _sync(device: torch.device) -> None:
@@ -77,8 +79,10 @@ def main() -> None:
     channels = tok.config.in_channels
     x = torch.randn(args.batch, channels, args.size, args.size).to(device)
     per = args.batch
+    kernels = load_kernels()
     print(f"{name}, {args.batch}x{channels}x{args.size}x{args.size}, device {device}"
-          f" ({torch.get_num_threads()} CPU threads), torch {torch.__version__}")  # fmt: skip
+          f" ({torch.get_num_threads()} CPU threads), torch {torch.__version__}; compiled Winograd transforms: "
+          f"{kernels.path if kernels else 'not available (eager transforms)'}")  # fmt: skip
     rows = []
     with torch.no_grad():
         wall, cpu, (codes, ids) = timed(lambda: tok.encode(x), device, args.repeat)
@@ -88,11 +92,16 @@ def main() -> None:
         decoder = tok.decoder
         cond = decoder.prepare_condition(codes, (args.size, args.size))
         step = lambda: decoder(noise, 999, cond, prepared=True)  # noqa: E731
-        layouts = {"nchw": (False, False), "channels_last": (True, False), "winograd": (True, True)}
+        layouts = {  # set_optimized(enabled, winograd, native)
+            "nchw": (False, False, False),
+            "channels_last": (True, False, False),
+            "winograd_eager": (True, True, False),
+            "winograd": (True, True, True),
+        }
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in layouts}
         outputs = {}
         for rep in range(args.repeat):  # rotate the order so that background load hits every layout alike
-            names = list(layouts)[rep % 3 :] + list(layouts)[: rep % 3]
+            names = list(layouts)[rep % len(layouts) :] + list(layouts)[: rep % len(layouts)]
             for name in names:
                 decoder.set_optimized(*layouts[name])
                 wall, cpu, outputs[name] = timed(step, device, 1)
@@ -106,7 +115,8 @@ def main() -> None:
         first_wall, first_cpu, _ = timed(step, device, 1, warmup=False)
         rows.append(("denoiser step, NCHW (ref. layout)", "fp32", best["nchw"][0] / per, best["nchw"][1] / per))
         rows.append(("denoiser step, channels-last", "fp32", *(v / per for v in best["channels_last"])))
-        rows.append(("denoiser step, + Winograd", "fp32", *(v / per for v in best["winograd"])))
+        rows.append(("denoiser step, + Winograd (eager)", "fp32", *(v / per for v in best["winograd_eager"])))
+        rows.append(("denoiser step, + compiled transforms", "fp32", *(v / per for v in best["winograd"])))
         prepare = (first_wall - best["winograd"][0], first_cpu - best["winograd"][1])
         rows.append(("weight preparation, once", "fp32", *prepare))  # per decoder, not per image
         if device.type == "cuda":
@@ -130,7 +140,9 @@ def main() -> None:
     print(f"\n{'what':<34} {'precision':<14} {'wall s/image':>12} {'CPU s/image':>12}")
     for what, precision, wall, cpu in rows:
         print(f"{what:<34} {precision:<14} {wall:>12.3f} {cpu:>12.3f}")
-    for name, label in (("channels_last", "channels-last"), ("winograd", "channels-last + Winograd")):
+    labels = {"channels_last": "channels-last", "winograd_eager": "channels-last + Winograd, eager transforms",
+              "winograd": "channels-last + Winograd, compiled transforms"}  # fmt: skip
+    for name, label in labels.items():
         ratios = paired[name]
         print(f"\n{label} vs reference layout, one denoiser step: {best['nchw'][0] / best[name][0]:.2f}x wall "
               f"(best of each), {best['nchw'][1] / best[name][1]:.2f}x CPU time; max |difference| {diff[name]:.2e}\n"
