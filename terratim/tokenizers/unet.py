@@ -9,7 +9,8 @@ names follow the official checkpoints (``time_embed``, ``input_blocks``, ``middl
 
 Speed (same fp32 math up to rounding): activations are kept channels-last; on CPU the 3x3 convolutions on maps of
 14 px and more run as Winograd F(4x4, 3x3) or F(2x2, 3x3) (:mod:`terratim.tokenizers.winograd`: 4x and 2.25x
-fewer multiplies), with the time-embedding bias and the residual added inside its transforms; the other
+fewer multiplies), with the time-embedding bias and the residual added inside its transforms, which run as
+compiled kernels where a C compiler exists (:mod:`terratim.tokenizers.winograd_kernels`); the other
 convolution weights are reordered into oneDNN's blocked layout once and cached instead of on every call (the
 Winograd-transformed weights are cached too: 1.4 GB next to the 0.75 GB decoder at 224 px, dropped by
 :meth:`DiffusionUNet.release_packed_weights`); SiLU runs in place on the GroupNorm output;
@@ -100,7 +101,7 @@ class Conv2d(nn.Conv2d):
 
     packing = True
     winograd = True
-    native = True  # Winograd transforms as compiled kernels (:mod:`terratim.tokenizers.winograd_kernels`)
+    native = False  # Winograd transforms as compiled kernels: set by DiffusionUNet.set_optimized once they load
 
     def _winograd(self, x: torch.Tensor) -> Winograd3x3 | None:
         """The Winograd algorithm for this call (:data:`WINOGRAD_BY_SIZE`), or None for oneDNN / PyTorch."""
@@ -147,7 +148,7 @@ class Conv2d(nn.Conv2d):
         """:meth:`forward_fused` of SiLU(norm(x)); the eager Winograd path writes the SiLU straight into its
         padded input buffer instead of padding a copy."""
         winograd = self._winograd(x)
-        if winograd is None or (self.native and load_kernels() is not None):
+        if winograd is None or self.native:  # compiled transforms read the unpadded SiLU output
             return self.forward_fused(norm_silu(norm, x), sample_bias, residual)
         normed = norm(x)  # (B, C, H, W), channels-last like x
         padded = winograd.padded_input(normed)
