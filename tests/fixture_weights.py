@@ -26,7 +26,8 @@ CHUNK = 1 << 22
 
 def cache_dir() -> Path:
     """Where materialized weights live between test runs."""
-    root = Path(os.environ.get("TERRATIM_FIXTURE_CACHE", Path.home() / ".cache" / "terratim-fixtures"))
+    # an empty value means unset: Path("") is the working directory, where 1.1 GB of weights do not belong
+    root = Path(os.environ.get("TERRATIM_FIXTURE_CACHE") or Path.home() / ".cache" / "terratim-fixtures")
     root.mkdir(parents=True, exist_ok=True)
     return root
 
