@@ -222,7 +222,7 @@ def _cache_dir() -> Path:
     configured = os.environ.get("TERRATIM_KERNEL_CACHE")
     if configured:
         return Path(configured)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "terratim" / "kernels"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "terratim" / "kernels"  # "" = unset
 
 
 def _compile(source: str, compiler: str, flags: tuple[str, ...], target: Path) -> None:
@@ -282,7 +282,10 @@ class WinogradKernels:
         if prod.numel() != (tile + 2) ** 2 * batch * band * -(-width // tile) * channels:
             raise ValueError(f"Winograd products have {prod.numel()} elements for a {tuple(out.shape)} output")
         for name, extra, shape in (("bias", bias, (batch, channels)), ("residual", residual, tuple(out.shape))):
-            if extra is not None and (_check(extra, name) or tuple(extra.shape) != shape):
+            if extra is None:
+                continue
+            _check(extra, name)
+            if tuple(extra.shape) != shape:
                 raise ValueError(f"Winograd {name} must have shape {shape}, got {tuple(extra.shape)}")
         status = self._output(
             prod.data_ptr(), batch, height, width, channels, tile, rows.start, band,
