@@ -1,4 +1,5 @@
-"""Parity with the reference tokenizer on the public ``tokenizer_dem_224`` case (real architecture, 1.1 GB weights).
+"""Parity with the reference tokenizers on the public cases ``tokenizer_dem_224`` (diffusion decoder, 1.1 GB
+weights) and ``tokenizer_lulc_224`` (ViT decoder of class logits, 0.7 GB weights), real architectures.
 
 The weights are regenerated from their recipe once and cached (tests/fixture_weights.py); they go through the
 real builder and strict loader. Comparisons run in float32 with TF32 off, at the manifest's tolerances.
@@ -15,15 +16,25 @@ from terratim.tokenizers import DDIMSampler
 import fixture_weights as fw
 
 CASE = "tokenizer_dem_224"
+LULC_CASE = "tokenizer_lulc_224"
+
+
+def _load(case_name: str):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    entry, tensors = fw.load_case(case_name)
+    tok = terratim.build(entry["name"], ckpt_path=fw.materialize(entry["weights_set"]))
+    return entry, tensors, tok
 
 
 @pytest.fixture(scope="module")
 def case():
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    entry, tensors = fw.load_case(CASE)
-    tok = terratim.build(entry["name"], ckpt_path=fw.materialize(entry["weights_set"]))
-    return entry, tensors, tok
+    return _load(CASE)
+
+
+@pytest.fixture(scope="module")
+def lulc_case():
+    return _load(LULC_CASE)
 
 
 def _tol(entry, name):
@@ -94,3 +105,25 @@ def test_full_50_step_decode_matches_reference(case):
     out = tok.decode_tokens(io["output.tokens"], image_size=(224, 224), timesteps=50, noise=io["aux.noise"])
     fw.assert_close(out, io["output.decode_ddim50"], _tol(entry, "decode_ddim50"), "50-step DDIM decode")
     assert float(out.abs().max()) <= 1.0  # the reference's clipping of x0 bounds the output
+
+
+def test_lulc_encode_matches_reference(lulc_case):
+    """Class ids in: latents before quantization, FSQ codes, and ids (exact)."""
+    entry, io, tok = lulc_case
+    x = io["input.x"]
+    assert x.dtype == torch.int64 and x.dim() == 3  # (B, H, W) class ids, one-hot inside the encoder
+    with torch.no_grad():
+        latents = tok.latents(x)
+        codes, ids = tok.encode(x)
+    fw.assert_close(latents, io["output.latent_pre_quant"], _tol(entry, "latent_pre_quant"), "LULC latents")
+    fw.assert_close(codes, io["output.quant"], _tol(entry, "quant"), "LULC FSQ codes")
+    assert ids.dtype == torch.int64 and torch.equal(ids, io["output.tokens"])
+    assert torch.equal(tok.quantizer.ids_to_codes(ids), codes)
+
+
+def test_lulc_decoded_class_logits_match_reference(lulc_case):
+    """Reference ids -> post_quant_proj -> ViT decoder -> (B, 10, H, W) class logits, one pass."""
+    entry, io, tok = lulc_case
+    with torch.no_grad():
+        logits = tok.decode_tokens(io["output.tokens"])
+    fw.assert_close(logits, io["output.decoded_logits"], _tol(entry, "decoded_logits"), "LULC class logits")
