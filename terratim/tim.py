@@ -101,6 +101,7 @@ def build_tim(
     tim_top_p: float = 0.8,
     tim_top_k: int | float = 0,
     tim_scheme: str = "roar",
+    tim_chain: bool = True,
     merge_method: MergeMethod = "mean",
     img_size: int = 224,
     pretrained: bool = False,
@@ -110,7 +111,12 @@ def build_tim(
     bands: Any = None,
     **unknown: Any,
 ) -> TerraMindTiM:
-    """Build a TiM backbone; the generator and the trainable encoder load from one official file."""
+    """Build a TiM backbone; the generator and the trainable encoder load from one official file.
+
+    ``tim_chain`` (default True, as TerraTorch 1.2.13): each imagined modality is conditioned on the ones imagined
+    before it; ``False`` imagines each from the inputs alone. The other ``tim_*`` options are those of
+    :func:`~terratim.generation.generate.build_generate` without the prefix.
+    """
     if unknown:
         raise TypeError(f"terramind_v1_{size}_tim: unknown arguments {sorted(unknown)}")
     if bands:
@@ -128,7 +134,7 @@ def build_tim(
     to_imagine = [m for m in tim_modalities if mods.resolve(m).name not in input_names]
     generator = build_generate(
         size, modalities, to_imagine or tim_modalities[:1], decoding_steps=tim_decoding_steps, temps=tim_temps,
-        top_p=tim_top_p, top_k=tim_top_k, img_size=img_size, pretrained=False, scheme=tim_scheme,
+        top_p=tim_top_p, top_k=tim_top_k, img_size=img_size, pretrained=False, scheme=tim_scheme, chain=tim_chain,
         build_tokenizers_for_outputs=False, tokenizers=tokenizers,
     )  # fmt: skip
     if not to_imagine:

@@ -111,6 +111,18 @@ def test_several_tim_modalities(tiny_checkpoint):
     assert list(parts) == ["S1GRD", "LULC", "NDVI"]
 
 
+def test_several_tim_modalities_are_chained_by_default(tiny_checkpoint):
+    """As TerraTorch 1.2.13: NDVI is imagined with the imagined LULC tokens in the encoder."""
+    x = {"S1GRD": torch.randn(1, 2, 64, 64, generator=torch.Generator().manual_seed(4))}
+    kwargs = dict(tim_modalities=["LULC", "NDVI"], tim_temps=0.0)
+    default, independent = tim(tiny_checkpoint, **kwargs), tim(tiny_checkpoint, tim_chain=False, **kwargs)
+    assert default.generator.chain and not independent.generator.chain
+    chained = default.generator.generate_tokens(x, return_states=True)
+    alone = independent.generator.generate_tokens(x, return_states=True)
+    assert torch.equal(chained["LULC"].ids, alone["LULC"].ids)
+    assert not torch.allclose(chained["NDVI"].first_logits, alone["NDVI"].first_logits, atol=1e-3)
+
+
 def test_bands_are_refused_with_an_explanation(tiny_checkpoint):
     with pytest.raises(ValueError, match="frozen generator imagines .* full pretrained bands"):
         tim(tiny_checkpoint, bands={"S1GRD": ["VV"]})

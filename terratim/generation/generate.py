@@ -54,7 +54,8 @@ class TerraMindGenerate(nn.Module):
         standardize: standardize inputs and de-standardize outputs with the registry statistics.
         offset: ``{name: value}`` added to the mean of that modality (this model only).
         scheme: ``roar`` (reference) or ``maskgit`` for images.
-        chain: condition each output on the outputs generated before it.
+        chain: condition each output on the tokens of the outputs generated before it (TerraTorch 1.2.13's
+            behaviour, the default); ``False`` generates every output from the inputs alone.
         tokenizers: ``{name: tokenizer}`` for outputs (decoding) and token inputs given as images.
         cfg_scale: classifier-free guidance scale (1 = off, the reference's setting).
     """
@@ -71,7 +72,7 @@ class TerraMindGenerate(nn.Module):
         standardize: bool = False,
         offset: Mapping[str, float] | None = None,
         scheme: Scheme = "roar",
-        chain: bool = False,
+        chain: bool = True,
         tokenizers: Mapping[str, nn.Module] | None = None,
         cfg_scale: float = 1.0,
     ) -> None:
@@ -269,7 +270,7 @@ def build_generate(
     pretrained: bool = False,
     ckpt_path: str | None = None,
     scheme: Scheme = "roar",
-    chain: bool = False,
+    chain: bool = True,
     tokenizers: Mapping[str, nn.Module] | None = None,
     build_tokenizers_for_outputs: bool = True,
     cfg_scale: float = 1.0,

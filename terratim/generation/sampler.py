@@ -4,10 +4,11 @@ Each target modality is one :class:`Target` record (what to generate and how) wi
 which positions are decoded). A decoding step is: encode the inputs (plus already decoded target tokens),
 pick query positions, run the decoder, sample, write back.
 
-Differences from the reference, on purpose (spec §5.5, §5.3):
-* multi-step decoding works: decoded tokens of the target enter the encoder for the next step (4M-style);
-* ``chain=True`` feeds each finished target to the encoder for the next target (the reference silently
-  generates every target from the inputs alone; ``chain=False``, the default, reproduces that).
+Differences from the reference, on purpose (spec §5.5):
+* multi-step decoding works: decoded tokens of the target enter the encoder for the next step (4M-style).
+
+Like the reference (TerraTorch 1.2.13), ``chain=True`` feeds each finished target to the encoder for the targets
+after it; ``chain=False`` generates every target from the inputs alone (older TerraTorch releases).
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ class Sampler:
         inputs: Mapping[str, torch.Tensor],
         targets: list[Target],
         generator: torch.Generator | None = None,
-        chain: bool = False,
+        chain: bool = True,
     ) -> dict[str, TargetState]:
         """Generate every target in order.
 
@@ -192,7 +193,7 @@ class Sampler:
             inputs: encoder inputs keyed by internal key (validated, standardized / tokenized).
             targets: what to generate, in order.
             generator: all randomness (order shuffles, multinomial draws).
-            chain: condition each target on the targets generated before it.
+            chain: condition each target on the targets generated before it (the reference's behaviour).
         """
         batch = next(iter(inputs.values())).shape[0]
         device = next(iter(inputs.values())).device

@@ -76,13 +76,47 @@ def test_later_steps_see_earlier_tokens(tiny_checkpoint):
     assert not torch.allclose(before, after, atol=1e-4)
 
 
-def test_chaining_conditions_the_second_target_on_the_first(tiny_checkpoint):
+def test_outputs_are_chained_by_default_as_in_the_reference(tiny_checkpoint):
+    """TerraTorch 1.2.13 feeds the first output's tokens to the encoder for the second; so does the default."""
     x = {"S2L2A": torch.randn(1, 12, 64, 64, generator=torch.Generator().manual_seed(2))}
     kwargs = dict(output_modalities=["LULC", "NDVI"], temps=0.0)
-    plain = small_generator(tiny_checkpoint, **kwargs).generate_tokens(x, return_states=True)
+    default = small_generator(tiny_checkpoint, **kwargs)
+    assert default.chain
+    default_states = default.generate_tokens(x, return_states=True)
     chained = small_generator(tiny_checkpoint, chain=True, **kwargs).generate_tokens(x, return_states=True)
-    torch.testing.assert_close(plain["LULC"].first_logits, chained["LULC"].first_logits, atol=1e-4, rtol=1e-5)
-    assert not torch.allclose(plain["NDVI"].first_logits, chained["NDVI"].first_logits, atol=1e-3)
+    independent = small_generator(tiny_checkpoint, chain=False, **kwargs).generate_tokens(x, return_states=True)
+    for name in ("LULC", "NDVI"):
+        assert torch.equal(default_states[name].ids, chained[name].ids)
+    # the first output sees only the inputs either way; the second depends on the first output's tokens
+    torch.testing.assert_close(independent["LULC"].first_logits, chained["LULC"].first_logits, atol=1e-4, rtol=1e-5)
+    assert torch.equal(independent["LULC"].ids, chained["LULC"].ids)
+    assert not torch.allclose(independent["NDVI"].first_logits, chained["NDVI"].first_logits, atol=1e-3)
+
+
+def test_second_output_logits_follow_the_first_outputs_tokens(tiny_checkpoint):
+    """Changing the tokens of the first output (and nothing else) changes the second output's logits."""
+    from terratim.generation.sampler import Sampler, Target, TargetState
+
+    model = small_generator(tiny_checkpoint, output_modalities=["LULC", "NDVI"], temps=0.0)
+    keyed = model.network.keyed_inputs({"S2L2A": torch.randn(1, 12, 64, 64)})
+    sampler = Sampler(model.network)
+    ndvi = Target("tok_ndvi@224", 16, temperature=0.0)
+    queries = model.network.image_queries(ndvi.key, torch.arange(16)[None], ndvi.grid)
+    logits = []
+    for fill in (0, 5):  # two different, fully decoded LULC token maps
+        lulc = TargetState(torch.full((1, 16), fill), torch.ones(1, 16, dtype=torch.bool))
+        ctx, bias = sampler.context(keyed, {"tok_lulc@224": lulc})
+        with torch.no_grad():
+            logits.append(sampler._logits(ndvi, queries, ctx, bias))
+    assert not torch.allclose(logits[0], logits[1], atol=1e-3)
+
+
+def test_single_output_is_the_same_chained_or_not(tiny_checkpoint):
+    x = {"S2L2A": torch.randn(2, 12, 64, 64, generator=torch.Generator().manual_seed(3))}
+    chained = small_generator(tiny_checkpoint, temps=0.0).generate_tokens(x, return_states=True)["LULC"]
+    independent = small_generator(tiny_checkpoint, temps=0.0, chain=False).generate_tokens(x, return_states=True)
+    assert torch.equal(chained.ids, independent["LULC"].ids)
+    torch.testing.assert_close(chained.first_logits, independent["LULC"].first_logits, atol=1e-5, rtol=1e-5)
 
 
 def test_standardize_and_offset_do_not_leak_between_models(tiny_checkpoint):
