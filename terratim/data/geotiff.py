@@ -66,12 +66,62 @@ def read_geotiff(path: str | os.PathLike, expected_bands: int | None = None, wha
 
 
 def check_writable(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse to replace an existing file unless ``overwrite``; create the parent folder."""
+    """Check, before any work, that ``path`` can be written: refuse to replace an existing file unless
+    ``overwrite``, create the parent folder, and create (then remove) a probe file in it.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        IsADirectoryError: ``path`` is a folder.
+        NotADirectoryError: a folder on the way is an existing file.
+        PermissionError: the folder cannot be created or written (read-only, no such file system entry, ...).
+    """
     path = Path(path)
-    if path.exists() and not overwrite:
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; give a file name")
+    if (path.exists() or path.is_symlink()) and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"cannot replace {path}: the file is read-only")
+    make_folder(path.parent, for_file=path)
+    _probe(path.parent, path)
     return path
+
+
+def make_folder(folder: Path, for_file: Path | None = None) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns the folders created (outermost first).
+
+    Raises:
+        NotADirectoryError: a component of ``folder`` is an existing file.
+        PermissionError: a folder cannot be created.
+    """
+    target = for_file if for_file is not None else folder
+    missing = []
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"cannot write {target}: {existing} is a file, not a folder")
+    for created in reversed(missing):
+        try:
+            created.mkdir()
+        except FileExistsError:
+            continue  # made meanwhile by someone else
+        except OSError as err:
+            raise PermissionError(f"cannot write {target}: cannot create folder {created} ({err.strerror})") from err
+    return list(reversed(missing))
+
+
+def _probe(folder: Path, target: Path) -> None:
+    """Create and remove an empty file in ``folder``: the only check that also holds for root and odd mounts."""
+    import tempfile
+
+    try:
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".terratim-write-check-")
+    except OSError as err:
+        raise PermissionError(f"cannot write {target}: folder {folder} is not writable ({err.strerror})") from err
+    os.close(handle)
+    os.unlink(name)
 
 
 def write_geotiff(
@@ -110,3 +160,102 @@ def write_geotiff(
         if colormap is not None:
             dst.write_colormap(1, colormap)
     return path
+
+
+# ----------------------------------------------------------------------------------------- input checks
+@dataclass(frozen=True)
+class Grid:
+    """The pixel grid of a raster: size, CRS and affine transform."""
+
+    height: int
+    width: int
+    crs: object
+    transform: object
+
+
+def _grid_and_path(source) -> tuple[Grid, str]:
+    """Grid and file name of a :class:`Raster`, a ``(path, profile)`` pair or an open rasterio dataset."""
+    if isinstance(source, Raster):
+        profile, path = source.profile, source.path
+    elif isinstance(source, tuple):
+        path, profile = source
+    else:  # an open rasterio dataset
+        profile, path = source.profile, source.name
+    grid = Grid(int(profile["height"]), int(profile["width"]), profile.get("crs"), profile.get("transform"))
+    return grid, str(path)
+
+
+def _same_transform(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.almost_equals(b)
+
+
+def grid_differences(grid: Grid, reference: Grid) -> list[str]:
+    """What differs between two grids, as readable phrases (empty when they are the same)."""
+    problems = []
+    if (grid.height, grid.width) != (reference.height, reference.width):
+        problems.append(f"size {grid.height}x{grid.width} vs {reference.height}x{reference.width}")
+    if grid.crs != reference.crs:
+        problems.append(f"CRS {grid.crs} vs {reference.crs}")
+    if not _same_transform(grid.transform, reference.transform):
+        show = [tuple(t)[:6] if t is not None else None for t in (grid.transform, reference.transform)]
+        problems.append(f"transform {show[0]} vs {show[1]}")
+    return problems
+
+
+def check_same_grid(sources: dict) -> Grid:
+    """Check that several rasters cover the same place on the same pixel grid (CRS, transform, size).
+
+    Args:
+        sources: ``{modality: source}``, each a :class:`Raster`, a ``(path, rasterio profile)`` pair or an open
+            rasterio dataset.
+
+    Returns:
+        the common grid.
+
+    Raises:
+        ValueError: naming both files and modalities and what differs.
+    """
+    if not sources:
+        raise ValueError("no inputs given; pass at least one MODALITY=path")
+    (first, source), *others = sources.items()
+    reference, reference_path = _grid_and_path(source)
+    for name, other in others:
+        grid, path = _grid_and_path(other)
+        problems = grid_differences(grid, reference)
+        if problems:
+            raise ValueError(
+                f"inputs are not co-registered: {name} ({path}) and {first} ({reference_path}) differ in "
+                f"{'; '.join(problems)}. Reproject/resample them onto one grid first (e.g. gdalwarp)."
+            )
+    return reference
+
+
+def no_valid_pixel_error(path: str | os.PathLike, what: str) -> ValueError:
+    """The one error for an input whose every pixel is nodata or NaN."""
+    label = f"{what} input" if what else "input"
+    return ValueError(f"{label} {path} has no valid pixel (every pixel is nodata or NaN); there is nothing to "
+                      "work on: check the file, its nodata value and the window you cut")  # fmt: skip
+
+
+def require_valid_pixels(source, what: str = "") -> None:
+    """Refuse an input with no valid pixel (all nodata/NaN); a partly-nodata input passes.
+
+    Args:
+        source: a :class:`Raster` (checked in memory) or an open rasterio dataset (read block by block, stopping
+            at the first block with a valid pixel).
+        what: the modality, for the message.
+
+    Raises:
+        ValueError: from :func:`no_valid_pixel_error`.
+    """
+    if isinstance(source, Raster):
+        if not np.isfinite(source.data).any():
+            raise no_valid_pixel_error(source.path, what)
+        return
+    for _, window in source.block_windows(1):
+        block = np.ma.filled(source.read(window=window, masked=True).astype(np.float32), np.nan)
+        if np.isfinite(block).any():
+            return
+    raise no_valid_pixel_error(source.name, what)
