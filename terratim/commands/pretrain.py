@@ -36,12 +36,24 @@ def architecture(model: dict):
     return TerraMindConfig(**model["architecture"])
 
 
+def check_output(path: str, overwrite: bool, export_dtype: str = "float32"):
+    """Before any training: the weights file and its ``.json`` can be written, and ``export_dtype`` is known."""
+    from terratim.data.geotiff import check_writable
+
+    if export_dtype not in ("float16", "bfloat16", "float32"):
+        raise ValueError(f"export_dtype must be float16, bfloat16 or float32, got {export_dtype!r}")
+    out_path = check_writable(path, overwrite)
+    if out_path.suffix == ".json":
+        raise ValueError(f"output {out_path} must not end in .json: the config is written next to it as .json")
+    check_writable(out_path.with_suffix(".json"), overwrite)
+    return out_path
+
+
 def pretrain(config: dict, output: str | None = None, max_steps: int | None = None, overwrite: bool = False,
              progress_bar: bool = True):  # fmt: skip
     """Pretrain and export as a config dict describes; returns (module, output path)."""
     import lightning.pytorch as pl
 
-    from terratim.data.geotiff import check_writable
     from terratim.pretraining.config import check_keys, fit_and_export
     from terratim.pretraining.masking import MaskingConfig
     from terratim.pretraining.module import MaskedPretraining
@@ -52,7 +64,8 @@ def pretrain(config: dict, output: str | None = None, max_steps: int | None = No
     check_keys(model, MODEL_KEYS, "model")
     if not model.get("inputs") or not model.get("targets"):
         raise ValueError("the 'model' section needs 'inputs' and 'targets' (lists of modality names)")
-    out_path = check_writable(output or config.get("output") or "terramind_pretrained.safetensors", overwrite)
+    out_path = check_output(output or config.get("output") or "terramind_pretrained.safetensors", overwrite,
+                            config.get("export_dtype", "float32"))  # fmt: skip
     seed = int(config.get("seed", 0))
     pl.seed_everything(seed, workers=True, verbose=False)
     tokenizers = {

@@ -26,7 +26,7 @@ def train_tokenizer(config: dict, output: str | None = None, max_steps: int | No
     """Train and export a tokenizer as a config dict describes; returns (module, output path)."""
     import lightning.pytorch as pl
 
-    from terratim.data.geotiff import check_writable
+    from terratim.commands.pretrain import check_output
     from terratim.pretraining.config import check_keys, fit_and_export
     from terratim.pretraining.tokenizer_training import TokenizerTraining
     from terratim.tokenizers.model import TokenizerConfig
@@ -36,7 +36,8 @@ def train_tokenizer(config: dict, output: str | None = None, max_steps: int | No
     if "modality" not in spec:
         raise ValueError("the 'tokenizer' section needs 'modality' (e.g. LULC, S1GRD, DEM, NDVI)")
     tok_config = TokenizerConfig.for_modality(spec.pop("modality"), **spec)
-    out_path = check_writable(output or config.get("output") or "tokenizer.safetensors", overwrite)
+    out_path = check_output(output or config.get("output") or "tokenizer.safetensors", overwrite,
+                            config.get("export_dtype", "float32"))  # fmt: skip
     seed = int(config.get("seed", 0))
     pl.seed_everything(seed, workers=True, verbose=False)
     trainer_cfg = dict(config.get("trainer") or {})
