@@ -9,10 +9,12 @@ names follow the official checkpoints (``time_embed``, ``input_blocks``, ``middl
 
 Speed (same fp32 math up to rounding): activations are kept channels-last; on CPU the 3x3 convolutions on maps of
 14 px and more run as Winograd F(4x4, 3x3) or F(2x2, 3x3) (:mod:`terratim.tokenizers.winograd`: 4x and 2.25x
-fewer multiplies), with the time-embedding bias and the residual added inside its transforms, which run as
-compiled kernels where a C compiler exists (:mod:`terratim.tokenizers.winograd_kernels`); the other
-convolution weights are reordered into oneDNN's blocked layout once and cached instead of on every call (the
-Winograd-transformed weights are cached too: 1.4 GB next to the 0.75 GB decoder at 224 px, dropped by
+fewer multiplies), with the time-embedding bias and the residual added inside its transforms, which run in
+portable eager PyTorch by default, or as compiled kernels when asked for (:mod:`terratim.tokenizers.
+winograd_kernels`; building a model never compiles anything); the other convolution weights are reordered into
+oneDNN's blocked layout once and cached instead of on every call, through private oneDNN operators that are used
+only where a version check and a probe accept them (:func:`onednn_ops_usable`; else the public ``F.conv2d``)
+(the Winograd-transformed weights are cached too: 1.4 GB next to the 0.75 GB decoder at 224 px, dropped by
 :meth:`DiffusionUNet.release_packed_weights`); SiLU runs in place on the GroupNorm output;
 attention uses ``scaled_dot_product_attention`` on (B, 1, T, C) instead of two einsums; the upsampled condition
 is computed once per decode and reused by every step (:meth:`DiffusionUNet.prepare_condition`).
@@ -20,6 +22,7 @@ is computed once per decode and reused by every step (:meth:`DiffusionUNet.prepa
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from collections.abc import Callable
@@ -30,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from terratim.tokenizers.winograd import Winograd3x3, release_scratch
-from terratim.tokenizers.winograd_kernels import load_kernels
+from terratim.tokenizers.winograd_kernels import load_kernels, loaded_kernels, requested_by_environment
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,14 @@ class GroupNorm32(nn.GroupNorm):
     float32 inputs are normalized as they are. 16-bit inputs are read and written in 16 bits: the kernels
     accumulate in float32, which equals the reference's ``GN(x.float()).to(x.dtype)`` (on CUDA the affine
     parameters are rounded to the input dtype first) without materializing a float32 copy of the activations.
+    A float64 module normalizes float64 inputs in float64 (a higher-precision run to compare against).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
-        if x.dtype != torch.float32 and x.device.type != "cpu":
+        if x.dtype == torch.float64 and weight.dtype == torch.float64:
+            pass  # a float64 module runs in float64 throughout
+        elif x.dtype != torch.float32 and x.device.type != "cpu":
             weight, bias = weight.to(x.dtype), bias.to(x.dtype)
         elif x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             x = x.float()
@@ -85,6 +91,48 @@ def norm_silu(norm: GroupNorm32, x: torch.Tensor) -> torch.Tensor:
 # from 14 px; smaller maps stay with oneDNN's direct convolution
 WINOGRAD_BY_SIZE = ((28, Winograd3x3(tile=4)), (14, Winograd3x3(tile=2)))
 _PACKED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()  # conv -> (key, weight)
+# the private oneDNN operators below have had this signature since torch 2.1; older versions use F.conv2d
+ONEDNN_OPS_SINCE = (2, 1)
+# in-place updates bump a tensor's (private) version counter; without it cached weights could go stale
+_HAS_VERSION_COUNTER = hasattr(torch.empty(0), "_version")
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def _probe_onednn(ops: object) -> bool:
+    """Whether ``ops`` has the two oneDNN operators, with the signature used here, and they agree with a float64
+    ``F.conv2d`` on a small stride-2 convolution."""
+    x = torch.linspace(-1, 1, 3 * 6 * 6).reshape(1, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.linspace(-0.5, 0.5, 2 * 3 * 9).reshape(2, 3, 3, 3), torch.tensor([0.25, -0.5])
+    try:
+        with torch.no_grad():
+            packed = ops._reorder_convolution_weight(weight, [1, 1], [2, 2], [1, 1], 1, list(x.shape))
+            out = ops._convolution_pointwise(x, packed, bias, [1, 1], [2, 2], [1, 1], 1, "none", [], "")
+    except (AttributeError, RuntimeError, TypeError, ValueError, NotImplementedError):
+        return False
+    expected = F.conv2d(x.double(), weight.double(), bias.double(), stride=2, padding=1)
+    return tuple(out.shape) == tuple(expected.shape) and bool(torch.allclose(out.double(), expected, atol=1e-5))
+
+
+@functools.cache
+def onednn_ops_usable() -> bool:
+    """Whether :class:`Conv2d` may cache oneDNN-reordered weights through the private operators
+    ``torch.ops.mkldnn._reorder_convolution_weight`` and ``_convolution_pointwise``: oneDNN built in, torch at
+    least :data:`ONEDNN_OPS_SINCE`, and a probe that calls both and checks the result. Otherwise convolutions
+    that do not run as Winograd use the public ``F.conv2d`` (same values; it reorders the weights per call)."""
+    if not torch.backends.mkldnn.is_available() or _torch_version() < ONEDNN_OPS_SINCE:
+        return False
+    return _probe_onednn(torch.ops.mkldnn)
+
+
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()
 
 
 class Conv2d(nn.Conv2d):
@@ -95,8 +143,9 @@ class Conv2d(nn.Conv2d):
 
     The cached copy is keyed by the weight's storage and version (and, for oneDNN, the input shape), so loading
     new weights, moving the module or training invalidates it. It holds another copy of the weights in memory;
-    call :meth:`DiffusionUNet.release_packed_weights` to drop it. The oneDNN results are bit-identical to the
-    channels-last ``F.conv2d`` path (same kernels); Winograd's equal them up to float32 rounding.
+    call :meth:`DiffusionUNet.release_packed_weights` to drop it. The oneDNN path runs only where
+    :func:`onednn_ops_usable` accepts its private operators, else ``F.conv2d``; Winograd runs on public tensor
+    operations (or, when :attr:`native`, compiled transforms). All agree up to float32 rounding.
     """
 
     packing = True
@@ -116,9 +165,8 @@ class Conv2d(nn.Conv2d):
         return (
             self.packing and x.device.type == "cpu" and x.dtype == torch.float32
             and self.weight.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu") and self.padding_mode == "zeros"
+            and not _cpu_autocast_enabled() and self.padding_mode == "zeros"
             and isinstance(self.padding, tuple) and x.is_contiguous(memory_format=torch.channels_last)
-            and torch.backends.mkldnn.is_available()
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +179,7 @@ class Conv2d(nn.Conv2d):
         transforms, the others add them after the convolution."""
         winograd = self._winograd(x)
         if winograd is not None:
-            kernels = load_kernels() if self.native else None
+            kernels = loaded_kernels() if self.native else None  # no I/O: loaded by set_optimized
             return winograd(x, self._winograd_weight(winograd), self.bias, sample_bias, residual, kernels=kernels)
         out = self._forward_unfused(x)
         if sample_bias is not None:
@@ -156,7 +204,10 @@ class Conv2d(nn.Conv2d):
         return winograd(normed, self._winograd_weight(winograd), self.bias, sample_bias, residual, filled=True)
 
     def _cached_weight(self, layout: tuple, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``make(weight)``, kept until the weight or ``layout`` changes (one entry per module)."""
+        """``make(weight)``, kept until the weight or ``layout`` changes (one entry per module); rebuilt on every
+        call where tensors have no version counter to tell in-place updates."""
+        if not _HAS_VERSION_COUNTER:
+            return make(self.weight.detach())
         key = (layout, self.weight.data_ptr(), self.weight._version)
         cached = _PACKED.get(self)
         if cached is None or cached[0] != key:
@@ -167,8 +218,8 @@ class Conv2d(nn.Conv2d):
         return self._cached_weight(("winograd", winograd.tile), winograd.transform_weight)
 
     def _forward_unfused(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._packable(x):
-            return super().forward(x)
+        if not (self._packable(x) and onednn_ops_usable()):
+            return super().forward(x)  # public F.conv2d
         packed = self._cached_weight(("onednn", *x.shape), lambda weight: torch.ops.mkldnn._reorder_convolution_weight(
             weight, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape)
         ))  # fmt: skip
@@ -311,14 +362,23 @@ class DiffusionUNet(nn.Module):
         nn.init.zeros_(self.out[2].bias)
         self.set_optimized(True)
 
-    def set_optimized(self, enabled: bool = True, winograd: bool = True, native: bool = True) -> DiffusionUNet:
-        """Channels-last activations and weights, Winograd 3x3 convolutions (``winograd``) with their transforms
-        as compiled kernels where a C compiler is available (``native``, :mod:`~terratim.tokenizers.
-        winograd_kernels`; built here, once per machine) and cached oneDNN weights on CPU (default), or the
-        reference's plain NCHW layout and direct convolutions. All give the same values up to float32 rounding
-        (Winograd: about twice a direct convolution's rounding error)."""
+    def set_optimized(self, enabled: bool = True, winograd: bool = True, native: bool | None = None) -> DiffusionUNet:
+        """Choose how the CPU float32 inference path runs; all choices give the same values up to float32
+        rounding (Winograd: about twice a direct convolution's rounding error).
+
+        Args:
+            enabled: channels-last activations and weights, cached oneDNN weights (where
+                :func:`onednn_ops_usable`) and the choices below (default); False: the reference's plain NCHW
+                layout and direct convolutions.
+            winograd: 3x3 convolutions of 14 px and more as Winograd (:mod:`~terratim.tokenizers.winograd`).
+            native: the Winograd transforms as compiled kernels (:mod:`~terratim.tokenizers.winograd_kernels`).
+                True builds them now if this machine has none yet (the system C compiler, written into the
+                kernel cache); False keeps the portable eager transforms; None (default) follows
+                ``TERRATIM_NATIVE_KERNELS=1``, which loads kernels built earlier and never compiles. Where they
+                cannot be built or loaded, a warning is logged and the eager transforms run.
+        """
         self.optimized = enabled
-        use_native = enabled and winograd and native and load_kernels() is not None
+        use_native = enabled and winograd and self._native_kernels_loaded(native)
         for module in self.modules():
             if isinstance(module, Conv2d):
                 module.packing = enabled
@@ -326,6 +386,13 @@ class DiffusionUNet(nn.Module):
                 module.native = use_native
         self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
         return self.release_packed_weights()
+
+    @staticmethod
+    def _native_kernels_loaded(native: bool | None) -> bool:
+        """Load (``native=True``: build if needed) the compiled transforms; whether they are now usable."""
+        if native is None:
+            return requested_by_environment() and load_kernels() is not None
+        return native and load_kernels(build=True) is not None
 
     def release_packed_weights(self) -> DiffusionUNet:
         """Drop the cached oneDNN and Winograd copies of the convolution weights and this thread's Winograd work

@@ -14,11 +14,14 @@ The C source is generated here from :func:`terratim.tokenizers.winograd.toom_coo
 entry is a dyadic rational, so the float literals are exact (checked), and the zero entries are left out (about half of
 B^T and A^T). The channel products stay on ``torch.bmm`` (MKL).
 
-The library is compiled with the system C compiler (``$CC``, else ``cc``; ``-O3 -march=native -fopenmp``)
-into ``$TERRATIM_KERNEL_CACHE`` (default ``~/.cache/terratim/kernels``), keyed by the source, the compiler
-command and the CPU, and loaded with ctypes. OpenMP resolves to the runtime PyTorch already loaded, so both
-share one thread pool. Without a compiler :func:`load_kernels` returns None and the decoder uses the eager
-transforms (same results up to float32 rounding); ``TERRATIM_NATIVE_KERNELS=0`` forces that.
+The compiled kernels are opt-in: the decoder's CPU default is the portable eager transforms of
+:mod:`terratim.tokenizers.winograd` (same results up to float32 rounding). Building a model compiles and
+writes nothing. :func:`build_kernels` (or ``DiffusionUNet.set_optimized(native=True)``) compiles the library
+once with the system C compiler (``$CC``, else ``cc``; ``-O3 -march=native -fopenmp``) into
+``$TERRATIM_KERNEL_CACHE`` (default ``~/.cache/terratim/kernels``), keyed by the source, the compiler command
+and the CPU; with ``TERRATIM_NATIVE_KERNELS=1`` every decoder built afterwards loads that library (ctypes) and
+uses it, without compiling. OpenMP resolves to the runtime PyTorch already loaded, so both share one thread
+pool.
 """
 
 from __future__ import annotations
@@ -302,25 +305,87 @@ def _check(tensor: torch.Tensor, name: str) -> None:
                          f"{tensor.device}, contiguous={tensor.is_contiguous()}")  # fmt: skip
 
 
-@functools.cache
-def load_kernels() -> WinogradKernels | None:
-    """The compiled kernels (compiling them on first use on this machine), or None where they are switched off
-    (``TERRATIM_NATIVE_KERNELS=0``) or cannot be built; the reason is logged."""
-    if os.environ.get("TERRATIM_NATIVE_KERNELS", "1") == "0":
-        return None
+class KernelBuildError(RuntimeError):
+    """The compiled Winograd kernels could not be built on this machine (no compiler, or the build failed)."""
+
+
+ENV_SWITCH = "TERRATIM_NATIVE_KERNELS"
+
+
+def requested_by_environment() -> bool:
+    """Whether ``TERRATIM_NATIVE_KERNELS=1`` asks decoders to use the compiled transforms (default: no)."""
+    value = os.environ.get(ENV_SWITCH, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{ENV_SWITCH} must be 1 (use the compiled Winograd kernels) or 0 (do not), got {value!r}")
+
+
+def kernel_path() -> Path:
+    """Where the library for this source, compiler and CPU lives (built or not): ``$TERRATIM_KERNEL_CACHE``
+    (default ``$XDG_CACHE_HOME/terratim/kernels``, else ``~/.cache/terratim/kernels``)."""
+    compiler = os.environ.get("CC") or "cc"
+    key = hashlib.sha256("\n".join([kernel_source(), compiler, *FLAGS, _cpu_identity()]).encode()).hexdigest()
+    return _cache_dir() / f"winograd-{key[:16]}.so"
+
+
+def build_kernels() -> Path:
+    """Compile the kernels for this machine into the cache once (a later call finds the file) and return the
+    library's path. The one function that compiles or writes anything; a ``terratim`` command can call it.
+
+    Raises:
+        KernelBuildError: no C compiler (``$CC``, else ``cc``) or the build failed (the compiler's message).
+    """
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
-        LOG.info("no C compiler (%s): Winograd transforms run in eager PyTorch", compiler)
-        return None
-    source = kernel_source()
-    key = hashlib.sha256("\n".join([source, compiler, *FLAGS, _cpu_identity()]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"winograd-{key}.so"
+        raise KernelBuildError(f"no C compiler {compiler!r} on PATH (set CC to one); the decoder keeps the "
+                               f"portable eager Winograd transforms")  # fmt: skip
+    target = kernel_path()
+    if target.exists():
+        return target
+    LOG.info("compiling the Winograd kernels into %s", target)
     try:
-        if not target.exists():
-            LOG.info("compiling the Winograd kernels into %s", target)
-            _compile(source, compiler, FLAGS, target)
-        return WinogradKernels(target)
+        _compile(kernel_source(), compiler, FLAGS, target)
     except (OSError, subprocess.SubprocessError) as error:
-        detail = getattr(error, "stderr", "") or error
-        LOG.warning("Winograd kernels not built (%s); transforms run in eager PyTorch", detail)
+        detail = (getattr(error, "stderr", "") or str(error)).strip()
+        raise KernelBuildError(f"building the Winograd kernels into {target} with {compiler!r} failed: "
+                               f"{detail}") from error  # fmt: skip
+    return target
+
+
+def load_kernels(build: bool = False) -> WinogradKernels | None:
+    """The compiled kernels when their library is already in the cache (loading reads it, nothing is written),
+    else None with the reason logged. ``build=True`` first builds them with :func:`build_kernels` if needed."""
+    try:
+        path = build_kernels() if build else kernel_path()
+    except KernelBuildError as error:
+        LOG.warning("%s", error)
         return None
+    if not path.exists():
+        LOG.warning("the compiled Winograd kernels are not built on this machine (%s missing): build them once "
+                    "with terratim.tokenizers.winograd_kernels.build_kernels() or set_optimized(native=True); "
+                    "the decoder keeps the eager transforms", path)  # fmt: skip
+        return None
+    try:
+        kernels = _open(path)
+    except OSError as error:
+        LOG.warning("the compiled Winograd kernels at %s do not load (%s); the decoder keeps the eager "
+                    "transforms", path, error)  # fmt: skip
+        return None
+    global _LOADED
+    _LOADED = kernels
+    return kernels
+
+
+@functools.cache
+def _open(path: Path) -> WinogradKernels:
+    return WinogradKernels(path)
+
+
+_LOADED: WinogradKernels | None = None
+
+
+def loaded_kernels() -> WinogradKernels | None:
+    """The kernels last loaded by :func:`load_kernels` in this process (no I/O): what a decoder's forward uses."""
+    return _LOADED

@@ -89,3 +89,32 @@ def test_wrong_modality_or_config_raise():
         build_tokenizer("NDVI", config=tiny_config("DEM"))
     with pytest.raises(ValueError, match="unknown tokenizer config fields"):
         TokenizerConfig.from_dict({**tiny_config("DEM").to_dict(), "width": 3})
+
+
+def _recording_compiler(tmp_path):
+    """A ``CC`` that records each call in ``cc-calls`` and fails, so a build attempt is seen and never succeeds."""
+    calls = tmp_path / "cc-calls"
+    compiler = tmp_path / "recording-cc"
+    compiler.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\nexit 1\n')
+    compiler.chmod(0o755)
+    return compiler, calls
+
+
+def test_building_models_compiles_and_writes_nothing(tmp_path, monkeypatch):
+    compiler, calls = _recording_compiler(tmp_path)
+    home, cache = tmp_path / "home", tmp_path / "kernels"
+    home.mkdir()
+    monkeypatch.setenv("CC", str(compiler))
+    monkeypatch.setenv("TERRATIM_KERNEL_CACHE", str(cache))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.delenv("TERRATIM_NATIVE_KERNELS", raising=False)
+    for modality in ("DEM", "LULC"):
+        tok = build_tokenizer(modality, config=tiny_config(modality))
+        assert tok.decoder is not None  # the decoder (UNet or ViT) is built on first access
+    with torch.device("meta"):
+        released = build_tokenizer("S2L2A").decoder  # the released 196M-parameter UNet, without memory
+    assert sum(p.numel() for p in released.parameters()) == 196_951_744
+    assert not calls.exists(), f"a C compiler was run: {calls.read_text()}"
+    assert not cache.exists() and list(home.iterdir()) == []  # nothing written
+    assert {p.name for p in tmp_path.iterdir()} == {"recording-cc", "home"}

@@ -72,8 +72,8 @@ def entry_keys(entry) -> int:
 )
 @pytest.mark.parametrize("t", [999, 499])
 def test_denoiser_matches_reference(case, t, winograd, native):
-    """Winograd with compiled transforms (the default where a C compiler exists), with eager transforms, and
-    oneDNN's direct convolutions."""
+    """Winograd with compiled transforms (opt-in; built here into the tests' temporary kernel cache), with eager
+    transforms (the CPU default), and direct convolutions."""
     entry, io, tok = case
     try:
         tok.decoder.set_optimized(True, winograd=winograd, native=native)

@@ -103,3 +103,52 @@ def test_banded_winograd_matches_the_plain_path(monkeypatch):
         unet.set_optimized(False)
         plain = unet(x, 300, codes)
     torch.testing.assert_close(banded, plain, atol=1e-5, rtol=1e-5)
+
+
+class _RefusingOps:
+    """Stands in for ``torch.ops.mkldnn``: any use of a private oneDNN operator fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"private operator torch.ops.mkldnn.{name} used")
+
+
+def test_public_convolution_fallback_agrees_with_float64(monkeypatch):
+    """With the guard off, no private operator runs and the optimized UNet stays within a few times the
+    float32 rounding error of the reference layout, both measured against a float64 run."""
+    import copy
+
+    from terratim.tokenizers import unet as unet_module
+
+    unet = randomize(DiffusionUNet(1, 5, SMALL)).eval()
+    reference64 = copy.deepcopy(unet).double().set_optimized(False)
+    g = torch.Generator().manual_seed(4)
+    x, codes = torch.randn(2, 1, 64, 64, generator=g), torch.rand(2, 5, 4, 4, generator=g)
+    monkeypatch.setattr(unet_module, "onednn_ops_usable", lambda: False)
+    monkeypatch.setattr(torch.ops, "mkldnn", _RefusingOps())
+    with torch.no_grad():
+        fallback = unet(x, 500, codes)  # 3x3 on >= 14 px: Winograd; stride 2, 1x1 and small maps: F.conv2d
+        exact = reference64(x.double(), 500, codes.double())
+        direct = unet.set_optimized(False)(x, 500, codes)  # float32 in the reference layout
+    direct_error = float((direct.double() - exact).abs().max())
+    fallback_error = float((fallback.double() - exact).abs().max())
+    assert fallback_error <= 4 * direct_error, (fallback_error, direct_error)  # Winograd: ~2x direct rounding
+    torch.testing.assert_close(fallback.double(), exact, atol=1e-5, rtol=1e-5)
+
+
+def test_private_onednn_operators_are_used_only_where_the_guard_accepts_them(monkeypatch):
+    from terratim.tokenizers import unet as unet_module
+
+    class WrongOps:  # right names, wrong results
+        def _reorder_convolution_weight(self, weight, *args):
+            return weight
+
+        def _convolution_pointwise(self, x, weight, bias, padding, stride, *args):
+            return torch.zeros(1, 2, 3, 3)
+
+    assert not unet_module._probe_onednn(object())  # operators missing
+    assert not unet_module._probe_onednn(WrongOps())
+    assert unet_module._probe_onednn(torch.ops.mkldnn) == torch.backends.mkldnn.is_available()
+    monkeypatch.setattr(torch, "__version__", "2.0.1")
+    assert not unet_module.onednn_ops_usable.__wrapped__()  # older than the signature used here
+    monkeypatch.setattr(torch, "__version__", "2.13.0+cpu")
+    assert unet_module.onednn_ops_usable.__wrapped__() == torch.backends.mkldnn.is_available()

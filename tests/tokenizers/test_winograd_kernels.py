@@ -1,5 +1,6 @@
 """Compiled Winograd transforms: generated source, agreement with float64 and with the eager transforms,
-fallback without a compiler, input checks."""
+opt-in (build function, ``set_optimized(native=True)``, environment switch), fallback without a compiler,
+input checks."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import torch.nn.functional as F
 from terratim.tokenizers import winograd_kernels
 from terratim.tokenizers.unet import Conv2d, DiffusionUNet, UNetConfig
 from terratim.tokenizers.winograd import Winograd3x3, toom_cook_matrices
-from terratim.tokenizers.winograd_kernels import TILES, kernel_source, load_kernels
+from terratim.tokenizers.winograd_kernels import (
+    TILES,
+    KernelBuildError,
+    build_kernels,
+    kernel_path,
+    kernel_source,
+    load_kernels,
+)
 
 needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
 
@@ -26,7 +34,7 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 def kernels():
     if shutil.which("cc") is None:
         pytest.skip("no C compiler on this machine")
-    loaded = load_kernels()
+    loaded = load_kernels(build=True)
     assert loaded is not None, "cc exists but the kernels did not build (see the log)"
     return loaded
 
@@ -86,10 +94,12 @@ def test_unet_gives_the_same_prediction_with_compiled_and_eager_transforms(kerne
     torch.manual_seed(0)
     unet = DiffusionUNet(1, 5, UNetConfig(channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_ds=(2,),
                                           num_groups=8)).eval()  # fmt: skip
+    assert not any(m.native for m in unet.modules() if isinstance(m, Conv2d))  # opt-in: eager by default
     with torch.no_grad():
         for p in unet.parameters():
             p.normal_(0, 0.05)
         x, codes = torch.randn(2, 1, 112, 112), torch.rand(2, 5, 7, 7)
+        unet.set_optimized(True, native=True)
         assert all(m.native for m in unet.modules() if isinstance(m, Conv2d))
         compiled = unet(x, 500, codes)
         eager = unet.set_optimized(True, native=False)(x, 500, codes)
@@ -113,27 +123,51 @@ def test_kernels_reject_mismatched_buffers(kernels):
         kernels.input(torch.randn(1, 9, 9, 16), 3, slice(0, 3), torch.empty(9, 25, 16))
 
 
+TINY_UNET = UNetConfig(channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_ds=(2,), num_groups=8)
+
+
 @needs_compiler
 def test_build_is_cached_per_machine(tmp_path, monkeypatch):
     monkeypatch.setenv("TERRATIM_KERNEL_CACHE", str(tmp_path))
-    first = load_kernels.__wrapped__()
-    assert first is not None and first.path.parent == tmp_path
-    built = first.path.stat().st_mtime_ns
-    second = load_kernels.__wrapped__()
-    assert second.path == first.path and second.path.stat().st_mtime_ns == built  # loaded, not rebuilt
-    assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # no leftovers from the build
+    assert load_kernels() is None and not list(tmp_path.iterdir())  # loading never builds
+    path = build_kernels()
+    assert path == kernel_path() and path.parent == tmp_path
+    built = path.stat().st_mtime_ns
+    assert build_kernels() == path and path.stat().st_mtime_ns == built  # found, not rebuilt
+    assert load_kernels().path == path
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no leftovers from the build
+
+
+@needs_compiler
+def test_environment_switch_loads_kernels_built_earlier_and_never_compiles(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TERRATIM_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("TERRATIM_NATIVE_KERNELS", "1")
+    with caplog.at_level(logging.WARNING, logger=winograd_kernels.__name__):
+        unet = DiffusionUNet(1, 5, TINY_UNET)
+    assert "not built on this machine" in caplog.text and "build_kernels()" in caplog.text
+    assert not any(m.native for m in unet.modules() if isinstance(m, Conv2d)) and not list(tmp_path.iterdir())
+    build_kernels()
+    assert all(m.native for m in DiffusionUNet(1, 5, TINY_UNET).modules() if isinstance(m, Conv2d))
+    monkeypatch.setenv("TERRATIM_NATIVE_KERNELS", "0")
+    assert not any(m.native for m in DiffusionUNet(1, 5, TINY_UNET).modules() if isinstance(m, Conv2d))
+    monkeypatch.setenv("TERRATIM_NATIVE_KERNELS", "yes please")
+    with pytest.raises(ValueError, match="TERRATIM_NATIVE_KERNELS must be 1 .* or 0"):
+        DiffusionUNet(1, 5, TINY_UNET)
 
 
 def test_without_a_compiler_the_eager_transforms_run(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TERRATIM_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", "no-such-compiler")
-    with caplog.at_level(logging.INFO, logger=winograd_kernels.__name__):
-        assert load_kernels.__wrapped__() is None
-    assert "no C compiler (no-such-compiler)" in caplog.text
-    monkeypatch.setenv("CC", "false")  # exists, fails
+    with pytest.raises(KernelBuildError, match="no C compiler 'no-such-compiler'"):
+        build_kernels()
     with caplog.at_level(logging.WARNING, logger=winograd_kernels.__name__):
-        assert load_kernels.__wrapped__() is None
-    assert "Winograd kernels not built" in caplog.text and not list(tmp_path.glob("*.so"))
-    monkeypatch.delenv("CC")
-    monkeypatch.setenv("TERRATIM_NATIVE_KERNELS", "0")
-    assert load_kernels.__wrapped__() is None
+        assert load_kernels(build=True) is None
+    assert "no C compiler 'no-such-compiler'" in caplog.text
+    monkeypatch.setenv("CC", "false")  # exists, fails
+    with pytest.raises(KernelBuildError, match="building the Winograd kernels .* failed"):
+        build_kernels()
+    unet = DiffusionUNet(1, 5, TINY_UNET).eval()
+    with caplog.at_level(logging.WARNING, logger=winograd_kernels.__name__):
+        unet.set_optimized(True, native=True)  # asked for, cannot be built: warned, eager transforms
+    assert "Winograd kernels" in caplog.text and not list(tmp_path.glob("*.so"))
+    assert not any(m.native for m in unet.modules() if isinstance(m, Conv2d))
