@@ -9,9 +9,17 @@ the real one: use it to learn and test the tools, never for real-world results.
 Registered names (same arguments as the ``terramind_v1_*`` builders, ``pretrained=True`` loads the bundle):
 
 * ``terramind_sim_micro`` - backbone;
-* ``terramind_sim_micro_generate`` - any-to-any generation (inputs S1GRD, DEM, LULC; outputs LULC, DEM);
-* ``terramind_sim_micro_tim`` - Thinking-in-Modalities backbone;
+* ``terramind_sim_micro_generate`` - generation (inputs S1GRD, DEM, LULC; output LULC);
+* ``terramind_sim_micro_tim`` - Thinking-in-Modalities backbone (imagines LULC);
 * ``terramind_sim_micro_tokenizer_{lulc,dem}`` - its tokenizers.
+
+DEM is an input and a pretraining target, but not an output: the weights have a decoder head for DEM tokens and
+no encoder embedding of them, and generation feeds the tokens it decodes back through the encoder (decoding in
+several steps, chained outputs, TiM). :func:`generatable` reads what a checkpoint can generate from its keys;
+asking for anything else is a ``ValueError`` that lists it.
+
+With ``pretrained=True`` the builders use the bundled tokenizers for every output and token input that the
+caller did not pass: nothing is downloaded.
 
 The architecture is registered as the size ``"sim_micro"`` (:func:`terratim.model.config.register_size`), so
 the regular creation paths (backbone, generation, TiM) build and load it strictly.
@@ -26,6 +34,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from terratim import modalities as mods
 from terratim.model.config import TerraMindConfig, register_size
 from terratim.registry import register
 
@@ -80,8 +89,7 @@ def build_sim_tokenizer(modality: str, pretrained: bool = True, ckpt_path: str |
 
 
 def _default_tokenizers(names: list[str], given: Mapping[str, nn.Module] | None) -> dict[str, nn.Module]:
-    from terratim import modalities as mods
-
+    """``given`` completed with the bundled tokenizer of every name in ``names`` that it lacks."""
     tokenizers = dict(given or {})
     have = {mods.resolve(n).name for n in tokenizers}
     for name in names:
@@ -89,6 +97,40 @@ def _default_tokenizers(names: list[str], given: Mapping[str, nn.Module] | None)
         if canonical in TOKENIZER_MODALITIES and canonical not in have:
             tokenizers[canonical] = build_sim_tokenizer(canonical)
     return tokenizers
+
+
+def _needs_tokenizer(modalities: Any, outputs: Any) -> list[str]:
+    """Outputs (decoded to pixels) and the inputs read as tokens (class maps): the tokenizers a model needs."""
+    from terratim.model.backbone import parse_modalities
+
+    token_inputs = [n for n, (key, _) in parse_modalities(list(modalities)).items() if key.startswith("tok_")]
+    return [*outputs, *token_inputs]
+
+
+def generatable(checkpoint: str | os.PathLike) -> list[str]:
+    """Modalities a ``.safetensors`` TerraMind checkpoint can generate: those with a decoder token head *and* an
+    encoder token embedding (generation feeds decoded tokens back through the encoder)."""
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), "pt") as f:
+        keys = list(f.keys())
+    heads = {k.split(".")[1] for k in keys if k.startswith("decoder_embeddings.tok_")}
+    embedded = {k.split(".")[1] for k in keys if k.startswith("encoder_embeddings.tok_")}
+    return sorted(mods.key_modality(key).name for key in heads & embedded if key in mods.KEY_OWNERS)
+
+
+def check_outputs(model: str, checkpoint: str | None, outputs: Any) -> None:
+    """Refuse outputs the checkpoint's weights cannot generate, listing those it can."""
+    if checkpoint is None or not str(checkpoint).endswith(".safetensors"):
+        return  # random weights build anything; other files are checked by the strict loader
+    can = generatable(checkpoint)
+    cannot = [mods.resolve(n).name for n in outputs if mods.resolve(n).name not in can]
+    if cannot:
+        raise ValueError(
+            f"{model} cannot generate {', '.join(cannot)}: its weights ({Path(checkpoint).name}) have no encoder "
+            f"embedding of {', '.join(cannot)} tokens, which generation feeds its decoded tokens back through. "
+            f"It can generate: {', '.join(can) or 'nothing'}"
+        )
 
 
 @register("terramind_sim_micro")
@@ -110,8 +152,9 @@ def terramind_sim_micro_generate(
     from terratim.generation.generate import build_generate
 
     checkpoint = _checkpoint(pretrained, ckpt_path)
-    if checkpoint is not None and pretrained and tokenizers is None:
-        tokenizers = _default_tokenizers([*modalities, *output_modalities], None)
+    check_outputs("terramind_sim_micro_generate", checkpoint, output_modalities)
+    if pretrained:
+        tokenizers = _default_tokenizers(_needs_tokenizer(modalities, output_modalities), tokenizers)
     return build_generate(SIZE, list(modalities), list(output_modalities), img_size=img_size, ckpt_path=checkpoint,
                           tokenizers=tokenizers, build_tokenizers_for_outputs=False, **kwargs)  # fmt: skip
 
@@ -119,13 +162,21 @@ def terramind_sim_micro_generate(
 @register("terramind_sim_micro_tim")
 def terramind_sim_micro_tim(
     modalities: Any = ("S1GRD",), tim_modalities: Any = ("LULC",), pretrained: bool = False,
-    ckpt_path: str | os.PathLike | None = None, img_size: int = IMG_SIZE, **kwargs: Any,
+    ckpt_path: str | os.PathLike | None = None, img_size: int = IMG_SIZE,
+    tokenizers: Mapping[str, nn.Module] | None = None, **kwargs: Any,
 ) -> nn.Module:  # fmt: skip
     """Small TerraMind pretrained on simulated data (bundled): Thinking-in-Modalities backbone."""
     from terratim.tim import build_tim
 
-    return build_tim(SIZE, list(modalities), list(tim_modalities), img_size=img_size,
-                     ckpt_path=_checkpoint(pretrained, ckpt_path), **kwargs)  # fmt: skip
+    checkpoint = _checkpoint(pretrained, ckpt_path)
+    inputs = {mods.resolve(n).name for n in modalities}
+    imagined = [n for n in tim_modalities if mods.resolve(n).name not in inputs]
+    check_outputs("terramind_sim_micro_tim", checkpoint, imagined)
+    if pretrained:
+        tokenizers = _default_tokenizers(_needs_tokenizer(modalities, []), tokenizers)
+    return build_tim(SIZE, list(modalities), list(tim_modalities), img_size=img_size, ckpt_path=checkpoint,
+                     tokenizers=tokenizers, **kwargs)  # fmt: skip
+
 
 
 def _register_tokenizers() -> None:

@@ -20,22 +20,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed forward passes")
 
 
-def load_inputs(files: dict[str, str]):
-    """Read and standardize GeoTIFFs into (1, C, H, W) tensors; nodata must not be present."""
+def read_inputs(files: dict[str, str]) -> dict:
+    """Read GeoTIFFs as :class:`~terratim.data.geotiff.Raster`, refusing inputs with no valid pixel and inputs
+    that are not on one grid (CRS, transform, size)."""
+    from terratim import modalities as mods
+    from terratim.data.geotiff import check_same_grid, read_geotiff, require_valid_pixels
+
+    rasters = {}
+    for name, path in files.items():
+        rasters[name] = read_geotiff(path, expected_bands=mods.resolve(name).num_bands, what=name)
+        require_valid_pixels(rasters[name], name)
+    check_same_grid(rasters)
+    return rasters
+
+
+def as_tensors(rasters: dict) -> dict:
+    """``{name: Raster}`` -> ``{name: (1, C, H, W)}``, image modalities standardized with the registry statistics."""
     import torch
 
     from terratim import modalities as mods
-    from terratim.data.geotiff import read_geotiff
 
     tensors = {}
-    for name, path in files.items():
+    for name, raster in rasters.items():
         modality = mods.resolve(name)
-        raster = read_geotiff(path, expected_bands=modality.num_bands, what=name)
         x = torch.from_numpy(raster.data)[None]
-        if modality.kind == "image":
-            x = modality.standardize(x)
-        tensors[name] = x
+        tensors[name] = modality.standardize(x) if modality.kind == "image" else x
     return tensors
+
+
+def load_inputs(files: dict[str, str]):
+    """Read, check (see :func:`read_inputs`) and standardize GeoTIFFs into (1, C, H, W) tensors."""
+    return as_tensors(read_inputs(files))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from terratim.samples import terramesh_file
 
     files = modality_paths(args.input) or {m: str(terramesh_file(m)) for m in ("S2L2A", "S1RTC")}
+    out = check_writable(args.out, args.overwrite) if args.out else None
     inputs = load_inputs(files)
     model = terratim.build(args.model, modalities=list(inputs), merge_method=args.merge,
                            pretrained=args.pretrained, ckpt_path=args.ckpt).eval()  # fmt: skip
@@ -62,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
         elapsed = (time.perf_counter() - start) / max(args.repeat, 1)
     print(f"{len(layers)} layer outputs, each {tuple(layers[-1].shape)} (batch, tokens, width)")
     print(f"forward: {elapsed * 1000:.1f} ms per sample ({torch.get_num_threads()} threads)")
-    if args.out:
-        path = check_writable(args.out, args.overwrite)
-        np.save(path, layers[-1].numpy())
-        print(f"wrote {path}")
+    if out is not None:
+        np.save(out, layers[-1].numpy())
+        print(f"wrote {out}")
     return 0

@@ -11,6 +11,8 @@ overlap and raised-cosine blending through the streaming scene engine.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from terratim.commands import add_modality_paths, modality_paths
@@ -30,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoding-steps", type=int, default=1, help="token decoding steps (1 = one pass)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = argmax)")
     parser.add_argument("--seed", type=int, default=0, help="seed of all sampling randomness")
+    parser.add_argument("--independent-outputs", action="store_true",
+                        help="generate every output from the inputs alone (default: each output is conditioned "
+                             "on the outputs generated before it, as TerraTorch 1.2.13 does)")  # fmt: skip
     parser.add_argument("--chip", type=int, default=224, help="tile size for inputs larger than this")
     parser.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
@@ -49,29 +54,65 @@ def build_model(args: argparse.Namespace, inputs: list[str], outputs: list[str])
                              f"--tokenizer {missing[0]}=PATH")  # fmt: skip
     model = terratim.build(args.model, modalities=inputs, output_modalities=outputs, pretrained=args.pretrained,
                            ckpt_path=args.ckpt, decoding_steps=args.decoding_steps, temps=args.temperature,
-                           timesteps=args.steps, standardize=True, tokenizers=tokenizers)  # fmt: skip
+                           timesteps=args.steps, standardize=True, tokenizers=tokenizers,
+                           chain=not args.independent_outputs)  # fmt: skip
     return model.eval().to(args.device)
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+@contextmanager
+def outputs_or_nothing(paths: Sequence[Path], overwrite: bool) -> Iterator[None]:
+    """Check every output can be written (creating its folder) before the work; if the work fails, remove what
+    this run created: outputs, their ``.partial`` and ``.progress.json`` files and the folders it made."""
+    from terratim.data.geotiff import check_writable, make_folder
+    from terratim.inference.scene import partial_path, progress_path
 
-    from terratim.data.geotiff import check_writable
-    from terratim.inference.scene import SceneReader
+    leftovers = [q for p in paths for q in (Path(p), partial_path(Path(p)), progress_path(Path(p)))]
+    existed = {q for q in leftovers if q.exists()}
+    created = [folder for p in paths for folder in make_folder(Path(p).parent, for_file=Path(p))]
+    try:
+        for path in paths:
+            check_writable(path, overwrite)
+        yield
+    except BaseException:
+        for leftover in leftovers:
+            if leftover not in existed:
+                leftover.unlink(missing_ok=True)
+        for folder in reversed(created):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
     from terratim.modalities import resolve
 
     files = modality_paths(args.input)
     outputs = [resolve(n.strip()).name for n in args.output.split(",") if n.strip()]
     targets = {name: args.out / f"{name}.tif" for name in outputs}
     panel = args.out / "panel.png"
+    with outputs_or_nothing([*targets.values(), panel], args.overwrite):
+        generate(args, files, targets, panel)
     for path in [*targets.values(), panel]:
-        check_writable(path, args.overwrite)
-    model = build_model(args, list(files), outputs)
-    reader = SceneReader(files, {n: resolve(n).num_bands for n in files})
-    info = reader.info
-    generator = torch.Generator().manual_seed(args.seed)
-    small = info.height == info.width and info.height <= args.chip and info.height % 16 == 0
+        print(f"wrote {path}")
+    return 0
+
+
+def generate(args: argparse.Namespace, files: dict[str, Path], targets: dict[str, Path], panel: Path) -> None:
+    """Check the inputs, build the model, generate every target and draw the panel."""
+    import torch
+
+    from terratim.data.geotiff import require_valid_pixels
+    from terratim.inference.scene import SceneReader
+    from terratim.modalities import resolve
+
+    reader = SceneReader(files, {n: resolve(n).num_bands for n in files})  # checks co-registration
     try:
+        for name, dataset in reader.datasets.items():
+            require_valid_pixels(dataset, name)
+        model = build_model(args, list(files), list(targets))
+        info = reader.info
+        generator = torch.Generator().manual_seed(args.seed)
+        small = info.height == info.width and info.height <= args.chip and info.height % 16 == 0
         if small:
             direct(model, reader, targets, generator, args)
     finally:
@@ -79,9 +120,6 @@ def run(args: argparse.Namespace) -> int:
     if not small:
         tiled(model, files, targets, generator, args)
     write_panel(files, targets, panel)
-    for path in [*targets.values(), panel]:
-        print(f"wrote {path}")
-    return 0
 
 
 def direct(model, reader, targets: dict, generator, args: argparse.Namespace) -> None:

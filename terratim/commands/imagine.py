@@ -25,42 +25,77 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="TiM sampling temperature (0 = argmax)")
     parser.add_argument("--steps", type=int, default=10, help="diffusion steps for continuous modalities")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--independent-outputs", action="store_true",
+                        help="imagine every --tim modality from the inputs alone (default: each is conditioned on "
+                             "those imagined before it, as TerraTorch 1.2.13 does)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
-def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
+def tokenizer_name(model: str, modality: str) -> str:
+    """The registry name of ``model``'s own tokenizer for ``modality`` (``<family>_tokenizer_<mod>``, e.g. the
+    bundled ``terramind_sim_micro_tokenizer_lulc``), or the official one when the family has none."""
+    import re
 
-    import terratim
-    from terratim.commands.embed import load_inputs
-    from terratim.data.geotiff import check_writable, read_geotiff, write_geotiff
-    from terratim.generation.generate import build_tokenizers, decode_tokens
-    from terratim.inference.heads import hex_colormap
-    from terratim.modalities import LULC_COLORS, resolve
-    from terratim.viz import save_panel
+    from terratim.registry import list_models
+
+    family = re.sub(r"_(tim|generate)$", "", model)
+    own = f"{family}_tokenizer_{modality.lower()}"
+    return own if own in list_models() else f"terramind_v1_tokenizer_{modality.lower()}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from terratim.commands.generate import outputs_or_nothing
+    from terratim.modalities import resolve
 
     files = modality_paths(args.input)
     tim = [resolve(n.strip()).name for n in args.tim.split(",") if n.strip()]
     targets = {name: args.out / f"imagined_{name}.tif" for name in tim}
     panel = args.out / "imagined.png"
+    with outputs_or_nothing([*targets.values(), panel], args.overwrite):
+        imagine(args, files, targets, panel)
     for path in [*targets.values(), panel]:
-        check_writable(path, args.overwrite)
-    model = terratim.build(args.model, modalities=list(files), tim_modalities=tim, tim_temps=args.temperature,
-                           pretrained=args.pretrained, ckpt_path=args.ckpt).eval()  # fmt: skip
+        print(f"wrote {path}")
+    return 0
+
+
+def build_tokenizers(args: argparse.Namespace, names: list[str]) -> dict:
+    """Tokenizers to decode ``names``: ``--tokenizer`` files, then (``--pretrained``) the model's own."""
+    import terratim
+
     tokenizers = {name: terratim.build(f"terramind_v1_tokenizer_{name.lower()}", ckpt_path=path)
                   for name, path in modality_paths(args.tokenizer, "--tokenizer").items()}  # fmt: skip
-    missing = [n for n in tim if n not in tokenizers]
+    missing = [n for n in names if n not in tokenizers]
     if missing and not args.pretrained:
         raise SystemExit(f"no tokenizer for {missing}: pass --pretrained or --tokenizer {missing[0]}=PATH")
-    tokenizers.update(build_tokenizers(missing, pretrained=True) if missing else {})
-    inputs = load_inputs(files)
+    for name in missing:
+        tokenizers[name] = terratim.build(tokenizer_name(args.model, name), pretrained=True)
+    return tokenizers
+
+
+def imagine(args: argparse.Namespace, files: dict[str, Path], targets: dict[str, Path], panel: Path) -> None:
+    """Read and check the inputs, imagine the ``--tim`` modalities, decode and write them with a panel."""
+    import numpy as np
+    import torch
+
+    import terratim
+    from terratim.commands.embed import as_tensors, read_inputs
+    from terratim.data.geotiff import write_geotiff
+    from terratim.generation.generate import decode_tokens
+    from terratim.inference.heads import hex_colormap
+    from terratim.modalities import LULC_COLORS
+    from terratim.viz import save_panel
+
+    rasters = read_inputs(files)
+    model = terratim.build(args.model, modalities=list(files), tim_modalities=list(targets),
+                           tim_temps=args.temperature, tim_chain=not args.independent_outputs,
+                           pretrained=args.pretrained, ckpt_path=args.ckpt).eval()  # fmt: skip
+    tokenizers = build_tokenizers(args, list(targets))
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
-        ids = model.imagine(inputs, generator)
+        ids = model.imagine(as_tensors(rasters), generator)
         images = decode_tokens(ids, tokenizers, timesteps=args.steps, generator=generator)
-    profile = read_geotiff(next(iter(files.values()))).profile
-    panels = [(f"input {n}", n, read_geotiff(p).data) for n, p in files.items()]
+    profile = next(iter(rasters.values())).profile
+    panels = [(f"input {n}", n, r.data) for n, r in rasters.items()]
     for name, path in targets.items():
         image = images[name][0].float().numpy()
         if name == "LULC":
@@ -69,7 +104,4 @@ def run(args: argparse.Namespace) -> int:
         else:
             write_geotiff(path, image.astype(np.float32), like=profile, overwrite=args.overwrite)
         panels.append((f"imagined {name}", name, image))
-        print(f"wrote {path}")
     save_panel(panel, panels, title=f"{args.model}: what the model imagines")
-    print(f"wrote {panel}")
-    return 0

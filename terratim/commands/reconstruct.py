@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from terratim.data.geotiff import check_writable, read_geotiff
+    from terratim.data.geotiff import check_writable, read_geotiff, require_valid_pixels
     from terratim.modalities import resolve
     from terratim.tokenizers.build import TOKENIZER_MODALITIES
     from terratim.weights import CheckpointError
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         tif, png = (check_writable(out_dir / f"{stem}{suffix}", args.overwrite) for suffix in (".tif", ".png"))
         raster = read_geotiff(args.input, expected_bands=modality.num_bands, what=modality.name)
+        require_valid_pixels(raster, modality.name)
         recon, report = _reconstruct(args, modality, raster.data)
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as err:
         raise SystemExit(f"terratim reconstruct: {err}") from err

@@ -235,16 +235,33 @@ def check_same_grid(sources: dict) -> Grid:
 def no_valid_pixel_error(path: str | os.PathLike, what: str) -> ValueError:
     """The one error for an input whose every pixel is nodata or NaN."""
     label = f"{what} input" if what else "input"
-    return ValueError(f"{label} {path} has no valid pixel (every pixel is nodata or NaN); there is nothing to "
-                      "work on: check the file, its nodata value and the window you cut")  # fmt: skip
+    return ValueError(f"{label} {path} has no valid pixel: every pixel is nodata or NaN in every band; check the "
+                      "file, its nodata value and the window you cut")  # fmt: skip
+
+
+def spread_order(n: int) -> list[int]:
+    """``0 .. n-1`` coarse to fine: the middle, then the quarters, the eighths, ... (van der Corput positions)."""
+    order, seen, k = [], set(), 0
+    while len(order) < n:
+        fraction, denominator, i = 0.0, 1.0, k
+        while i:
+            denominator *= 2
+            fraction += (i & 1) / denominator
+            i >>= 1
+        position = int((fraction + 0.5) % 1.0 * n)  # start in the middle
+        if position not in seen:
+            seen.add(position)
+            order.append(position)
+        k += 1
+    return order
 
 
 def require_valid_pixels(source, what: str = "") -> None:
     """Refuse an input with no valid pixel (all nodata/NaN); a partly-nodata input passes.
 
     Args:
-        source: a :class:`Raster` (checked in memory) or an open rasterio dataset (read block by block, stopping
-            at the first block with a valid pixel).
+        source: a :class:`Raster` (checked in memory) or an open rasterio dataset (read block by block in
+            :func:`spread_order`, stopping at the first block with a valid pixel: a normal scene costs one block).
         what: the modality, for the message.
 
     Raises:
@@ -254,8 +271,9 @@ def require_valid_pixels(source, what: str = "") -> None:
         if not np.isfinite(source.data).any():
             raise no_valid_pixel_error(source.path, what)
         return
-    for _, window in source.block_windows(1):
-        block = np.ma.filled(source.read(window=window, masked=True).astype(np.float32), np.nan)
+    windows = [window for _, window in source.block_windows(1)]
+    for index in spread_order(len(windows)):
+        block = np.ma.filled(source.read(window=windows[index], masked=True).astype(np.float32), np.nan)
         if np.isfinite(block).any():
             return
     raise no_valid_pixel_error(source.name, what)

@@ -19,6 +19,12 @@ S1_512 = sorted((DATA / "sen1floods11" / "S1Hand").glob("*.tif"))[0]
 SMALL = dict(enc_dim=64, enc_depth=1, enc_heads=2, dec_dim=64, dec_depth=1, dec_heads=2)
 
 
+@pytest.fixture(autouse=True)
+def errors_raise(monkeypatch):
+    """User errors propagate as exceptions (the CLI otherwise prints one line and returns 2)."""
+    monkeypatch.setenv("TERRATIM_DEBUG", "1")
+
+
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tokenizers")

@@ -15,6 +15,12 @@ from terratim.tokenizers.model import TokenizerConfig
 S1 = Path(__file__).parents[1] / "data" / "terramesh_examples" / "S1RTC" / "38D_378R_2_3.tif"
 
 
+@pytest.fixture(autouse=True)
+def errors_raise(monkeypatch):
+    """User errors propagate as exceptions (the CLI otherwise prints one line and returns 2)."""
+    monkeypatch.setenv("TERRATIM_DEBUG", "1")
+
+
 @pytest.fixture(scope="module")
 def lulc_tokenizer(tmp_path_factory):
     config = TokenizerConfig.for_modality("LULC", enc_dim=64, enc_depth=1, enc_heads=2, dec_dim=64, dec_depth=1,

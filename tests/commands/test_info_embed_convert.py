@@ -10,6 +10,12 @@ import terratim
 from terratim.cli import main
 
 
+@pytest.fixture(autouse=True)
+def errors_raise(monkeypatch):
+    """User errors propagate as exceptions (the CLI otherwise prints one line and returns 2)."""
+    monkeypatch.setenv("TERRATIM_DEBUG", "1")
+
+
 def test_info_lists_models_and_modalities(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out

@@ -20,6 +20,12 @@ TINY = dict(
 )  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def errors_raise(monkeypatch):
+    """User errors propagate as exceptions (the CLI otherwise prints one line and returns 2)."""
+    monkeypatch.setenv("TERRATIM_DEBUG", "1")
+
+
 def _checkpoint(tmp_path: Path, modality: str) -> Path:
     torch.manual_seed(0)
     tok = build_tokenizer(modality, config=TokenizerConfig.for_modality(modality, **TINY))

@@ -14,6 +14,7 @@ from terratim.data.geotiff import (
     check_writable,
     read_geotiff,
     require_valid_pixels,
+    spread_order,
     write_geotiff,
 )
 
@@ -68,6 +69,14 @@ def test_no_valid_pixel_is_refused_from_memory_and_from_a_dataset(tmp_path):
                            nodata=-9999)  # fmt: skip
     with pytest.raises(ValueError, match="no valid pixel"):
         require_valid_pixels(read_geotiff(nodata), "DEM")
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 64, 1000])
+def test_spread_order_visits_every_block_once_middle_first(n):
+    order = spread_order(n)
+    assert sorted(order) == list(range(n))
+    if n > 2:
+        assert order[0] == n // 2 and order[1] == 0
 
 
 def test_partly_nodata_input_passes(tmp_path):
