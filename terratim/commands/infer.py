@@ -101,15 +101,65 @@ class ProgressReport:
 
 
 def run(args: argparse.Namespace) -> int:
+    outputs: list[Path] = []  # filled in once the model says which files it writes
     try:
-        return _run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as err:
+        return _run(args, outputs)
+    except KeyboardInterrupt:
+        return _interrupted(args, outputs)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError, ImportError) as err:
+        if getattr(args, "debug", False):
+            raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"terratim infer: error: {message}", file=sys.stderr)
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def _interrupted(args: argparse.Namespace, outputs: list[Path]) -> int:
+    """Ctrl-C: say what is kept and the command that continues the run; exit status 130 (128 + SIGINT)."""
+    import json
+
+    from terratim.inference.scene import partial_path, progress_path
+
+    kept = [p for p in outputs if progress_path(p).exists() and partial_path(p).exists()]
+    if not kept:
+        print("terratim infer: interrupted; no output rows were kept, so there is nothing to resume", file=sys.stderr)
+        return 130
+    lines = ["terratim infer: interrupted. Written rows are kept:"]
+    for path in kept:
+        state = json.loads(progress_path(path).read_text())
+        panels = len(state["fingerprint"]["panels"])
+        lines.append(f"  {partial_path(path)}: panel {state['panel'] + 1} of {panels}, rows up to "
+                     f"{state['rows_done']} done")  # fmt: skip
+    lines += ["Continue (same inputs, model and settings) with:", "  " + resume_command(args)]
+    print("\n".join(lines), file=sys.stderr)
+    return 130
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The ``terratim infer`` command line of ``args`` with ``--resume``, options in their long form."""
+    import shlex
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    words = ["terratim", "infer"]
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest == "resume" or value is None or value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        if isinstance(action, argparse._StoreTrueAction):
+            words.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            for item in value:
+                words += [flag, str(item)]
+        elif isinstance(value, list):
+            words += [flag, *map(str, value)]
+        else:
+            words += [flag, str(value)]
+    return shlex.join([*words, "--resume"])
+
+
+def _run(args: argparse.Namespace, outputs: list[Path]) -> int:
     import torch
 
     from terratim.inference.engine import TilingConfig, infer_scene, steady_heap
@@ -122,6 +172,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:  # fail before loading a model
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
     predictor = _predictor(args, inputs)
+    outputs += [head.path for head in predictor.heads]
     progress = ProgressReport(args.quiet)
     try:
         paths = infer_scene(predictor.predict, inputs, predictor.heads, tiling, bands=predictor.bands,
@@ -146,6 +197,7 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
 
     import terratim
     from terratim.inference import adapters
+    from terratim.inference.fingerprint import file_record
 
     device = torch.device(args.device)
     if args.config is not None or args.ckpt is not None:
@@ -153,7 +205,7 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
             raise ValueError("a task model needs both -c/--config and --ckpt (and no --model)")
         task, data_args = adapters.load_task_model(args.config, args.ckpt, device)
         predictor = adapters.task_predictor(task, data_args, args.out, device, args.confidence, args.cog)
-        predictor.fingerprint["ckpt"] = str(args.ckpt.resolve())
+        predictor.fingerprint["weights"] = file_record(args.ckpt, whole=True)
         _check_modalities(inputs, predictor.bands)
         return predictor
     if args.model is None:
@@ -172,7 +224,9 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
     else:
         raise ValueError(f"--model {args.model}: use a *_generate model with --outputs, or a backbone with "
                          "--embeddings pixel|chip; fine-tuned models take -c/--config and --ckpt")  # fmt: skip
-    predictor.fingerprint.update(model=args.model, seed=args.seed, weights=str(args.model_ckpt or args.pretrained))
+    predictor.fingerprint.update(model=args.model, seed=args.seed, pretrained=args.pretrained, timesteps=args.timesteps)
+    if args.model_ckpt is not None:
+        predictor.fingerprint["weights"] = file_record(args.model_ckpt, whole=True)
     return predictor
 
 

@@ -191,7 +191,8 @@ def task_predictor(task: Any, data_args: Mapping[str, Any], out: Path, device: s
         return output if output.ndim == 4 else output[:, None]  # regression may return (B, h, w)
 
     bands = {m: len(s[0]) for m, s in stats.items()}
-    return Predictor(predict, [head], bands, fill, {"task": type(task).__name__})
+    standardization = {m: [s[0].tolist(), s[1].tolist()] for m, s in stats.items()}  # mean, std per band
+    return Predictor(predict, [head], bands, fill, {"task": type(task).__name__, "standardize": standardization})
 
 
 # ------------------------------------------------------------------------------------------------ backbones

@@ -82,12 +82,16 @@ def export_chip_embeddings(embed: Embed, inputs: dict[str, str | os.PathLike], o
     out = Path(out)
     check_output(out, overwrite, resume=False)
     tmp, written = out.with_name(out.name + ".partial"), 0
-    with SceneReader(inputs, bands) as reader, block_cache(reader, 0, tiling.panel):
-        schema = _schema(pa, reader.info.crs)
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for rows in iter_chip_embeddings(embed, reader, tiling, device, fill, progress):
-                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-                written += len(rows)
+    try:
+        with SceneReader(inputs, bands) as reader, block_cache(reader, 0, tiling.panel):
+            schema = _schema(pa, reader.info.crs)
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for rows in iter_chip_embeddings(embed, reader, tiling, device, fill, progress):
+                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                    written += len(rows)
+    except BaseException:  # also Ctrl-C: a per-chip export does not resume, so leave no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
     if not written:
         tmp.unlink()
         raise ValueError(f"every chip of {[str(p) for p in inputs.values()]} is nodata; nothing to embed")

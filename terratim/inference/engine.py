@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from terratim.inference.fingerprint import FORMAT, file_record
 from terratim.inference.heads import Head
 from terratim.inference.scene import BLOCK, SceneReader, SceneWriter, block_cache, check_output
 from terratim.inference.tiling import (
@@ -80,7 +81,8 @@ class SceneEngine:
         tiling: grid and blend settings.
         device: device the batches are moved to.
         fill: value replacing NaN (nodata) input pixels per modality, scalar or per band; default 0.
-        fingerprint: extra settings recorded for resume checks (e.g. the checkpoint path).
+        fingerprint: extra settings recorded for resume checks (model, ``"weights"``: a
+            :func:`~terratim.inference.fingerprint.file_record` of the checkpoint, statistics).
     """
 
     def __init__(self, predict: Predict, heads: Sequence[Head], tiling: TilingConfig = DEFAULT_TILING,
@@ -91,12 +93,18 @@ class SceneEngine:
         self.fill = fill or {}
         self.extra = fingerprint or {}
         self.channels = sum(h.channels for h in self.heads)
+        self._fingerprint: dict | None = None
 
     def fingerprint(self, reader: SceneReader) -> dict:
-        """Settings a resumed run must share: inputs (path, size), tiling, heads and the caller's extras."""
-        inputs = {n: [str(p.resolve()), p.stat().st_size] for n, p in reader.paths.items()}
-        heads = [[str(h.path), h.channels, h.kind, h.confidence] for h in self.heads]
-        return {"inputs": inputs, "tiling": asdict(self.tiling), "heads": heads, **self.extra}
+        """What a resumed run must share: inputs by content, tiling, heads, fill values and the caller's extras
+        (model, weights by content, statistics; see :mod:`terratim.inference.fingerprint`). Computed once."""
+        if self._fingerprint is None:
+            inputs = {n: file_record(p) for n, p in reader.paths.items()}
+            heads = [[str(h.path), h.channels, h.kind, h.confidence] for h in self.heads]
+            fill = {n: np.asarray(v, np.float64).tolist() for n, v in sorted(self.fill.items())}
+            self._fingerprint = {"format": FORMAT, "inputs": inputs, "tiling": asdict(self.tiling), "heads": heads,
+                                 "fill": fill, **self.extra}  # fmt: skip
+        return self._fingerprint
 
     def run(self, reader: SceneReader, resume: bool = False, rows: tuple[int, int] | None = None,
             targets: Sequence[Path] | None = None, progress: Progress | None = None) -> list[SceneWriter]:  # fmt: skip

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from terratim.data.geotiff import _rasterio
+from terratim.inference.fingerprint import describe_changes
 
 BLOCK = 256
 
@@ -47,6 +51,8 @@ class SceneReader:
             for name, path in self.paths.items():
                 self.datasets[name] = _open_checked(rasterio, name, path, (bands or {}).get(name))
             self.info = _check_aligned(self.datasets, self.paths)
+            for name, ds in self.datasets.items():
+                _check_has_data(name, self.paths[name], ds)
         except Exception:
             self.close()
             raise
@@ -109,6 +115,34 @@ def _open_checked(rasterio, name: str, path: Path, bands: int | None):
         ds.close()
         raise ValueError(f"{name} input {path} is corrupt or truncated: {err}") from err
     return ds
+
+
+def _spread_order(n: int) -> list[int]:
+    """``0 .. n-1`` in an order that visits the middle and the quarters early (stride permutation)."""
+    order, seen, step = [], set(), 1 << max(n - 1, 0).bit_length()
+    while step:
+        for i in range(step // 2 if step > 1 else 0, n, step):
+            if i not in seen:
+                seen.add(i)
+                order.append(i)
+        step //= 2
+    return order
+
+
+def _check_has_data(name: str, path: Path, ds) -> None:
+    """Refuse an input whose every pixel is nodata (or NaN) in every band.
+
+    Blocks are read in a spread order (middle first, then the quarters, ...) and the check stops at the first
+    valid pixel, so a normal scene costs one block and a scene with large nodata areas a few.
+    """
+    windows = [window for _, window in ds.block_windows(1)]
+    for i in _spread_order(len(windows)):
+        data = ds.read(window=windows[i], masked=True)  # (C, h, w)
+        valid = ~np.ma.getmaskarray(data) & ~np.isnan(np.ma.getdata(data).astype(np.float32))
+        if valid.any():
+            return
+    raise ValueError(f"{name} input {path} has no valid pixel: every pixel is nodata "
+                     f"({ds.nodata if ds.nodata is not None else 'NaN'}) in every band; check the file")  # fmt: skip
 
 
 def _check_aligned(datasets: dict, paths: dict[str, Path]) -> SceneInfo:
@@ -177,6 +211,29 @@ def progress_path(path: Path) -> Path:
     return path.with_name(path.name + ".progress.json")
 
 
+@contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise ``KeyboardInterrupt``.
+
+    A block row and the progress record that counts it are written together, so an interrupted run never leaves
+    a half-closed file or a record that claims rows the file lacks. Only in the main thread, and only while
+    Python's default handler is installed (a caller's own SIGINT handler is left alone).
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 class SceneWriter:
     """Writes output rows in order, panel by panel, whole 256-row block rows at a time, to a tiled GeoTIFF.
 
@@ -207,19 +264,27 @@ class SceneWriter:
         state = self._resume_state() if resume else None
         self.panel, self.rows_done = state or (0, self.start)
         if state is None:
-            self._create()
-            self._save_progress()
+            with interrupts_deferred():
+                self._create()
+                self._save_progress()
         self.buffer: list[np.ndarray] = []
         self.buffer_start = self.rows_done
 
     def _resume_state(self) -> tuple[int, int] | None:
         if not (self.target.exists() and self.progress.exists()):
             return None
-        state = json.loads(self.progress.read_text())
-        if state.get("fingerprint") != json.loads(json.dumps(self.fingerprint)):
-            raise ValueError(f"cannot resume {self.spec.path}: {self.progress} was written by a run with other "
-                             "settings (inputs, chip, model or outputs); use --overwrite to start again")  # fmt: skip
-        return int(state["panel"]), int(state["rows_done"])
+        try:
+            state = json.loads(self.progress.read_text())
+            recorded, panel, rows_done = state["fingerprint"], int(state["panel"]), int(state["rows_done"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"cannot resume {self.spec.path}: {self.progress} is unreadable ({err}); rerun "
+                             "without --resume and with --overwrite to start again") from err  # fmt: skip
+        if recorded != json.loads(json.dumps(self.fingerprint)):
+            changes = describe_changes(recorded, self.fingerprint) or ["the recorded settings differ"]
+            raise ValueError(f"cannot resume {self.spec.path}: since the interrupted run, {'; '.join(changes)}. "
+                             f"To start again, rerun without --resume and with --overwrite (this discards "
+                             f"{self.target.name} and {self.progress.name})")  # fmt: skip
+        return panel, rows_done
 
     def _save_progress(self) -> None:
         state = {"panel": self.panel, "rows_done": self.rows_done, "fingerprint": self.fingerprint}
@@ -277,14 +342,15 @@ class SceneWriter:
         data = np.concatenate(self.buffer, axis=1) if len(self.buffer) > 1 else self.buffer[0]
         n = until - self.buffer_start
         col0, col1 = self.panels[self.panel]
-        with _rasterio().open(self.target, "r+") as dst:
-            dst.write(data[:, :n], window=Window(col0, self.buffer_start - self.start, col1 - col0, n))
-        rest = data[:, n:]
-        self.buffer = [rest] if rest.shape[1] else []
-        self.buffer_start = self.rows_done = until
-        if until == self.stop:  # panel done: the next one starts at the top of the share
-            self.panel, self.rows_done, self.buffer_start, self.buffer = self.panel + 1, self.start, self.start, []
-        self._save_progress()
+        with interrupts_deferred():  # the rows and the record that counts them, or neither
+            with _rasterio().open(self.target, "r+") as dst:
+                dst.write(data[:, :n], window=Window(col0, self.buffer_start - self.start, col1 - col0, n))
+            rest = data[:, n:]
+            self.buffer = [rest] if rest.shape[1] else []
+            self.buffer_start = self.rows_done = until
+            if until == self.stop:  # panel done: the next one starts at the top of the share
+                self.panel, self.rows_done, self.buffer_start, self.buffer = self.panel + 1, self.start, self.start, []
+            self._save_progress()
 
     @property
     def complete(self) -> bool:

@@ -151,31 +151,91 @@ def test_chip_embeddings_through_the_cli(s1_scene, tmp_path, capsys):
     assert b"geo" in table.schema.metadata
 
 
-def test_resume_after_an_interruption_matches_a_clean_run(tmp_path, monkeypatch, capsys):
-    config, ckpt = save_task(tmp_path, "terramind_v1_tiny")
-    data = np.random.default_rng(1).normal(-12.0, 4.0, (2, 600, 260)).astype(np.float32)
-    scene = write_tif(tmp_path / "tall.tif", data)
-    common = ["infer", "-c", str(config), "--ckpt", str(ckpt), "--input", f"S1GRD={scene}", "--batch-size", "2",
-              "--quiet"]  # fmt: skip
-    assert main([*common, "--out", str(tmp_path / "clean.tif")]) == 0
+def interrupt_batch(monkeypatch, at: int) -> None:
+    """Make the tile loop raise KeyboardInterrupt (as Ctrl-C does) at its ``at``-th batch."""
     from terratim.inference import engine
 
     original, calls = engine._Loop._run_batch, {"n": 0}
 
     def interrupted(self):
         calls["n"] += 1
-        if calls["n"] == 4:  # one batch per chip row; rows 0-2 are done, so output rows 0-255 are on disk
+        if calls["n"] == at:
             raise KeyboardInterrupt
         original(self)
 
     monkeypatch.setattr(engine._Loop, "_run_batch", interrupted)
+
+
+@pytest.fixture
+def interrupted_run(tmp_path, monkeypatch, capsys):
+    """A task model run over a 600-row scene, interrupted by Ctrl-C after output rows 0-255 were written."""
+    config, ckpt = save_task(tmp_path, "terramind_v1_tiny")
+    data = np.random.default_rng(1).normal(-12.0, 4.0, (2, 600, 260)).astype(np.float32)
+    scene = write_tif(tmp_path / "tall.tif", data)
+    common = ["infer", "-c", str(config), "--ckpt", str(ckpt), "--input", f"S1GRD={scene}", "--batch-size", "2",
+              "--quiet"]  # fmt: skip
     out = tmp_path / "resumed.tif"
-    with pytest.raises(KeyboardInterrupt):
-        main([*common, "--out", str(out)])
-    monkeypatch.setattr(engine._Loop, "_run_batch", original)
+    with monkeypatch.context() as patch:
+        interrupt_batch(patch, 4)  # one batch per chip row; rows 0-2 are done, so output rows 0-255 are on disk
+        assert main([*common, "--out", str(out)]) == 130
+    return {"common": common, "out": out, "scene": scene, "data": data, "ckpt": ckpt, "config": config,
+            "err": capsys.readouterr().err}  # fmt: skip
+
+
+def test_ctrl_c_says_how_to_resume_and_exits_130(interrupted_run):
+    out, err = interrupted_run["out"], interrupted_run["err"]
     state = json.loads(progress_path(out).read_text())
-    assert (state["panel"], state["rows_done"]) == (0, 256)  # what the resumed run must not redo
+    assert (state["panel"], state["rows_done"]) == (0, 256)  # the record matches what is on disk
+    with rasterio.open(str(out) + ".partial") as partial:
+        assert partial.read(1, window=((0, 256), (0, 260))).max() <= 2  # the recorded rows are there
+    assert "interrupted" in err and "panel 1 of 1, rows up to 256 done" in err
+    command = err.strip().splitlines()[-1].strip()
+    config, ckpt, scene = (interrupted_run[k] for k in ("config", "ckpt", "scene"))
+    assert command == (f"terratim infer --input S1GRD={scene} --out {out} --config {config} --ckpt {ckpt} "
+                       "--batch-size 2 --quiet --resume")  # fmt: skip
+
+
+def test_resume_after_an_interruption_matches_a_clean_run(interrupted_run, tmp_path, capsys):
+    common, out = interrupted_run["common"], interrupted_run["out"]
+    assert main([*common, "--out", str(tmp_path / "clean.tif")]) == 0
     assert main([*common, "--out", str(out)]) == 2 and "--resume" in capsys.readouterr().err
     assert main([*common, "--out", str(out), "--resume"]) == 0
     with rasterio.open(tmp_path / "clean.tif") as a, rasterio.open(out) as b:
         assert np.array_equal(a.read(), b.read())
+
+
+def test_resume_refuses_an_input_rewritten_in_place(interrupted_run, capsys):
+    scene, data = interrupted_run["scene"], interrupted_run["data"]
+    size = scene.stat().st_size
+    write_tif(scene, data[:, ::-1].copy())  # another scene of the same size at the same path
+    assert scene.stat().st_size == size
+    assert main([*interrupted_run["common"], "--out", str(interrupted_run["out"]), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"the S1GRD input {scene} has changed (same size, other content)" in err
+    assert "without --resume and with --overwrite" in err and err.count("\n") == 1  # one line
+
+
+def test_resume_refuses_a_changed_checkpoint(interrupted_run, capsys):
+    ckpt = interrupted_run["ckpt"]
+    state = torch.load(ckpt, weights_only=True)
+    size = ckpt.stat().st_size
+    for tensor in state["state_dict"].values():
+        if tensor.is_floating_point():
+            tensor.add_(0.01)
+    torch.save(state, ckpt)  # the same model, trained a little further
+    assert ckpt.stat().st_size == size
+    assert main([*interrupted_run["common"], "--out", str(interrupted_run["out"]), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"the model checkpoint {ckpt.resolve()} has changed (same size, other content)" in err
+
+
+def test_an_all_nodata_input_is_an_error_and_writes_nothing(tmp_path, capsys):
+    scene = write_tif(tmp_path / "empty.tif", np.full((2, 260, 300), np.nan, np.float32), nodata=np.nan)
+    out = tmp_path / "o.tif"
+    args = ["infer", "--model", "terramind_v1_tiny", "--embeddings", "pixel", "--input", f"S1GRD={scene}",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    expected = f"S1GRD input {scene} has no valid pixel: every pixel is nodata (nan) in every band; check the file"
+    assert err == f"terratim infer: error: {expected}\n"
+    assert list(tmp_path.iterdir()) == [scene]  # no output, no partial, no progress file

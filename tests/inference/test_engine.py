@@ -202,7 +202,7 @@ def test_resume_with_other_settings_is_refused(make_scene, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         infer_scene(failing, {"A": a}, [head], TilingConfig(64, 16, 8, 4))
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="since the interrupted run, setting tiling.overlap was 16, now 32"):
         infer_scene(identity, {"A": a}, [head], TilingConfig(64, 32, 8, 4), resume=True)
 
 

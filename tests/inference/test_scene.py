@@ -83,3 +83,54 @@ def test_check_output_refuses_existing_files(tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         check_output(out, overwrite=False, resume=False)
     check_output(out, overwrite=True, resume=False)
+
+
+@pytest.mark.parametrize("nodata", [None, float("nan"), -9999.0])
+def test_an_input_with_no_valid_pixel_is_refused(tmp_path, nodata):
+    fill = np.nan if nodata is None or np.isnan(nodata) else nodata
+    empty = write_scene(tmp_path / "empty.tif", np.full((2, 300, 200), fill, np.float32), nodata=nodata)
+    other = write_scene(tmp_path / "s2.tif", np.ones((12, 300, 200), np.float32))
+    with pytest.raises(ValueError, match=r"^S1GRD input .*empty.tif has no valid pixel: every pixel is nodata"):
+        SceneReader({"S2L2A": other, "S1GRD": empty})
+
+
+def test_one_valid_pixel_or_one_valid_band_is_enough(tmp_path, monkeypatch):
+    data = np.full((2, 300, 200), np.nan, np.float32)
+    data[1, 299, 0] = 3.0  # one pixel of the second band, in the last block row
+    path = write_scene(tmp_path / "sparse.tif", data, nodata=float("nan"))
+    with SceneReader({"S1GRD": path}) as reader:
+        assert np.isnan(reader.read_rows(0, 299)["S1GRD"]).all()
+    filled = write_scene(tmp_path / "full.tif", np.ones((2, 300, 200), np.float32))
+    reads = []
+    original = rasterio.DatasetReader.read
+
+    def counting(self, *args, **kwargs):
+        reads.append(kwargs.get("window"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio.DatasetReader, "read", counting)
+    SceneReader({"S1GRD": filled}).close()
+    assert len(reads) == 3  # the first and last pixel (truncation check), then one block: valid, stop
+
+
+def test_ctrl_c_while_a_block_row_is_written_keeps_rows_and_record_together(tmp_path, monkeypatch):
+    import json
+    import os
+    import signal
+
+    from terratim.inference.scene import progress_path
+
+    info = SceneInfo(300, 40, CRS.from_epsg(32632), TRANSFORM)
+    spec = OutputBand(tmp_path / "o.tif", 1, "float32", float("nan"))
+    writer = SceneWriter(spec, info, {"k": 1})
+    save = SceneWriter._save_progress
+
+    def interrupted_save(self):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives after the rows, before their record
+        save(self)
+
+    monkeypatch.setattr(SceneWriter, "_save_progress", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write(0, np.ones((1, 256, 40), np.float32))
+    assert json.loads(progress_path(spec.path).read_text())["rows_done"] == 256  # recorded, then interrupted
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
