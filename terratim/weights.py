@@ -28,11 +28,60 @@ class CheckpointError(RuntimeError):
     """A checkpoint does not fit the model; the message lists what is missing, unexpected or mis-shaped."""
 
 
+class HubDownloadError(CheckpointError):
+    """Official weights could not be fetched from the Hugging Face hub (offline, gated, missing).
+
+    Attributes:
+        repo_id: the hub repository.
+        filename: the file in it.
+        weights: what the file holds: ``"model"`` (TerraMind), ``"tokenizer"`` (a modality tokenizer, see
+            ``modality``) or ``"vocabulary"`` (the coordinates text tokenizer); the CLI turns it into the option
+            that takes a local file instead.
+        modality: the tokenizer's modality, or None.
+    """
+
+    def __init__(self, message: str, repo_id: str, filename: str, weights: str, modality: str | None) -> None:
+        super().__init__(message)
+        self.repo_id, self.filename, self.weights, self.modality = repo_id, filename, weights, modality
+
+
+def _hub_file_role(repo_id: str, filename: str) -> tuple[str, str | None, str]:
+    """What ``filename`` holds (``model`` / ``tokenizer`` / ``vocabulary``), its modality and the Python call
+    that takes a local copy of it instead."""
+    from terratim.modalities import MODALITIES
+
+    for modality in MODALITIES.values():
+        if (modality.tokenizer_repo, modality.tokenizer_file) != (repo_id, filename):
+            continue
+        if modality.kind == "sequence":
+            call = f"terratim.tokenizers.coords.CoordsTokenizer.from_file('/path/to/{filename}')"
+            return "vocabulary", modality.name, call
+        model = f"terramind_v1_tokenizer_{modality.name.lower()}"
+        return "tokenizer", modality.name, f"terratim.build('{model}', ckpt_path='/path/to/{filename}')"
+    return "model", None, f"ckpt_path='/path/to/{filename}'"
+
+
+def _first_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (hub errors carry long multi-line explanations)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _load_failure(err: BaseException) -> str:
+    """One line on why ``torch.load(weights_only=True)`` failed, without torch's advice to unpickle anyway."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:  # torch's explanation wraps the one line that names the offending object or opcode
+        detail = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+        return f"weights_only load: {' '.join(detail.split())}"
+    return _first_line(err)
+
+
 def hub_file(repo_id: str, filename: str) -> Path:
     """Path of ``filename`` from a Hugging Face hub repo, downloaded into (or found in) the hub cache.
 
     Raises:
-        CheckpointError: when the file is neither cached nor downloadable, saying how to pass a local file.
+        HubDownloadError: when the file is neither cached nor downloadable, saying how to pass a local file.
     """
     try:
         from huggingface_hub import hf_hub_download
@@ -41,10 +90,12 @@ def hub_file(repo_id: str, filename: str) -> Path:
     try:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename))
     except Exception as err:  # the hub raises many types: offline, gated, not found, HTTP
-        raise CheckpointError(
-            f"could not get {filename} from the Hugging Face hub repo {repo_id} ({type(err).__name__}: {err}). "
-            f"If this machine is offline, download the file elsewhere (https://huggingface.co/{repo_id}) and "
-            f"pass it with ckpt_path='/path/to/{filename}', or set HF_HUB_OFFLINE=1 with a filled hub cache."
+        weights, modality, python_call = _hub_file_role(repo_id, filename)
+        raise HubDownloadError(
+            f"could not get {filename} from the Hugging Face hub repo {repo_id} ({_first_line(err)}). "
+            f"Download it where there is network (https://huggingface.co/{repo_id}) and pass the local file: "
+            f"in Python {python_call}; or fill the hub cache and set HF_HUB_OFFLINE=1.",
+            repo_id, filename, weights, modality,
         ) from err
 
 
@@ -60,11 +111,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own SafetensorError for malformed headers
+            raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(err)})") from err
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_load_failure(err)})") from err
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

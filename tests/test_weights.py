@@ -27,6 +27,32 @@ def test_pretrained_offline_error_says_how_to_pass_a_file(monkeypatch, tmp_path)
         terratim.build("terramind_v1_tiny", modalities=["S2L2A"], pretrained=True)
 
 
+def _offline_download(repo_id, filename):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache and outgoing traffic has "
+                                  "been disabled.\nTo enable hf.co look-ups, set HF_HUB_OFFLINE=0.")  # fmt: skip
+
+
+def test_offline_hub_error_says_what_the_file_is_and_the_python_call(monkeypatch):
+    import huggingface_hub
+
+    from terratim.tokenizers.build import build_tokenizer
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _offline_download)
+    with pytest.raises(weights.HubDownloadError) as model_error:
+        terratim.build("terramind_v1_tiny", modalities=["S2L2A"], pretrained=True)
+    assert (model_error.value.weights, model_error.value.modality) == ("model", None)
+    message = str(model_error.value)
+    assert "\n" not in message and "(LocalEntryNotFoundError: Cannot find the requested files" in message
+    assert "in Python ckpt_path='/path/to/TerraMind_v1_tiny.pt'" in message
+    with pytest.raises(weights.HubDownloadError) as tokenizer_error:
+        build_tokenizer("LULC", pretrained=True)
+    assert (tokenizer_error.value.weights, tokenizer_error.value.modality) == ("tokenizer", "LULC")
+    assert ("in Python terratim.build('terramind_v1_tokenizer_lulc', "
+            "ckpt_path='/path/to/TerraMind_Tokenizer_LULC.pt')") in str(tokenizer_error.value)  # fmt: skip
+
+
 def test_hub_download_goes_through_the_hub_cache(monkeypatch, tmp_path, tiny_checkpoint):
     calls = []
 
@@ -47,8 +73,13 @@ def test_missing_file_and_garbage_file(tmp_path):
         weights.read_state_dict(tmp_path / "nope.pt")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(weights.CheckpointError, match="garbage.pt is not a readable"):
+    with pytest.raises(weights.CheckpointError, match=r"garbage.pt is not a readable PyTorch checkpoint \("
+                       r"weights_only load: Unsupported operand \d+\)$"):  # fmt: skip
         weights.read_state_dict(garbage)
+    bad_safetensors = tmp_path / "garbage.safetensors"
+    bad_safetensors.write_bytes(b"not a checkpoint")
+    with pytest.raises(weights.CheckpointError, match="garbage.safetensors is not a readable safetensors file"):
+        weights.read_state_dict(bad_safetensors)
 
 
 def test_nonzero_norm_bias_is_not_silently_dropped(tiny_state):

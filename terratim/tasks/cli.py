@@ -18,8 +18,34 @@ from lightning.pytorch.cli import LightningCLI
 from terratim.tasks.writer import GeoTiffPredictionWriter
 
 
+class ConfigError(ValueError):
+    """Building the configured model, data or trainer failed; ``__cause__`` is the error the class raised."""
+
+
+def _raised_in_jsonargparse(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}jsonargparse{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
+def original_error(err: BaseException) -> BaseException:
+    """The error a configured class raised, below jsonargparse's ``ValueError`` wrappers (a Union dump)."""
+    while err.__cause__ is not None and _raised_in_jsonargparse(err):
+        err = err.__cause__
+    return err
+
+
 class TerratimCLI(LightningCLI):
     """LightningCLI with prediction output options."""
+
+    def instantiate_classes(self) -> None:
+        """Build the configured classes; an error raised there is reported as a :class:`ConfigError`."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            cause = original_error(err)
+            raise ConfigError(f"config: {cause}") from cause
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
         parser.add_argument(
@@ -82,4 +108,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["TerratimCLI", "run_lightning_cli"]
+__all__ = ["ConfigError", "TerratimCLI", "run_lightning_cli"]
