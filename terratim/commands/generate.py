@@ -5,7 +5,11 @@
 
 Writes ``DIR/<OUTPUT>.tif`` per output (the input's CRS and transform; LULC as a uint8 class map with a colour
 table) and ``DIR/panel.png`` with inputs and outputs. Inputs larger than the model's image size run tiled with
-overlap and raised-cosine blending through the streaming scene engine.
+overlap and raised-cosine blending through the streaming scene engine. Each output is conditioned on the outputs
+generated before it (TerraTorch 1.2.13's behaviour); ``--independent-outputs`` generates each from the inputs alone.
+
+Inputs are checked before the model is built: they must share one grid (CRS, transform, size) and each must have
+a valid pixel. A run that fails removes the outputs, partial files and folders it created.
 """
 
 from __future__ import annotations

@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     stem = f"{Path(args.input).stem}_{modality.name}_reconstruction"
     out_dir = Path(args.out)
     try:
-        tif, png = (check_writable(out_dir / f"{stem}{suffix}", args.overwrite) for suffix in (".tif", ".png"))
         raster = read_geotiff(args.input, expected_bands=modality.num_bands, what=modality.name)
         require_valid_pixels(raster, modality.name)
+        tif, png = (check_writable(out_dir / f"{stem}{suffix}", args.overwrite) for suffix in (".tif", ".png"))
         recon, report = _reconstruct(args, modality, raster.data)
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as err:
         raise SystemExit(f"terratim reconstruct: {err}") from err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import terratim
@@ -44,3 +45,17 @@ def test_generator_imagines_water_better_than_chance() -> None:
     chance = p * q / (p + q - p * q)  # expected IoU of independent maps with these fractions
     assert iou > chance + 0.05, (iou, chance)
     assert build_sim_tokenizer("LULC").config.enc_dim == 64
+
+
+def test_bundle_generates_what_its_weights_can_and_fills_in_its_own_tokenizers() -> None:
+    """The encoder has no DEM token embedding (DEM was an image input and a decoder target only), so the bundle
+    generates LULC alone; a partial ``tokenizers`` dict is completed with the bundled tokenizers."""
+    from terratim.sim_models import generatable
+
+    assert generatable(CHECKPOINT) == ["LULC"]
+    with pytest.raises(ValueError, match="cannot generate DEM: .* It can generate: LULC"):
+        terratim.build("terramind_sim_micro_generate", pretrained=True, output_modalities=["LULC", "DEM"])
+    model = terratim.build("terramind_sim_micro_generate", pretrained=True, modalities=["S1GRD"],
+                           output_modalities=["LULC"], tokenizers={})  # fmt: skip
+    assert set(model.tokenizers) == {"LULC"}
+    assert model.tokenizers["LULC"].config.enc_dim == build_sim_tokenizer("LULC").config.enc_dim == 64
