@@ -105,14 +105,11 @@ def generate(args: argparse.Namespace, files: dict[str, Path], targets: dict[str
     """Check the inputs, build the model, generate every target and draw the panel."""
     import torch
 
-    from terratim.data.geotiff import require_valid_pixels
     from terratim.inference.scene import SceneReader
     from terratim.modalities import resolve
 
-    reader = SceneReader(files, {n: resolve(n).num_bands for n in files})  # checks co-registration
+    reader = SceneReader(files, {n: resolve(n).num_bands for n in files})  # checks one grid, valid pixels
     try:
-        for name, dataset in reader.datasets.items():
-            require_valid_pixels(dataset, name)
         model = build_model(args, list(files), list(targets))
         info = reader.info
         generator = torch.Generator().manual_seed(args.seed)
