@@ -6,7 +6,10 @@
    from S1 first) with the same head, data, steps and optimiser; report mIoU (mean +- std over seeds) and the
    runtime of each.
 3. Save a figure (S1, imagined LULC, both predictions, ground truth) and run the TiM generator on the real
-   Sen1Floods11 S1 chips in the repository, writing the imagined land cover next to their flood labels.
+   Sen1Floods11 S1 chips shipped with the package (:data:`terratim.samples.SEN1FLOODS11_SAMPLE`, 128 x 128 crops),
+   writing the imagined land cover next to their flood labels.
+
+Every step runs, in every mode; a missing bundled file is an error, found before any training.
 
 Everything runs on CPU in a few minutes; ``--fast`` is a seconds-long smoke version for CI.
 """
@@ -18,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from terratim.samples import FloodChip, sen1floods11_files
 
 LULC_WATER_CLASSES = (1, 3)  # water, flooded vegetation
 
@@ -240,11 +245,7 @@ def save_figure(path: Path, s1: Any, lulc: Any, plain: Any, tim: Any, truth: Any
 
 
 # ---------------------------------------------------------------------------------------- Sen1Floods11
-def sen1floods11_root() -> Path:
-    return Path(__file__).resolve().parents[2] / "tests" / "data" / "sen1floods11"
-
-
-def imagine_sen1floods11(tim_model: Any, output: Path, limit: int, size: int) -> list[str]:
+def imagine_sen1floods11(tim_model: Any, output: Path, chips: list[FloodChip], size: int) -> list[str]:
     """Imagined LULC for each real S1 chip (tiled at the model's size), written next to a copy of the label."""
     import numpy as np
     import torch
@@ -253,37 +254,33 @@ def imagine_sen1floods11(tim_model: Any, output: Path, limit: int, size: int) ->
     from terratim.pretraining.data import to_model_units
     from terratim.sim_models import build_sim_tokenizer
 
-    root = sen1floods11_root()
-    chips = sorted(root.glob("S1Hand/*_S1Hand.tif"))[:limit]
-    if not chips:
-        print(f"no Sen1Floods11 chips under {root}; skipping the real-data step")
-        return []
     tokenizer = build_sim_tokenizer("LULC")
     backbone = tim_model.backbone
     lines = []
-    for path in chips:
-        raster = read_geotiff(path, expected_bands=2, what="S1GRD")
+    for chip in chips:
+        raster = read_geotiff(chip.s1, expected_bands=2, what="S1GRD")
         s1 = to_model_units("S1GRD", raster.data)  # NaN nodata -> 0 (the mean)
         height, width = s1.shape[-2:]
         lulc = np.zeros((height, width), np.uint8)
         tiles = [(i, j) for i in range(0, height - size + 1, size) for j in range(0, width - size + 1, size)]
+        if not tiles:
+            raise ValueError(f"{chip.s1} is {height} x {width} pixels, smaller than the model's {size} x {size} tiles")
         batch = torch.stack([s1[:, i : i + size, j : j + size] for i, j in tiles])
         with torch.no_grad():
             tokens = backbone.imagine({"S1GRD": batch}, torch.Generator().manual_seed(0))["LULC"]
             classes = tokenizer.decode_tokens(tokens).argmax(1).numpy().astype(np.uint8)
         for (i, j), tile in zip(tiles, classes):
             lulc[i : i + size, j : j + size] = tile
-        chip = path.name.replace("_S1Hand.tif", "")
-        write_geotiff(output / f"{chip}_imagined_LULC.tif", lulc, like=raster.profile, overwrite=True)
-        label = read_geotiff(root / "LabelHand" / f"{chip}_LabelHand.tif").data[0]
-        write_geotiff(output / f"{chip}_LabelHand.tif", np.nan_to_num(label, nan=-1).astype(np.int16),
+        write_geotiff(output / f"{chip.name}_imagined_LULC.tif", lulc, like=raster.profile, overwrite=True)
+        label = read_geotiff(chip.label).data[0]
+        write_geotiff(output / f"{chip.name}_LabelHand.tif", np.nan_to_num(label, nan=-1).astype(np.int16),
                       like=raster.profile, overwrite=True)  # fmt: skip
         valid = label >= 0
         imagined_water = np.isin(lulc, LULC_WATER_CLASSES)
         inter = (imagined_water & (label == 1) & valid).sum()
         union = ((imagined_water | (label == 1)) & valid).sum()
         share = 100 * imagined_water[valid].mean()
-        lines.append(f"{chip}: labelled water {100 * (label[valid] == 1).mean():.1f} %, imagined water/flooded "
+        lines.append(f"{chip.name}: labelled water {100 * (label[valid] == 1).mean():.1f} %, imagined water/flooded "
                      f"vegetation {share:.1f} %, IoU {inter / max(union, 1):.2f}")  # fmt: skip
     return lines
 
@@ -300,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if not CHECKPOINT.is_file():
         raise FileNotFoundError(f"the bundled model {CHECKPOINT} is missing; see docs/pretraining.md")
+    real_chips = sen1floods11_files()[: settings.sen1floods11_chips]  # checked before any work
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -326,11 +324,10 @@ def run(args: argparse.Namespace) -> int:
                          results["tim"][0]["pred"][:3], test_label[:3])  # fmt: skip
     print(f"figure: {figure}")
     real = output / "sen1floods11"
-    lines = imagine_sen1floods11(models["tim"], real, settings.sen1floods11_chips, settings.size)
-    if lines:
-        print(f"real Sen1Floods11 S1 chips -> imagined LULC written to {real}/ (a model trained on simulated "
-              "data only: expect a rough picture, not a benchmark)")  # fmt: skip
-        for line in lines:
-            print("  " + line)
+    lines = imagine_sen1floods11(models["tim"], real, real_chips, settings.size)
+    print(f"real Sen1Floods11 S1 chips -> imagined LULC written to {real}/ (a model trained on simulated "
+          "data only: expect a rough picture, not a benchmark)")  # fmt: skip
+    for line in lines:
+        print("  " + line)
     print(f"quickstart finished in {time.perf_counter() - start:.0f} s")
     return 0

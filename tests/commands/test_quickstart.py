@@ -1,26 +1,122 @@
-"""``terratim quickstart --fast`` runs the real entry point end to end on the bundled model."""
+"""``terratim quickstart --fast`` runs the real entry point end to end on the bundled model and bundled chips."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
+from rasterio.windows import Window
 
+import terratim.samples as samples
 from terratim.cli import main
 from terratim.data.geotiff import read_geotiff
 
+REPO = Path(__file__).resolve().parents[2]
 
-def test_quickstart_fast_writes_table_figure_and_imagined_lulc(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["quickstart", "--fast", "--output", str(tmp_path), "--threads", "2"]) == 0
+
+def test_quickstart_fast_runs_every_step_on_the_packaged_chips(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # an empty working directory: nothing is found relative to it
+    assert main(["quickstart", "--fast", "--output", "out", "--threads", "2"]) == 0
     out = capsys.readouterr().out
-    assert "plain" in out and "tim" in out and "mIoU" in out
-    figure = tmp_path / "quickstart.png"
+    assert "plain" in out and "tim" in out and "mIoU" in out and "skipping" not in out
+    figure = tmp_path / "out" / "quickstart.png"
     assert figure.is_file() and figure.stat().st_size > 10_000
-    imagined = sorted((tmp_path / "sen1floods11").glob("*_imagined_LULC.tif"))
-    assert len(imagined) == 1
+    imagined = sorted((tmp_path / "out" / "sen1floods11").glob("*_imagined_LULC.tif"))
+    assert [p.name for p in imagined] == [f"{samples.SEN1FLOODS11_CHIPS[0]}_imagined_LULC.tif"]
     lulc = read_geotiff(imagined[0])
     label = read_geotiff(imagined[0].with_name(imagined[0].name.replace("imagined_LULC", "LabelHand")))
-    assert lulc.data.shape == label.data.shape == (1, 512, 512)
+    packaged = read_geotiff(samples.sen1floods11_files()[0].label)
+    assert lulc.data.shape == label.data.shape == (1, 128, 128)  # the packaged crop, not the 512 px original
+    np.testing.assert_array_equal(np.nan_to_num(label.data, nan=-1), np.nan_to_num(packaged.data, nan=-1))
     assert set(np.unique(lulc.data).tolist()) <= set(range(10))
     assert lulc.profile["crs"] == label.profile["crs"] and lulc.profile["transform"] == label.profile["transform"]
+
+
+def test_quickstart_missing_sample_is_an_error_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = tmp_path / "sen1floods11"
+    shutil.copytree(samples.SEN1FLOODS11_SAMPLE, broken)
+    (broken / "LabelHand" / f"{samples.SEN1FLOODS11_CHIPS[0]}_LabelHand.tif").unlink()
+    monkeypatch.setattr(samples, "SEN1FLOODS11_SAMPLE", broken)
+    monkeypatch.setenv("TERRATIM_DEBUG", "1")  # the exception itself, not the CLI's one-line report of it
+    with pytest.raises(FileNotFoundError, match=f"{samples.SEN1FLOODS11_CHIPS[0]}_LabelHand.tif"):
+        main(["quickstart", "--fast", "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # failed before training or writing anything
+
+
+def test_packaged_chips_are_the_windows_of_the_originals_named_in_provenance() -> None:
+    provenance = (samples.SEN1FLOODS11_SAMPLE / "PROVENANCE.txt").read_text()
+    assert (samples.SEN1FLOODS11_SAMPLE / "LICENSE.txt").is_file()
+    pattern = re.compile(r"^  (\S+)\s+rows\s+(\d+)-\d+, cols\s+(\d+)-", re.M)
+    windows = {name: (int(row), int(col)) for name, row, col in pattern.findall(provenance)}
+    assert sorted(windows) == sorted(samples.SEN1FLOODS11_CHIPS)
+    originals = REPO / "tests" / "data" / "sen1floods11"
+    for chip in samples.sen1floods11_files():
+        row, col = windows[chip.name]
+        for kind, path in (("S1Hand", chip.s1), ("LabelHand", chip.label)):
+            window = Window(col, row, 128, 128)
+            with rasterio.open(originals / kind / f"{chip.name}_{kind}.tif") as src, rasterio.open(path) as crop:
+                assert (crop.crs, crop.dtypes[0], repr(crop.nodata)) == (src.crs, src.dtypes[0], repr(src.nodata)), path
+                assert crop.transform == src.window_transform(window), path
+                np.testing.assert_array_equal(crop.read(), src.read(window=window))  # stored values, no arithmetic
+
+
+def copy_source(target: Path) -> Path:
+    """The files a wheel is built from, copied out of the checkout (so the build writes nothing into it)."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    shutil.copytree(REPO / "terratim", target / "terratim", ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, target / name)
+    return target
+
+
+def build_wheel(tmp_path: Path) -> Path:
+    source = copy_source(tmp_path / "src")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+                    "-w", str(tmp_path / "wheel"), str(source)], check=True)  # fmt: skip
+    (wheel,) = (tmp_path / "wheel").glob("terratim-*.whl")
+    return wheel
+
+
+@pytest.mark.slow
+def test_wheel_install_runs_the_quickstart_from_an_empty_folder(tmp_path: Path) -> None:
+    """A non-editable install (wheel into a fresh venv) runs every quickstart step, Sen1Floods11 included."""
+    wheel = build_wheel(tmp_path)
+    files = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {p.relative_to(REPO).as_posix() for p in samples.SEN1FLOODS11_SAMPLE.rglob("*") if p.is_file()}
+    assert shipped and shipped <= files, sorted(shipped - files)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    # torch & co. from the environment running the tests; a path line in a .pth comes after the venv's own
+    # site-packages and runs no .pth of that environment (so not its editable terratim finder either)
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+    outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (site / "outer_environment.pth").write_text("\n".join(sorted(outer)) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
+                    str(wheel)], check=True)  # fmt: skip
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    where = subprocess.run([str(python), "-c", "import terratim.samples as s; print(s.SEN1FLOODS11_SAMPLE)"],
+                           cwd=empty, env=env, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert Path(where).is_relative_to(venv), where  # the installed copy, not the checkout
+    run = subprocess.run([str(venv / "bin" / "terratim"), "quickstart", "--fast", "--output", "out"], cwd=empty,
+                         env=env, capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "skipping" not in run.stdout and "mIoU" in run.stdout
+    assert (empty / "out" / "quickstart.png").is_file()
+    chip = samples.SEN1FLOODS11_CHIPS[0]
+    for name in (f"{chip}_imagined_LULC.tif", f"{chip}_LabelHand.tif"):
+        assert read_geotiff(empty / "out" / "sen1floods11" / name).data.shape == (1, 128, 128)
