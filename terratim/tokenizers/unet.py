@@ -151,6 +151,7 @@ class Conv2d(nn.Conv2d):
     packing = True
     winograd = True
     native = False  # Winograd transforms as compiled kernels: set by DiffusionUNet.set_optimized once they load
+    private_ops = True  # False: never the private oneDNN operators, even where onednn_ops_usable() accepts them
 
     def _winograd(self, x: torch.Tensor) -> Winograd3x3 | None:
         """The Winograd algorithm for this call (:data:`WINOGRAD_BY_SIZE`), or None for oneDNN / PyTorch."""
@@ -218,7 +219,7 @@ class Conv2d(nn.Conv2d):
         return self._cached_weight(("winograd", winograd.tile), winograd.transform_weight)
 
     def _forward_unfused(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self._packable(x) and onednn_ops_usable()):
+        if not (self._packable(x) and self.private_ops and onednn_ops_usable()):
             return super().forward(x)  # public F.conv2d
         packed = self._cached_weight(("onednn", *x.shape), lambda weight: torch.ops.mkldnn._reorder_convolution_weight(
             weight, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape)

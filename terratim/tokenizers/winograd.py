@@ -11,9 +11,9 @@ kernel transform G g G^T is computed once per weight, in float64.
 Layout (B = batch, th x tw tiles, T = B th tw): the input is written into a zero-bordered buffer; the overlapping
 tiles are gathered as (a, a, T, C_in) and transformed by two small products (rows, then columns); then a^2 batched
 products (T, C_in) @ (C_in, C_out); then the output transform, again rows then columns, and a scatter of the tiles
-that also adds the residual. Where :mod:`terratim.tokenizers.winograd_kernels` is built, each side's transforms
-run instead as one compiled kernel (one pass over memory each; the decoder's default on CPU). Large maps run in
-bands of tile rows. The result equals ``F.conv2d(x, weight, bias,
+that also adds the residual, all with public tensor operations (the decoder's default on CPU). When asked for
+(:mod:`terratim.tokenizers.winograd_kernels`, opt-in), each side's transforms run instead as one compiled kernel
+(one pass over memory each). Large maps run in bands of tile rows. The result equals ``F.conv2d(x, weight, bias,
 padding=1)`` up to float32 rounding (a different order of sums), like any convolution algorithm; tests bound the
 difference against a float64 convolution.
 """

@@ -128,6 +128,11 @@ def test_public_convolution_fallback_agrees_with_float64(monkeypatch):
     with torch.no_grad():
         fallback = unet(x, 500, codes)  # 3x3 on >= 14 px: Winograd; stride 2, 1x1 and small maps: F.conv2d
         exact = reference64(x.double(), 500, codes.double())
+        monkeypatch.setattr(unet_module, "onednn_ops_usable", lambda: True)
+        for module in unet.modules():
+            if isinstance(module, unet_module.Conv2d):
+                module.private_ops = False  # the per-module switch: public operators although the guard agrees
+        assert torch.equal(unet(x, 500, codes), fallback)  # the same public computation, repeated
         direct = unet.set_optimized(False)(x, 500, codes)  # float32 in the reference layout
     direct_error = float((direct.double() - exact).abs().max())
     fallback_error = float((fallback.double() - exact).abs().max())
