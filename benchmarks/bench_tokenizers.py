@@ -3,27 +3,33 @@
     python benchmarks/bench_tokenizers.py                      # DEM, 224 px, CPU, 10 and 50 steps
     python benchmarks/bench_tokenizers.py --device cuda        # adds bf16 autocast rows
     python benchmarks/bench_tokenizers.py --steps 10 --threads 1
+    python benchmarks/bench_tokenizers.py --steps --repeat 9   # the denoiser-step comparison only
 
-Full-size architecture with random weights (or ``--ckpt``). The denoiser step is timed four ways: in the
+Full-size architecture with random weights (or ``--ckpt``). The denoiser step is timed five ways: in the
 reference's plain layout (NCHW, weights reordered by oneDNN on every call), channels-last with cached oneDNN
-weights, that plus Winograd 3x3 convolutions with eager transforms, and with compiled transforms (terratim's
-default on CPU where a C compiler exists); outputs are compared with the NCHW
-one, and each round's ratio to NCHW is reported too (median and range): on a machine whose speed drifts, a ratio
-of two back-to-back calls is fairer than a ratio of two best times. "weight preparation" is the extra time of
-the first call, which transforms and caches the weights.
-Full decodes are timed with prepared weights. On CPU, the
-process CPU time per call is printed next to the wall time: it is robust to other processes sharing the cores.
+weights, that plus Winograd 3x3 convolutions with eager transforms (terratim's CPU default), the same with only
+public operators (what runs where the private oneDNN operators are refused: ``F.conv2d`` for the other
+convolutions), and with compiled transforms (opt-in; this benchmark builds them into the kernel cache once
+unless ``--no-native``). Outputs are compared with the NCHW one, and each round's ratio to NCHW is reported
+(median and range): on a machine whose speed drifts, a ratio of two back-to-back calls is fairer than a ratio
+of two best times. "weight preparation" is the extra time of the first call of the default path, which
+transforms and caches the weights. Full decodes are timed with the default path and prepared weights. On CPU,
+the process CPU time per call is printed next to the wall time: it is robust to other processes sharing the
+cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import time
+from pathlib import Path
 
 import torch
 
 import terratim
-from terratim.tokenizers.winograd_kernels import load_kernels
+from terratim.tokenizers.unet import Conv2d, onednn_ops_usable
+from terratim.tokenizers.winograd_kernels import loaded_kernels
 
 
 def _sync(device: torch.device) -> None:
@@ -45,6 +51,23 @@ def timed(fn, device: torch.device, repeat: int, warmup: bool = True) -> tuple[f
     return min(walls), min(cpus), out
 
 
+def cpu_model() -> str:
+    """The CPU's model name as ``lscpu`` prints it (Linux), else the platform's description."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def set_path(decoder: torch.nn.Module, enabled: bool, winograd: bool, native: bool, private_ops: bool) -> None:
+    """One of the compared paths: :meth:`DiffusionUNet.set_optimized` plus the public-operators switch."""
+    decoder.set_optimized(enabled, winograd=winograd, native=native)
+    for module in decoder.modules():
+        if isinstance(module, Conv2d):
+            module.private_ops = private_ops
+
+
 def randomize(model: torch.nn.Module, seed: int = 0) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -57,13 +80,22 @@ def main() -> None:
     parser.add_argument("--modality", default="DEM")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--steps", type=int, nargs="*", default=[10, 50], help="full decodes to time (none: skip)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="timed repetitions of encode / denoiser calls (rounds of the three-way step comparison)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="timed repetitions of encode / denoiser calls (rounds of the denoiser-step comparison)",
+    )
     parser.add_argument("--ckpt", help="official tokenizer file (default: random weights)")
     parser.add_argument("--decode-both", action="store_true", help="also time full decodes in the NCHW layout")
+    parser.add_argument(
+        "--no-native",
+        action="store_true",
+        help="skip the compiled Winograd transforms (they are built into the kernel cache once)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,10 +111,9 @@ def main() -> None:
     channels = tok.config.in_channels
     x = torch.randn(args.batch, channels, args.size, args.size).to(device)
     per = args.batch
-    kernels = load_kernels()
     print(f"{name}, {args.batch}x{channels}x{args.size}x{args.size}, device {device}"
-          f" ({torch.get_num_threads()} CPU threads), torch {torch.__version__}; compiled Winograd transforms: "
-          f"{kernels.path if kernels else 'not available (eager transforms)'}")  # fmt: skip
+          f" ({torch.get_num_threads()} CPU threads), torch {torch.__version__}; CPU: {cpu_model()}; "
+          f"private oneDNN operators usable: {onednn_ops_usable()}")  # fmt: skip
     rows = []
     with torch.no_grad():
         wall, cpu, (codes, ids) = timed(lambda: tok.encode(x), device, args.repeat)
@@ -92,32 +123,42 @@ def main() -> None:
         decoder = tok.decoder
         cond = decoder.prepare_condition(codes, (args.size, args.size))
         step = lambda: decoder(noise, 999, cond, prepared=True)  # noqa: E731
-        layouts = {  # set_optimized(enabled, winograd, native)
-            "nchw": (False, False, False),
-            "channels_last": (True, False, False),
-            "winograd_eager": (True, True, False),
-            "winograd": (True, True, True),
+        layouts = {  # enabled, winograd, native, private_ops
+            "nchw": (False, False, False, True),
+            "channels_last": (True, False, False, True),
+            "winograd_eager": (True, True, False, True),
+            "winograd_public": (True, True, False, False),
         }
+        if not args.no_native and device.type == "cpu":  # the Winograd paths are CPU-only
+            layouts["winograd_native"] = (True, True, True, True)
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in layouts}
         outputs = {}
         for rep in range(args.repeat):  # rotate the order so that background load hits every layout alike
             names = list(layouts)[rep % len(layouts) :] + list(layouts)[: rep % len(layouts)]
             for name in names:
-                decoder.set_optimized(*layouts[name])
+                set_path(decoder, *layouts[name])
                 wall, cpu, outputs[name] = timed(step, device, 1)
                 times[name].append((wall, cpu))
+        kernels = loaded_kernels()
+        if "winograd_native" in layouts:
+            print(f"compiled Winograd transforms: {kernels.path if kernels else 'not built (eager transforms ran)'}")
         best = {name: tuple(min(t) for t in zip(*times[name], strict=True)) for name in layouts}
         # paired ratios: each round times every layout back to back, so a ratio sees one state of the machine
         paired = {name: sorted(n[0] / o[0] for n, o in zip(times["nchw"], times[name], strict=True))
                   for name in layouts}  # fmt: skip
         diff = {name: float((outputs[name] - outputs["nchw"]).abs().max()) for name in layouts}
-        decoder.set_optimized(True)  # drops the cached weights: time the first call, which prepares them
+        set_path(decoder, True, True, False, True)  # the default; drops the cached weights: time the first call
         first_wall, first_cpu, _ = timed(step, device, 1, warmup=False)
-        rows.append(("denoiser step, NCHW (ref. layout)", "fp32", best["nchw"][0] / per, best["nchw"][1] / per))
-        rows.append(("denoiser step, channels-last", "fp32", *(v / per for v in best["channels_last"])))
-        rows.append(("denoiser step, + Winograd (eager)", "fp32", *(v / per for v in best["winograd_eager"])))
-        rows.append(("denoiser step, + compiled transforms", "fp32", *(v / per for v in best["winograd"])))
-        prepare = (first_wall - best["winograd"][0], first_cpu - best["winograd"][1])
+        labels = {
+            "nchw": "denoiser step, NCHW (ref. layout)",
+            "channels_last": "denoiser step, channels-last",
+            "winograd_eager": "  + Winograd, eager (default)",
+            "winograd_public": "  + Winograd, public ops only",
+            "winograd_native": "  + Winograd, compiled (opt-in)",
+        }
+        for name in layouts:
+            rows.append((labels[name], "fp32", *(v / per for v in best[name])))
+        prepare = (first_wall - best["winograd_eager"][0], first_cpu - best["winograd_eager"][1])
         rows.append(("weight preparation, once", "fp32", *prepare))  # per decoder, not per image
         if device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -140,14 +181,13 @@ def main() -> None:
     print(f"\n{'what':<34} {'precision':<14} {'wall s/image':>12} {'CPU s/image':>12}")
     for what, precision, wall, cpu in rows:
         print(f"{what:<34} {precision:<14} {wall:>12.3f} {cpu:>12.3f}")
-    labels = {"channels_last": "channels-last", "winograd_eager": "channels-last + Winograd, eager transforms",
-              "winograd": "channels-last + Winograd, compiled transforms"}  # fmt: skip
-    for name, label in labels.items():
+    print("\nper denoiser step against the reference NCHW layout (wall-time ratio NCHW / path, same round):")
+    for name in list(layouts)[1:]:
         ratios = paired[name]
-        print(f"\n{label} vs reference layout, one denoiser step: {best['nchw'][0] / best[name][0]:.2f}x wall "
-              f"(best of each), {best['nchw'][1] / best[name][1]:.2f}x CPU time; max |difference| {diff[name]:.2e}\n"
-              f"  same-round wall ratios over {len(ratios)} rounds: median {ratios[len(ratios) // 2]:.2f}x, "
-              f"range {ratios[0]:.2f}-{ratios[-1]:.2f}x")  # fmt: skip
+        print(f"  {labels[name].strip():<32} median {ratios[len(ratios) // 2]:.2f}x over {len(ratios)} rounds "
+              f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}x); best times {best['nchw'][0] / best[name][0]:.2f}x wall, "
+              f"{best['nchw'][1] / best[name][1]:.2f}x CPU; max |difference| {diff[name]:.2e}")  # fmt: skip
+
 
 if __name__ == "__main__":
     main()
