@@ -8,6 +8,7 @@ Errors are sorted once, here. A user error (a missing, corrupt or existing file,
 weights the hub cannot deliver, a missing optional package) prints ``terratim <command>: error: <message>`` on
 stderr and exits with status 2; Ctrl-C exits with 130. Anything else is a bug and keeps its traceback (status 1).
 ``terratim --debug <command>`` or ``TERRATIM_DEBUG=1`` re-raises user errors too, with their traceback.
+``main(argv)`` called from Python raises every error unless asked to report it (``report_errors=True``).
 """
 
 from __future__ import annotations
@@ -45,10 +46,18 @@ LOCAL_WEIGHT_OPTIONS: dict[str, dict[str, str]] = {
 DEBUG_ENV = "TERRATIM_DEBUG"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``terratim [--debug] COMMAND ...``; returns the exit status (user errors: 2, Ctrl-C: 130)."""
+def main(argv: list[str] | None = None, report_errors: bool | None = None) -> int:
+    """Run ``terratim [--debug] COMMAND ...``; returns the exit status (user errors: 2, Ctrl-C: 130).
+
+    Args:
+        argv: the arguments after ``terratim``; default ``sys.argv[1:]``.
+        report_errors: print user errors as one line and return 2 (Ctrl-C: 130) instead of raising them.
+            Default: only when run as the program (``argv`` not given), so that Python callers and tests
+            that pass ``argv`` get the exception itself.
+    """
+    report = argv is None if report_errors is None else report_errors
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    debug = not report or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
     if argv[:1] == ["--debug"]:
         debug, argv = True, argv[1:]
     command = argv[0] if argv and not argv[0].startswith("-") else None

@@ -18,13 +18,18 @@ def no_debug_env(monkeypatch):
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
 
 
+def run_cli(argv: list[str]) -> int:
+    """``terratim ARGV`` as the installed program runs it (errors reported, not raised)."""
+    return cli.main(argv, report_errors=True)
+
+
 def _stderr_lines(capsys) -> list[str]:
     return capsys.readouterr().err.splitlines()
 
 
 def test_missing_file_is_one_line_and_status_2(tmp_path, capsys):
     missing = tmp_path / "nope.tif"
-    assert cli.main(["embed", "--input", f"S2L2A={missing}"]) == 2
+    assert run_cli(["embed", "--input", f"S2L2A={missing}"]) == 2
     lines = _stderr_lines(capsys)
     assert lines == [f"terratim embed: error: S2L2A file not found: {missing}"]
 
@@ -32,13 +37,13 @@ def test_missing_file_is_one_line_and_status_2(tmp_path, capsys):
 def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    assert cli.main(["convert", str(garbage), str(tmp_path / "out.safetensors")]) == 2
+    assert run_cli(["convert", str(garbage), str(tmp_path / "out.safetensors")]) == 2
     (line,) = _stderr_lines(capsys)
     assert line.startswith(f"terratim convert: error: {garbage} is not a readable PyTorch checkpoint")
 
 
 def test_unknown_modality_lists_valid_names(capsys):
-    assert cli.main(["info", "--modality", "foo"]) == 2
+    assert run_cli(["info", "--modality", "foo"]) == 2
     (line,) = _stderr_lines(capsys)
     assert line.startswith("terratim info: error: unknown modality 'foo'; valid names: ")
     assert "S2L2A" in line and "LULC" in line and '"' not in line  # KeyError's argument, not its quoted repr
@@ -47,10 +52,10 @@ def test_unknown_modality_lists_valid_names(capsys):
 def test_debug_flag_and_environment_reraise_with_traceback(tmp_path, monkeypatch):
     argv = ["embed", "--input", f"S2L2A={tmp_path / 'nope.tif'}"]
     with pytest.raises(FileNotFoundError, match="nope.tif"):
-        cli.main(["--debug", *argv])
+        run_cli(["--debug", *argv])
     monkeypatch.setenv(cli.DEBUG_ENV, "1")
     with pytest.raises(FileNotFoundError, match="nope.tif"):
-        cli.main(argv)
+        run_cli(argv)
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
@@ -59,10 +64,10 @@ def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
 
     monkeypatch.setattr(info, "run", broken)
     with pytest.raises(RuntimeError, match="internal invariant"):
-        cli.main(["info"])
+        run_cli(["info"])
     monkeypatch.setattr(info, "run", lambda args: {}["modality"])  # a bare KeyError is a lookup bug
     with pytest.raises(KeyError):
-        cli.main(["info"])
+        run_cli(["info"])
     assert capsys.readouterr().err == ""
 
 
@@ -71,7 +76,7 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(info, "run", interrupted)
-    assert cli.main(["info"]) == 130
+    assert run_cli(["info"]) == 130
     assert _stderr_lines(capsys) == ["terratim info: interrupted"]
 
 
@@ -80,13 +85,18 @@ def test_system_exit_message_becomes_an_error_line(monkeypatch, capsys):
         raise SystemExit("terratim info: no tokenizer for ['LULC']")
 
     monkeypatch.setattr(info, "run", refuse)
-    assert cli.main(["info"]) == 2
+    assert run_cli(["info"]) == 2
     assert _stderr_lines(capsys) == ["terratim info: error: no tokenizer for ['LULC']"]
+
+
+def test_python_callers_get_the_exception(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.tif"):
+        cli.main(["embed", "--input", f"S2L2A={tmp_path / 'nope.tif'}"])
 
 
 def test_argparse_errors_keep_their_usage_and_status(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["info", "--no-such-option"])
+        run_cli(["info", "--no-such-option"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
 
@@ -102,7 +112,7 @@ def test_hub_error_names_the_command_option(monkeypatch, capsys):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _offline)
-    assert cli.main(["embed", "--pretrained"]) == 2
+    assert run_cli(["embed", "--pretrained"]) == 2
     (line,) = _stderr_lines(capsys)
     assert line.startswith("terratim embed: error: could not get TerraMind_v1_tiny.pt")
     assert "LocalEntryNotFoundError: Cannot find the requested files" in line

@@ -93,22 +93,22 @@ def test_own_config_fit_validate_test_predict(flood_tree: Path, tmp_path: Path, 
             assert set(np.unique(pred.read(1))) <= {0, 1}
         assert (out / f"{sid}_panel.png").stat().st_size > 1000
     capsys.readouterr()
-    assert main(predict) == 2  # no silent overwrite: one line, exit status 2
+    assert main(predict, report_errors=True) == 2  # no silent overwrite: one line, exit status 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line == (f"terratim predict: error: {out} already holds predictions; pass overwrite (CLI: "
                     "--predict_overwrite true) or choose another output folder")  # fmt: skip
 
 
 def test_config_error_is_one_line_and_status_2(flood_tree: Path, tmp_path: Path, capsys, monkeypatch):
-    """A value a configured class rejects: one line naming it, status 2; the same ValueError from Python."""
+    """A value a configured class rejects: one line naming it, status 2; Python callers get the ValueError."""
     monkeypatch.delenv("TERRATIM_DEBUG", raising=False)
     args = ["fit", *_own_config("terramind_v1_tiny_sen1floods11.yaml", flood_tree, tmp_path),
             "--model.init_args.class_names=[a,b,c]"]  # fmt: skip
-    assert main(args) == 2
+    assert main(args, report_errors=True) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("Seed set")]
     assert lines == ["terratim fit: error: config: 3 class_names for 2 classes"]
     with pytest.raises(ValueError, match="3 class_names for 2 classes"):
-        build_cli(args)
+        main(args)
 
 
 def test_ddp_fit_two_processes(flood_tree: Path, tmp_path: Path):
