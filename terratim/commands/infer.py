@@ -33,8 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output GeoTIFF (.parquet for --embeddings chip); several outputs get _<NAME>",
     )
     source = parser.add_argument_group("model (a fine-tuned task, or a registry model)")
-    source.add_argument("-c", "--config", type=Path, help="the `terratim fit` config of the task model")
-    source.add_argument("--ckpt", type=Path, help="the task model's Lightning checkpoint")
+    config_help = ("the `terratim fit` config of the task model: its task class and data statistics (means, "
+                   "stds, bands, no_data_replace); every value it gives must match --ckpt")  # fmt: skip
+    ckpt_help = ("the task model's Lightning checkpoint; it wins for the model (model_args, modalities, class "
+                 "names): a config that disagrees with it or has an unknown key is refused")  # fmt: skip
+    source.add_argument("-c", "--config", type=Path, help=config_help)
+    source.add_argument("--ckpt", type=Path, help=ckpt_help)
     source.add_argument("--model", help="a registry model: *_generate for generation, a backbone for embeddings")
     source.add_argument("--outputs", nargs="+", help="modalities to generate (with a *_generate model)")
     source.add_argument("--pretrained", action="store_true", help="load the official weights of --model")
@@ -232,7 +236,8 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
 
 def _check_modalities(inputs: dict[str, Path], wanted: dict[str, int]) -> None:
     if set(inputs) != set(wanted):
-        raise ValueError(f"the model takes {sorted(wanted)}, but --input gave {sorted(inputs)}")
+        raise ValueError(f"the model takes {sorted(wanted)} (as its checkpoint says), but --input gave "
+                         f"{sorted(inputs)}; pass one --input MODALITY=PATH per modality")  # fmt: skip
 
 
 def _chip_embeddings(args: argparse.Namespace, inputs: dict[str, Path], tiling) -> int:

@@ -13,7 +13,10 @@ say how the K channels are written, the band count expected per input modality a
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,31 +125,180 @@ def _load_config(path: Path) -> dict:
     return config
 
 
+def _load_checkpoint(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors vary by torch version
+        raise ValueError(f"{path} is not a Lightning checkpoint that loads without running pickled code: "
+                         f"{err}") from err  # fmt: skip
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} has no 'state_dict'; pass the checkpoint written by `terratim fit`")
+    return checkpoint
+
+
+# Task arguments that shape training only: not compared with the checkpoint (their names are still checked).
+TRAINING_ONLY = {"loss", "ignore_index", "class_weights", "freeze_backbone", "freeze_decoder", "freeze_head", "lr",
+                 "optimizer", "optimizer_hparams", "scheduler", "scheduler_hparams", "plot_on_val"}  # fmt: skip
+# model_args naming where the backbone's starting weights came from: the checkpoint's weights replace them.
+WEIGHT_SOURCES = {"backbone_pretrained", "backbone_ckpt_path"}
+
+
+def _accepted(cls: type) -> set[str] | None:
+    """Keyword arguments ``cls`` takes (following ``**kwargs`` to the base classes); None if it takes any."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        names |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return names
+    return None
+
+
+def _unknown_keys(given: Mapping[str, Any], known: set[str], where: str, what: str) -> list[str]:
+    problems = []
+    for key in sorted(set(given) - known):
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.append(f"{where}.{key} is not {what}{hint}")
+    return problems
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Config and checkpoint values agree (lists vs tuples, and YAML's ``1e-4`` string vs a float)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (str, int, float)) and isinstance(b, (str, int, float)) and not isinstance(a, bool):
+        try:
+            return a == b or float(a) == float(b)
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def _model_mismatches(config_args: Mapping[str, Any], saved: Mapping[str, Any], task_class: type) -> list[str]:
+    """How the config's ``model.init_args`` disagrees with the checkpoint's saved hyper-parameters."""
+    where = "model.init_args"
+    problems = _unknown_keys(config_args, _accepted(task_class) or set(config_args), where,
+                             f"an argument of {task_class.__name__}")  # fmt: skip
+    for key in sorted(set(config_args) & set(saved) - TRAINING_ONLY - {"model_args"}):
+        if not _same(config_args[key], saved[key]):
+            problems.append(f"{where}.{key} is {_show(config_args[key])} in the config, "
+                            f"{_show(saved[key])} in the checkpoint")  # fmt: skip
+    given, trained = dict(config_args.get("model_args") or {}), dict(saved.get("model_args") or {})
+    problems += _unknown_keys({k: v for k, v in given.items() if k not in WEIGHT_SOURCES},
+                              set(trained), f"{where}.model_args", "in the checkpoint's model_args")  # fmt: skip
+    for key in sorted(set(given) & set(trained) - WEIGHT_SOURCES):
+        if not _same(given[key], trained[key]):
+            problems.append(f"{where}.model_args.{key} is {_show(given[key])} in the config, "
+                            f"{_show(trained[key])} in the checkpoint")  # fmt: skip
+    return problems
+
+
+def _model_modalities(task: Any) -> list[str] | None:
+    """The modalities the built task model takes as input (a TiM backbone's imagined ones left out)."""
+    backbone = getattr(getattr(task, "model", None), "backbone", None)
+    inputs = getattr(backbone, "inputs", None)
+    if not isinstance(inputs, Mapping):
+        return None
+    imagined = set(getattr(backbone, "tim_modalities", ()))
+    return [name for name in inputs if name not in imagined]
+
+
+def _data_args(config: Mapping[str, Any], checkpoint: Mapping[str, Any], task: Any,
+               model_args: Mapping[str, Any]) -> tuple[dict, list[str]]:  # fmt: skip
+    """The data arguments inference uses (modalities from the model, statistics from the checkpoint when it
+    saved its data module's hyper-parameters, else from the config) and how the config disagrees with them."""
+    section = config.get("data") or {}
+    given = dict(section.get("init_args") or {})
+    problems = []
+    if "class_path" in section:
+        try:
+            data_class = _data_class(section["class_path"])
+        except (ImportError, AttributeError, ValueError):
+            data_class = None
+        if data_class is not None and (known := _accepted(data_class)) is not None:
+            problems += _unknown_keys(given, known, "data.init_args", f"an argument of {data_class.__name__}")
+    data = dict(given)
+    saved = {k: v for k, v in dict(checkpoint.get("datamodule_hyper_parameters") or {}).items() if k[:1] != "_"}
+    for key in sorted(set(saved) & {"means", "stds", "bands", "no_data_replace", "modalities"}):
+        if key in given and not _same(given[key], saved[key]):
+            problems.append(f"data.init_args.{key} is {_show(given[key])} in the config, {_show(saved[key])} "
+                            "in the checkpoint")  # fmt: skip
+        data[key] = saved[key]
+    modalities = _model_modalities(task)
+    if modalities is not None:
+        if "modalities" in data and not _same(sorted(mods.resolve(m).name for m in data["modalities"]),
+                                              sorted(modalities)):  # fmt: skip
+            problems.append(f"data.init_args.modalities is {_show(list(data['modalities']))} in the config, but "
+                            f"the checkpoint's model takes {_show(modalities)}")  # fmt: skip
+        data["modalities"] = modalities
+    trained_bands = model_args.get("backbone_bands") or {}
+    for name, bands in (data.get("bands") or {}).items():
+        if name in trained_bands and not _same(list(bands), list(trained_bands[name])):
+            trained = _show(list(trained_bands[name]))
+            problems.append(f"data.init_args.bands.{name} is {_show(list(bands))} in the config, {trained} in the "
+                            "checkpoint (model_args.backbone_bands)")  # fmt: skip
+    return data, problems
+
+
+def _data_class(class_path: str) -> type:
+    import terratim.datamodules
+
+    short = class_path.rsplit(".", 1)[-1]
+    if hasattr(terratim.datamodules, short):
+        return getattr(terratim.datamodules, short)
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def load_task_model(config_path: Path, ckpt_path: Path, device: str | torch.device = "cpu") -> tuple[Any, dict]:
     """The Lightning task from a fine-tuning config and checkpoint, without downloading backbone weights.
 
+    The checkpoint is the source of truth for the model: its saved hyper-parameters (``model_args``: backbone,
+    modalities, bands, decoder...; class names) build the task, and the modalities it takes are the model's.
+    The config supplies what the checkpoint does not hold: the task class and the data section's statistics
+    (``means``, ``stds``, ``bands``, ``no_data_replace``; a checkpoint that saved its data module's
+    hyper-parameters wins there too). Every value the config gives must agree with the checkpoint, and an
+    unknown key is an error: otherwise one ``ValueError`` lists each disagreement with both values. Training-only
+    arguments (``lr``, ``loss``, ``freeze_*``...) are not compared. A checkpoint without hyper-parameters is
+    built from the config's ``model.init_args``.
+
     Returns:
-        (task in eval mode on ``device``, the config's ``data.init_args``).
+        (task in eval mode on ``device``, the data arguments for :func:`task_predictor`).
     """
     config = _load_config(config_path)
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors vary by torch version
-        raise ValueError(f"{ckpt_path} is not a Lightning checkpoint that loads without running pickled code: "
-                         f"{err}") from err  # fmt: skip
-    if "state_dict" not in checkpoint:
-        raise ValueError(f"{ckpt_path} has no 'state_dict'; pass the checkpoint written by `terratim fit`")
-    hparams = dict(checkpoint.get("hyper_parameters") or config["model"].get("init_args") or {})
-    hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}  # LightningCLI's _class_path etc.
+    checkpoint = _load_checkpoint(ckpt_path)
+    task_class = _task_class(config["model"]["class_path"])
+    config_args = dict(config["model"].get("init_args") or {})
+    saved = dict(checkpoint.get("hyper_parameters") or {})
+    problems = []
+    saved_class = saved.get("_class_path")
+    if saved_class and saved_class.rsplit(".", 1)[-1] != task_class.__name__:
+        problems.append(f"model.class_path is {config['model']['class_path']} in the config, {saved_class} in the "
+                        "checkpoint")  # fmt: skip
+    saved = {k: v for k, v in saved.items() if not k.startswith("_")}  # LightningCLI's _class_path etc.
+    problems += _model_mismatches(config_args, saved, task_class) if saved else []
+    hparams = saved or config_args
     model_args = dict(hparams.get("model_args", {}))
     model_args["backbone_pretrained"] = False  # the fine-tuned weights come from the checkpoint
     model_args.pop("backbone_ckpt_path", None)
-    hparams["model_args"] = model_args
-    task = _task_class(config["model"]["class_path"])(**hparams)
+    if not problems:
+        task = task_class(**{**hparams, "model_args": model_args})
+        data, problems = _data_args(config, checkpoint, task, hparams.get("model_args", {}))
+    if problems:
+        raise ValueError(f"{config_path} does not match {ckpt_path} (the checkpoint wins for the model; fix the "
+                         f"config or use the one it was trained with): {'; '.join(problems)}")  # fmt: skip
     task.load_state_dict(checkpoint["state_dict"], strict=True)
-    data = dict((config.get("data") or {}).get("init_args") or {})
     return task.eval().to(device), data
 
 

@@ -239,3 +239,66 @@ def test_an_all_nodata_input_is_an_error_and_writes_nothing(tmp_path, capsys):
     expected = f"S1GRD input {scene} has no valid pixel: every pixel is nodata (nan) in every band; check the file"
     assert err == f"terratim infer: error: {expected}\n"
     assert list(tmp_path.iterdir()) == [scene]  # no output, no partial, no progress file
+
+
+def edit_config(path, change) -> None:
+    config = yaml.safe_load(path.read_text())
+    change(config["model"]["init_args"], config["data"]["init_args"])
+    path.write_text(yaml.safe_dump(config))
+
+
+def infer_task(config, ckpt, scene, out) -> int:
+    return main(["infer", "-c", str(config), "--ckpt", str(ckpt), "--input", f"S1GRD={scene}", "--out", str(out),
+                 "--batch-size", "4", "--quiet"])  # fmt: skip
+
+
+def test_a_config_that_contradicts_the_checkpoint_is_refused_naming_both_values(s1_scene, tmp_path, capsys):
+    config, ckpt = save_task(tmp_path, "terramind_v1_tiny")  # trained on S1GRD, decoder_channels 16
+
+    def contradict(model, data):
+        model["model_args"]["decoder_channels"] = 32
+        data["modalities"] = ["S1GRD", "S2L1C"]
+
+    edit_config(config, contradict)
+    assert infer_task(config, ckpt, s1_scene[0], tmp_path / "o.tif") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{config} does not match {ckpt} (the checkpoint wins" in err
+    assert "model.init_args.model_args.decoder_channels is 32 in the config, 16 in the checkpoint" in err
+    edit_config(config, lambda model, data: model["model_args"].update(decoder_channels=16))
+    assert infer_task(config, ckpt, s1_scene[0], tmp_path / "o.tif") == 2
+    err = capsys.readouterr().err
+    assert 'data.init_args.modalities is ["S1GRD", "S2L1C"] in the config, but the checkpoint\'s model takes ' \
+        '["S1GRD"]' in err  # fmt: skip
+    assert "--input gave" not in err and "not a modality of this model" not in err
+
+
+@pytest.mark.parametrize(
+    ("typo", "message"),
+    [
+        (lambda m, d: m["model_args"].update(decoder_chanels=16),
+         "model.init_args.model_args.decoder_chanels is not in the checkpoint's model_args (did you mean "
+         "decoder_channels?)"),
+        (lambda m, d: m.update(clas_names=["land", "water", "cloud"]),
+         "model.init_args.clas_names is not an argument of SemanticSegmentationTask (did you mean class_names?)"),
+        (lambda m, d: d.update(mean={"S1GRD": [0.0, 0.0]}),
+         "data.init_args.mean is not an argument of GenericMultiModalDataModule (did you mean means?)"),
+    ],
+)  # fmt: skip
+def test_a_typo_in_the_config_is_an_error(s1_scene, tmp_path, capsys, typo, message):
+    config, ckpt = save_task(tmp_path, "terramind_v1_tiny")
+    edit_config(config, typo)
+    assert infer_task(config, ckpt, s1_scene[0], tmp_path / "o.tif") == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_checkpoint_supplies_what_the_config_leaves_out(s1_scene, tmp_path):
+    """Modalities and model_args come from the checkpoint; a config that omits them still runs."""
+    config, ckpt = save_task(tmp_path, "terramind_v1_tiny")
+
+    def trim(model, data):
+        del model["model_args"]["backbone_modalities"], model["model_args"]["decoder_channels"], data["modalities"]
+
+    edit_config(config, trim)
+    assert infer_task(config, ckpt, s1_scene[0], tmp_path / "o.tif") == 0
+    with rasterio.open(tmp_path / "o.tif") as dst:
+        assert dst.read(1)[40:].max() <= 2
