@@ -11,14 +11,19 @@ NDVI            diverging ``RdYlGn`` over the fixed range -1..1
 LULC            ``modalities.LULC_COLORS`` per class, from class ids (H, W) / (1, H, W) or logits (10, H, W)
 =============== ==================================================================================
 
-NaN pixels (nodata) are drawn black. ``save_panel`` draws several arrays side by side; panels of the same
-modality share one stretch so that an input and its reconstruction compare fairly.
+Any other class map (a fine-tuned task's prediction or label) is drawn with a :class:`ClassScheme`: the task's
+``class_names`` and one colour per class (``class_scheme``), with a legend of those names.
+
+NaN pixels (nodata) and invalid class ids (an ignore index such as -1) are drawn black. ``save_panel`` draws
+several arrays side by side; panels of the same modality share one stretch so that an input and its
+reconstruction compare fairly.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +41,51 @@ def _hex_to_rgb(color: str) -> tuple[float, float, float]:
 
 
 LULC_RGB = np.array([_hex_to_rgb(c) for c in LULC_COLORS], dtype=np.float32)  # (10, 3)
+
+
+@dataclass(frozen=True)
+class ClassScheme:
+    """How a class map is drawn: a name and a ``#rrggbb`` colour per class id (0..K-1)."""
+
+    names: tuple[str, ...]
+    colors: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.names or len(self.names) != len(self.colors):
+            raise ValueError(f"a class scheme needs one colour per class: {len(self.names)} names, "
+                             f"{len(self.colors)} colours")  # fmt: skip
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """(K, 3) float32 colours in [0, 1]."""
+        return np.array([_hex_to_rgb(c) for c in self.colors], dtype=np.float32)
+
+    def legend_labels(self) -> list[str]:
+        """``"<id> <name>"`` per class (just the name where it is the default ``class <id>``)."""
+        return [n if n == f"class {i}" else f"{i} {n}" for i, n in enumerate(self.names)]
+
+
+LULC_SCHEME = ClassScheme(tuple(LULC_CLASSES), tuple(LULC_COLORS))
+
+
+def class_scheme(num_classes: int, class_names: Sequence[str] | None = None) -> ClassScheme:
+    """The scheme of a task's class map: its ``class_names`` (default ``class 0`` .. ``class K-1``) and
+    colours from matplotlib's ``tab10`` (up to 10 classes), ``tab20`` (up to 20) or ``turbo`` (more).
+    """
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    if num_classes < 1:
+        raise ValueError(f"a class map needs at least one class, got num_classes={num_classes}")
+    names = tuple(class_names) if class_names is not None else tuple(f"class {i}" for i in range(num_classes))
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class_names for {num_classes} classes")
+    if num_classes <= 20:
+        cmap = matplotlib.colormaps["tab10" if num_classes <= 10 else "tab20"]
+        colors = [cmap(i) for i in range(num_classes)]
+    else:
+        colors = list(matplotlib.colormaps["turbo"](np.linspace(0.0, 1.0, num_classes)))
+    return ClassScheme(names, tuple(to_hex(c) for c in colors))
 
 
 def _as_chw(name: str, array: np.ndarray, channels: int) -> np.ndarray:
@@ -97,10 +147,10 @@ def _colormap(cmap: str, values: np.ndarray, low: float, high: float) -> np.ndar
     return _cmap(cmap)(np.nan_to_num(scaled))[..., :3].astype(np.float32)
 
 
-def lulc_classes(array: np.ndarray) -> np.ndarray:
-    """Class ids (H, W) from class ids (H, W) / (1, H, W) or logits (10, H, W); invalid ids become -1."""
+def class_ids(array: np.ndarray, num_classes: int, what: str = "class map") -> np.ndarray:
+    """Class ids (H, W) from ids (H, W) / (1, H, W) or logits (K, H, W); ids outside 0..K-1 become -1."""
     array = np.asarray(array)
-    if array.ndim == 3 and array.shape[0] == len(LULC_CLASSES):
+    if array.ndim == 3 and array.shape[0] == num_classes and num_classes > 1:
         logits = np.asarray(array, dtype=np.float32)
         classes = np.argmax(np.nan_to_num(logits, nan=-np.inf), axis=0)
         return np.where(np.isnan(logits).any(axis=0), -1, classes)
@@ -108,12 +158,25 @@ def lulc_classes(array: np.ndarray) -> np.ndarray:
         array = array[0]
     if array.ndim != 2:
         raise ValueError(
-            f"LULC: expected class ids (H, W) or (1, H, W), or logits ({len(LULC_CLASSES)}, H, W); "
+            f"{what}: expected class ids (H, W) or (1, H, W), or logits ({num_classes}, H, W); "
             f"got {tuple(array.shape)}"
         )
     values = np.asarray(array, dtype=np.float64)
-    valid = np.isfinite(values) & (values >= 0) & (values < len(LULC_CLASSES)) & (values == np.round(values))
+    valid = np.isfinite(values) & (values >= 0) & (values < num_classes) & (values == np.round(values))
     return np.where(valid, np.nan_to_num(values), -1).astype(np.int64)
+
+
+def lulc_classes(array: np.ndarray) -> np.ndarray:
+    """Class ids (H, W) from class ids (H, W) / (1, H, W) or logits (10, H, W); invalid ids become -1."""
+    return class_ids(array, len(LULC_CLASSES), "LULC")
+
+
+def colorize_classes(array: np.ndarray, scheme: ClassScheme, what: str = "class map") -> np.ndarray:
+    """Class ids or logits -> (H, W, 3) float32 RGB in the scheme's colours; invalid ids black."""
+    classes = class_ids(array, len(scheme.names), what)  # (H, W)
+    rgb = scheme.rgb[np.clip(classes, 0, None)]
+    rgb[classes < 0] = 0.0
+    return rgb
 
 
 def colorize(modality: str, array: np.ndarray, limits: Limits | None = None) -> np.ndarray:
@@ -126,10 +189,7 @@ def colorize(modality: str, array: np.ndarray, limits: Limits | None = None) -> 
     """
     mod = resolve(modality)
     if mod.name == "LULC":
-        classes = lulc_classes(array)
-        rgb = LULC_RGB[np.clip(classes, 0, None)]
-        rgb[classes < 0] = 0.0
-        return rgb
+        return colorize_classes(array, LULC_SCHEME, "LULC")
     if mod.kind == "sequence":
         raise ValueError(f"{mod.name} is not an image and has no colour scheme")
     channels = _display_channels(mod.name, array)  # (K, H, W)
@@ -162,30 +222,32 @@ def _colorbar(fig, ax, cmap: str, low: float, high: float, label: str) -> None:
     bar.ax.tick_params(labelsize=7)
 
 
-def _lulc_legend(ax) -> None:
+def class_legend_handles(scheme: ClassScheme) -> list:
+    """One colour patch per class, labelled by :meth:`ClassScheme.legend_labels`."""
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=c, edgecolor="0.4", label=f"{i} {n}")
-               for i, (c, n) in enumerate(zip(LULC_COLORS, LULC_CLASSES, strict=True))]  # fmt: skip
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=7,
-              frameon=False, handlelength=1.2, columnspacing=0.8)  # fmt: skip
+    return [Patch(facecolor=c, edgecolor="0.4", label=label)
+            for c, label in zip(scheme.colors, scheme.legend_labels(), strict=True)]  # fmt: skip
 
 
-def save_panel(
-    path: str | os.PathLike,
-    panels: list[tuple[str, str, np.ndarray]],
-    title: str | None = None,
-) -> Path:
-    """Draw ``panels`` in one row and save the figure as an image (PNG by the file suffix).
+def _class_legend(ax, scheme: ClassScheme) -> None:
+    ax.legend(handles=class_legend_handles(scheme), loc="upper center", bbox_to_anchor=(0.5, -0.02),
+              ncol=2 if len(scheme.names) > 2 else 1, fontsize=7, frameon=False, handlelength=1.2,
+              columnspacing=0.8)  # fmt: skip
 
-    Args:
-        path: output file; the parent folder is created.
-        panels: ``(caption, modality name, array)`` each; arrays as accepted by :func:`colorize`.
-        title: optional figure title.
 
-    Returns:
-        The written path.
-    """
+Panel = tuple[str, "str | ClassScheme", np.ndarray]  # (caption, modality name or class scheme, array)
+
+
+def _scheme_of(name: str | ClassScheme) -> ClassScheme | None:
+    """The class scheme a panel is drawn with (LULC's own), or None for a continuous modality."""
+    if isinstance(name, ClassScheme):
+        return name
+    return LULC_SCHEME if resolve(name).name == "LULC" else None
+
+
+def panel_figure(panels: Sequence[Panel], title: str | None = None):
+    """A matplotlib ``Figure`` with ``panels`` in one row (see :func:`save_panel`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -193,28 +255,53 @@ def save_panel(
         raise ValueError("save_panel needs at least one panel")
     by_modality: dict[str, list[np.ndarray]] = {}
     for _, name, array in panels:
-        by_modality.setdefault(resolve(name).name, []).append(array)
+        if _scheme_of(name) is None:
+            by_modality.setdefault(resolve(name).name, []).append(array)
     shared = {name: stretch_limits(name, arrays) for name, arrays in by_modality.items()}
-    has_legend = any(resolve(name).name == "LULC" for _, name, _ in panels)
+    has_legend = any(_scheme_of(name) is not None for _, name, _ in panels)
     fig = Figure(figsize=(3.4 * len(panels), 4.8 if has_legend else 3.9))
     FigureCanvasAgg(fig)  # the Agg backend, without pyplot's global state
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (caption, name, array) in zip(axes, panels, strict=True):
-        canonical = resolve(name).name
-        limits = shared[canonical]
-        ax.imshow(colorize(canonical, array, limits=limits), interpolation="nearest")
         ax.set_title(caption, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-        if canonical == "LULC":
-            _lulc_legend(ax)
-        elif canonical == "DEM":
+        scheme = _scheme_of(name)
+        if scheme is not None:
+            ax.imshow(colorize_classes(array, scheme), interpolation="nearest")
+            _class_legend(ax, scheme)
+            continue
+        canonical = resolve(name).name
+        limits = shared[canonical]
+        ax.imshow(colorize(canonical, array, limits=limits), interpolation="nearest")
+        if canonical == "DEM":
             _colorbar(fig, ax, "terrain", float(limits[0, 0]), float(limits[0, 1]), "elevation (m)")
         elif canonical == "NDVI":
             _colorbar(fig, ax, "RdYlGn", *NDVI_RANGE, "NDVI")
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
+    return fig
+
+
+def save_panel(
+    path: str | os.PathLike,
+    panels: Sequence[Panel],
+    title: str | None = None,
+) -> Path:
+    """Draw ``panels`` in one row and save the figure as an image (PNG by the file suffix).
+
+    Args:
+        path: output file; the parent folder is created.
+        panels: ``(caption, modality name, array)`` each, arrays as accepted by :func:`colorize`; or
+            ``(caption, ClassScheme, class ids or logits)`` for a task's class map, drawn with the scheme's
+            colours and a legend of its class names.
+        title: optional figure title.
+
+    Returns:
+        The written path.
+    """
+    fig = panel_figure(panels, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")

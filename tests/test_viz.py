@@ -101,3 +101,28 @@ def test_save_panel_writes_png(tmp_path):
     assert image.shape[1] > 5 * 224 and image.shape[0] > 224  # five panels side by side
     with pytest.raises(ValueError, match="at least one"):
         viz.save_panel(tmp_path / "empty.png", [])
+
+
+def test_class_scheme_names_colours_and_legend():
+    water = viz.class_scheme(2, ["no water", "water"])
+    assert water.legend_labels() == ["0 no water", "1 water"]
+    assert len(set(water.colors)) == 2
+    assert [h.get_label() for h in viz.class_legend_handles(water)] == ["0 no water", "1 water"]
+    unnamed = viz.class_scheme(25)
+    assert unnamed.legend_labels()[:2] == ["class 0", "class 1"] and len(set(unnamed.colors)) == 25
+    with pytest.raises(ValueError, match="3 class_names for 2 classes"):
+        viz.class_scheme(2, ["a", "b", "c"])
+
+
+def test_panel_of_a_task_class_map_uses_its_scheme():
+    water = viz.class_scheme(2, ["no water", "water"])
+    ids = np.array([[0, 1], [-1, 7]])  # -1 (ignore) and 7 (out of range) are invalid
+    fig = viz.panel_figure([("prediction", water, ids), ("land cover", "LULC", np.zeros((2, 2)))])
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    assert legends[0] == ["0 no water", "1 water"]
+    assert legends[1][0] == "0 no data" and len(legends[1]) == 10  # LULC keeps its own classes
+    rgb = fig.axes[0].get_images()[0].get_array()
+    np.testing.assert_allclose(rgb[0], water.rgb)
+    np.testing.assert_allclose(rgb[1], 0.0)
+    logits = np.stack([np.zeros((2, 2)), np.ones((2, 2))]).astype(np.float32)  # (2, H, W): class 1 wins
+    np.testing.assert_allclose(viz.colorize_classes(logits, water), np.broadcast_to(water.rgb[1], (2, 2, 3)))

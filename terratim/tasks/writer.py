@@ -96,12 +96,7 @@ class GeoTiffPredictionWriter(pl.Callback):
         from terratim.viz import save_panel
 
         raw = _raw(outputs["image"], i, trainer.datamodule)
-        panels = [(mod, mod, arr) for mod, arr in raw.items()]
-        pred = outputs["prediction"][i].detach().cpu().numpy()
-        panels.append(("prediction", "LULC", pred) if pred.dtype.kind in "iu" else ("prediction", "DEM", pred[None]))
-        if "mask" in outputs and outputs["mask"].ndim == 3:
-            label = outputs["mask"][i].cpu().numpy()
-            panels.append(("label", "LULC", label) if label.dtype.kind in "iu" else ("label", "DEM", label[None]))
+        panels = prediction_panels(raw, outputs["prediction"][i], _label(outputs, i), task_class_scheme(pl_module))
         save_panel(self.output_dir / f"{meta['sample_id']}_panel.png", panels, title=meta["sample_id"])
 
     def _write_csv(self, trainer: pl.Trainer, metas: list[dict], probs: torch.Tensor) -> None:
@@ -113,3 +108,39 @@ class GeoTiffPredictionWriter(pl.Callback):
                 writer.writerow(["sample", "prediction", *[f"p{k}" for k in range(probs.shape[1])]])
             for meta, p in zip(metas, probs.tolist(), strict=True):
                 writer.writerow([meta["sample_id"], int(np.argmax(p)), *[f"{v:.6f}" for v in p]])
+
+
+def _label(outputs: dict[str, Any], i: int) -> torch.Tensor | None:
+    """Sample ``i``'s label map (H, W) when the predict batch carried one (``mask``), else None."""
+    mask = outputs.get("mask")
+    return mask[i] if isinstance(mask, torch.Tensor) and mask.ndim == 3 else None
+
+
+def task_class_scheme(pl_module: pl.LightningModule):
+    """The class scheme of a segmentation task (its ``class_names``), None for a regression task."""
+    from terratim.viz import class_scheme
+
+    num_classes = getattr(pl_module, "num_classes", None)
+    if getattr(pl_module, "task", None) != "segmentation" or not num_classes:
+        return None
+    return class_scheme(int(num_classes), getattr(pl_module, "class_names", None))
+
+
+def prediction_panels(
+    raw: dict[str, np.ndarray], prediction: torch.Tensor, label: torch.Tensor | None, scheme: Any
+) -> list[tuple[str, Any, np.ndarray]]:
+    """Panels of one sample: each input, the prediction and, when known, the label.
+
+    Args:
+        raw: (C, H, W) input per modality, in raw units.
+        prediction: (H, W) class ids, or (H, W) values of a regression task.
+        label: the (H, W) label map, or None when the predict data had no labels.
+        scheme: the task's :class:`~terratim.viz.ClassScheme` (class maps), None for regression maps.
+    """
+    panels: list[tuple[str, Any, np.ndarray]] = [(mod, mod, arr) for mod, arr in raw.items()]
+    for caption, values in (("prediction", prediction), ("label", label)):
+        if values is None:
+            continue
+        array = values.detach().cpu().numpy()
+        panels.append((caption, scheme, array) if scheme is not None else (caption, "DEM", array[None]))
+    return panels
