@@ -1,0 +1,90 @@
+"""Prediction output panels: legend from the task's class names, the label panel when the label is known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from affine import Affine
+
+from terratim import viz
+from terratim.tasks.writer import GeoTiffPredictionWriter, prediction_panels, task_class_scheme
+
+WATER = SimpleNamespace(task="segmentation", num_classes=2, class_names=["no water", "water"])
+
+
+def _outputs(with_mask: bool) -> dict:
+    """A predict_step result for one 16x16 S1GRD sample of a 2-class task."""
+    prediction = torch.zeros(1, 16, 16, dtype=torch.long)
+    prediction[:, :, 8:] = 1
+    outputs = {
+        "prediction": prediction,
+        "image": {"S1GRD": torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(0))},
+        "meta": [{"sample_id": "chip0", "crs": "EPSG:32633", "transform": Affine(10, 0, 500000, 0, -10, 4600000)}],
+    }
+    if with_mask:
+        mask = prediction.clone()
+        mask[:, 0] = -1  # ignore index: drawn black
+        outputs["mask"] = mask
+    return outputs
+
+
+def _run_writer(tmp_path: Path, monkeypatch, pl_module, outputs: dict) -> list:
+    """Run the writer's batch hook with PNG panels; returns the figures it drew."""
+    figures = []
+    draw = viz.panel_figure
+
+    def recording(panels, title=None):
+        figures.append(draw(panels, title))
+        return figures[-1]
+
+    monkeypatch.setattr(viz, "panel_figure", recording)
+    writer = GeoTiffPredictionWriter(str(tmp_path / "pred"), png=True)
+    trainer = SimpleNamespace(datamodule=None, global_rank=0)
+    (tmp_path / "pred").mkdir()
+    writer.on_predict_batch_end(trainer, pl_module, outputs, batch={}, batch_idx=0)
+    assert (tmp_path / "pred" / "chip0_panel.png").stat().st_size > 1000
+    return figures
+
+
+def _legend_texts(ax) -> list[str] | None:
+    legend = ax.get_legend()
+    return None if legend is None else [t.get_text() for t in legend.get_texts()]
+
+
+def test_two_class_panel_legend_comes_from_class_names_and_label_is_drawn(tmp_path, monkeypatch):
+    (fig,) = _run_writer(tmp_path, monkeypatch, WATER, _outputs(with_mask=True))
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["S1GRD", "prediction", "label"]
+    assert _legend_texts(axes[1]) == ["0 no water", "1 water"]
+    assert _legend_texts(axes[2]) == ["0 no water", "1 water"]
+    assert _legend_texts(axes[0]) is None  # the input has no class legend
+    label_rgb = axes[2].get_images()[0].get_array()  # (H, W, 3)
+    scheme = viz.class_scheme(2, WATER.class_names)
+    np.testing.assert_allclose(label_rgb[0], 0.0)  # ignored row is black
+    np.testing.assert_allclose(label_rgb[1, 0], scheme.rgb[0])
+    np.testing.assert_allclose(label_rgb[1, -1], scheme.rgb[1])
+
+
+def test_no_label_panel_without_a_mask(tmp_path, monkeypatch):
+    (fig,) = _run_writer(tmp_path, monkeypatch, WATER, _outputs(with_mask=False))
+    assert [ax.get_title() for ax in fig.axes] == ["S1GRD", "prediction"]
+
+
+def test_unnamed_classes_and_regression_maps():
+    unnamed = task_class_scheme(SimpleNamespace(task="segmentation", num_classes=3, class_names=None))
+    assert unnamed.names == ("class 0", "class 1", "class 2")
+    assert task_class_scheme(SimpleNamespace(task="regression")) is None
+    raw = {"S1GRD": np.zeros((2, 4, 4), np.float32)}
+    panels = prediction_panels(raw, torch.rand(4, 4), torch.rand(4, 4), None)
+    assert [(caption, name, array.shape) for caption, name, array in panels] == [
+        ("S1GRD", "S1GRD", (2, 4, 4)), ("prediction", "DEM", (1, 4, 4)), ("label", "DEM", (1, 4, 4))
+    ]  # fmt: skip
+
+
+def test_class_names_must_match_the_class_count():
+    with pytest.raises(ValueError, match="3 class_names for 2 classes"):
+        task_class_scheme(SimpleNamespace(task="segmentation", num_classes=2, class_names=["a", "b", "c"]))
