@@ -105,38 +105,33 @@ class ProgressReport:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Errors propagate to :mod:`terratim.cli`, which prints user errors as one line (exit 2) and Ctrl-C as
+    exit 130; on Ctrl-C this first says what is kept and the command that continues the run."""
     outputs: list[Path] = []  # filled in once the model says which files it writes
     try:
         return _run(args, outputs)
     except KeyboardInterrupt:
-        return _interrupted(args, outputs)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError, ImportError) as err:
-        if getattr(args, "debug", False):
-            raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"terratim infer: error: {message}", file=sys.stderr)
-        return 2
+        print(_interrupt_note(args, outputs), file=sys.stderr)
+        raise
 
 
-def _interrupted(args: argparse.Namespace, outputs: list[Path]) -> int:
-    """Ctrl-C: say what is kept and the command that continues the run; exit status 130 (128 + SIGINT)."""
+def _interrupt_note(args: argparse.Namespace, outputs: list[Path]) -> str:
+    """What an interrupted run kept, and the command that continues it."""
     import json
 
     from terratim.inference.scene import partial_path, progress_path
 
     kept = [p for p in outputs if progress_path(p).exists() and partial_path(p).exists()]
     if not kept:
-        print("terratim infer: interrupted; no output rows were kept, so there is nothing to resume", file=sys.stderr)
-        return 130
-    lines = ["terratim infer: interrupted. Written rows are kept:"]
+        return "No output rows were kept, so there is nothing to resume."
+    lines = ["Written rows are kept:"]
     for path in kept:
         state = json.loads(progress_path(path).read_text())
         panels = len(state["fingerprint"]["panels"])
         lines.append(f"  {partial_path(path)}: panel {state['panel'] + 1} of {panels}, rows up to "
                      f"{state['rows_done']} done")  # fmt: skip
     lines += ["Continue (same inputs, model and settings) with:", "  " + resume_command(args)]
-    print("\n".join(lines), file=sys.stderr)
-    return 130
+    return "\n".join(lines)
 
 
 def resume_command(args: argparse.Namespace) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from terratim.data.geotiff import _rasterio
+from terratim.data.geotiff import _rasterio, check_same_grid, require_valid_pixels
 from terratim.inference.fingerprint import describe_changes
 
 BLOCK = 256
@@ -50,9 +50,10 @@ class SceneReader:
         try:
             for name, path in self.paths.items():
                 self.datasets[name] = _open_checked(rasterio, name, path, (bands or {}).get(name))
-            self.info = _check_aligned(self.datasets, self.paths)
-            for name, ds in self.datasets.items():
-                _check_has_data(name, self.paths[name], ds)
+            grid = check_same_grid(self.datasets)  # CRS, transform, size: the check every command shares
+            self.info = SceneInfo(grid.height, grid.width, grid.crs, grid.transform)
+            for name, ds in self.datasets.items():  # block by block, stopping at the first valid pixel
+                require_valid_pixels(ds, name)
         except Exception:
             self.close()
             raise
@@ -115,54 +116,6 @@ def _open_checked(rasterio, name: str, path: Path, bands: int | None):
         ds.close()
         raise ValueError(f"{name} input {path} is corrupt or truncated: {err}") from err
     return ds
-
-
-def _spread_order(n: int) -> list[int]:
-    """``0 .. n-1`` in an order that visits the middle and the quarters early (stride permutation)."""
-    order, seen, step = [], set(), 1 << max(n - 1, 0).bit_length()
-    while step:
-        for i in range(step // 2 if step > 1 else 0, n, step):
-            if i not in seen:
-                seen.add(i)
-                order.append(i)
-        step //= 2
-    return order
-
-
-def _check_has_data(name: str, path: Path, ds) -> None:
-    """Refuse an input whose every pixel is nodata (or NaN) in every band.
-
-    Blocks are read in a spread order (middle first, then the quarters, ...) and the check stops at the first
-    valid pixel, so a normal scene costs one block and a scene with large nodata areas a few.
-    """
-    windows = [window for _, window in ds.block_windows(1)]
-    for i in _spread_order(len(windows)):
-        data = ds.read(window=windows[i], masked=True)  # (C, h, w)
-        valid = ~np.ma.getmaskarray(data) & ~np.isnan(np.ma.getdata(data).astype(np.float32))
-        if valid.any():
-            return
-    raise ValueError(f"{name} input {path} has no valid pixel: every pixel is nodata "
-                     f"({ds.nodata if ds.nodata is not None else 'NaN'}) in every band; check the file")  # fmt: skip
-
-
-def _check_aligned(datasets: dict, paths: dict[str, Path]) -> SceneInfo:
-    names = list(datasets)
-    first = datasets[names[0]]
-    for name in names[1:]:
-        ds = datasets[name]
-        problems = []
-        if (ds.height, ds.width) != (first.height, first.width):
-            problems.append(f"size {ds.height}x{ds.width} vs {first.height}x{first.width}")
-        if ds.crs != first.crs:
-            problems.append(f"CRS {ds.crs} vs {first.crs}")
-        if not ds.transform.almost_equals(first.transform):
-            problems.append(f"transform {tuple(ds.transform)[:6]} vs {tuple(first.transform)[:6]}")
-        if problems:
-            raise ValueError(
-                f"inputs are not co-registered: {name} ({paths[name]}) and {names[0]} ({paths[names[0]]}) differ "
-                f"in {'; '.join(problems)}. Reproject/resample them onto one grid first (e.g. gdalwarp)."
-            )
-    return SceneInfo(first.height, first.width, first.crs, first.transform)
 
 
 @dataclass

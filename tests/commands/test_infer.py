@@ -13,10 +13,15 @@ import yaml
 from affine import Affine
 
 import terratim
-from terratim.cli import main
+from terratim.cli import main as cli_main
 from terratim.inference.scene import progress_path
 
 TRANSFORM = Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5000000.0)
+
+
+def main(argv: list[str]) -> int:
+    """``terratim ...`` as run from a shell: user errors one line with status 2, Ctrl-C status 130."""
+    return cli_main(argv, report_errors=True)
 
 
 def write_tif(path, data, crs="EPSG:32631", transform=TRANSFORM, nodata=None):
@@ -188,8 +193,10 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(interrupted_run):
     assert (state["panel"], state["rows_done"]) == (0, 256)  # the record matches what is on disk
     with rasterio.open(str(out) + ".partial") as partial:
         assert partial.read(1, window=((0, 256), (0, 260))).max() <= 2  # the recorded rows are there
-    assert "interrupted" in err and "panel 1 of 1, rows up to 256 done" in err
-    command = err.strip().splitlines()[-1].strip()
+    assert "panel 1 of 1, rows up to 256 done" in err
+    *_, command, last = err.strip().splitlines()
+    assert last == "terratim infer: interrupted"
+    command = command.strip()
     config, ckpt, scene = (interrupted_run[k] for k in ("config", "ckpt", "scene"))
     assert command == (f"terratim infer --input S1GRD={scene} --out {out} --config {config} --ckpt {ckpt} "
                        "--batch-size 2 --quiet --resume")  # fmt: skip
@@ -236,7 +243,8 @@ def test_an_all_nodata_input_is_an_error_and_writes_nothing(tmp_path, capsys):
             "--out", str(out), "--quiet"]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
-    expected = f"S1GRD input {scene} has no valid pixel: every pixel is nodata (nan) in every band; check the file"
+    expected = (f"S1GRD input {scene} has no valid pixel: every pixel is nodata or NaN in every band; check the "
+                "file, its nodata value and the window you cut")  # fmt: skip
     assert err == f"terratim infer: error: {expected}\n"
     assert list(tmp_path.iterdir()) == [scene]  # no output, no partial, no progress file
 

@@ -90,7 +90,8 @@ def test_an_input_with_no_valid_pixel_is_refused(tmp_path, nodata):
     fill = np.nan if nodata is None or np.isnan(nodata) else nodata
     empty = write_scene(tmp_path / "empty.tif", np.full((2, 300, 200), fill, np.float32), nodata=nodata)
     other = write_scene(tmp_path / "s2.tif", np.ones((12, 300, 200), np.float32))
-    with pytest.raises(ValueError, match=r"^S1GRD input .*empty.tif has no valid pixel: every pixel is nodata"):
+    message = r"^S1GRD input .*empty.tif has no valid pixel: every pixel is nodata or NaN in every band"
+    with pytest.raises(ValueError, match=message):
         SceneReader({"S2L2A": other, "S1GRD": empty})
 
 
