@@ -87,7 +87,8 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         batch_size: samples per batch.
         num_workers: data loader workers.
         train_data_root: folder per modality (likewise ``val_``/``test_``/``predict_data_root``).
-        train_label_data_root: folder of label rasters (likewise for val/test).
+        train_label_data_root: folder of label rasters (likewise for val/test; ``predict_label_data_root`` is
+            optional: with it, predict batches carry the label as ``mask`` and prediction panels draw it).
         train_split: optional file listing sample ids (likewise for val/test/predict).
         image_grep: file pattern per modality (default ``"*.tif"``); a single string applies to all.
         label_grep: label file pattern (default ``"*.tif"``).
@@ -128,6 +129,7 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         train_label_data_root: str | None = None,
         val_label_data_root: str | None = None,
         test_label_data_root: str | None = None,
+        predict_label_data_root: str | None = None,
         train_split: str | None = None,
         val_split: str | None = None,
         test_split: str | None = None,
@@ -171,7 +173,7 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
             "train": train_label_data_root,
             "val": val_label_data_root,
             "test": test_label_data_root,
-            "predict": None,
+            "predict": predict_label_data_root,
         }
         self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": predict_split}
         if isinstance(image_grep, str) or image_grep is None:

@@ -119,6 +119,7 @@ class Sen1Floods11DataModule(GenericMultiModalDataModule):
             train_label_data_root=labels,
             val_label_data_root=labels,
             test_label_data_root=labels,
+            predict_label_data_root=None if predict_root else labels,  # the test chips' labels, for the panels
             train_split=splits["train"],
             val_split=splits["val"],
             test_split=splits["test"],

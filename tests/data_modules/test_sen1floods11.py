@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,3 +56,13 @@ def test_v11_bucket_layout_with_csv_splits(tmp_path: Path):
         (splits / f"flood_{name}_data.csv").write_text("\n".join(rows) + "\n")
     ds = Sen1Floods11DataModule(str(tmp_path), modalities=["S1GRD"]).make_dataset("test")
     assert [s.sample_id for s in ds.samples] == CHIPS[:2]
+
+
+def test_predict_samples_carry_the_label_when_it_is_on_disk(tmp_path: Path):
+    """Prediction panels draw the label when it is known: the predict split of Sen1Floods11 has its labels."""
+    split = tmp_path / "chips.txt"
+    split.write_text("\n".join(CHIPS[:2]))
+    dm = Sen1Floods11DataModule(str(ROOT), modalities=["S1GRD"], split_files={"predict": str(split)})
+    sample = dm.make_dataset("predict")[0]
+    assert tuple(sample["mask"].shape) == tuple(sample["image"]["S1GRD"].shape[-2:])
+    assert set(np.unique(np.asarray(sample["mask"])).tolist()) <= {-1, 0, 1} and (sample["mask"] >= 0).any()
