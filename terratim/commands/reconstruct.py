@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="GeoTIFF of that modality (side a multiple of 32)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps (default 10; the reference's 50 for parity)")
+    parser.add_argument("--model", help="registered tokenizer name (default terramind_v1_tokenizer_<mod>); offline, "
+                        "the bundled terramind_sim_micro_tokenizer_{dem,lulc} with --pretrained")
     parser.add_argument("--ckpt", help="official TerraMind_Tokenizer_<MOD>.pt or a converted .safetensors")
     parser.add_argument("--pretrained", action="store_true", help="download the official tokenizer from the hub")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
@@ -65,9 +67,12 @@ def _reconstruct(args: argparse.Namespace, modality, data):
     import terratim
 
     device = torch.device(args.device)
-    tok = terratim.build(f"terramind_v1_tokenizer_{modality.name.lower()}", pretrained=args.pretrained,
-                         ckpt_path=args.ckpt).to(device)  # fmt: skip
-    weights = args.ckpt or ("official (hub)" if args.pretrained else "random initialisation")
+    name = args.model or f"terramind_v1_tokenizer_{modality.name.lower()}"
+    tok = terratim.build(name, pretrained=args.pretrained, ckpt_path=args.ckpt).to(device)
+    if getattr(tok, "modality", modality) != modality:
+        raise ValueError(f"--model {name} is a {tok.modality.name} tokenizer, but --modality is {modality.name}")
+    hub = "bundled" if name.startswith("terramind_sim_") else "official (hub)"
+    weights = args.ckpt or (hub if args.pretrained else "random initialisation")
     nodata = ~np.isfinite(data).all(axis=0)  # (H, W)
     x = torch.from_numpy(np.where(np.isfinite(data), data, 0.0 if modality.name == "LULC" else np.nan))[None]
     start = time.perf_counter()
@@ -106,6 +111,7 @@ def _write(args: argparse.Namespace, modality, raster, recon, tif, png) -> None:
     else:
         write_geotiff(tif, recon, like=raster.profile, overwrite=args.overwrite)
         caption = f"reconstruction ({args.steps} DDIM steps)"
-    weights = Path(args.ckpt).name if args.ckpt else ("official weights" if args.pretrained else "random weights")
+    pretrained = "bundled weights" if (args.model or "").startswith("terramind_sim_") else "official weights"
+    weights = Path(args.ckpt).name if args.ckpt else (pretrained if args.pretrained else "random weights")
     save_panel(png, [("input", modality.name, raster.data), (caption, modality.name, recon)],
                title=f"{modality.name} tokenizer: {raster.path.name} ({weights})")  # fmt: skip

@@ -138,3 +138,22 @@ def test_failed_tiled_generation_leaves_no_partial_files_or_folders(tmp_path, si
               "--batch-size", "1"])  # fmt: skip
     assert len(calls) == 2
     assert list(tmp_path.iterdir()) == []  # neither partial files nor the folders this run made
+
+
+@pytest.mark.parametrize("modality", ["LULC", "DEM"])
+def test_reconstruct_with_a_bundled_tokenizer(sim_files, tmp_path, modality, capsys):
+    out = tmp_path / "out"
+    argv = ["reconstruct", "--modality", modality, "--input", str(sim_files[64][modality]), "--out", str(out),
+            "--model", f"terramind_sim_micro_tokenizer_{modality.lower()}", "--pretrained", "--steps", "2"]
+    assert main(argv) == 0
+    assert "bundled" in capsys.readouterr().out
+    with rasterio.open(out / f"{sim_files[64][modality].stem}_{modality}_reconstruction.tif") as src:
+        recon = src.read(1)
+    assert recon.shape == (64, 64) and np.isfinite(recon).all()
+
+
+def test_reconstruct_refuses_a_tokenizer_of_another_modality(sim_files, tmp_path):
+    argv = ["reconstruct", "--modality", "DEM", "--input", str(sim_files[64]["DEM"]), "--out", str(tmp_path),
+            "--model", "terramind_sim_micro_tokenizer_lulc", "--pretrained"]
+    with pytest.raises(SystemExit, match="is a LULC tokenizer, but --modality is DEM"):
+        main(argv)
