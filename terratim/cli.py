@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("terratim.commands.infer", "streaming tiled inference over large scenes"),
     "train-tokenizer": ("terratim.commands.train_tokenizer", "train an FSQ-VAE tokenizer from a config"),
     "pretrain": ("terratim.commands.pretrain", "masked multimodal pretraining from a config"),
+    "build-kernels": ("terratim.commands.build_kernels", "compile the tokenizer decoder's fast CPU kernels (opt-in)"),
     "quickstart": ("terratim.commands.quickstart", "offline demo: plain vs TiM fine-tuning on simulated data"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
