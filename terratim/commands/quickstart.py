@@ -11,7 +11,9 @@
 
 Every step runs, in every mode; a missing bundled file is an error, found before any training.
 
-Everything runs on CPU in a few minutes; ``--fast`` is a seconds-long smoke version for CI.
+Everything runs on CPU in a few minutes; ``--fast`` is a seconds-long smoke version for CI. The table is the same
+on every run of one machine with one thread count; training sums in float32, so another thread count (``--threads``)
+or another CPU's BLAS kernels give slightly different per-seed numbers (up to ~1 pp): the footer prints the threads.
 """
 
 from __future__ import annotations
@@ -188,6 +190,7 @@ def imagined_lulc(tim_model: Any, s1: Any) -> Any:
 def print_table(results: dict[str, list[dict]], settings: Settings, total: float) -> str:
     import statistics
 
+    import torch
     from rich.console import Console
     from rich.table import Table
 
@@ -207,7 +210,9 @@ def print_table(results: dict[str, list[dict]], settings: Settings, total: float
         lines.append(" | ".join(row))
     console = Console()
     console.print(table)
-    console.print(f"seeds {list(settings.seeds)}, {settings.steps} steps each; total {total:.0f} s")
+    # training sums in float32: another thread count or CPU (its BLAS kernels) moves each seed by up to ~1 pp
+    console.print(f"seeds {list(settings.seeds)}, {settings.steps} steps each, {torch.get_num_threads()} torch "
+                  f"threads; total {total:.0f} s")  # fmt: skip
     return "\n".join(lines)
 
 

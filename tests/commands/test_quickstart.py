@@ -31,6 +31,7 @@ def test_quickstart_fast_runs_every_step_on_the_packaged_chips(
     assert main(["quickstart", "--fast", "--output", "out", "--threads", "2"]) == 0
     out = capsys.readouterr().out
     assert "plain" in out and "tim" in out and "mIoU" in out and "skipping" not in out
+    assert "2 torch threads" in out  # the table depends on the thread count, so it says which
     figure = tmp_path / "out" / "quickstart.png"
     assert figure.is_file() and figure.stat().st_size > 10_000
     imagined = sorted((tmp_path / "out" / "sen1floods11").glob("*_imagined_LULC.tif"))
