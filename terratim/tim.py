@@ -19,9 +19,10 @@ import torch.nn as nn
 
 from terratim import modalities as mods
 from terratim.generation.generate import TerraMindGenerate, build_generate
-from terratim.model.backbone import MergeMethod, TerraMindBackbone, load_weights, terramind_state_dict
+from terratim.model.backbone import MergeMethod, TerraMindBackbone
 from terratim.model.config import TerraMindConfig, size_config
 from terratim.registry import register_sizes
+from terratim.weights import load_weights, terramind_state_dict
 
 
 class TerraMindTiM(TerraMindBackbone):

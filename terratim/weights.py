@@ -1,9 +1,11 @@
 """Checkpoint files: Hugging Face hub downloads, local ``.pt`` / ``.safetensors`` files, and one strict loader.
 
-Official TerraMind files are a plain ``torch.save`` of a flat state dict (spec §2.1). They are read with
-``weights_only=True``. Our module names equal the official keys, so "conversion" is limited to one place:
-:func:`convert_state_dict` drops the constant-zero LayerNorm bias buffers (verifying they are zero), adds a
-prefix where a model nests the network, and keeps only the keys the model declares it takes from the file.
+Official TerraMind files (``TerraMind_v1_{size}.pt`` in the ``ibm-esa-geospatial/TerraMind-1.0-{size}`` hub
+repositories) are a plain ``torch.save`` of a flat state dict. They are read with ``weights_only=True``. Our module
+names equal the official keys, so "conversion" is limited to one place: :func:`convert_state_dict` drops the
+constant-zero LayerNorm bias buffers (verifying they are zero), adds a prefix where a model nests the network, and
+keeps only the keys the model declares it takes from the file. :func:`terramind_state_dict` and
+:func:`load_weights` load such a file into the TerraMind networks (backbone, generation, TiM).
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-# Official repositories and file names (spec §2.1).
+from terratim import modalities as mods
+
+if TYPE_CHECKING:
+    from terratim.model.terramind import TerraMind
+
+# Official Hugging Face hub repositories and file names of the TerraMind v1 weights.
 TERRAMIND_FILES = {
     size: (f"ibm-esa-geospatial/TerraMind-1.0-{size}", f"TerraMind_v1_{size}.pt")
     for size in ("tiny", "small", "base", "large")
@@ -240,3 +248,57 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike, co
     save_file(unique, str(path))
     if config is not None:
         path.with_suffix(".json").write_text(json.dumps(config, indent=2))
+
+
+# ------------------------------------------------------------------------------------- TerraMind files
+def terramind_state_dict(size: str, pretrained: bool, ckpt_path: str | None) -> tuple[dict, str] | None:
+    """The official-layout state dict to load, from ``ckpt_path`` or the hub; None for random init."""
+    if ckpt_path is not None:
+        return read_state_dict(ckpt_path), str(ckpt_path)
+    if pretrained:
+        repo, filename = TERRAMIND_FILES[size]
+        path = hub_file(repo, filename)
+        return read_state_dict(path), f"{repo}/{filename}"
+    return None
+
+
+DECODER_PARTS = ("decoder.", "decoder_norm.", "decoder_proj_context.", "mask_token")
+
+
+def load_weights(
+    root: nn.Module, network: TerraMind, state: dict, source: str, prefix: str = "", strict: bool = True
+) -> None:
+    """Load an official-layout file into ``network`` (found at ``prefix`` inside ``root``), strictly.
+
+    Taken from the file: the encoder (``encoder.*``, ``encoder_norm.*``), the encoder embeddings of the
+    network's keys and, for networks with a decoder, the decoder and its target embeddings. The rest of the file
+    (other modalities, or the decoder for a backbone) is ignored. Position tables are rebuilt (not loaded) when
+    the network was constructed for another image size; embeddings of new modalities start untrained. Every
+    other parameter of ``network`` must come from the file; parameters of ``root`` outside ``network`` (heads,
+    tokenizers) are not this file's business.
+    """
+    own = set(network.encoder_embeddings)
+    targets = set(network.decoder_embeddings) if network.has_decoder else set()
+
+    def keep(key: str) -> bool:
+        if key.startswith("encoder_embeddings."):
+            return key.split(".")[1] in own
+        if key.startswith("decoder_embeddings."):
+            return key.split(".")[1] in targets
+        if key.startswith(DECODER_PARTS):
+            return network.has_decoder
+        return key.startswith(("encoder.", "encoder_norm."))
+
+    converted, report = convert_state_dict(state, root, prefix=prefix, keep=keep)
+    net_keys = {prefix + k for k in network.state_dict()}
+    expected_missing = {k for k in root.state_dict() if k not in net_keys}
+    expected_missing |= {prefix + k for k in network.state_dict()
+                         if k.startswith(network.nested_prefixes) or k == "missing_mod_token"}  # fmt: skip
+    for key, embedding in network.encoder_embeddings.items():
+        if key not in mods.KEY_OWNERS:  # a new modality
+            expected_missing |= {f"{prefix}encoder_embeddings.{key}.{n}" for n in embedding.state_dict()}
+    rebuilt = [m for m in report.mismatched if m.split(":")[0].endswith("pos_emb")]
+    if rebuilt and network.config.img_size != 224:
+        report.mismatched = [m for m in report.mismatched if m not in rebuilt]
+        expected_missing |= {prefix + m.split(":")[0] for m in rebuilt}
+    load_into(root, converted, report, source, expected_missing=expected_missing, strict=strict)

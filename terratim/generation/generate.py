@@ -17,9 +17,10 @@ import torch.nn as nn
 
 from terratim import modalities as mods
 from terratim.generation.sampler import Sampler, Scheme, Target
-from terratim.model.backbone import TerraMindBackbone, load_weights, parse_modalities, terramind_state_dict
+from terratim.model.backbone import TerraMindBackbone, parse_modalities
 from terratim.model.config import size_config
 from terratim.registry import register_sizes
+from terratim.weights import load_weights, terramind_state_dict
 
 
 def output_keys(output_modalities: Sequence[str], inputs: Mapping[str, tuple[str, int | None]]) -> dict[str, str]:

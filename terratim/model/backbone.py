@@ -19,7 +19,7 @@ from terratim.model.config import TerraMindConfig, size_config
 from terratim.model.embeddings import PatchEmbedding, SequenceEmbedding, TokenEmbedding
 from terratim.model.terramind import Span, TerraMind
 from terratim.registry import register_sizes
-from terratim.weights import TERRAMIND_FILES, convert_state_dict, hub_file, load_into, read_state_dict
+from terratim.weights import load_weights, terramind_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -319,59 +319,6 @@ class TerraMindBackbone(TerraMind):
 
 
 # --------------------------------------------------------------------------------------------- build
-def terramind_state_dict(size: str, pretrained: bool, ckpt_path: str | None) -> tuple[dict, str] | None:
-    """The official-layout state dict to load, from ``ckpt_path`` or the hub; None for random init."""
-    if ckpt_path is not None:
-        return read_state_dict(ckpt_path), str(ckpt_path)
-    if pretrained:
-        repo, filename = TERRAMIND_FILES[size]
-        path = hub_file(repo, filename)
-        return read_state_dict(path), f"{repo}/{filename}"
-    return None
-
-
-DECODER_PARTS = ("decoder.", "decoder_norm.", "decoder_proj_context.", "mask_token")
-
-
-def load_weights(
-    root: nn.Module, network: TerraMind, state: dict, source: str, prefix: str = "", strict: bool = True
-) -> None:
-    """Load an official-layout file into ``network`` (found at ``prefix`` inside ``root``), strictly.
-
-    Taken from the file: the encoder (``encoder.*``, ``encoder_norm.*``), the encoder embeddings of the
-    network's keys and, for networks with a decoder, the decoder and its target embeddings. The rest of the file
-    (other modalities, or the decoder for a backbone) is ignored. Position tables are rebuilt (not loaded) when
-    the network was constructed for another image size; embeddings of new modalities start untrained. Every
-    other parameter of ``network`` must come from the file; parameters of ``root`` outside ``network`` (heads,
-    tokenizers) are not this file's business.
-    """
-    own = set(network.encoder_embeddings)
-    targets = set(network.decoder_embeddings) if network.has_decoder else set()
-
-    def keep(key: str) -> bool:
-        if key.startswith("encoder_embeddings."):
-            return key.split(".")[1] in own
-        if key.startswith("decoder_embeddings."):
-            return key.split(".")[1] in targets
-        if key.startswith(DECODER_PARTS):
-            return network.has_decoder
-        return key.startswith(("encoder.", "encoder_norm."))
-
-    converted, report = convert_state_dict(state, root, prefix=prefix, keep=keep)
-    net_keys = {prefix + k for k in network.state_dict()}
-    expected_missing = {k for k in root.state_dict() if k not in net_keys}
-    expected_missing |= {prefix + k for k in network.state_dict()
-                         if k.startswith(network.nested_prefixes) or k == "missing_mod_token"}  # fmt: skip
-    for key, embedding in network.encoder_embeddings.items():
-        if key not in mods.KEY_OWNERS:  # a new modality
-            expected_missing |= {f"{prefix}encoder_embeddings.{key}.{n}" for n in embedding.state_dict()}
-    rebuilt = [m for m in report.mismatched if m.split(":")[0].endswith("pos_emb")]
-    if rebuilt and network.config.img_size != 224:
-        report.mismatched = [m for m in report.mismatched if m not in rebuilt]
-        expected_missing |= {prefix + m.split(":")[0] for m in rebuilt}
-    load_into(root, converted, report, source, expected_missing=expected_missing, strict=strict)
-
-
 def build_backbone(
     size: str,
     modalities: Sequence[ModalitySpec] = ("S2L2A",),
