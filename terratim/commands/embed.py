@@ -20,50 +20,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed forward passes")
 
 
-def read_inputs(files: dict[str, str]) -> dict:
-    """Read GeoTIFFs as :class:`~terratim.data.geotiff.Raster`, refusing inputs with no valid pixel and inputs
-    that are not on one grid (CRS, transform, size)."""
-    from terratim import modalities as mods
-    from terratim.data.geotiff import check_same_grid, read_geotiff, require_valid_pixels
-
-    rasters = {}
-    for name, path in files.items():
-        rasters[name] = read_geotiff(path, expected_bands=mods.resolve(name).num_bands, what=name)
-        require_valid_pixels(rasters[name], name)
-    check_same_grid(rasters)
-    return rasters
-
-
-def as_tensors(rasters: dict) -> dict:
-    """``{name: Raster}`` -> ``{name: (1, C, H, W)}``, image modalities standardized with the registry statistics."""
-    import torch
-
-    from terratim import modalities as mods
-
-    tensors = {}
-    for name, raster in rasters.items():
-        modality = mods.resolve(name)
-        x = torch.from_numpy(raster.data)[None]
-        tensors[name] = modality.standardize(x) if modality.kind == "image" else x
-    return tensors
-
-
-def load_inputs(files: dict[str, str]):
-    """Read, check (see :func:`read_inputs`) and standardize GeoTIFFs into (1, C, H, W) tensors."""
-    return as_tensors(read_inputs(files))
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
     import terratim
-    from terratim.data.geotiff import check_writable
+    from terratim.data.geotiff import check_writable, raster_tensors, read_modality_rasters
     from terratim.samples import terramesh_file
 
     files = modality_paths(args.input) or {m: str(terramesh_file(m)) for m in ("S2L2A", "S1RTC")}
     out = check_writable(args.out, args.overwrite) if args.out else None
-    inputs = load_inputs(files)
+    inputs = raster_tensors(read_modality_rasters(files))  # {name: (1, C, H, W)}, standardized
     model = terratim.build(args.model, modalities=list(inputs), merge_method=args.merge,
                            pretrained=args.pretrained, ckpt_path=args.ckpt).eval()  # fmt: skip
     weights = args.ckpt or ("official (hub)" if args.pretrained else "random initialisation")

@@ -78,21 +78,20 @@ def imagine(args: argparse.Namespace, files: dict[str, Path], targets: dict[str,
     import torch
 
     import terratim
-    from terratim.commands.embed import as_tensors, read_inputs
-    from terratim.data.geotiff import write_geotiff
+    from terratim.data.geotiff import raster_tensors, read_modality_rasters, write_geotiff
     from terratim.generation.generate import decode_tokens
     from terratim.inference.heads import hex_colormap
     from terratim.modalities import LULC_COLORS
     from terratim.viz import save_panel
 
-    rasters = read_inputs(files)
+    rasters = read_modality_rasters(files)
     model = terratim.build(args.model, modalities=list(files), tim_modalities=list(targets),
                            tim_temps=args.temperature, tim_chain=not args.independent_outputs,
                            pretrained=args.pretrained, ckpt_path=args.ckpt).eval()  # fmt: skip
     tokenizers = build_tokenizers(args, list(targets))
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
-        ids = model.imagine(as_tensors(rasters), generator)
+        ids = model.imagine(raster_tensors(rasters), generator)
         images = decode_tokens(ids, tokenizers, timesteps=args.steps, generator=generator)
     profile = next(iter(rasters.values())).profile
     panels = [(f"input {n}", n, r.data) for n, r in rasters.items()]

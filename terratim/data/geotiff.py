@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import rasterio
+import torch
+
+from terratim import modalities as mods
 
 
 @dataclass
@@ -32,14 +37,6 @@ class Raster:
         return self.profile.get("transform")
 
 
-def _rasterio():
-    try:
-        import rasterio
-    except ImportError as err:  # pragma: no cover - a declared dependency
-        raise ImportError("GeoTIFF I/O needs rasterio: pip install rasterio") from err
-    return rasterio
-
-
 def read_geotiff(path: str | os.PathLike, expected_bands: int | None = None, what: str = "") -> Raster:
     """Read a GeoTIFF as float32 (C, H, W) with nodata -> NaN.
 
@@ -48,7 +45,6 @@ def read_geotiff(path: str | os.PathLike, expected_bands: int | None = None, wha
         expected_bands: if given, the band count the caller needs; a different count raises ``ValueError``.
         what: a label for error messages, e.g. the modality name.
     """
-    rasterio = _rasterio()
     path = Path(path)
     label = f"{what} " if what else ""
     if not path.is_file():
@@ -142,7 +138,6 @@ def write_geotiff(
         overwrite: replace an existing file.
         colormap: optional colour table for single-band uint8 class maps.
     """
-    rasterio = _rasterio()
     path = check_writable(path, overwrite)
     if data.ndim == 2:
         data = data[None]
@@ -160,6 +155,36 @@ def write_geotiff(
         if colormap is not None:
             dst.write_colormap(1, colormap)
     return path
+
+
+# -------------------------------------------------------------------------------------- model inputs
+def read_modality_rasters(files: Mapping[str, str | os.PathLike]) -> dict[str, Raster]:
+    """Read one GeoTIFF per modality, checked for the modality's band count, at least one valid pixel each
+    (:func:`require_valid_pixels`) and one common grid (:func:`check_same_grid`).
+
+    Args:
+        files: ``{modality name: path}``, e.g. ``{"S2L2A": "s2.tif", "S1RTC": "s1.tif"}``.
+
+    Returns:
+        ``{modality name: Raster}`` in the order of ``files``.
+    """
+    rasters = {}
+    for name, path in files.items():
+        rasters[name] = read_geotiff(path, expected_bands=mods.resolve(name).num_bands, what=name)
+        require_valid_pixels(rasters[name], name)
+    check_same_grid(rasters)
+    return rasters
+
+
+def raster_tensors(rasters: Mapping[str, Raster]) -> dict[str, torch.Tensor]:
+    """``{name: Raster}`` -> ``{name: (1, C, H, W) tensor}``: image modalities standardized with the modality
+    statistics (:meth:`terratim.modalities.Modality.standardize`), other modalities (class maps) as read."""
+    tensors = {}
+    for name, raster in rasters.items():
+        modality = mods.resolve(name)
+        x = torch.from_numpy(raster.data)[None]  # (1, C, H, W)
+        tensors[name] = modality.standardize(x) if modality.kind == "image" else x
+    return tensors
 
 
 # ----------------------------------------------------------------------------------------- input checks

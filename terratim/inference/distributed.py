@@ -90,15 +90,14 @@ def _check_part(part: Path, overwrite: bool, resume: bool) -> None:
 
 def _assemble(head: Head, info, fingerprint: dict, panels: list[tuple[int, int]], world_size: int) -> None:
     """Copy the ranks' part files, panel by panel and block row by block row, into ``head.path``."""
+    import rasterio
     from rasterio.windows import Window
-
-    from terratim.data.geotiff import _rasterio
 
     spec = head.output_band()
     partial_path(spec.path).unlink(missing_ok=True)
     writer = SceneWriter(spec, info, fingerprint, panels)
     shares = [rank_rows(info.height, rank, world_size) for rank in range(world_size)]
-    sources = {r: _rasterio().open(part_path(head.path, r, world_size)) for r, (a, b) in enumerate(shares) if b > a}
+    sources = {r: rasterio.open(part_path(head.path, r, world_size)) for r, (a, b) in enumerate(shares) if b > a}
     try:
         for col0, col1 in panels:
             for rank, src in sources.items():

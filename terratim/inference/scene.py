@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import rasterio
+from rasterio.transform import Affine
+from rasterio.windows import Window
 
-from terratim.data.geotiff import _rasterio, check_same_grid, require_valid_pixels
+from terratim.data.geotiff import check_same_grid, require_valid_pixels
 from terratim.inference.fingerprint import describe_changes
 
 BLOCK = 256
@@ -44,12 +47,11 @@ class SceneReader:
     def __init__(self, inputs: dict[str, str | os.PathLike], bands: dict[str, int] | None = None) -> None:
         if not inputs:
             raise ValueError("no inputs given; pass at least one MODALITY=path")
-        rasterio = _rasterio()
         self.paths = {name: Path(p) for name, p in inputs.items()}
         self.datasets = {}
         try:
             for name, path in self.paths.items():
-                self.datasets[name] = _open_checked(rasterio, name, path, (bands or {}).get(name))
+                self.datasets[name] = _open_checked(name, path, (bands or {}).get(name))
             grid = check_same_grid(self.datasets)  # CRS, transform, size: the check every command shares
             self.info = SceneInfo(grid.height, grid.width, grid.crs, grid.transform)
             for name, ds in self.datasets.items():  # block by block, stopping at the first valid pixel
@@ -67,8 +69,6 @@ class SceneReader:
         Returns:
             ``{name: (C, rows, cols) float32}`` with nodata as NaN.
         """
-        from rasterio.windows import Window
-
         start, stop = max(start, 0), min(stop, self.info.height)
         col0, col1 = max(col0, 0), min(self.info.width if col1 is None else col1, self.info.width)
         window = Window(col0, start, col1 - col0, stop - start)
@@ -94,7 +94,7 @@ class SceneReader:
         self.close()
 
 
-def _open_checked(rasterio, name: str, path: Path, bands: int | None):
+def _open_checked(name: str, path: Path, bands: int | None):
     if not path.is_file():
         raise FileNotFoundError(f"{name} input not found: {path}")
     try:
@@ -105,8 +105,6 @@ def _open_checked(rasterio, name: str, path: Path, bands: int | None):
         if bands is not None and ds.count != bands:
             raise ValueError(f"{name} input {path} has {ds.count} bands, expected {bands}")
         # Touch the first and the last block: a truncated file fails here rather than hours into a run.
-        from rasterio.windows import Window
-
         ds.read(window=Window(0, 0, 1, 1))
         ds.read(window=Window(ds.width - 1, ds.height - 1, 1, 1))
     except ValueError:
@@ -147,7 +145,6 @@ def block_cache(reader: SceneReader, out_bands: int, panel: int = 0):
     GDAL's default cache (5 % of RAM) would otherwise fill up with blocks of rows already done, so the resident
     memory would grow with the scene. Two block rows cover the rows a chip row reads and the rows written.
     """
-    rasterio = _rasterio()
     bands = sum(reader.band_counts().values()) + out_bands
     columns = reader.info.width if panel <= 0 else min(reader.info.width, panel + 2 * BLOCK)
     size = 2 * BLOCK * columns * 4 * bands
@@ -246,9 +243,6 @@ class SceneWriter:
         os.replace(tmp, self.progress)
 
     def _create(self) -> None:
-        rasterio = _rasterio()
-        from rasterio.transform import Affine
-
         height = self.stop - self.start
         transform = self.info.transform @ Affine.translation(0, self.start) if self.info.transform else None
         profile = {"driver": "GTiff", "count": self.spec.count, "height": height, "width": self.info.width,
@@ -290,13 +284,11 @@ class SceneWriter:
             self._flush(aligned)
 
     def _flush(self, until: int) -> None:
-        from rasterio.windows import Window
-
         data = np.concatenate(self.buffer, axis=1) if len(self.buffer) > 1 else self.buffer[0]
         n = until - self.buffer_start
         col0, col1 = self.panels[self.panel]
         with interrupts_deferred():  # the rows and the record that counts them, or neither
-            with _rasterio().open(self.target, "r+") as dst:
+            with rasterio.open(self.target, "r+") as dst:
                 dst.write(data[:, :n], window=Window(col0, self.buffer_start - self.start, col1 - col0, n))
             rest = data[:, n:]
             self.buffer = [rest] if rest.shape[1] else []

@@ -5,14 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
+from terratim import modalities as mods
 from terratim.data.geotiff import (
     Raster,
     check_same_grid,
     check_writable,
+    raster_tensors,
     read_geotiff,
+    read_modality_rasters,
     require_valid_pixels,
     spread_order,
     write_geotiff,
@@ -109,3 +113,30 @@ def test_output_check_creates_the_folder_and_leaves_only_it(tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         check_writable(target, overwrite=False)
     assert check_writable(target, overwrite=True) == target
+
+
+def test_modality_rasters_are_checked_and_image_modalities_standardized(tmp_path):
+    s1 = np.stack([np.full((32, 32), -12.0), np.full((32, 32), -20.0)]).astype(np.float32)
+    lulc = np.arange(32 * 32, dtype=np.uint8).reshape(1, 32, 32) % 10
+    files = {"S1GRD": write_geotiff(tmp_path / "s1.tif", s1, like=UTM),
+             "LULC": write_geotiff(tmp_path / "lulc.tif", lulc, like=UTM)}  # fmt: skip
+    tensors = raster_tensors(read_modality_rasters(files))
+    assert list(tensors) == ["S1GRD", "LULC"]
+    s1grd = mods.resolve("S1GRD")
+    mean = torch.tensor(s1grd.mean, dtype=torch.float64)[:, None, None]  # (2, 1, 1)
+    std = torch.tensor(s1grd.std, dtype=torch.float64)[:, None, None]
+    expected = (torch.from_numpy(s1).double() - mean) / std  # float64 reference
+    assert tensors["S1GRD"].shape == (1, 2, 32, 32)
+    torch.testing.assert_close(tensors["S1GRD"][0].double(), expected, rtol=1e-6, atol=1e-6)  # float32 rounding
+    assert torch.equal(tensors["LULC"], torch.from_numpy(lulc.astype(np.float32))[None])  # class ids as read
+
+
+def test_modality_rasters_refuse_wrong_band_count_and_other_grids(tmp_path):
+    s1 = write_geotiff(tmp_path / "s1.tif", np.zeros((2, 32, 32), np.float32), like=UTM)
+    three = write_geotiff(tmp_path / "three.tif", np.zeros((3, 32, 32), np.float32), like=UTM)
+    with pytest.raises(ValueError, match=r"S1GRD file .*three\.tif has 3 bands, expected 2"):
+        read_modality_rasters({"S1GRD": three})
+    dem = write_geotiff(tmp_path / "dem.tif", np.zeros((1, 32, 32), np.float32),
+                        like={**UTM, "crs": CRS.from_epsg(4326)})  # fmt: skip
+    with pytest.raises(ValueError, match="not co-registered"):
+        read_modality_rasters({"S1GRD": s1, "DEM": dem})
