@@ -67,44 +67,40 @@ def _checkpoint(pretrained: bool, ckpt_path: str | os.PathLike | None) -> str | 
     return str(_bundled(CHECKPOINT)) if pretrained else None
 
 
-def load_decoder(tokenizer: nn.Module) -> nn.Module:
-    """Build and fill a tokenizer's decoder now (so decoding needs no lazy construction later)."""
-    if "decoder" not in tokenizer._modules:
-        decoder = tokenizer.make_decoder()
-        if tokenizer.decoder_loader is not None:
-            tokenizer.decoder_loader(decoder)
-        tokenizer._modules["decoder"] = decoder.eval()
-    return tokenizer
-
-
 def build_sim_tokenizer(modality: str, pretrained: bool = True, ckpt_path: str | os.PathLike | None = None,
-                        **kwargs: Any) -> nn.Module:  # fmt: skip
-    """A tokenizer of the bundled model (architecture from the ``.json`` next to the weights)."""
+                        decoder: bool = True, **kwargs: Any) -> nn.Module:  # fmt: skip
+    """A tokenizer of the bundled model (architecture from the ``.json`` next to the weights), read once.
+
+    ``decoder=False`` builds it encode-only (the token inputs of a backbone or TiM model).
+    """
     from terratim.tokenizers.build import build_tokenizer
 
     if ckpt_path is None and not pretrained:
         raise ValueError("the simulated-data tokenizers exist only as trained files; use pretrained=True or ckpt_path")
     path = ckpt_path if ckpt_path is not None else _bundled(tokenizer_path(modality))
-    return load_decoder(build_tokenizer(modality, ckpt_path=path, **kwargs))
+    return build_tokenizer(modality, ckpt_path=path, decoder=decoder, **kwargs)
 
 
-def _default_tokenizers(names: list[str], given: Mapping[str, nn.Module] | None) -> dict[str, nn.Module]:
-    """``given`` completed with the bundled tokenizer of every name in ``names`` that it lacks."""
+def _default_tokenizers(decoded: list[str], encoded: list[str],
+                        given: Mapping[str, nn.Module] | None) -> dict[str, nn.Module]:  # fmt: skip
+    """``given`` completed with the bundled tokenizer of every name in ``decoded`` (built with its decoder) and
+    ``encoded`` (encode-only) that it lacks."""
     tokenizers = dict(given or {})
     have = {mods.resolve(n).name for n in tokenizers}
-    for name in names:
+    outputs = {mods.resolve(n).name for n in decoded}
+    for name in [*decoded, *encoded]:
         canonical = mods.resolve(name).name
         if canonical in TOKENIZER_MODALITIES and canonical not in have:
-            tokenizers[canonical] = build_sim_tokenizer(canonical)
+            tokenizers[canonical] = build_sim_tokenizer(canonical, decoder=canonical in outputs)
+            have.add(canonical)
     return tokenizers
 
 
-def _needs_tokenizer(modalities: Any, outputs: Any) -> list[str]:
-    """Outputs (decoded to pixels) and the inputs read as tokens (class maps): the tokenizers a model needs."""
+def _token_inputs(modalities: Any) -> list[str]:
+    """The inputs read as tokens (class maps): their tokenizers only encode."""
     from terratim.model.backbone import parse_modalities
 
-    token_inputs = [n for n, (key, _) in parse_modalities(list(modalities)).items() if key.startswith("tok_")]
-    return [*outputs, *token_inputs]
+    return [n for n, (key, _) in parse_modalities(list(modalities)).items() if key.startswith("tok_")]
 
 
 def generatable(checkpoint: str | os.PathLike) -> list[str]:
@@ -154,7 +150,7 @@ def terramind_sim_micro_generate(
     checkpoint = _checkpoint(pretrained, ckpt_path)
     check_outputs("terramind_sim_micro_generate", checkpoint, output_modalities)
     if pretrained:
-        tokenizers = _default_tokenizers(_needs_tokenizer(modalities, output_modalities), tokenizers)
+        tokenizers = _default_tokenizers(list(output_modalities), _token_inputs(modalities), tokenizers)
     return build_generate(SIZE, list(modalities), list(output_modalities), img_size=img_size, ckpt_path=checkpoint,
                           tokenizers=tokenizers, build_tokenizers_for_outputs=False, **kwargs)  # fmt: skip
 
@@ -173,7 +169,7 @@ def terramind_sim_micro_tim(
     imagined = [n for n in tim_modalities if mods.resolve(n).name not in inputs]
     check_outputs("terramind_sim_micro_tim", checkpoint, imagined)
     if pretrained:
-        tokenizers = _default_tokenizers(_needs_tokenizer(modalities, []), tokenizers)
+        tokenizers = _default_tokenizers([], _token_inputs(modalities), tokenizers)
     return build_tim(SIZE, list(modalities), list(tim_modalities), img_size=img_size, ckpt_path=checkpoint,
                      tokenizers=tokenizers, **kwargs)  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""Training FSQ-VAE tokenizers (spec §7): the objective per decoder kind and a Lightning module.
+"""Training FSQ-VAE tokenizers (TerraMind, arXiv 2504.11171): the objective per decoder kind and a Lightning module.
 
 * Class maps (LULC, ``ClassTokenizer``): one-hot -> ViT encoder -> FSQ -> ViT decoder -> class logits;
   loss = cross-entropy against the class ids.
@@ -25,9 +25,8 @@ from terratim.tokenizers.model import ClassTokenizer, FSQTokenizer, TokenizerCon
 
 
 def with_decoder(tokenizer: FSQTokenizer) -> FSQTokenizer:
-    """Build a fresh tokenizer's decoder now, so the optimiser sees its parameters."""
-    if "decoder" not in tokenizer._modules:
-        tokenizer._modules["decoder"] = tokenizer.make_decoder()  # the lazy property is for loading
+    """``tokenizer``, checked to have its decoder: training optimises encoder and decoder together."""
+    tokenizer.require_decoder()
     return tokenizer
 
 
@@ -82,7 +81,7 @@ class TokenizerTraining(pl.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.tokenizer = with_decoder(make_tokenizer(config))
+        self.tokenizer = make_tokenizer(config, decoder=True)
         self.modality = self.tokenizer.modality.name
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps, self.seed = warmup_steps, max_steps, seed

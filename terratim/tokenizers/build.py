@@ -1,9 +1,10 @@
 """Registry entries ``terramind_v1_tokenizer_<mod>`` and the strict loading of ``TerraMind_Tokenizer_<MOD>.pt``.
 
-Official tokenizer files are a flat state dict with the keys our modules carry (spec §7.6): ``encoder.*``,
-``quant_proj.*``, ``decoder.*`` and, for LULC, ``post_quant_proj.*``. At build time everything except the decoder
-is loaded strictly, and the decoder's keys and shapes are checked against a decoder built on the ``meta`` device
-(no memory). The decoder itself is built and filled from the same file the first time it is used.
+Official tokenizer files are a flat state dict whose keys are our modules' names: ``encoder.*``, ``quant_proj.*``,
+``decoder.*`` and, for LULC, ``post_quant_proj.*`` (the layout of TerraTorch's
+``terratorch/models/backbones/terramind/tokenizer/vqvae.py`` models). A tokenizer is built with its decoder side or
+without it (``decoder=False``); the file is read once, at build time, and every key of the parts built must be in
+it with the right shape. The keys of a decoder that was not built are ignored.
 """
 
 from __future__ import annotations
@@ -11,14 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-import torch.nn as nn
-
 from terratim.modalities import resolve
 from terratim.registry import register
 from terratim.tokenizers.model import FSQTokenizer, TokenizerConfig, make_tokenizer
 from terratim.weights import (
-    CheckpointError,
     LoadReport,
     convert_state_dict,
     hub_file,
@@ -29,47 +26,20 @@ from terratim.weights import (
 )
 
 TOKENIZER_MODALITIES = ("S2L2A", "S1GRD", "S1RTC", "DEM", "LULC", "NDVI")
-DECODER_PREFIX = "decoder."
-
-
-def _decoder_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k[len(DECODER_PREFIX) :]: v for k, v in state.items() if k.startswith(DECODER_PREFIX)}
-
-
-def _check_decoder_layout(model: FSQTokenizer, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strictly compare the file's decoder keys with a decoder built on the meta device."""
-    with torch.device("meta"):
-        decoder = model.make_decoder()
-    file_state = _decoder_state(state)
-    _, report = convert_state_dict(file_state, decoder)
-    report.missing.extend(k for k in decoder.state_dict() if k not in file_state)
-    if not report.ok:
-        for keys in (report.missing, report.unexpected, report.mismatched):
-            keys[:] = [DECODER_PREFIX + k for k in keys]  # name keys as they appear in the file
-        raise CheckpointError(f"checkpoint {source}: the decoder does not fit {type(decoder).__name__}:\n"
-                              f"{report.describe()}")  # fmt: skip
-
-
-def _decoder_loader(path: Path):
-    def load(decoder: nn.Module) -> None:
-        converted, report = convert_state_dict(_decoder_state(read_state_dict(path)), decoder)
-        load_into(decoder, converted, report, source=f"{path} (decoder)")
-
-    return load
 
 
 def load_tokenizer_weights(model: FSQTokenizer, path: str | os.PathLike, strict: bool = True) -> LoadReport:
-    """Load an official-layout (or converted) tokenizer file into ``model``; the decoder follows lazily."""
+    """Load an official-layout (or converted) tokenizer file into ``model``, reading it once.
+
+    Every key of the parts ``model`` has must be in the file (with ``strict``); the decoder-side keys of a
+    tokenizer built without its decoder are reported as ignored.
+    """
     path = Path(path)
     state = read_state_dict(path)
-    converted, report = convert_state_dict(state, model, keep=lambda key: not key.startswith(DECODER_PREFIX))
-    report.ignored.clear()  # the decoder keys, checked separately below
+    take = (lambda key: True) if model.has_decoder else (lambda key: not model.is_decoder_key(key))
+    converted, report = convert_state_dict(state, model, keep=take)
+    del state  # the decoder tensors of an encode-only build are freed here
     load_into(model, converted, report, source=str(path), strict=strict)
-    if strict:
-        _check_decoder_layout(model, state, str(path))
-    if model.has_decoder:
-        _decoder_loader(path)(model.decoder)
-    model.decoder_loader = _decoder_loader(path)
     return report
 
 
@@ -79,6 +49,7 @@ def build_tokenizer(
     ckpt_path: str | os.PathLike | None = None,
     config: TokenizerConfig | dict | None = None,
     strict: bool = True,
+    decoder: bool = True,
 ) -> FSQTokenizer:
     """Build a modality's tokenizer, optionally with weights.
 
@@ -88,7 +59,9 @@ def build_tokenizer(
         ckpt_path: a local official ``.pt`` or a converted ``.safetensors`` (its ``.json`` config, if present,
             gives the architecture); wins over ``pretrained``.
         config: the architecture; default the released one (or the config saved next to ``ckpt_path``).
-        strict: every key and shape must match.
+        strict: every key and shape of the parts built must match.
+        decoder: build (and load) the decoder; ``False`` for encode-only use (token inputs, pretraining targets),
+            which never allocates it (0.75 GB for the diffusion UNet in float32). Decoding then raises an error.
     """
     mod = resolve(modality)
     if mod.name not in TOKENIZER_MODALITIES:
@@ -103,7 +76,7 @@ def build_tokenizer(
     config = config or TokenizerConfig.for_modality(mod.name)
     if resolve(config.modality).name != mod.name:
         raise ValueError(f"config is for {config.modality}, but a {mod.name} tokenizer was asked for")
-    model = make_tokenizer(config)
+    model = make_tokenizer(config, decoder=decoder)
     if path is not None:
         load_tokenizer_weights(model, path, strict=strict)
     return model.eval()
@@ -111,15 +84,12 @@ def build_tokenizer(
 
 def save_tokenizer(model: FSQTokenizer, path: str | os.PathLike) -> Path:
     """Write all weights (the decoder included) as ``.safetensors`` with the config as ``.json`` beside it."""
+    if not model.has_decoder:
+        raise ValueError(f"this {model.modality.name} tokenizer was built without its decoder (decoder=False); "
+                         "build it with decoder=True to save a complete tokenizer file")  # fmt: skip
     path = Path(path)
-    state = {k: v for k, v in nn.Module.state_dict(_with_decoder(model)).items()}
-    save_safetensors(state, path, config=model.config.to_dict())
+    save_safetensors(model.state_dict(), path, config=model.config.to_dict())
     return path
-
-
-def _with_decoder(model: FSQTokenizer) -> FSQTokenizer:
-    model.decoder  # noqa: B018 - builds (and loads) the decoder
-    return model
 
 
 def _register(mod: str) -> None:
@@ -129,7 +99,7 @@ def _register(mod: str) -> None:
     def builder(pretrained: bool = False, ckpt_path: str | os.PathLike | None = None, **kwargs) -> FSQTokenizer:
         return build_tokenizer(mod, pretrained=pretrained, ckpt_path=ckpt_path, **kwargs)
 
-    builder.__doc__ = f"TerraMind v1 {mod} FSQ-VAE tokenizer ({kind})."
+    builder.__doc__ = f"TerraMind v1 {mod} FSQ-VAE tokenizer ({kind}); decoder=False builds it encode-only."
     builder.__name__ = name
     register(name)(builder)
 

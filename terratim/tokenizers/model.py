@@ -8,12 +8,13 @@ Every tokenizer speaks the same API (inputs are *standardized* images, see :func
 * ``tok.denoise(x_t, t, codes)`` -> predicted x_0 (diffusion tokenizers only);
 * ``tok(x, timesteps=10)`` -> full reconstruction.
 
-The decoder is built on first use, so code that only encodes never allocates it (the UNet has 196M parameters).
+A tokenizer is built with its decoder (``decoder=True``, the default) or without it (``decoder=False``): code
+that only encodes (token inputs of a backbone, pretraining targets) need not allocate it (the UNet has 196M
+parameters, 0.75 GB in float32). Decoding a tokenizer built without its decoder raises an error that says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -81,7 +82,7 @@ class TokenizerConfig:
 
 
 def standardize(modality: str | Modality, x: torch.Tensor) -> torch.Tensor:
-    """(x - mean) / std per band with the registry's pretraining statistics (spec §3.4)."""
+    """(x - mean) / std per band with the registry's pretraining statistics (the modality record's mean / std)."""
     return (resolve(modality) if isinstance(modality, str) else modality).standardize(x)
 
 
@@ -91,9 +92,18 @@ def destandardize(modality: str | Modality, z: torch.Tensor) -> torch.Tensor:
 
 
 class FSQTokenizer(nn.Module):
-    """Encoder, ``quant_proj`` and FSQ shared by all tokenizers; subclasses add a lazily built decoder."""
+    """Encoder, ``quant_proj`` and FSQ shared by all tokenizers; subclasses add the decoder side.
 
-    def __init__(self, config: TokenizerConfig) -> None:
+    Args:
+        config: the architecture.
+        decoder: build the decoder side (``decoder`` and, for class maps, ``post_quant_proj``); ``False`` gives an
+            encode-only tokenizer whose decoder parameters are never allocated.
+    """
+
+    decoder_parts: tuple[str, ...] = ("decoder",)  # submodules (and checkpoint key prefixes) of the decoder side
+    decoder: nn.Module | None
+
+    def __init__(self, config: TokenizerConfig, decoder: bool = True) -> None:
         super().__init__()
         self.config = config
         self.modality = resolve(config.modality)
@@ -103,30 +113,36 @@ class FSQTokenizer(nn.Module):
         )  # fmt: skip
         self.quant_proj = nn.Conv2d(config.enc_dim, len(config.fsq_levels), 1)
         self.quantizer = FSQ(config.fsq_levels)
-        self.decoder_loader: Callable[[nn.Module], None] | None = None  # fills a freshly built decoder
+        parts = self.make_decoder_side() if decoder else dict.fromkeys(self.decoder_parts)
+        for name, module in parts.items():
+            self.register_module(name, module)  # None: the part is absent (state_dict and parameters skip it)
 
-    # -- decoder, built on first use ------------------------------------------------------------------
+    # -- decoder side, built or not at construction ---------------------------------------------------
     def make_decoder(self) -> nn.Module:
         raise NotImplementedError
 
-    @property
-    def has_decoder(self) -> bool:
-        return "decoder" in self._modules
+    def make_decoder_side(self) -> dict[str, nn.Module]:
+        """The modules named in ``decoder_parts``, freshly initialised, in construction order."""
+        return {"decoder": self.make_decoder()}
 
     @property
-    def decoder(self) -> nn.Module:
-        """The decoder, built (and loaded from the checkpoint this tokenizer came from) on first access."""
-        if "decoder" not in self._modules:
-            ref = self.quant_proj.weight
-            with torch.device(ref.device):
-                decoder = self.make_decoder().to(ref.dtype)
-            if self.decoder_loader is not None:
-                self.decoder_loader(decoder)
-            decoder.train(self.training)
-            if not any(p.requires_grad for p in self.parameters()):  # a frozen tokenizer stays frozen
-                decoder.requires_grad_(False)
-            self._modules["decoder"] = decoder  # add_module would consult this property (hasattr) and recurse
-        return self._modules["decoder"]
+    def has_decoder(self) -> bool:
+        return self.decoder is not None
+
+    def is_decoder_key(self, key: str) -> bool:
+        """Whether a state-dict key belongs to the decoder side."""
+        return key.split(".", 1)[0] in self.decoder_parts
+
+    def require_decoder(self) -> nn.Module:
+        """The decoder, or a clear error for a tokenizer built encode-only."""
+        if self.decoder is None:
+            name = self.modality.name
+            raise RuntimeError(
+                f"this {name} tokenizer was built without its decoder (decoder=False), so it can encode but not "
+                f"decode; build it with decoder=True, e.g. "
+                f"terratim.build('terramind_v1_tokenizer_{name.lower()}', pretrained=True, decoder=True)"
+            )
+        return self.decoder
 
     # -- encoding -------------------------------------------------------------------------------------
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,11 +225,15 @@ class FSQTokenizer(nn.Module):
         return int(image_size[0]), int(image_size[1])
 
     def extra_repr(self) -> str:
-        return f"modality={self.modality.name}, decoder_built={self.has_decoder}"
+        return f"modality={self.modality.name}, decoder={self.has_decoder}"
 
 
 class DiffusionTokenizer(FSQTokenizer):
-    """DiVAE: FSQ codes condition a patched UNet that predicts x_0; decoding is DDIM sampling (spec §7.3-7.4)."""
+    """DiVAE: FSQ codes condition a patched UNet that predicts x_0; decoding is DDIM sampling.
+
+    The image tokenizers of TerraMind (arXiv 2504.11171); TerraTorch's
+    ``terratorch/models/backbones/terramind/tokenizer/vqvae.py``, class ``DiVAE`` (after arXiv 2206.00386).
+    """
 
     def make_decoder(self) -> DiffusionUNet:
         return DiffusionUNet(self.config.in_channels, len(self.config.fsq_levels), self.config.unet)
@@ -221,7 +241,7 @@ class DiffusionTokenizer(FSQTokenizer):
     def denoise(self, x_t: torch.Tensor, t: int | torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """One denoiser call: predicted x_0 for x_t (B, C, H, W) at timestep t given codes (B, d, h, w)."""
         self._check_size(x_t.shape[-2:])
-        return self.decoder(x_t, t, codes)
+        return self.require_decoder()(x_t, t, codes)
 
     def _check_size(self, size: tuple[int, int]) -> None:
         multiple = self.config.unet.total_downsample
@@ -267,7 +287,7 @@ class DiffusionTokenizer(FSQTokenizer):
         """
         size = self._image_size(codes, image_size)
         self._check_size(size)
-        decoder = self.decoder
+        decoder = self.require_decoder()
         x_T = self.initial_noise((codes.shape[0], self.config.in_channels, *size), noise, generator)
         cond = decoder.prepare_condition(codes.to(x_T.device).float(), size)
         sampler = DDIMSampler(clip=clip)
@@ -285,15 +305,22 @@ class DiffusionTokenizer(FSQTokenizer):
 
 
 class ClassTokenizer(FSQTokenizer):
-    """VQVAE for class maps (LULC): codes -> ``post_quant_proj`` -> ViT decoder -> class logits (spec §7.5)."""
+    """VQVAE for class maps (LULC): codes -> ``post_quant_proj`` -> ViT decoder -> class logits.
 
-    def __init__(self, config: TokenizerConfig) -> None:
-        super().__init__(config)
-        self.post_quant_proj = nn.Conv2d(len(config.fsq_levels), config.dec_dim, 1)
+    TerraTorch ``terratorch/models/backbones/terramind/tokenizer/vqvae.py``, ``VQVAE``; both ``post_quant_proj``
+    and the decoder are the decoder side.
+    """
+
+    decoder_parts = ("post_quant_proj", "decoder")
+    post_quant_proj: nn.Conv2d | None
 
     def make_decoder(self) -> ViTDecoder:
         cfg = self.config
         return ViTDecoder(cfg.num_classes, cfg.dec_dim, cfg.dec_depth, cfg.dec_heads, cfg.patch_size, cfg.pos_grid)
+
+    def make_decoder_side(self) -> dict[str, nn.Module]:
+        post_quant_proj = nn.Conv2d(len(self.config.fsq_levels), self.config.dec_dim, 1)  # created first, as before
+        return {"post_quant_proj": post_quant_proj, "decoder": self.make_decoder()}
 
     def decode_codes(self, codes: torch.Tensor, image_size: int | tuple[int, int] | None = None,
                      **ignored: Any) -> torch.Tensor:  # fmt: skip
@@ -303,8 +330,9 @@ class ClassTokenizer(FSQTokenizer):
         if size != native:
             raise ValueError(f"{self.modality.name}: the ViT decoder outputs {native[0]}x{native[1]} for "
                              f"{codes.shape[-2]}x{codes.shape[-1]} tokens, not {size[0]}x{size[1]}")  # fmt: skip
-        codes = codes.to(self.post_quant_proj.weight)
-        return self.decoder(self.post_quant_proj(codes))
+        decoder, post_quant_proj = self.require_decoder(), self.post_quant_proj
+        assert post_quant_proj is not None  # built with the decoder
+        return decoder(post_quant_proj(codes.to(post_quant_proj.weight)))
 
     def forward(self, x: torch.Tensor, **ignored: Any) -> torch.Tensor:
         """Reconstruction logits (B, classes, H, W)."""
@@ -315,6 +343,7 @@ class ClassTokenizer(FSQTokenizer):
         raise TypeError(f"the {self.modality.name} tokenizer decodes with a ViT, it has no diffusion denoiser")
 
 
-def make_tokenizer(config: TokenizerConfig) -> FSQTokenizer:
-    """The tokenizer class for a config."""
-    return ClassTokenizer(config) if config.decoder == "vit" else DiffusionTokenizer(config)
+def make_tokenizer(config: TokenizerConfig, decoder: bool = True) -> FSQTokenizer:
+    """A freshly initialised tokenizer of the class for a config, with or without its decoder side."""
+    cls = ClassTokenizer if config.decoder == "vit" else DiffusionTokenizer
+    return cls(config, decoder=decoder)

@@ -59,3 +59,17 @@ def test_bundle_generates_what_its_weights_can_and_fills_in_its_own_tokenizers()
                            output_modalities=["LULC"], tokenizers={})  # fmt: skip
     assert set(model.tokenizers) == {"LULC"}
     assert model.tokenizers["LULC"].config.enc_dim == build_sim_tokenizer("LULC").config.enc_dim == 64
+
+
+def test_bundled_tokenizers_decode_for_outputs_and_only_encode_for_token_inputs() -> None:
+    """Outputs get their decoder (generation decodes them); token inputs are built encode-only."""
+    from terratim.sim_models import _default_tokenizers
+
+    tokenizers = _default_tokenizers(["LULC"], ["DEM"], None)
+    assert tokenizers["LULC"].has_decoder and not tokenizers["DEM"].has_decoder
+    assert not any(name.startswith("decoder.") for name in tokenizers["DEM"].state_dict())
+    assert not build_sim_tokenizer("DEM", decoder=False).has_decoder
+    assert build_sim_tokenizer("DEM").has_decoder  # the default decodes, as the registered builders always did
+    model = terratim.build("terramind_sim_micro_generate", pretrained=True, modalities=["S1GRD"],
+                           output_modalities=["LULC"])  # fmt: skip
+    assert model.tokenizers["LULC"].has_decoder

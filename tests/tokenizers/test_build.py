@@ -1,12 +1,17 @@
-"""Registry builders, strict loading of official-layout files, converted files with their config, offline hub."""
+"""Registry builders, strict loading of official-layout files, converted files with their config, offline hub;
+tokenizers built with or without their decoder, from one read of the file."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from tokenizer_helpers import randomize, tiny_config
 
 import terratim
+import terratim.tokenizers.build as build_module
 from terratim.tokenizers import TokenizerConfig, build_tokenizer, save_tokenizer
 from terratim.weights import CheckpointError
 
@@ -39,7 +44,7 @@ def _official_layout_file(tmp_path, modality="DEM"):
 def test_strict_official_layout_round_trip(tmp_path):
     tok, path = _official_layout_file(tmp_path)
     loaded = terratim.build("terramind_v1_tokenizer_dem", ckpt_path=path, config=tiny_config("DEM"))
-    assert not loaded.has_decoder
+    assert loaded.has_decoder  # built and loaded with the rest by default
     x = torch.randn(1, 1, 32, 32)
     assert torch.equal(loaded.latents(x), tok.latents(x))
     noise = torch.randn(1, 1, 32, 32)
@@ -58,10 +63,10 @@ def test_missing_unexpected_and_misshaped_keys_are_reported(tmp_path):
     state = tok.state_dict()
     state["decoder.out.2.weight"] = torch.zeros(3, 32, 3, 3)
     torch.save(state, path)
-    with pytest.raises(
-        CheckpointError, match=r"(?s)decoder does not fit.*decoder.out.2.weight"
-    ):  # checked at build, not at first use
-        build_tokenizer("DEM", ckpt_path=path, config=tiny_config("DEM"))
+    with pytest.raises(CheckpointError, match=r"(?s)shape mismatches \(1\).*decoder.out.2.weight"):
+        build_tokenizer("DEM", ckpt_path=path, config=tiny_config("DEM"))  # checked at build, not at first use
+    encoder_only = build_tokenizer("DEM", ckpt_path=path, config=tiny_config("DEM"), decoder=False)
+    torch.testing.assert_close(encoder_only.quant_proj.weight, tok.quant_proj.weight, rtol=0, atol=0)  # a copy
 
 
 def test_converted_file_carries_its_config(tmp_path):
@@ -118,3 +123,76 @@ def test_building_models_compiles_and_writes_nothing(tmp_path, monkeypatch):
     assert not calls.exists(), f"a C compiler was run: {calls.read_text()}"
     assert not cache.exists() and list(home.iterdir()) == []  # nothing written
     assert {p.name for p in tmp_path.iterdir()} == {"recording-cc", "home"}
+
+
+# -- built with or without the decoder ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("modality", "decoder_side"), [("DEM", {"decoder"}), ("LULC", {"post_quant_proj", "decoder"})])
+def test_built_without_decoder_has_no_decoder_parameters(modality, decoder_side):
+    full = build_tokenizer(modality, config=tiny_config(modality))
+    encode_only = build_tokenizer(modality, config=tiny_config(modality), decoder=False)
+    assert {name.split(".")[0] for name, _ in full.named_parameters()} == {"encoder", "quant_proj", *decoder_side}
+    assert {name.split(".")[0] for name, _ in encode_only.named_parameters()} == {"encoder", "quant_proj"}
+    assert {key.split(".")[0] for key in encode_only.state_dict()} == {"encoder", "quant_proj"}
+    assert full.has_decoder and not encode_only.has_decoder and encode_only.decoder is None
+    with torch.device("meta"):
+        released = build_tokenizer("S2L2A", decoder=False)
+    assert sum(p.numel() for p in released.parameters()) == 92_335_104 + 5 * 768 + 5  # encoder + quant_proj
+
+
+@pytest.mark.parametrize("modality", ["DEM", "LULC"])
+def test_decoding_without_decoder_says_how_to_build_one(modality):
+    tok = build_tokenizer(modality, config=tiny_config(modality), decoder=False)
+    x = torch.randint(0, 10, (1, 32, 32)) if modality == "LULC" else torch.randn(1, 1, 32, 32)
+    codes, ids = tok.encode(x)  # encoding works
+    message = rf"{modality} tokenizer was built without its decoder \(decoder=False\).*build it with decoder=True"
+    with pytest.raises(RuntimeError, match=message):
+        tok.decode_tokens(ids, timesteps=1)
+    with pytest.raises(RuntimeError, match=message):
+        tok(x, timesteps=1)
+    if modality == "DEM":
+        with pytest.raises(RuntimeError, match=message):
+            tok.denoise(torch.zeros(1, 1, 32, 32), 999, codes)
+    with pytest.raises(ValueError, match=r"without its decoder.*decoder=True to save"):
+        save_tokenizer(tok, Path("never-written.safetensors"))
+
+
+def test_encode_only_build_encodes_like_the_full_one(tmp_path):
+    tok, path = _official_layout_file(tmp_path, "LULC")
+    encode_only = terratim.build("terramind_v1_tokenizer_lulc", ckpt_path=path, config=tiny_config("LULC"),
+                                 decoder=False)  # fmt: skip
+    ids = torch.randint(0, 10, (2, 32, 32), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(encode_only.encode(ids)[1], tok.encode(ids)[1])  # same weights, same kernels
+
+
+@pytest.mark.parametrize("decoder", [True, False])
+def test_checkpoint_is_read_once_for_a_build_and_decodes(tmp_path, monkeypatch, decoder):
+    _, path = _official_layout_file(tmp_path)
+    reads = []
+    real_read = build_module.read_state_dict
+    monkeypatch.setattr(build_module, "read_state_dict", lambda p: reads.append(p) or real_read(p))
+    tok = terratim.build("terramind_v1_tokenizer_dem", ckpt_path=path, config=tiny_config("DEM"), decoder=decoder)
+    ids = tok.encode(torch.randn(1, 1, 32, 32))[1]
+    if decoder:
+        for _ in range(2):
+            tok.decode_tokens(ids, timesteps=1, generator=torch.Generator().manual_seed(0))
+    assert reads == [path]
+
+
+def test_the_decoder_exists_from_the_build_on():
+    """The decoder is an ordinary submodule from construction: dtype moves and freezing reach it before any
+    decode (a lazily built decoder would miss both)."""
+    tok = build_tokenizer("DEM", config=tiny_config("DEM")).to(torch.float64).requires_grad_(False)
+    decoder_params = [p for name, p in tok.named_parameters() if name.startswith("decoder.")]
+    assert decoder_params and all(p.dtype == torch.float64 and not p.requires_grad for p in decoder_params)
+
+
+def test_no_private_module_writes_in_the_package():
+    """In addition to the behavioural tests above: no code assigns into ``_modules`` / ``_parameters`` /
+    ``_buffers`` by hand."""
+    package = Path(terratim.__file__).parent
+    pattern = re.compile(r"\._(modules|parameters|buffers)\[[^\]]*\]\s*=[^=]")
+    offenders = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py"))
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]  # fmt: skip
+    assert offenders == []

@@ -79,16 +79,19 @@ def test_lulc_class_ids_one_hot_and_logits(tiny_lulc):
         tiny_lulc.denoise(torch.zeros(1, 10, 32, 32), 1, codes)
 
 
-def test_decoder_is_built_only_when_needed():
+def test_decoder_is_built_only_when_asked_for():
     from tokenizer_helpers import tiny_config
 
     from terratim.tokenizers import build_tokenizer
 
+    encode_only = build_tokenizer("NDVI", config=tiny_config("NDVI"), decoder=False)
+    encode_only.encode(_image())
+    assert not encode_only.has_decoder and "decoder=False" in repr(encode_only)
+    with pytest.raises(RuntimeError, match="built without its decoder"):
+        encode_only.decode_tokens(torch.zeros(1, 2, 2, dtype=torch.long), timesteps=1)
     tok = build_tokenizer("NDVI", config=tiny_config("NDVI"))
-    tok.encode(_image())
-    assert not tok.has_decoder
-    tok.decode_tokens(torch.zeros(1, 2, 2, dtype=torch.long), timesteps=1)
     assert tok.has_decoder
+    assert tok.decode_tokens(torch.zeros(1, 2, 2, dtype=torch.long), timesteps=1).shape == (1, 1, 32, 32)
 
 
 def test_standardize_round_trip():
