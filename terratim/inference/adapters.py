@@ -314,7 +314,7 @@ def task_predictor(task: Any, data_args: Mapping[str, Any], out: Path, device: s
         confidence: add a confidence band to class maps.
         cog: write a Cloud-Optimized GeoTIFF.
     """
-    from terratim.data.datamodules import modality_stats
+    from terratim.datamodules.multimodal import modality_stats
 
     kind = getattr(task, "task", None)
     if kind not in ("segmentation", "regression"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from terratim.data.datamodules import GenericMultiModalDataModule, drop_modalities
+from terratim.datamodules.multimodal import GenericMultiModalDataModule, drop_modalities
 from terratim.modalities import resolve
 
 from dm_rasters import make_sample, module_args, write_tif

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from terratim.data.sen1floods11 import Sen1Floods11DataModule
+from terratim.datamodules import Sen1Floods11DataModule
 
 ROOT = Path(__file__).resolve().parents[1] / "data" / "sen1floods11"
 CHIPS = sorted(p.name.removesuffix("_S1Hand.tif") for p in (ROOT / "S1Hand").glob("*_S1Hand.tif"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from terratim.data.datamodules import GenericMultiModalDataModule
+from terratim.datamodules.multimodal import GenericMultiModalDataModule
 from terratim.modalities import resolve
 
 FOLDERS = {"S2L1C": ("S2Hand", "*_S2Hand.tif"), "S1GRD": ("S1Hand", "*_S1Hand.tif")}
