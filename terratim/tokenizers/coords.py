@@ -1,4 +1,6 @@
-"""The coordinates tokenizer: (lon, lat) as text on a 0.25 degree grid, through a WordPiece vocabulary (spec §7.7).
+"""The coordinates tokenizer: (lon, lat) as text on a 0.25 degree grid, through a WordPiece vocabulary.
+
+TerraTorch counterpart: ``terratorch/models/backbones/terramind/tokenizer/text/text_tokenizer.py``.
 
 A location becomes the text ``"lat={lat:.2f} lon={lon:.2f} [EOS]"`` after snapping both values to multiples of
 0.25 degrees; the official vocabulary (``TerraMind-1.0-Tokenizer-Coords/config.json``, a Hugging Face

@@ -1,6 +1,7 @@
 """Deterministic DDIM sampling for x_0-predicting diffusion decoders (Song et al. 2021, arXiv:2010.02502).
 
-Schedule (spec §7.4): 1000 training steps, linear betas 1e-4 .. 0.02, rescaled to zero terminal SNR
+Schedule (that of TerraTorch's ``terratorch/models/backbones/terramind/tokenizer/scheduling/scheduling_ddim.py`` as the
+DiVAE tokenizers configure it): 1000 training steps, linear betas 1e-4 .. 0.02, rescaled to zero terminal SNR
 (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", arXiv:2305.08891, Alg. 1),
 "trailing" inference timesteps (same paper, §3.3, Table 2), eta = 0. The network predicts x_0 directly.
 

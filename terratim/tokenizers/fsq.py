@@ -1,4 +1,6 @@
-"""Finite scalar quantization, sigmoid variant (Mentzer et al. 2023, "FSQ", arXiv:2309.15505; spec §7.2).
+"""Finite scalar quantization, sigmoid variant (Mentzer et al. 2023, "FSQ", arXiv:2309.15505).
+
+TerraTorch counterpart: ``terratorch/models/backbones/terramind/tokenizer/quantizers/quantize_finite_scalar.py``.
 
 Each of the d latent channels is squashed to (0, 1) and rounded onto L_i evenly spaced levels:
 

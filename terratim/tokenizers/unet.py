@@ -1,4 +1,6 @@
-"""The diffusion decoder of the DiVAE tokenizers: a patched ADM UNet conditioned by concatenation (spec §7.3).
+"""The diffusion decoder of the DiVAE tokenizers: a patched ADM UNet conditioned by concatenation.
+
+TerraTorch counterpart: ``terratorch/models/backbones/terramind/tokenizer/models/unet/unet.py``.
 
 ADM = the "guided diffusion" UNet of Dhariwal & Nichol (2021, arXiv:2105.05233). The image x_t (B, C, H, W) is
 cut into 4x4 patches (B, 16C, H/4, W/4), the FSQ codes (B, 5, H/16, W/16) are nearest-upsampled to H/4 x W/4 and
@@ -62,7 +64,8 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm with float32 statistics and affine math whatever the input dtype (spec §7.3).
+    """GroupNorm with float32 statistics and affine math whatever the input dtype (as TerraTorch's ``GroupNorm32``
+    in ``terratorch/models/backbones/terramind/tokenizer/models/unet/nn.py`` computes it).
 
     float32 inputs are normalized as they are. 16-bit inputs are read and written in 16 bits: the kernels
     accumulate in float32, which equals the reference's ``GN(x.float()).to(x.dtype)`` (on CUDA the affine

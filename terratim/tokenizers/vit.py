@@ -1,4 +1,5 @@
-"""ViT-B encoder and decoder of the TerraMind tokenizers (spec §7.1, §7.5).
+"""ViT-B encoder and decoder of the TerraMind tokenizers (TerraTorch: ``vit_b_enc`` and ``vit_b_dec`` in
+``terratorch/models/backbones/terramind/tokenizer/models/vit_models.py``).
 
 Both work on a 16x16-patch grid and add a fixed 2-D sin-cos table made for 256 px (16x16 patches), resized
 bicubically to the actual grid on every call as the reference does, so any size that is a multiple of 16 works.
@@ -82,7 +83,7 @@ class ViTEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)
             outputs.append(x)
-        x = post_mlp_float32(self.norm_mlp, self.post_mlp, x)  # spec §7.1
+        x = post_mlp_float32(self.norm_mlp, self.post_mlp, x)  # the encoder's post-MLP runs in float32
         outputs[-1] = x
         grids = [o.transpose(1, 2).reshape(o.shape[0], -1, grid_h, grid_w) for o in outputs]  # (B, D, h, w)
         return grids if return_intermediates else grids[-1]
@@ -119,7 +120,7 @@ class ViTDecoder(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
         x = x + resized_positions(self.pos_emb, grid_h, grid_w).to(x.dtype)
         x = self.blocks(x)
-        x = x + self.post_mlp(self.norm_mlp(x))  # not forced to float32 in the decoder (spec §7.5)
+        x = x + self.post_mlp(self.norm_mlp(x))  # in the input dtype here, unlike the encoder's
         x = self.out_proj(x)  # (B, N, C*p*p), per token laid out (c, py, px)
         x = x.view(batch, grid_h, grid_w, self.out_channels, p, p)
         return x.permute(0, 3, 1, 4, 2, 5).reshape(batch, self.out_channels, grid_h * p, grid_w * p)

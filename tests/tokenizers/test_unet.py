@@ -15,7 +15,7 @@ def test_released_sizes_and_key_layout():
     with torch.device("meta"):
         unet = DiffusionUNet(12, 5)
     keys = unet.state_dict()
-    assert sum(p.numel() for p in unet.parameters()) == 196_951_744  # S2L2A decoder (spec §7.6)
+    assert sum(p.numel() for p in unet.parameters()) == 196_951_744  # the decoder of TerraMind_Tokenizer_S2L2A.pt
     assert keys["input_blocks.0.0.weight"].shape == (256, 197, 3, 3)
     assert keys["out.2.weight"].shape == (192, 256, 3, 3)
     assert keys["middle_block.1.qkv.weight"].shape == (1536, 512, 1)
