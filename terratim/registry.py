@@ -1,19 +1,22 @@
 """One creation path: ``terratim.build(name, **kwargs)`` and ``terratim.list_models()``.
 
 Builders register themselves with :func:`register`. Modules that hold builders are imported lazily the first
-time the registry is consulted, so ``import terratim`` stays cheap.
+time the registry is consulted, so ``import terratim`` stays cheap. :func:`parameters` and :func:`accepts` say
+which keyword arguments a builder takes, so callers (the fine-tuning factory) can check arguments before building.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch.nn as nn
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+_PARAMETERS: dict[str, frozenset[str] | None] = {}  # None: the builder takes any keyword (forwards **kwargs)
 
 # Modules whose import registers builders. A module missing here (not written yet) is skipped.
 _BUILDER_MODULES = (
@@ -26,8 +29,28 @@ _BUILDER_MODULES = (
 _loaded = False
 
 
-def register(name: str, description: str = "") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator that registers a builder under ``name``."""
+def named_parameters(fn: Callable[..., Any], skip: int = 0) -> frozenset[str]:
+    """Names ``fn`` takes by keyword, after its first ``skip`` parameters (``*args``/``**kwargs`` left out)."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _takes_any_keyword(fn: Callable[..., Any]) -> bool:
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+
+
+def register(
+    name: str, description: str = "", parameters: Iterable[str] | None = None
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that registers a builder under ``name``.
+
+    Args:
+        name: the registry name.
+        description: one line for ``list-models``; default the docstring's first line.
+        parameters: the keyword arguments the builder takes, when its signature cannot say (it forwards
+            ``**kwargs``); :func:`build` refuses any other. Default: the signature's names, or any keyword when
+            the signature has ``**kwargs``.
+    """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _BUILDERS and _BUILDERS[name] is not fn:
@@ -35,19 +58,28 @@ def register(name: str, description: str = "") -> Callable[[Callable[..., nn.Mod
         _BUILDERS[name] = fn
         doc_lines = (fn.__doc__ or "").strip().splitlines()
         _DESCRIPTIONS[name] = description or (doc_lines[0] if doc_lines else "")
+        if parameters is not None:
+            _PARAMETERS[name] = frozenset(parameters)
+        else:
+            _PARAMETERS[name] = None if _takes_any_keyword(fn) else named_parameters(fn)
         return fn
 
     return wrap
 
 
 def register_sizes(pattern: str, build_fn: Callable[..., nn.Module], description: str) -> None:
-    """Register ``pattern.format(size=...)`` for the four TerraMind sizes, each calling ``build_fn(size, **kw)``."""
+    """Register ``pattern.format(size=...)`` for the four TerraMind sizes, each calling ``build_fn(size, **kw)``.
+
+    Each builder takes exactly ``build_fn``'s named parameters after ``size``; :func:`build` refuses any other
+    keyword (a ``**`` catch-all in ``build_fn`` is not taken to accept more).
+    """
+    accepted = named_parameters(build_fn, skip=1)
     for size in ("tiny", "small", "base", "large"):
 
         def builder(_size: str = size, **kwargs: Any) -> nn.Module:
             return build_fn(_size, **kwargs)
 
-        register(pattern.format(size=size), description.format(size=size))(builder)
+        register(pattern.format(size=size), description.format(size=size), parameters=accepted)(builder)
 
 
 def _load_builders() -> None:
@@ -61,6 +93,29 @@ def _load_builders() -> None:
         except ModuleNotFoundError as err:
             if err.name != module:  # a real missing dependency inside an existing module
                 raise
+
+
+def _known(name: str) -> None:
+    _load_builders()
+    if name not in _BUILDERS:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_BUILDERS))}")
+
+
+def parameters(name: str) -> frozenset[str] | None:
+    """The keyword arguments the builder ``name`` takes, or None when it takes any (it forwards ``**kwargs``)."""
+    _known(name)
+    return _PARAMETERS[name]
+
+
+def accepts(name: str, argument: str) -> bool:
+    """Whether the builder ``name`` takes ``argument`` (True for a builder that takes any keyword)."""
+    accepted = parameters(name)
+    return accepted is None or argument in accepted
+
+
+def unknown_arguments(name: str, arguments: Iterable[str]) -> list[str]:
+    """The ``arguments`` the builder ``name`` does not take, sorted (empty when it takes any keyword)."""
+    return sorted(a for a in set(arguments) if not accepts(name, a))
 
 
 def list_models() -> list[str]:
@@ -82,7 +137,7 @@ def build(name: str, **kwargs: Any) -> nn.Module:
         name: a registry name such as ``terramind_v1_base`` (see :func:`list_models`).
         **kwargs: passed to the builder (``modalities``, ``pretrained``, ``ckpt_path``, ...).
     """
-    _load_builders()
-    if name not in _BUILDERS:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_BUILDERS))}")
+    unknown = unknown_arguments(name, kwargs)
+    if unknown:
+        raise TypeError(f"{name}: unknown arguments {unknown}; it takes {sorted(parameters(name) or ())}")
     return _BUILDERS[name](**kwargs)

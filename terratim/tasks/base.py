@@ -19,12 +19,16 @@ SPLITS = ("train", "val", "test")
 
 
 class BaseTask(pl.LightningModule):
-    """Common constructor arguments and steps; subclasses define the loss, metrics and predictions.
+    """Common constructor arguments and steps, in the pattern of torchgeo's ``BaseTask``.
+
+    The constructor saves every argument (its own and the subclass's) as hyper-parameters once, then calls the
+    hooks :meth:`configure_models`, :meth:`configure_losses` and :meth:`configure_metrics`, which read
+    ``self.hparams``. A subclass declares only the arguments it adds and passes the rest on with ``**kwargs``.
 
     Args:
         model_args: TerraTorch-style model arguments (see :mod:`terratim.tasks.factory`).
         model_factory: only ``"EncoderDecoderFactory"``.
-        freeze_backbone: keep the backbone weights fixed.
+        freeze_backbone: keep the backbone weights fixed (linear probing).
         freeze_decoder: keep the necks' and decoder's weights fixed.
         freeze_head: keep the head's weights fixed.
         lr: learning rate when no ``optimizer:`` section is given in the config.
@@ -50,16 +54,44 @@ class BaseTask(pl.LightningModule):
         scheduler_hparams: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.model = build_model(model_factory, model_args, self.task)
-        if freeze_backbone:
+        self.save_hyperparameters()  # also collects the arguments of the subclass's __init__
+        self.check_arguments()
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    @property
+    def num_classes(self) -> int:
+        """``model_args.num_classes`` (0 when not given, as for regression)."""
+        return int(self.hparams["model_args"].get("num_classes", 0))
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The task's ``class_names`` argument (None for tasks without one)."""
+        return self.hparams.get("class_names")
+
+    # ---------------------------------------------------------------------------------------------- hooks
+    def check_arguments(self) -> None:
+        """Refuse inconsistent arguments before anything is built (subclasses add their checks)."""
+
+    def configure_models(self) -> None:
+        """Build ``self.model`` from ``model_args`` and freeze the parts the arguments name."""
+        hp = self.hparams
+        self.model = build_model(hp["model_factory"], hp["model_args"], self.task)
+        if hp["freeze_backbone"]:
             freeze(self.model.backbone)
-        if freeze_decoder:
+        if hp["freeze_decoder"]:
             freeze(self.model.necks)
             freeze(self.model.decoder)
-        if freeze_head:
+        if hp["freeze_head"]:
             freeze(self.model.head)
-        self.lr, self.optimizer_name, self.optimizer_hparams = lr, optimizer, dict(optimizer_hparams or {})
-        self.scheduler_name, self.scheduler_hparams = scheduler, dict(scheduler_hparams or {})
+
+    def configure_losses(self) -> None:
+        """Set ``self.criterion``, called as ``criterion(output, target)``."""
+        raise NotImplementedError
+
+    def configure_metrics(self) -> None:
+        """One metric collection per split, from :meth:`make_metrics`."""
         self.metrics = nn.ModuleDict({f"{split}_metrics": self.make_metrics() for split in SPLITS})
 
     # ------------------------------------------------------------------------------------------- subclass API
@@ -67,7 +99,7 @@ class BaseTask(pl.LightningModule):
         raise NotImplementedError
 
     def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
-        raise NotImplementedError
+        return self.criterion(output, target)
 
     def update_metrics(self, metrics: MetricCollection, output: Tensor, target: Tensor) -> None:
         raise NotImplementedError
@@ -132,7 +164,8 @@ class BaseTask(pl.LightningModule):
         metrics.reset()
 
     def class_label(self, index: int) -> str:
-        return str(index)
+        """The name of class ``index`` in per-class metric keys (``class_names`` when the task has them)."""
+        return self.class_names[index] if self.class_names else str(index)
 
     def on_train_epoch_end(self) -> None:
         self._log_metrics("train")
@@ -146,9 +179,10 @@ class BaseTask(pl.LightningModule):
     # --------------------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:
         """Used only without ``optimizer:``/``lr_scheduler:`` config sections (LightningCLI replaces it)."""
+        hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = getattr(torch.optim, self.optimizer_name)(params, lr=self.lr, **self.optimizer_hparams)
-        if self.scheduler_name is None:
+        optimizer = getattr(torch.optim, hp["optimizer"])(params, lr=hp["lr"], **(hp["optimizer_hparams"] or {}))
+        if hp["scheduler"] is None:
             return optimizer
-        scheduler = getattr(torch.optim.lr_scheduler, self.scheduler_name)(optimizer, **self.scheduler_hparams)
+        scheduler = getattr(torch.optim.lr_scheduler, hp["scheduler"])(optimizer, **(hp["scheduler_hparams"] or {}))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}

@@ -22,23 +22,16 @@ class ClassificationTask(BaseTask):
     """One label (or a set of labels with ``multi_label``) per sample.
 
     Logged per split: ``loss``, ``Accuracy`` (micro), ``F1`` (macro); multi-label adds ``mAP``. Targets are
-    class     indices (B,) for single-label and multi-hot (B, K) for multi-label.
+    class indices (B,) for single-label and multi-hot (B, K) for multi-label.
 
     Args:
         model_args: model arguments; default necks pool the last encoder layer's tokens.
-        model_factory: only ``"EncoderDecoderFactory"``.
         loss: ``ce`` (single-label) or ``bce`` (multi-label); default by ``multi_label``.
         multi_label: several labels per sample (sigmoid outputs).
         ignore_index: class index excluded from the single-label loss.
         class_names: names for plots and per-class metrics.
-        freeze_backbone: keep the backbone fixed (linear probing).
-        freeze_decoder: keep necks and decoder fixed.
-        freeze_head: keep the head fixed.
-        lr: learning rate without an ``optimizer:`` section.
-        optimizer: optimiser class name without an ``optimizer:`` section.
-        optimizer_hparams: extra optimiser arguments.
-        scheduler: scheduler class name without an ``lr_scheduler:`` section.
-        scheduler_hparams: extra scheduler arguments.
+        **kwargs: the arguments of :class:`~terratim.tasks.base.BaseTask` (``model_factory``, ``freeze_*``,
+            ``lr``, ``optimizer``, ``scheduler``, ...).
     """
 
     task = "classification"
@@ -46,46 +39,43 @@ class ClassificationTask(BaseTask):
     def __init__(
         self,
         model_args: dict[str, Any],
-        model_factory: str = "EncoderDecoderFactory",
+        *,
         loss: str | None = None,
         multi_label: bool = False,
         ignore_index: int | None = None,
         class_names: list[str] | None = None,
-        freeze_backbone: bool = False,
-        freeze_decoder: bool = False,
-        freeze_head: bool = False,
-        lr: float = 1e-4,
-        optimizer: str = "AdamW",
-        optimizer_hparams: dict[str, Any] | None = None,
-        scheduler: str | None = None,
-        scheduler_hparams: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        self.num_classes = int(model_args.get("num_classes", 0))
+        super().__init__(model_args, **kwargs)
+
+    @property
+    def loss_name(self) -> str:
+        return self.hparams["loss"] or ("bce" if self.hparams["multi_label"] else "ce")
+
+    def check_arguments(self) -> None:
         if self.num_classes < 2:
             raise ValueError("model_args.num_classes must be at least 2 for classification")
-        self.multi_label, self.ignore_index, self.class_names = multi_label, ignore_index, class_names
-        self.loss_name = loss or ("bce" if multi_label else "ce")
         if self.loss_name not in ("ce", "bce"):
             raise ValueError(f"unknown classification loss {self.loss_name!r}; choose ce or bce")
-        if (self.loss_name == "bce") != multi_label:
+        if (self.loss_name == "bce") != self.hparams["multi_label"]:
             raise ValueError("use loss 'bce' with multi_label: true and 'ce' for single-label classification")
-        super().__init__(
-            model_args,
-            model_factory,
-            freeze_backbone,
-            freeze_decoder,
-            freeze_head,
-            lr,
-            optimizer,
-            optimizer_hparams,
-            scheduler,
-            scheduler_hparams,
-        )
-        self.save_hyperparameters()
+
+    def configure_losses(self) -> None:
+        self.criterion = self._bce if self.hparams["multi_label"] else self._ce
+
+    def _bce(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(output.float(), target.float())
+
+    def _ce(self, output: Tensor, target: Tensor) -> Tensor:
+        ignore = self.hparams["ignore_index"]
+        valid = target != ignore if ignore is not None else target == target
+        if not valid.any():
+            return output.sum() * 0.0
+        return F.cross_entropy(output.float()[valid], target[valid].long())
 
     def make_metrics(self) -> MetricCollection:
-        k = self.num_classes
-        if self.multi_label:
+        k, ignore = self.num_classes, self.hparams["ignore_index"]
+        if self.hparams["multi_label"]:
             return MetricCollection(
                 {
                     "Accuracy": MultilabelAccuracy(k, average="micro"),
@@ -95,27 +85,16 @@ class ClassificationTask(BaseTask):
             )
         return MetricCollection(
             {
-                "Accuracy": MulticlassAccuracy(k, average="micro", ignore_index=self.ignore_index),
-                "F1": MulticlassF1Score(k, average="macro", ignore_index=self.ignore_index),
+                "Accuracy": MulticlassAccuracy(k, average="micro", ignore_index=ignore),
+                "F1": MulticlassF1Score(k, average="macro", ignore_index=ignore),
             }
         )
 
-    def class_label(self, index: int) -> str:
-        return self.class_names[index] if self.class_names else str(index)
-
-    def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
-        if self.multi_label:
-            return F.binary_cross_entropy_with_logits(output.float(), target.float())
-        valid = target != self.ignore_index if self.ignore_index is not None else target == target
-        if not valid.any():
-            return output.sum() * 0.0
-        return F.cross_entropy(output.float()[valid], target[valid].long())
-
     def update_metrics(self, metrics: MetricCollection, output: Tensor, target: Tensor) -> None:
-        if self.multi_label:
+        if self.hparams["multi_label"]:
             metrics.update(output.sigmoid(), target.long())
         else:
             metrics.update(output.argmax(dim=1), target.long())
 
     def predictions(self, output: Tensor) -> Tensor:
-        return output.sigmoid() if self.multi_label else output.softmax(dim=1)  # (B, K) probabilities
+        return output.sigmoid() if self.hparams["multi_label"] else output.softmax(dim=1)  # (B, K) probabilities

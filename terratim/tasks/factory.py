@@ -8,7 +8,6 @@ key raises an error instead of being dropped.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,15 +18,6 @@ from terratim.tasks.decoders import DECODERS
 from terratim.tasks.necks import NeckSequence
 
 PATCH = 16  # TerraMind patch size: inputs are padded to a multiple of it
-BACKBONE_ARGS = (
-    "modalities",
-    "tim_modalities",
-    "merge_method",
-    "bands",
-    "img_size",
-    "pretrained",
-    "ckpt_path",
-)
 # TerraTorch keys we accept and ignore because they change nothing here.
 HARMLESS = {"rescale": "outputs are always resized to the input size"}
 UNSUPPORTED = {
@@ -131,22 +121,15 @@ def build_backbone(backbone: str | nn.Module, kwargs: dict[str, Any]) -> nn.Modu
         return backbone
     from terratim import registry
 
-    registry.list_models()  # loads the builders
-    builder = registry._BUILDERS.get(backbone)
-    if builder is None:
+    if backbone not in registry.list_models():
         raise KeyError(f"unknown backbone {backbone!r}; available: {', '.join(registry.list_models())}")
-    params = inspect.signature(builder).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(kwargs) - set(params))
-        if unknown:
-            raise ValueError(f"backbone {backbone!r} does not take {['backbone_' + k for k in unknown]}")
-    try:
-        return registry.build(backbone, **kwargs)
-    except TypeError as err:
-        if "unknown arguments" in str(err):
-            bad = [f"backbone_{k}" for k in kwargs if repr(k) in str(err)]
-            raise ValueError(f"model_args: backbone {backbone!r} does not take {bad} ({err})") from err
-        raise
+    unknown = registry.unknown_arguments(backbone, kwargs)
+    if unknown:
+        takes = ", ".join(f"backbone_{k}" for k in sorted(registry.parameters(backbone) or ()))
+        raise ValueError(
+            f"model_args: backbone {backbone!r} does not take {['backbone_' + k for k in unknown]}; it takes {takes}"
+        )
+    return registry.build(backbone, **kwargs)
 
 
 def _check_keys(model_args: Mapping[str, Any]) -> None:

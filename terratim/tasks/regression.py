@@ -19,51 +19,21 @@ class PixelwiseRegressionTask(BaseTask):
 
     Args:
         model_args: model arguments (``num_classes`` is not needed).
-        model_factory: only ``"EncoderDecoderFactory"``.
         loss: ``mse``, ``mae``, ``rmse`` or ``huber``.
         ignore_index: target value that marks missing pixels.
-        freeze_backbone: keep the backbone fixed.
-        freeze_decoder: keep necks and decoder fixed.
-        freeze_head: keep the head fixed.
-        lr: learning rate without an ``optimizer:`` section.
-        optimizer: optimiser class name without an ``optimizer:`` section.
-        optimizer_hparams: extra optimiser arguments.
-        scheduler: scheduler class name without an ``lr_scheduler:`` section.
-        scheduler_hparams: extra scheduler arguments.
+        **kwargs: the arguments of :class:`~terratim.tasks.base.BaseTask` (``model_factory``, ``freeze_*``,
+            ``lr``, ``optimizer``, ``scheduler``, ...).
     """
 
     task = "regression"
 
     def __init__(
-        self,
-        model_args: dict[str, Any],
-        model_factory: str = "EncoderDecoderFactory",
-        loss: str = "mse",
-        ignore_index: float | None = None,
-        freeze_backbone: bool = False,
-        freeze_decoder: bool = False,
-        freeze_head: bool = False,
-        lr: float = 1e-4,
-        optimizer: str = "AdamW",
-        optimizer_hparams: dict[str, Any] | None = None,
-        scheduler: str | None = None,
-        scheduler_hparams: dict[str, Any] | None = None,
+        self, model_args: dict[str, Any], *, loss: str = "mse", ignore_index: float | None = None, **kwargs: Any
     ) -> None:
-        self.ignore_index = ignore_index
-        super().__init__(
-            model_args,
-            model_factory,
-            freeze_backbone,
-            freeze_decoder,
-            freeze_head,
-            lr,
-            optimizer,
-            optimizer_hparams,
-            scheduler,
-            scheduler_hparams,
-        )
-        self.criterion = MaskedRegressionLoss(loss, ignore_index)
-        self.save_hyperparameters()
+        super().__init__(model_args, **kwargs)
+
+    def configure_losses(self) -> None:
+        self.criterion = MaskedRegressionLoss(self.hparams["loss"], self.hparams["ignore_index"])
 
     def make_metrics(self) -> MetricCollection:
         return MetricCollection(
@@ -72,7 +42,8 @@ class PixelwiseRegressionTask(BaseTask):
 
     def _valid(self, target: Tensor) -> Tensor:
         valid = torch.isfinite(target)
-        return valid & (target != self.ignore_index) if self.ignore_index is not None else valid
+        ignore = self.hparams["ignore_index"]
+        return valid & (target != ignore) if ignore is not None else valid
 
     def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
         return self.criterion(output[:, 0], target)

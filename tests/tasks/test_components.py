@@ -80,7 +80,7 @@ def test_real_tiny_backbone_on_rectangular_input():
 
 def test_unknown_and_unsupported_model_args_raise():
     base = {"backbone": "terramind_v1_tiny", "num_classes": 2}
-    with pytest.raises(ValueError, match="backbone_bogus"):
+    with pytest.raises(ValueError, match=r"does not take \['backbone_bogus'\]; it takes .*backbone_modalities"):
         build_model("EncoderDecoderFactory", {**base, "backbone_bogus": 1}, "segmentation")
     with pytest.raises(ValueError, match="temporal"):
         build_model("EncoderDecoderFactory", {**base, "backbone_use_temporal": True}, "segmentation")

@@ -1,0 +1,81 @@
+"""BaseTask: hyper-parameters saved once, subclasses that only add arguments and hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_components import PYRAMID, StandIn
+from torch import Tensor
+from torchmetrics import MeanAbsoluteError, MetricCollection
+
+from terratim.tasks import ClassificationTask, PixelwiseRegressionTask, SemanticSegmentationTask
+from terratim.tasks.base import BaseTask
+
+COMMON = {"model_args", "model_factory", "freeze_backbone", "freeze_decoder", "freeze_head", "lr", "optimizer",
+          "optimizer_hparams", "scheduler", "scheduler_hparams"}  # fmt: skip
+
+
+class ScaledL1Task(BaseTask):
+    """A task written only with hooks: one added argument, its own loss and metric."""
+
+    task = "regression"
+
+    def __init__(self, model_args: dict, *, scale: float = 1.0, **kwargs) -> None:
+        super().__init__(model_args, **kwargs)
+
+    def configure_losses(self) -> None:
+        self.criterion = lambda out, target: self.hparams["scale"] * (out[:, 0] - target).abs().mean()
+
+    def make_metrics(self) -> MetricCollection:
+        return MetricCollection({"MAE": MeanAbsoluteError()})
+
+    def update_metrics(self, metrics: MetricCollection, output: Tensor, target: Tensor) -> None:
+        metrics.update(output[:, 0], target)
+
+
+def _args(**extra) -> dict:
+    return {"backbone": StandIn(), "necks": PYRAMID, "decoder": "FCNDecoder", "decoder_channels": 8, **extra}
+
+
+def test_subclass_adds_an_argument_and_hooks_without_forwarding_the_rest():
+    task = ScaledL1Task(_args(), scale=3.0, lr=0.5, freeze_head=True)
+    assert set(task.hparams) == COMMON | {"scale"}
+    assert task.hparams["lr"] == 0.5 and not any(p.requires_grad for p in task.model.head.parameters())
+    assert task.configure_optimizers().param_groups[0]["lr"] == 0.5
+    image = torch.randn(2, 2, 32, 32, generator=torch.Generator().manual_seed(0))
+    target = torch.randn(2, 32, 32, generator=torch.Generator().manual_seed(1))
+    loss = task.training_step({"image": {"S1GRD": image}, "mask": target}, 0)
+    with torch.no_grad():
+        expected = 3.0 * (task({"S1GRD": image})[:, 0].double() - target.double()).abs().mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)  # float32 mean of 2048 terms vs float64
+
+
+@pytest.mark.parametrize(
+    ("task_class", "own", "model_args"),
+    [
+        (SemanticSegmentationTask, {"loss", "ignore_index", "class_weights", "class_names", "plot_on_val"},
+         {"num_classes": 2}),
+        (PixelwiseRegressionTask, {"loss", "ignore_index"}, {}),
+        (ClassificationTask, {"loss", "multi_label", "ignore_index", "class_names"}, {"num_classes": 3}),
+    ],
+)  # fmt: skip
+def test_saved_hyper_parameters_rebuild_the_task(task_class, own, model_args):
+    """``terratim infer --ckpt`` rebuilds a task as ``task_class(**hyper_parameters)``."""
+    task = task_class(_args(**model_args), lr=1e-3)
+    assert set(task.hparams) == COMMON | own
+    rebuilt = task_class(**dict(task.hparams))
+    assert rebuilt.state_dict().keys() == task.state_dict().keys()
+    assert rebuilt.hparams == task.hparams
+
+
+def test_arguments_after_model_args_are_keyword_only():
+    """A second positional argument used to be taken as model_factory; now it is refused, never misplaced."""
+    with pytest.raises(TypeError):
+        SemanticSegmentationTask(_args(num_classes=2), "EncoderDecoderFactory")
+
+
+def test_class_names_name_per_class_metrics():
+    task = SemanticSegmentationTask(_args(num_classes=2), class_names=["dry", "water"])
+    assert (task.num_classes, task.class_label(1)) == (2, "water")
+    with pytest.raises(ValueError, match="3 class_names for 2 classes"):
+        SemanticSegmentationTask(_args(num_classes=2), class_names=["a", "b", "c"])

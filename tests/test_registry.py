@@ -1,0 +1,31 @@
+"""The registry's public query: which keyword arguments each builder takes."""
+
+from __future__ import annotations
+
+import pytest
+
+from terratim import registry
+
+
+def test_sized_builders_take_their_build_function_parameters():
+    takes = registry.parameters("terramind_v1_tiny")
+    assert {"modalities", "bands", "img_size", "pretrained", "ckpt_path"} <= takes
+    assert "size" not in takes and "unknown" not in takes
+    assert registry.accepts("terramind_v1_tiny_tim", "tim_modalities")
+    assert not registry.accepts("terramind_v1_tiny", "tim_modalities")
+
+
+def test_a_builder_forwarding_kwargs_takes_any_keyword():
+    assert registry.parameters("terramind_sim_micro") is None
+    assert registry.accepts("terramind_sim_micro", "anything")
+    assert registry.unknown_arguments("terramind_sim_micro", ["anything"]) == []
+
+
+def test_build_refuses_unknown_arguments_and_names_the_accepted_ones():
+    with pytest.raises(TypeError, match=r"unknown arguments \['backbone_bands'\]; it takes .*'modalities'"):
+        registry.build("terramind_v1_tiny", modalities=["S2L2A"], backbone_bands=["RED"])
+
+
+def test_unknown_name_lists_the_available_models():
+    with pytest.raises(KeyError, match="available: .*terramind_v1_tiny"):
+        registry.parameters("terramind_v9_tiny")
