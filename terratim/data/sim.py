@@ -79,7 +79,6 @@ _BACKSCATTER = {
 }
 _ENL = 4.4  # equivalent number of looks of Sentinel-1 IW GRD high resolution
 _NIR, _RED = 7, 3  # band indices of B08 and B04
-_VISIBLE = slice(0, 4)
 
 
 @dataclass(frozen=True)

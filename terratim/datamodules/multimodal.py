@@ -97,8 +97,9 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         means: per-modality band means (raw units); default: the modality registry. Extra keys are ignored.
         stds: per-modality band stds, as ``means``.
         bands: per-modality band names the files hold, in order (default: all pretrained bands).
-        rgb_modality: modality used for RGB previews in prediction panels.
-        rgb_indices: band indices of (R, G, B) in ``rgb_modality``.
+        rgb_modality: accepted so that TerraTorch configs load, and ignored: prediction panels draw every modality
+            with its own display bands (:mod:`terratim.viz`).
+        rgb_indices: accepted and ignored, as ``rgb_modality``.
         allow_substring_file_names: accept files whose names merely contain the sample id.
         no_data_replace: fill value (raw units) for nodata pixels; default: the modality mean (0 after
             standardization).
@@ -141,8 +142,8 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         means: dict[str, list[float]] | None = None,
         stds: dict[str, list[float]] | None = None,
         bands: dict[str, list[str]] | None = None,
-        rgb_modality: str | None = None,
-        rgb_indices: list[int] | None = None,
+        rgb_modality: str | None = None,  # ignored (TerraTorch configs pass it)
+        rgb_indices: list[int] | None = None,  # ignored (TerraTorch configs pass it)
         allow_substring_file_names: bool = True,
         no_data_replace: float | None = None,
         no_label_replace: float | None = -1,
@@ -186,7 +187,6 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         self.label_csv, self.multi_label = label_csv, multi_label
         self.bands = {m: list(_lookup(bands, m)) for m in self.modalities if _lookup(bands, m)} if bands else {}
         self.stats = {m: modality_stats(m, self.bands.get(m), means, stds) for m in self.modalities}
-        self.rgb_modality, self.rgb_indices = rgb_modality, rgb_indices
         self.allow_substring_file_names = allow_substring_file_names
         self.no_data_replace, self.no_label_replace = no_data_replace, no_label_replace
         self.num_classes, self.reduce_zero_label = num_classes, reduce_zero_label

@@ -20,7 +20,6 @@ from terratim.modalities import resolve
 
 FOLDERS = {"S2L1C": ("S2Hand", "*_S2Hand.tif"), "S1GRD": ("S1Hand", "*_S1Hand.tif")}
 SPLIT_NAMES = {"train": "train", "val": "valid", "test": "test"}
-CLASS_NAMES = ["no water", "water"]
 
 
 def _layout(root: Path) -> tuple[Path, Path]:

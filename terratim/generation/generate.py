@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from terratim import modalities as mods
 from terratim.generation.sampler import Sampler, Scheme, Target
-from terratim.model.backbone import TerraMindBackbone, parse_modalities
+from terratim.model.backbone import TerraMindBackbone, parse_modalities, require_tokenizer_module
 from terratim.model.config import size_config
 from terratim.registry import register_sizes
 from terratim.weights import load_weights, terramind_state_dict
@@ -91,8 +91,7 @@ class TerraMindGenerate(nn.Module):
         self.chain = chain
         self.offset = {mods.resolve(k).name: float(v) for k, v in (offset or {}).items()}
         named = {mods.resolve(k).name: t for k, t in (tokenizers or {}).items()}
-        self.tokenizers = nn.ModuleDict({k: t for k, t in named.items() if isinstance(t, nn.Module)})
-        self.text_tokenizers = {k: t for k, t in named.items() if not isinstance(t, nn.Module)}  # coordinates
+        self.tokenizers = nn.ModuleDict({k: require_tokenizer_module(k, t) for k, t in named.items()})
         for tokenizer in self.tokenizers.values():
             tokenizer.eval().requires_grad_(False)
         self.user_inputs = [n for n, (key, _) in network.inputs.items() if n not in self.outputs]
@@ -179,7 +178,7 @@ class TerraMindGenerate(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Token ids -> pixels: LULC logits (B, 10, H, W), continuous modalities (B, C, H, W), coords (B, 2)."""
         physical = self.standardize if standardize is None else standardize
-        return decode_tokens(tokens, {**self.tokenizers, **self.text_tokenizers}, timesteps or self.timesteps,
+        return decode_tokens(tokens, dict(self.tokenizers), timesteps or self.timesteps,
                              generator, physical_units=physical, offset=self.offset)  # fmt: skip
 
     def forward(

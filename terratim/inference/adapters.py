@@ -371,19 +371,3 @@ def embedding_predictor(backbone: torch.nn.Module, out: Path, cog: bool = False)
     bands = {n: mods.resolve(n).num_bands for n in inputs}
     return Predictor(predict, [head], bands, {n: s[0].astype(np.float32) for n, s in stats.items()},
                      {"backbone": type(backbone).__name__})  # fmt: skip
-
-
-def generate_scene(model: torch.nn.Module, inputs: Mapping[str, str | Path], out: Path, tiling: Any = None, *,
-                   generator: torch.Generator | None = None, confidence: bool = False, cog: bool = False,
-                   timesteps: int | None = None, device: str | torch.device = "cpu", overwrite: bool = False,
-                   resume: bool = False, progress: Any = None) -> list[Path]:  # fmt: skip
-    """Generate over GeoTIFF scenes of any size with the streaming engine (the path ``terratim generate`` takes
-    for inputs larger than one chip). Arguments as :func:`generation_predictor` and
-    :func:`terratim.inference.engine.infer_scene`; returns the written files (one per output modality).
-    """
-    from terratim.inference.engine import TilingConfig, infer_scene
-
-    predictor = generation_predictor(model, out, generator, confidence, cog, timesteps)
-    return infer_scene(predictor.predict, dict(inputs), predictor.heads, tiling or TilingConfig(),
-                       bands=predictor.bands, device=device, fill=predictor.fill, overwrite=overwrite,
-                       resume=resume, progress=progress, fingerprint=predictor.fingerprint)  # fmt: skip

@@ -42,6 +42,16 @@ def is_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
+def require_tokenizer_module(name: str, tokenizer: Any) -> nn.Module:
+    """``tokenizer`` itself if it is an ``nn.Module`` (image tokenizers and the coordinates tokenizer are)."""
+    if not isinstance(tokenizer, nn.Module):
+        raise TypeError(
+            f"the {name} tokenizer must be a torch.nn.Module (terratim.build('terramind_v1_tokenizer_...') or "
+            f"terratim.tokenizers.coords.CoordsTokenizer), got {type(tokenizer).__name__}"
+        )
+    return tokenizer
+
+
 def parse_modalities(modalities: Sequence[ModalitySpec]) -> dict[str, tuple[str, int | None]]:
     """User modality list -> ``{user name: (internal key, channels of a new modality or None)}``.
 
@@ -103,8 +113,7 @@ class TerraMindBackbone(TerraMind):
         self.merge_method = merge_method
         self.modality_drop_rate = modality_drop_rate
         self.check_finite = check_finite
-        self.tokenizers = nn.ModuleDict()  # image tokenizers of token inputs given as images
-        self.text_tokenizers: dict[str, Any] = {}  # the coordinates tokenizer (not a module)
+        self.tokenizers = nn.ModuleDict()  # tokenizers of token inputs given as images (or lon/lat for COORDS)
         self.band_names: dict[str, tuple[str, ...]] = {}
         num_images = sum(1 for key, _ in self.inputs.values() if not self._is_sequence(key))
         if merge_method == "concat":
@@ -174,14 +183,9 @@ class TerraMindBackbone(TerraMind):
     def attach_tokenizer(self, name: str, tokenizer: Any) -> None:
         """Tokenize input ``name`` inside the model when it arrives as an image (or lon/lat for COORDS)."""
         key = self.inputs[self._name_of(name)][0]
-        if isinstance(tokenizer, nn.Module):
-            self.tokenizers[key] = tokenizer.eval().requires_grad_(False)
-        else:
-            self.text_tokenizers[key] = tokenizer
+        self.tokenizers[key] = require_tokenizer_module(name, tokenizer).eval().requires_grad_(False)
 
     def _tokenize(self, name: str, key: str, x: torch.Tensor) -> torch.Tensor:
-        if key in self.text_tokenizers:
-            return self.text_tokenizers[key].encode(x)
         if key not in self.tokenizers:
             raise ValueError(
                 f"{name} was given as an image, but this model has no {name} tokenizer; pass token ids "

@@ -55,10 +55,6 @@ SIZES: dict[str, TerraMindConfig] = {
                              gated_mlp=True, bias=False),
 }  # fmt: skip
 
-# Neck layer indices used by the reference fine-tuning configs (spec §8.2).
-DEFAULT_OUT_INDICES = {"tiny": (2, 5, 8, 11), "small": (2, 5, 8, 11), "base": (2, 5, 8, 11),
-                       "large": (5, 11, 17, 23)}  # fmt: skip
-
 
 def register_size(size: str, config: TerraMindConfig) -> None:
     """Add a named architecture (e.g. the bundled ``sim_micro``) so that every builder accepts ``size``.

@@ -46,6 +46,16 @@ def test_explicit_stats_with_extra_keys_and_no_data_replace(tree: Path):
                                                   stds={**stds, "S1GRD": [1, 2, 3]}))  # fmt: skip
 
 
+def test_terratorch_rgb_preview_arguments_are_accepted_and_change_nothing(tree: Path):
+    plain = _first_batch(GenericMultiModalDataModule(**module_args(tree, train_transform=None)), "val")
+    dm = GenericMultiModalDataModule(**module_args(tree, train_transform=None, rgb_modality="S2L2A",
+                                                   rgb_indices=[3, 2, 1]))  # fmt: skip
+    with_rgb = _first_batch(dm, "val")
+    for name in ("S2L2A", "S1GRD"):
+        assert torch.equal(with_rgb["image"][name], plain["image"][name])  # same files, same arithmetic
+    assert torch.equal(with_rgb["mask"], plain["mask"])
+
+
 def test_wrong_band_count_names_file_and_modality(tmp_path: Path):
     make_sample(tmp_path, "a_1", s2_bands=10)
     ds = GenericMultiModalDataModule(**module_args(tmp_path)).make_dataset("val")

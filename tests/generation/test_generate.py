@@ -188,3 +188,19 @@ def test_coordinates_are_decoded_autoregressively(tiny_checkpoint):
     b = model.generate_tokens(x, generator=torch.Generator().manual_seed(3))["COORDS"]
     assert a.dim() == 2 and a.shape[0] == 2 and 1 <= a.shape[1] <= 4
     assert torch.equal(a, b) and int(a.max()) < 30000
+
+
+def test_coordinates_decode_through_the_coordinates_tokenizer_module(tiny_checkpoint, tmp_path):
+    from terratim.tokenizers.coords import CoordsTokenizer, write_coords_vocab
+
+    coords = CoordsTokenizer.from_file(write_coords_vocab(tmp_path / "config.json", lats=[45.0], lons=[7.5]))
+    model = small_generator(tiny_checkpoint, output_modalities=["COORDS"], tokenizers={"COORDS": coords})
+    assert model.tokenizers["COORDS"] is coords
+    lonlat = torch.tensor([[7.5, 45.0]])
+    decoded = model.decode({"COORDS": coords.encode(lonlat)})["COORDS"]
+    torch.testing.assert_close(decoded.double(), lonlat.double())  # grid points decode exactly
+
+
+def test_a_tokenizer_that_is_not_a_module_is_refused(tiny_checkpoint):
+    with pytest.raises(TypeError, match="the LULC tokenizer must be a torch.nn.Module.*got dict"):
+        small_generator(tiny_checkpoint, tokenizers={"LULC": {}})

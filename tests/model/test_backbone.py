@@ -213,3 +213,12 @@ def test_coordinates_input_as_lon_lat(tmp_path):
     with torch.no_grad():
         out = model({"S1GRD": torch.randn(2, 2, 32, 32), "COORDS": torch.tensor([[7.5, 45.0], [7.74, 45.26]])})
     assert out[-1].shape == (2, 4, 192)  # coordinates tokens are not image tokens: the mean merge skips them
+
+
+def test_a_tokenizer_that_is_not_a_module_is_refused_naming_the_modality(tmp_path):
+    from terratim.tokenizers.coords import CoordsTokenizer, write_coords_vocab
+
+    vocab = write_coords_vocab(tmp_path / "config.json", lats=[45.0], lons=[7.5])
+    raw = CoordsTokenizer.from_file(vocab).tokenizer  # the bare tokenizers.Tokenizer, not a module
+    with pytest.raises(TypeError, match="the COORDS tokenizer must be a torch.nn.Module.*got Tokenizer"):
+        tiny(modalities=["S1GRD", "COORDS"], tokenizers={"COORDS": raw})
