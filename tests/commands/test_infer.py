@@ -10,26 +10,17 @@ import pytest
 import rasterio
 import torch
 import yaml
-from affine import Affine
 
 import terratim
 from terratim.cli import main as cli_main
 from terratim.inference.scene import progress_path
 
-TRANSFORM = Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5000000.0)
+from rasters import CRS_UTM, TRANSFORM, write_tif
 
 
 def main(argv: list[str]) -> int:
     """``terratim ...`` as run from a shell: user errors one line with status 2, Ctrl-C status 130."""
     return cli_main(argv, report_errors=True)
-
-
-def write_tif(path, data, crs="EPSG:32631", transform=TRANSFORM, nodata=None):
-    count, height, width = data.shape
-    with rasterio.open(path, "w", driver="GTiff", count=count, height=height, width=width, dtype=data.dtype.name,
-                       crs=crs, transform=transform, nodata=nodata) as dst:  # fmt: skip
-        dst.write(data)
-    return path
 
 
 @pytest.fixture
@@ -78,7 +69,7 @@ def test_task_model_writes_a_georeferenced_class_map(s1_scene, task_files, tmp_p
     captured = capsys.readouterr()
     assert "chips 4/4 (100%)" in captured.err and "ETA" in captured.err and f"wrote {out}" in captured.out
     with rasterio.open(out) as dst:
-        assert dst.crs.to_epsg() == 32631 and dst.transform == TRANSFORM and dst.count == 2
+        assert dst.crs == CRS_UTM and dst.transform == TRANSFORM and dst.count == 2
         classes = dst.read(1)
         assert dst.colormap(1)[0][:3] == (0, 0, 0) and dst.tags()["CLASS_1"] == "water"
     assert np.all(classes[:40, :50] == 255) and classes[40:].max() <= 2

@@ -5,21 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import rasterio
-from affine import Affine
 
-TRANSFORM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4500000.0)
-
-
-def write_tif(path: Path, data: np.ndarray, nodata: float | None = None) -> Path:
-    """Write (C, H, W) data as a GeoTIFF in EPSG:32632."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count, height, width = data.shape
-    profile = {"driver": "GTiff", "count": count, "height": height, "width": width, "dtype": data.dtype.name,
-               "crs": "EPSG:32632", "transform": TRANSFORM, "nodata": nodata}  # fmt: skip
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return path
+from rasters import write_tif
 
 
 def make_sample(root: Path, sid: str, size: int = 16, s2_bands: int = 12, s1_size: int | None = None,

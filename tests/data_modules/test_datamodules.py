@@ -11,7 +11,8 @@ import torch
 from terratim.datamodules.multimodal import GenericMultiModalDataModule, drop_modalities
 from terratim.modalities import resolve
 
-from dm_rasters import make_sample, module_args, write_tif
+from dm_rasters import make_sample, module_args
+from rasters import write_tif
 
 
 def _first_batch(dm: GenericMultiModalDataModule, split: str = "train") -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scene_rasters import write_scene
+from rasters import write_tif
 
 
 @pytest.fixture
@@ -14,6 +14,6 @@ def make_scene(tmp_path):
 
     def make(name: str, bands: int, height: int, width: int, seed: int = 0, **kwargs):
         data = np.random.default_rng(seed).standard_normal((bands, height, width)).astype(np.float32)
-        return write_scene(tmp_path / f"{name}.tif", data, **kwargs), data
+        return write_tif(tmp_path / f"{name}.tif", data, **kwargs, tiled=True), data
 
     return make

@@ -20,7 +20,7 @@ from terratim.inference.engine import TilingConfig, infer_scene
 from terratim.inference.heads import CLASS_NODATA
 from terratim.inference.scene import SceneReader
 
-from scene_rasters import TRANSFORM, write_scene
+from rasters import TRANSFORM, write_tif
 
 S1_CHIP = Path(__file__).parents[1] / "data" / "sen1floods11" / "S1Hand" / "Spain_7370579_S1Hand.tif"
 
@@ -104,7 +104,7 @@ def test_polygon_wkb_and_geoparquet_metadata():
 def test_chip_embeddings_to_geoparquet(make_scene, tmp_path):
     data = np.random.default_rng(0).standard_normal((2, 100, 150)).astype(np.float32)
     data[:, :, 100:] = -9999.0  # the right third is nodata: those chips are left out
-    path = write_scene(tmp_path / "s1.tif", data, nodata=-9999.0)
+    path = write_tif(tmp_path / "s1.tif", data, nodata=-9999.0, tiled=True)
 
     def embed(batch):
         return batch["S1GRD"].mean(dim=(2, 3))  # (B, 2)

@@ -49,10 +49,10 @@ def worker(rank: int, world_size: int, init_file: str, scene: str, out: str) -> 
 def test_two_ranks_write_one_consistent_output(tmp_path):
     # Imported here, not at the top: the spawned ranks import this module, and in a full test run the first
     # `conftest` on their sys.path may be another directory's.
-    from scene_rasters import TRANSFORM, write_scene
+    from rasters import TRANSFORM, write_tif
 
     data = np.random.default_rng(3).standard_normal((2, 700, 150)).astype(np.float32)
-    scene = write_scene(tmp_path / "s1.tif", data)
+    scene = write_tif(tmp_path / "s1.tif", data, tiled=True)
     out = tmp_path / "pred.tif"
     torch.set_num_threads(1)
     mp.spawn(worker, args=(2, str(tmp_path / "init"), str(scene), str(out)), nprocs=2, join=True)

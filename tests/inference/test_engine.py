@@ -13,7 +13,7 @@ from terratim.inference.engine import SceneEngine, TilingConfig, infer_scene
 from terratim.inference.heads import CLASS_NODATA, Head
 from terratim.inference.scene import SceneReader, partial_path, progress_path
 
-from scene_rasters import CRS_UTM, TRANSFORM, write_scene
+from rasters import CRS_UTM, TRANSFORM, write_tif
 
 
 def identity(batch):
@@ -61,7 +61,7 @@ def test_constant_model_gives_a_constant(make_scene, tmp_path, blend):
 def test_nodata_hole_skips_chips_and_is_written_as_nodata(tmp_path):
     data = np.random.default_rng(0).standard_normal((2, 200, 260)).astype(np.float32)
     data[:, 40:160, 60:200] = -9999.0  # a hole bigger than a chip: the chips inside it are never run
-    path = write_scene(tmp_path / "holey.tif", data, nodata=-9999.0)
+    path = write_tif(tmp_path / "holey.tif", data, nodata=-9999.0, tiled=True)
     seen = []
 
     def model(batch):

@@ -10,13 +10,13 @@ from rasterio.transform import from_origin
 
 from terratim.inference.scene import BLOCK, OutputBand, SceneInfo, SceneReader, SceneWriter, check_output
 
-from scene_rasters import TRANSFORM, write_scene
+from rasters import TRANSFORM, write_tif
 
 
 def test_reader_reads_windows_with_nodata_as_nan(tmp_path):
     data = np.arange(2 * 40 * 30, dtype=np.float32).reshape(2, 40, 30)
     data[:, 5, 7] = -1.0
-    path = write_scene(tmp_path / "a.tif", data, nodata=-1.0)
+    path = write_tif(tmp_path / "a.tif", data, nodata=-1.0, tiled=True)
     with SceneReader({"S1GRD": path}, {"S1GRD": 2}) as reader:
         assert (reader.info.height, reader.info.width) == (40, 30)
         rows = reader.read_rows(-3, 10)["S1GRD"]  # clipped to the scene
@@ -33,15 +33,15 @@ def test_reader_reads_windows_with_nodata_as_nan(tmp_path):
     ],
 )
 def test_misaligned_inputs_name_both_files(tmp_path, kwargs, message):
-    a = write_scene(tmp_path / "s2.tif", np.zeros((1, 40, 30), np.float32))
+    a = write_tif(tmp_path / "s2.tif", np.zeros((1, 40, 30), np.float32), tiled=True)
     shape = kwargs.pop("shape", (1, 40, 30))
-    b = write_scene(tmp_path / "s1.tif", np.zeros(shape, np.float32), **kwargs)
+    b = write_tif(tmp_path / "s1.tif", np.zeros(shape, np.float32), **kwargs, tiled=True)
     with pytest.raises(ValueError, match=rf"not co-registered: S1GRD \(.*s1.tif\) and S2L2A \(.*s2.tif\).*{message}"):
         SceneReader({"S2L2A": a, "S1GRD": b})
 
 
 def test_wrong_band_count_missing_and_corrupt_files(tmp_path):
-    path = write_scene(tmp_path / "a.tif", np.zeros((3, 40, 30), np.float32))
+    path = write_tif(tmp_path / "a.tif", np.zeros((3, 40, 30), np.float32), tiled=True)
     with pytest.raises(ValueError, match=r"S1GRD input .*a.tif has 3 bands, expected 2"):
         SceneReader({"S1GRD": path}, {"S1GRD": 2})
     with pytest.raises(FileNotFoundError, match="S1GRD input not found"):
@@ -54,7 +54,7 @@ def test_wrong_band_count_missing_and_corrupt_files(tmp_path):
 
 def test_truncated_file_is_caught_when_opened(tmp_path):
     data = np.random.default_rng(0).standard_normal((1, 512, 512)).astype(np.float32)
-    path = write_scene(tmp_path / "cut.tif", data)
+    path = write_tif(tmp_path / "cut.tif", data, tiled=True)
     size = path.stat().st_size
     with open(path, "r+b") as f:
         f.truncate(size // 2)
@@ -88,8 +88,8 @@ def test_check_output_refuses_existing_files(tmp_path):
 @pytest.mark.parametrize("nodata", [None, float("nan"), -9999.0])
 def test_an_input_with_no_valid_pixel_is_refused(tmp_path, nodata):
     fill = np.nan if nodata is None or np.isnan(nodata) else nodata
-    empty = write_scene(tmp_path / "empty.tif", np.full((2, 300, 200), fill, np.float32), nodata=nodata)
-    other = write_scene(tmp_path / "s2.tif", np.ones((12, 300, 200), np.float32))
+    empty = write_tif(tmp_path / "empty.tif", np.full((2, 300, 200), fill, np.float32), nodata=nodata, tiled=True)
+    other = write_tif(tmp_path / "s2.tif", np.ones((12, 300, 200), np.float32), tiled=True)
     message = r"^S1GRD input .*empty.tif has no valid pixel: every pixel is nodata or NaN in every band"
     with pytest.raises(ValueError, match=message):
         SceneReader({"S2L2A": other, "S1GRD": empty})
@@ -98,10 +98,10 @@ def test_an_input_with_no_valid_pixel_is_refused(tmp_path, nodata):
 def test_one_valid_pixel_or_one_valid_band_is_enough(tmp_path, monkeypatch):
     data = np.full((2, 300, 200), np.nan, np.float32)
     data[1, 299, 0] = 3.0  # one pixel of the second band, in the last block row
-    path = write_scene(tmp_path / "sparse.tif", data, nodata=float("nan"))
+    path = write_tif(tmp_path / "sparse.tif", data, nodata=float("nan"), tiled=True)
     with SceneReader({"S1GRD": path}) as reader:
         assert np.isnan(reader.read_rows(0, 299)["S1GRD"]).all()
-    filled = write_scene(tmp_path / "full.tif", np.ones((2, 300, 200), np.float32))
+    filled = write_tif(tmp_path / "full.tif", np.ones((2, 300, 200), np.float32), tiled=True)
     reads = []
     original = rasterio.DatasetReader.read
 

@@ -5,31 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from affine import Affine
+
+import rasters
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_CONFIGS = Path(__file__).parent / "reference_configs"
 IDS = ["Ghana_1", "India_2", "Spain_3", "Mekong_4"]
+WGS84_TRANSFORM = Affine(8.98e-5, 0.0, 10.0, 0.0, -8.98e-5, 45.0)  # ~10 m pixels at 45 N
 
 
-def write_tif(path: Path, data: np.ndarray, nodata: float | None = None) -> None:
-    """Write (C, H, W) data as a georeferenced GeoTIFF (EPSG:4326, ~10 m pixels)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count, height, width = data.shape
-    profile = {
-        "driver": "GTiff",
-        "count": count,
-        "height": height,
-        "width": width,
-        "dtype": data.dtype.name,
-        "crs": "EPSG:4326",
-        "transform": Affine(8.98e-5, 0.0, 10.0, 0.0, -8.98e-5, 45.0),
-    }
-    if nodata is not None:
-        profile["nodata"] = nodata
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
+def write_tif(path: Path, data: np.ndarray, nodata: float | None = None) -> Path:
+    """Write (C, H, W) data as a GeoTIFF in EPSG:4326 (~10 m pixels), as Sen1Floods11 chips are stored."""
+    return rasters.write_tif(path, data, nodata, crs="EPSG:4326", transform=WGS84_TRANSFORM)
 
 
 def make_flood_tree(root: Path, ids: list[str] = IDS, size: int = 32, seed: int = 0) -> Path:
