@@ -3,7 +3,8 @@
 Every part of terratim (models, data modules, generation, plots) looks modalities up here by exact name.
 User names are matched case-insensitively against an explicit alias table; there is no substring guessing.
 
-Two kinds of checkpoint key exist per modality (spec §3.1):
+Two kinds of checkpoint key exist per modality (the keys of TerraTorch's
+terratorch/models/backbones/terramind/model/modality_info.py):
 
 * ``input_key`` - the encoder embedding used when the modality is *given* to the model: a raw-pixel patch
   embedding (``untok_sen2l2a@224``), a token table for tokenized inputs (``tok_lulc@224``) or a sequence
@@ -35,7 +36,7 @@ SENTINEL2_BAND_IDS = {
 FSQ_LEVELS_IMAGE = (8, 8, 8, 6, 5)  # vocabulary 15,360
 FSQ_LEVELS_LULC = (7, 5, 5, 5, 5)  # vocabulary 4,375
 
-# The 10-class land-cover scheme of TerraMesh (compacted ESRI 10 m classes, spec §3.5).
+# The 10-class land-cover scheme of TerraMesh (compacted ESRI 10 m classes).
 LULC_CLASSES = (
     "no data", "water", "trees", "flooded vegetation", "crops", "built area", "bare ground", "snow/ice",
     "clouds", "rangeland",

@@ -5,8 +5,9 @@ backbone (:class:`~terratim.model.backbone.TerraMindBackbone`), composed. In ``f
 token ids of the TiM modalities from the inputs; the backbone embeds inputs + imagined tokens (appended after
 the inputs) and returns its per-layer features, merged as for the plain backbone.
 
-Both parts load from the same official file (spec §6.1). The trainable part's parameter names equal the
-reference ``TerraMindTiM``'s top-level names; the frozen copy lives under ``generator.``.
+Both parts load from the same official file, as TerraTorch's ``TerraMindTiM`` does
+(terratorch/models/backbones/terramind/model/terramind_tim.py). The trainable part's parameter names equal the reference
+``TerraMindTiM``'s top-level names; the frozen copy lives under ``generator.``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each target modality is one :class:`Target` record (what to generate and how) wi
 which positions are decoded). A decoding step is: encode the inputs (plus already decoded target tokens),
 pick query positions, run the decoder, sample, write back.
 
-Differences from the reference, on purpose (spec §5.5):
+Differences from the reference (TerraTorch's terratorch/models/backbones/terramind/model/generate.py), on purpose:
 * multi-step decoding works: decoded tokens of the target enter the encoder for the next step (4M-style).
 
 Like the reference (TerraTorch 1.2.13), ``chain=True`` feeds each finished target to the encoder for the targets
@@ -26,7 +26,8 @@ from terratim.model.terramind import TerraMind
 
 Scheme = Literal["roar", "maskgit", "autoregressive"]
 
-# Special ids of the coordinates WordPiece vocabulary (spec §7.7).
+# Special ids of the coordinates WordPiece vocabulary: [PAD], [EOS], [S_1], [S_2] (see terratim.tokenizers.coords;
+# TerraTorch's generate.py uses eos_id=3 and s1_id=5).
 PAD_ID, EOS_ID, SENTINEL_1, SENTINEL_2 = 0, 3, 5, 6
 
 

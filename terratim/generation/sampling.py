@@ -1,4 +1,5 @@
-"""Turning logits into token ids: top-k / top-p filtering, temperature, multinomial draws (spec §5.4).
+"""Turning logits into token ids: top-k / top-p filtering, temperature, multinomial draws (as TerraTorch's
+``sample_tokens`` in terratorch/models/backbones/terramind/model/generate.py).
 
 The reference's order is kept: top-k, then top-p on the T = 1 distribution, then the temperature.
 """

@@ -1,4 +1,5 @@
-"""Token-count and temperature schedules for iterative decoding (spec §5.4)."""
+"""Token-count and temperature schedules for iterative decoding (cosine / linear token schedules, linear /
+constant / ``onex`` temperatures, as in TerraTorch's terratorch/models/backbones/terramind/model/generate.py)."""
 
 from __future__ import annotations
 

@@ -38,7 +38,8 @@ class TilingConfig:
     Attributes:
         chip: chip side in pixels.
         overlap: pixels shared by neighbouring chips (stride = chip - overlap).
-        delta: margin cropped off each chip output (spec §8.6; lowered to overlap // 2 when larger).
+        delta: margin cropped off each chip output (as TerraTorch's tiled inference; lowered to overlap // 2
+            when larger).
         batch_size: chips per forward pass.
         blend: ``"cosine"`` (reference raised-cosine ramps) or ``"average"``.
         panel: columns done at a time (rounded down to a multiple of 256; 0 = the whole width). Memory grows

@@ -1,6 +1,6 @@
 """Chip grid, blend weights and a streaming blend accumulator: pure array maths, no file I/O.
 
-The grid and the weights follow the reference's tiled inference (spec §8.6):
+The grid and the weights follow the reference's tiled inference (TerraTorch's terratorch/tasks/tiled_inference.py):
 
 1. ``delta`` (the margin cropped off every chip output) is lowered to ``(chip - stride) // 2`` when larger.
 2. The scene is reflect-padded by ``delta`` on every side, so a chip at padded offset ``(y, x)`` reads original
@@ -140,7 +140,7 @@ def panel_ranges(width: int, panel: int, block: int = 256) -> list[tuple[int, in
 
 
 def ramp_weights(chip: int, stride: int, delta: int) -> np.ndarray:
-    """Per-axis blend weights of length ``chip - 2 delta`` (spec §8.6 step 5), float64."""
+    """Per-axis blend weights of length ``chip - 2 delta`` (step 4 of the module docstring), float64."""
     size = chip - 2 * delta
     weights = np.ones(size, dtype=np.float64)
     ramp_len = min(chip // 2, chip - stride) - delta

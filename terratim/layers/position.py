@@ -1,4 +1,5 @@
-"""Fixed sin-cos position tables (temperature 10000) and the reference's bicubic resize (spec §4.4)."""
+"""Fixed sin-cos position tables (temperature 10000) and the reference's bicubic resize (``build_2d_sincos_posemb``
+and ``interpolate_pos_encoding`` in TerraTorch's terratorch/models/backbones/terramind/model/tm_utils.py)."""
 
 from __future__ import annotations
 

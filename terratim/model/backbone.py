@@ -288,7 +288,11 @@ class TerraMindBackbone(TerraMind):
 
     # ----------------------------------------------------------------------------------------- bands
     def select_bands(self, bands: Mapping[str, Sequence[str]]) -> None:
-        """Rebuild patch embeddings for band subsets by name, copying pretrained columns (spec §4.10)."""
+        """Rebuild patch embeddings for band subsets by name, copying pretrained columns.
+
+        As TerraTorch's ``select_modality_patch_embed_weights``
+        (terratorch/models/backbones/terramind/model/terramind_register.py).
+        """
         for name, band_list in bands.items():
             name = self._name_of(name)
             key, new_channels = self.inputs[name]

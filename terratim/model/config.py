@@ -1,4 +1,5 @@
-"""Architecture configs: one dataclass, a table of named sizes (spec §1.2)."""
+"""Architecture configs: one dataclass, a table of named sizes (the TerraMind v1 sizes as TerraTorch registers them
+in terratorch/models/backbones/terramind/model/terramind_register.py)."""
 
 from __future__ import annotations
 

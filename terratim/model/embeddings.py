@@ -2,7 +2,8 @@
 
 Attribute names (``proj``, ``token_emb``, ``pos_emb``, ``mod_emb``, ``to_logits``) are the official checkpoint's,
 so a module's ``state_dict()`` is the official layout. Every embedding returns ``(x, emb)``: the content term
-and the position + modality term, kept apart because the decoder context re-adds ``emb`` (spec §5.1).
+and the position + modality term, kept apart because the decoder context re-adds ``emb``
+(``decoder_proj_context(x) + encoder_emb`` in TerraTorch's terratorch/models/backbones/terramind/model/terramind.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from terratim.layers import resize_table, sincos_1d, sincos_2d
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, N, patch*patch*C) with the channel index fastest: (py, px, c) (spec §4.1)."""
+    """(B, C, H, W) -> (B, N, patch*patch*C) with the channel index fastest: (py, px, c), as the official patch
+    embeddings (``b d (nh ph) (nw pw) -> b (nh nw) (ph pw d)`` in TerraTorch's encoder_embeddings.py)."""
     batch, channels, height, width = images.shape
     grid_h, grid_w = height // patch, width // patch
     x = images.reshape(batch, channels, grid_h, patch, grid_w, patch)

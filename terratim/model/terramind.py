@@ -1,7 +1,8 @@
 """TerraMind: one encoder-decoder network; backbone, generation, TiM and pretraining are thin modes around it.
 
-Module names equal the official checkpoint keys (spec §2.2), so ``TerraMind.state_dict()`` is the official
-file layout (minus the constant-zero LayerNorm bias buffers, see :mod:`terratim.weights`).
+Module names equal the official checkpoint keys (those of TerraTorch's ``TerraMind`` and ``TerraMindViT``), so
+``TerraMind.state_dict()`` is the official file layout (minus the constant-zero LayerNorm bias buffers, see
+:mod:`terratim.weights`).
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class TerraMind(nn.Module):
                 dec.mod_emb = self.encoder_embeddings[key].mod_emb
 
     def reset_parameters(self) -> None:
-        """MAE-style init (spec §4.8) for weights that do not come from a checkpoint."""
+        """MAE-style init (as TerraTorch's ``TerraMind`` initializes) for weights that do not come from a checkpoint."""
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 init_linear(name, module)
@@ -225,7 +226,8 @@ class TerraMind(nn.Module):
 
 
 def init_linear(name: str, module: nn.Linear) -> None:
-    """Xavier-uniform; fused qkv / kv weights use the bound of one of their slices (spec §4.8)."""
+    """Xavier-uniform; fused qkv / kv weights use the bound of one of their slices (as in TerraTorch's
+    terratorch/models/backbones/terramind/model/terramind.py)."""
     fan_out, fan_in = module.weight.shape
     if name.endswith("qkv"):
         fan_out //= 3

@@ -1,4 +1,5 @@
-"""4M-style token budgets for masked multimodal pretraining (spec §5.2; Mizrahi et al. 2023, "4M", §3).
+"""4M-style token budgets for masked multimodal pretraining (TerraMind paper, arXiv 2504.11171; Mizrahi et al.
+2023, "4M", §3).
 
 Per sample, a fixed number of encoder (input) tokens and decoder (target) tokens is spread over the modalities
 with proportions drawn from a symmetric Dirichlet distribution, so one sample may see mostly S1 and predict

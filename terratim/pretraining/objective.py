@@ -1,4 +1,5 @@
-"""The masked multimodal token objective (spec §5.2): encode a subset of input tokens, predict target tokens.
+"""The masked multimodal token objective of TerraMind pretraining (TerraMind paper, arXiv 2504.11171): encode a
+subset of input tokens, predict target tokens.
 
 Pure math on a :class:`~terratim.model.terramind.TerraMind`; the Lightning loop lives in
 :mod:`terratim.pretraining.module`. Inputs are raw pixels (patch embeddings) or token ids; targets are always

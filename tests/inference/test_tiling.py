@@ -47,7 +47,7 @@ def test_delta_is_lowered_to_half_the_overlap():
 
 
 def test_reference_ramp_numbers():
-    # crop 256 / stride 192 / delta 8 -> ramp length 56 (spec §8.6 step 5).
+    # crop 256 / stride 192 / delta 8 -> ramp length min(128, 64) - 8 = 56 (TerraTorch's get_blend_mask).
     axis = ramp_weights(256, 192, 8)
     assert axis.shape == (240,)
     ramp = 0.5 + 0.5 * np.cos(math.pi * (np.arange(56) + 1) / 57)
