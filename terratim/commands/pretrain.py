@@ -68,9 +68,8 @@ def pretrain(config: dict, output: str | None = None, max_steps: int | None = No
                             config.get("export_dtype", "float32"))  # fmt: skip
     seed = int(config.get("seed", 0))
     pl.seed_everything(seed, workers=True, verbose=False)
-    tokenizers = {
-        name: build_tokenizer(name, ckpt_path=path) for name, path in (config.get("tokenizers") or {}).items()
-    }
+    tokenizer_files = config.get("tokenizers") or {}  # targets and token inputs are only encoded
+    tokenizers = {name: build_tokenizer(name, ckpt_path=path, decoder=False) for name, path in tokenizer_files.items()}
     trainer_cfg = dict(config.get("trainer") or {})
     if max_steps is not None:
         trainer_cfg["max_steps"] = max_steps

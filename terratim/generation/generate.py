@@ -237,8 +237,8 @@ def decode_tokens(
     return out
 
 
-def build_tokenizers(names: Sequence[str], pretrained: bool) -> dict[str, nn.Module]:
-    """The official tokenizers for ``names`` (only those that have one)."""
+def build_tokenizers(names: Sequence[str], pretrained: bool, decoder: bool = True) -> dict[str, nn.Module]:
+    """The official tokenizers for ``names`` (only those that have one); ``decoder=False`` builds encoders only."""
     from terratim.registry import build
 
     tokenizers = {}
@@ -251,7 +251,7 @@ def build_tokenizers(names: Sequence[str], pretrained: bool) -> dict[str, nn.Mod
                 tokenizers[modality.name] = CoordsTokenizer.pretrained()
         elif modality.tokenizer_file is not None:
             tokenizers[modality.name] = build(f"terramind_v1_tokenizer_{modality.name.lower()}",
-                                              pretrained=pretrained)  # fmt: skip
+                                              pretrained=pretrained, decoder=decoder)  # fmt: skip
     return tokenizers
 
 
@@ -289,9 +289,10 @@ def build_generate(
         load_weights(network, network, *loaded)
     network.eval().requires_grad_(False)
     given = dict(tokenizers or {})
-    wanted = [n for n in outputs if build_tokenizers_for_outputs and n not in given]
-    wanted += [n for n, (key, _) in inputs.items() if key.startswith("tok_") and n not in given]
-    given.update(build_tokenizers(wanted, pretrained) if wanted else {})
+    decoded = [n for n in outputs if build_tokenizers_for_outputs and n not in given]
+    encoded = [n for n, (key, _) in inputs.items() if key.startswith("tok_") and n not in given]
+    given.update(build_tokenizers(decoded, pretrained))
+    given.update(build_tokenizers(encoded, pretrained, decoder=False))  # token inputs are only encoded
     input_tokenizers = {n: t for n, t in given.items() if n in inputs and inputs[n][0].startswith("tok_")}
     for name, tokenizer in input_tokenizers.items():
         network.attach_tokenizer(name, tokenizer)

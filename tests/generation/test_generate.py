@@ -204,3 +204,14 @@ def test_coordinates_decode_through_the_coordinates_tokenizer_module(tiny_checkp
 def test_a_tokenizer_that_is_not_a_module_is_refused(tiny_checkpoint):
     with pytest.raises(TypeError, match="the LULC tokenizer must be a torch.nn.Module.*got dict"):
         small_generator(tiny_checkpoint, tokenizers={"LULC": {}})
+
+
+def test_token_inputs_get_encoder_only_tokenizers_and_outputs_keep_their_decoder(tiny_checkpoint):
+    """A LULC input is only encoded (no 0.2-0.7 GB decoder allocated for it); a LULC output is decoded."""
+    as_input = terratim.build("terramind_v1_tiny_generate", modalities=["S1GRD", "LULC"], output_modalities=["NDVI"],
+                              ckpt_path=str(tiny_checkpoint), build_tokenizers_for_outputs=False)  # fmt: skip
+    lulc_encoder = as_input.network.tokenizers["tok_lulc@224"]
+    assert lulc_encoder.decoder is None and lulc_encoder.encoder is not None
+    as_output = terratim.build("terramind_v1_tiny_generate", modalities=["S1GRD"], output_modalities=["LULC"],
+                               ckpt_path=str(tiny_checkpoint))  # fmt: skip
+    assert as_output.tokenizers["LULC"].decoder is not None
