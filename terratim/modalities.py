@@ -66,6 +66,8 @@ class Modality:
         tokenizer_repo: Hugging Face repo id of the tokenizer weights.
         tokenizer_file: file name of the tokenizer weights in that repo.
         units: physical units of the raw values.
+        classes: class names of a categorical modality (class id i is ``classes[i]``); empty for continuous ones.
+        colors: one ``#rrggbb`` colour per class, for maps and GeoTIFF colour tables.
     """
 
     name: str
@@ -81,6 +83,13 @@ class Modality:
     tokenizer_repo: str | None = None
     tokenizer_file: str | None = None
     units: str = ""
+    classes: tuple[str, ...] = ()
+    colors: tuple[str, ...] = ()
+
+    @property
+    def is_categorical(self) -> bool:
+        """True for class maps (LULC): values are class ids, never standardized; decoders give class logits."""
+        return bool(self.classes)
 
     @property
     def num_bands(self) -> int:
@@ -176,6 +185,7 @@ MODALITIES: dict[str, Modality] = {
             "LULC", "tokens", "Land use / land cover, 10 classes (given as class ids, tokenized inside)",
             ("LULC",), (0.0,), (1.0,), "tok_lulc@224", "tok_lulc@224", 4375,
             FSQ_LEVELS_LULC, _tok_repo("LULC"), "TerraMind_Tokenizer_LULC.pt", "class id 0-9",
+            classes=LULC_CLASSES, colors=LULC_COLORS,
         ),
         Modality(
             "NDVI", "tokens", "Normalized difference vegetation index (tokenized inside)",
@@ -268,6 +278,11 @@ def key_modality(key: str) -> Modality:
     return MODALITIES[KEY_OWNERS[key]]
 
 
+def is_image_token_key(key: str) -> bool:
+    """True for keys of image token grids (``tok_*``: ids of an image tokenizer, (B, h, w) or (B, h*w))."""
+    return key.startswith("tok_")
+
+
 def is_token_key(key: str) -> bool:
     """True for keys whose inputs are token ids (``tok_*`` image tokens and sequences)."""
-    return key.startswith("tok_") or key_modality(key).kind == "sequence"
+    return is_image_token_key(key) or key_modality(key).kind == "sequence"

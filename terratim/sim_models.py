@@ -100,7 +100,7 @@ def _token_inputs(modalities: Any) -> list[str]:
     """The inputs read as tokens (class maps): their tokenizers only encode."""
     from terratim.model.backbone import parse_modalities
 
-    return [n for n, (key, _) in parse_modalities(list(modalities)).items() if key.startswith("tok_")]
+    return [n for n, (key, _) in parse_modalities(list(modalities)).items() if mods.is_image_token_key(key)]
 
 
 def generatable(checkpoint: str | os.PathLike) -> list[str]:

@@ -65,7 +65,12 @@ class ClassScheme:
         return [n if n == f"class {i}" else f"{i} {n}" for i, n in enumerate(self.names)]
 
 
-LULC_SCHEME = ClassScheme(tuple(LULC_CLASSES), tuple(LULC_COLORS))
+def modality_scheme(name: str) -> ClassScheme:
+    """The class scheme of a categorical modality (its record's class names and colours)."""
+    modality = resolve(name)
+    if not modality.is_categorical:
+        raise ValueError(f"{modality.name} is not a class map")
+    return ClassScheme(modality.classes, modality.colors)
 
 
 def class_scheme(num_classes: int, class_names: Sequence[str] | None = None) -> ClassScheme:
@@ -188,8 +193,8 @@ def colorize(modality: str, array: np.ndarray, limits: Limits | None = None) -> 
         limits: per-channel stretch limits from :func:`stretch_limits` (default: this array's own).
     """
     mod = resolve(modality)
-    if mod.name == "LULC":
-        return colorize_classes(array, LULC_SCHEME, "LULC")
+    if mod.is_categorical:
+        return colorize_classes(array, modality_scheme(mod.name), mod.name)
     if mod.kind == "sequence":
         raise ValueError(f"{mod.name} is not an image and has no colour scheme")
     channels = _display_channels(mod.name, array)  # (K, H, W)
@@ -243,7 +248,7 @@ def _scheme_of(name: str | ClassScheme) -> ClassScheme | None:
     """The class scheme a panel is drawn with (LULC's own), or None for a continuous modality."""
     if isinstance(name, ClassScheme):
         return name
-    return LULC_SCHEME if resolve(name).name == "LULC" else None
+    return modality_scheme(name) if resolve(name).is_categorical else None
 
 
 def panel_figure(panels: Sequence[Panel], title: str | None = None):

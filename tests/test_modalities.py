@@ -49,3 +49,20 @@ def test_band_index_by_name_or_sentinel2_id():
         s2.band_index(3)
     with pytest.raises(ValueError, match="no band 'CIRRUS'"):
         s2.band_index("CIRRUS")
+
+
+def test_the_record_says_which_modalities_are_class_maps():
+    """Behaviour is chosen by the record (classes, colours), not by comparing names with "LULC"."""
+    from terratim.modalities import MODALITIES, is_image_token_key, is_token_key
+    from terratim.tokenizers.model import TokenizerConfig
+
+    categorical = [m.name for m in MODALITIES.values() if m.is_categorical]
+    assert categorical == ["LULC"]
+    lulc = MODALITIES["LULC"]
+    assert len(lulc.classes) == len(lulc.colors) == 10 and lulc.classes[1] == "water"
+    assert all(len(c) == 7 and c.startswith("#") for c in lulc.colors)
+    config = TokenizerConfig.for_modality("LULC")
+    assert config.decoder == "vit" and config.num_classes == len(lulc.classes)
+    assert TokenizerConfig.for_modality("DEM").decoder != "vit"
+    assert is_image_token_key("tok_lulc@224") and not is_image_token_key("untok_dem@224")
+    assert is_token_key("coords") and not is_image_token_key("coords")

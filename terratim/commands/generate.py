@@ -130,7 +130,7 @@ def direct(model, reader, targets: dict, generator, args: argparse.Namespace) ->
 
     from terratim.data.geotiff import write_geotiff
     from terratim.inference.heads import hex_colormap
-    from terratim.modalities import LULC_COLORS
+    from terratim.modalities import resolve
 
     arrays = reader.read_rows(0, reader.info.height)
     for name, array in arrays.items():
@@ -142,9 +142,10 @@ def direct(model, reader, targets: dict, generator, args: argparse.Namespace) ->
     profile = reader.datasets[next(iter(arrays))].profile
     for name, path in targets.items():
         image = result[name][0].float().cpu().numpy()
-        if name == "LULC":
+        modality = resolve(name)
+        if modality.is_categorical:
             write_geotiff(path, image.argmax(0).astype(np.uint8), like=profile, overwrite=args.overwrite,
-                          colormap=hex_colormap(LULC_COLORS))  # fmt: skip
+                          colormap=hex_colormap(modality.colors))  # fmt: skip
         else:
             write_geotiff(path, image.astype(np.float32), like=profile, overwrite=args.overwrite)
 

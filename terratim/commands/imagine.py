@@ -81,7 +81,7 @@ def imagine(args: argparse.Namespace, files: dict[str, Path], targets: dict[str,
     from terratim.data.geotiff import raster_tensors, read_modality_rasters, write_geotiff
     from terratim.generation.generate import decode_tokens
     from terratim.inference.heads import hex_colormap
-    from terratim.modalities import LULC_COLORS
+    from terratim.modalities import resolve
     from terratim.viz import save_panel
 
     rasters = read_modality_rasters(files)
@@ -97,9 +97,10 @@ def imagine(args: argparse.Namespace, files: dict[str, Path], targets: dict[str,
     panels = [(f"input {n}", n, r.data) for n, r in rasters.items()]
     for name, path in targets.items():
         image = images[name][0].float().numpy()
-        if name == "LULC":
+        modality = resolve(name)
+        if modality.is_categorical:
             image = image.argmax(0).astype(np.uint8)
-            write_geotiff(path, image, like=profile, overwrite=args.overwrite, colormap=hex_colormap(LULC_COLORS))
+            write_geotiff(path, image, like=profile, overwrite=args.overwrite, colormap=hex_colormap(modality.colors))
         else:
             write_geotiff(path, image.astype(np.float32), like=profile, overwrite=args.overwrite)
         panels.append((f"imagined {name}", name, image))

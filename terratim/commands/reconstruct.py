@@ -74,9 +74,9 @@ def _reconstruct(args: argparse.Namespace, modality, data):
     hub = "bundled" if name.startswith("terramind_sim_") else "official (hub)"
     weights = args.ckpt or (hub if args.pretrained else "random initialisation")
     nodata = ~np.isfinite(data).all(axis=0)  # (H, W)
-    x = torch.from_numpy(np.where(np.isfinite(data), data, 0.0 if modality.name == "LULC" else np.nan))[None]
+    x = torch.from_numpy(np.where(np.isfinite(data), data, 0.0 if modality.is_categorical else np.nan))[None]
     start = time.perf_counter()
-    if modality.name == "LULC":
+    if modality.is_categorical:
         with torch.no_grad():
             logits = tok(x.to(device))
         recon = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()  # (1, H, W)
@@ -91,7 +91,7 @@ def _reconstruct(args: argparse.Namespace, modality, data):
         error = np.abs(recon - data)[:, ~nodata]
         score = f"mean absolute error {float(error.mean()) if error.size else float('nan'):.4g} {modality.units}"
     elapsed = time.perf_counter() - start
-    steps = "" if modality.name == "LULC" else f", {args.steps} DDIM steps"
+    steps = "" if modality.is_categorical else f", {args.steps} DDIM steps"
     report = (f"{modality.name} tokenizer ({weights}) on {args.device}: {tuple(data.shape)} -> "
               f"{data.shape[1] // 16}x{data.shape[2] // 16} tokens{steps}, {elapsed:.1f} s; {score}")  # fmt: skip
     return recon, report
@@ -101,12 +101,11 @@ def _write(args: argparse.Namespace, modality, raster, recon, tif, png) -> None:
     from pathlib import Path
 
     from terratim.data.geotiff import write_geotiff
-    from terratim.modalities import LULC_COLORS
+    from terratim.inference.heads import hex_colormap
     from terratim.viz import save_panel
 
-    if modality.name == "LULC":
-        colormap = {i: (*(int(c[j : j + 2], 16) for j in (1, 3, 5)), 255) for i, c in enumerate(LULC_COLORS)}
-        write_geotiff(tif, recon, like=raster.profile, overwrite=args.overwrite, colormap=colormap)
+    if modality.is_categorical:
+        write_geotiff(tif, recon, like=raster.profile, overwrite=args.overwrite, colormap=hex_colormap(modality.colors))
         caption = "reconstruction"
     else:
         write_geotiff(tif, recon, like=raster.profile, overwrite=args.overwrite)

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from terratim.modalities import LULC_COLORS
+from terratim.modalities import MODALITIES
 
 # LULC class ids (terratim.modalities.LULC_CLASSES).
 NODATA, WATER, TREES, FLOODED_VEG, CROPS, BUILT, BARE, SNOW, CLOUDS, RANGELAND = range(10)
@@ -299,8 +299,12 @@ _FILE_DTYPES = {"S2L2A": np.int16, "S1GRD": np.float32, "DEM": np.int16, "LULC":
                 "NDVI": np.float32, LABEL: np.uint8}  # fmt: skip
 
 
-def _colormap() -> dict[int, tuple[int, int, int, int]]:
-    return {i: (int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16), 255) for i, c in enumerate(LULC_COLORS)}
+def _colormap(name: str) -> dict[int, tuple[int, int, int, int]] | None:
+    """GeoTIFF colour table of a categorical modality's class map (None for continuous ones and the label)."""
+    modality = MODALITIES.get(name)
+    if modality is None or not modality.is_categorical:
+        return None
+    return {i: (int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16), 255) for i, c in enumerate(modality.colors)}
 
 
 def write_dataset(
@@ -333,6 +337,6 @@ def write_dataset(
         name = f"sim{seed}_{index:05d}"
         for mod in modalities:
             write_geotiff(folder / mod / f"{name}.tif", chip[mod].astype(_FILE_DTYPES[mod]), like=profile,
-                          overwrite=overwrite, colormap=_colormap() if mod == "LULC" else None)  # fmt: skip
+                          overwrite=overwrite, colormap=_colormap(mod))  # fmt: skip
         names.append(name)
     return names

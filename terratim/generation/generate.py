@@ -108,7 +108,7 @@ class TerraMindGenerate(nn.Module):
         out = {}
         for name, x in inputs.items():
             known = name in mods.MODALITIES and mods.resolve(name).kind != "sequence"
-            if known and torch.is_floating_point(x) and mods.resolve(name).name != "LULC":
+            if known and torch.is_floating_point(x) and not mods.resolve(name).is_categorical:
                 mean, std = self.statistics(name, x)
                 x = (x - mean) / std
             out[name] = x
@@ -163,9 +163,9 @@ class TerraMindGenerate(nn.Module):
 
     def _grid(self, keyed: Mapping[str, torch.Tensor]) -> int:
         for key, value in keyed.items():
-            if key.startswith("untok_") or key not in mods.KEY_OWNERS:
+            if key not in mods.KEY_OWNERS or not mods.is_token_key(key):  # pixels
                 return value.shape[-1] // self.network.config.patch_size
-            if key.startswith("tok_"):
+            if mods.is_image_token_key(key):
                 return int(round(value[0].numel() ** 0.5))
         return self.network.config.grid
 
@@ -230,7 +230,7 @@ def decode_tokens(
             continue
         size = (ids.shape[-2] * patch_size, ids.shape[-1] * patch_size)
         image = tokenizer.decode_tokens(ids, image_size=size, timesteps=timesteps, generator=generator)
-        if modality.name != "LULC" and physical_units:
+        if not modality.is_categorical and physical_units:
             shift = (offset or {}).get(modality.name, 0.0)
             image = modality.destandardize(image) + shift
         out[modality.name] = image
@@ -290,10 +290,10 @@ def build_generate(
     network.eval().requires_grad_(False)
     given = dict(tokenizers or {})
     decoded = [n for n in outputs if build_tokenizers_for_outputs and n not in given]
-    encoded = [n for n, (key, _) in inputs.items() if key.startswith("tok_") and n not in given]
+    encoded = [n for n, (key, _) in inputs.items() if mods.is_image_token_key(key) and n not in given]
     given.update(build_tokenizers(decoded, pretrained))
     given.update(build_tokenizers(encoded, pretrained, decoder=False))  # token inputs are only encoded
-    input_tokenizers = {n: t for n, t in given.items() if n in inputs and inputs[n][0].startswith("tok_")}
+    input_tokenizers = {n: t for n, t in given.items() if n in inputs and mods.is_image_token_key(inputs[n][0])}
     for name, tokenizer in input_tokenizers.items():
         network.attach_tokenizer(name, tokenizer)
     output_tokenizers = {n: t for n, t in given.items() if n in outputs}

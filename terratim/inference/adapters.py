@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from terratim import modalities as mods
 from terratim.inference.heads import Head
 
-LULC_HEAD = {"kind": "classes", "names": mods.LULC_CLASSES, "colors": mods.LULC_COLORS}
 DEFAULT_COLORS = ("#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                   "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
 
@@ -86,8 +85,9 @@ def generation_predictor(model: torch.nn.Module, out: Path, generator: torch.Gen
     heads = []
     for name in outputs:
         modality = mods.resolve(name)
-        if name == "LULC":
-            heads.append(Head(paths[name], len(mods.LULC_CLASSES), confidence=confidence, cog=cog, **LULC_HEAD))
+        if modality.is_categorical:
+            heads.append(Head(paths[name], len(modality.classes), confidence=confidence, cog=cog, kind="classes",
+                              names=modality.classes, colors=modality.colors))  # fmt: skip
         else:
             heads.append(Head(paths[name], modality.num_bands, names=modality.bands, cog=cog))
 

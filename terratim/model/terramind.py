@@ -90,7 +90,7 @@ def encoder_embedding(key: str, config: TerraMindConfig, channels: int | None = 
     modality = mods.key_modality(key)
     if modality.kind == "sequence":
         return SequenceEmbedding(modality.vocab_size, config.dim, config.max_sequence_length)
-    if key.startswith("tok_"):
+    if mods.is_image_token_key(key):
         return TokenEmbedding(modality.vocab_size, config.dim, config.grid)
     return PatchEmbedding(modality.num_bands, config.dim, config.grid, config.patch_size)
 

@@ -22,7 +22,7 @@ from terratim.data import sim
 def to_model_units(name: str, array: np.ndarray) -> torch.Tensor:
     """Physical values (C, H, W) -> standardized float32 (NaN -> 0), or LULC class ids int64 (H, W)."""
     modality = mods.resolve(name)
-    if modality.name == "LULC":
+    if modality.is_categorical:
         ids = np.nan_to_num(array[0], nan=0.0)
         return torch.from_numpy(ids.astype(np.int64))
     mean = np.asarray(modality.mean, np.float32)[:, None, None]

@@ -94,7 +94,7 @@ def save_tokenizer(model: FSQTokenizer, path: str | os.PathLike) -> Path:
 
 def _register(mod: str) -> None:
     name = f"terramind_v1_tokenizer_{mod.lower()}"
-    kind = "ViT decoder to class logits" if mod == "LULC" else "diffusion decoder (DDIM)"
+    kind = "ViT decoder to class logits" if resolve(mod).is_categorical else "diffusion decoder (DDIM)"
 
     def builder(pretrained: bool = False, ckpt_path: str | os.PathLike | None = None, **kwargs) -> FSQTokenizer:
         return build_tokenizer(mod, pretrained=pretrained, ckpt_path=ckpt_path, **kwargs)

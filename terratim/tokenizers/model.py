@@ -74,8 +74,9 @@ class TokenizerConfig:
         modality = resolve(name)
         if not modality.fsq_levels:
             raise ValueError(f"{modality.name} has no image tokenizer")
-        if modality.name == "LULC":
-            base = cls("LULC", 10, modality.fsq_levels, decoder="vit", num_classes=10)
+        if modality.is_categorical:  # class ids in (one-hot inside), class logits out
+            classes = len(modality.classes)
+            base = cls(modality.name, classes, modality.fsq_levels, decoder="vit", num_classes=classes)
         else:
             base = cls(modality.name, modality.num_bands, modality.fsq_levels)
         return cls.from_dict({**base.to_dict(), **overrides})
