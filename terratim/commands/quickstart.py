@@ -3,7 +3,9 @@
 1. Task: water extent (open water + flooded vegetation) from Sentinel-1 alone, on the *simulated* Earth
    (:mod:`terratim.data.sim`), with scarce labels (a few chips per seed), evaluated on held-out chips.
 2. For each seed, fine-tune ``terramind_sim_micro`` (plain) and ``terramind_sim_micro_tim`` (imagines LULC
-   from S1 first) with the same head, data, steps and optimiser; report mIoU (mean +- std over seeds) and the
+   from S1 first) with the same head, data, steps and optimiser, as the package's
+   :class:`~terratim.tasks.SemanticSegmentationTask` under a Lightning ``Trainer`` (what ``terratim fit`` runs);
+   report its test mIoU and water IoU (torchmetrics, over all held-out pixels; mean +- std over seeds) and the
    runtime of each.
 3. Save a figure (S1, imagined LULC, both predictions, ground truth) and run the TiM generator on the real
    Sen1Floods11 S1 chips shipped with the package (:data:`terratim.samples.SEN1FLOODS11_SAMPLE`, 128 x 128 crops),
@@ -27,6 +29,7 @@ from typing import Any
 from terratim.samples import FloodChip, sen1floods11_files
 
 LULC_WATER_CLASSES = (1, 3)  # water, flooded vegetation
+CLASS_NAMES = ("dry", "water")
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,6 @@ class Settings:
     steps: int = 150
     batch_size: int = 8
     lr: float = 1e-3
-    backbone_lr: float = 1e-4
     size: int = 64
     sen1floods11_chips: int = 9
 
@@ -82,10 +84,8 @@ def task_data(seed: int, count: int, size: int) -> tuple[Any, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- model
-def build_segmenter(variant: str) -> Any:
+def model_args(variant: str) -> dict[str, Any]:
     """The bundled model as plain or TiM backbone, with the same necks, UNet decoder and head."""
-    from terratim.tasks.factory import build_model
-
     args: dict[str, Any] = {
         "backbone": "terramind_sim_micro" if variant == "plain" else "terramind_sim_micro_tim",
         "backbone_pretrained": True,
@@ -98,21 +98,15 @@ def build_segmenter(variant: str) -> Any:
     }  # fmt: skip
     if variant == "tim":
         args["backbone_tim_modalities"] = ["LULC"]
-    return build_model("EncoderDecoderFactory", args, "segmentation")
+    return args
 
 
-def confusion(pred: Any, target: Any, classes: int = 2) -> Any:
-    import torch
+def build_task(variant: str, settings: Settings) -> Any:
+    """The package's :class:`~terratim.tasks.SemanticSegmentationTask` (cross-entropy, AdamW), as a config builds it."""
+    from terratim.tasks import SemanticSegmentationTask
 
-    return torch.bincount(target.reshape(-1) * classes + pred.reshape(-1), minlength=classes**2).view(classes, -1)
-
-
-def miou(matrix: Any) -> tuple[float, list[float]]:
-    """Mean IoU over classes and the per-class IoU from a confusion matrix (rows = truth)."""
-    tp = matrix.diag().double()
-    union = matrix.sum(0).double() + matrix.sum(1).double() - tp
-    ious = (tp / union.clamp(min=1)).tolist()
-    return float(sum(ious) / len(ious)), ious
+    return SemanticSegmentationTask(model_args(variant), loss="ce", class_names=list(CLASS_NAMES), lr=settings.lr,
+                                    optimizer="AdamW", optimizer_hparams={"weight_decay": 0.01})  # fmt: skip
 
 
 def flips(x: Any) -> Any:
@@ -136,41 +130,66 @@ def model_inputs(variant: str, model: Any, s1: Any, seed: int, batch: int = 32) 
     return {"S1GRD": s1, "LULC": torch.cat(tokens)}
 
 
+class ChipDataset:
+    """Task batches ``{"image": {modality: (C, H, W)}, "mask": (H, W)}`` from stacked inputs and labels."""
+
+    def __init__(self, inputs: dict[str, Any], label: Any) -> None:
+        self.inputs, self.label = inputs, label
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": {k: v[i] for k, v in self.inputs.items()}, "mask": self.label[i]}
+
+
+def trainer(max_steps: int = -1, callbacks: list | None = None) -> Any:
+    """A quiet single-CPU Lightning trainer: no logger, checkpoints, progress bar or sanity check."""
+    import logging
+    import warnings
+
+    import lightning.pytorch as pl
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    return pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, max_steps=max_steps, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0, callbacks=callbacks or [])  # fmt: skip
+
+
 def fine_tune(variant: str, seed: int, s1: Any, label: Any, settings: Settings, tick: Any) -> Any:
-    """Train one segmenter on flip-augmented chips; the backbone at a lower learning rate, the generator frozen."""
+    """Fit the segmentation task on flip-augmented chips (batches drawn with replacement); the generator frozen."""
+    import lightning.pytorch as pl
     import torch
-    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, RandomSampler
 
-    torch.manual_seed(seed)
-    model = build_segmenter(variant)
-    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
-    ids = {id(p) for p in backbone}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    optimizer = torch.optim.AdamW([{"params": backbone, "lr": settings.backbone_lr},
-                                   {"params": rest, "lr": settings.lr}], weight_decay=0.01)  # fmt: skip
-    inputs, target = model_inputs(variant, model, flips(s1), seed), flips(label)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(settings.steps):
-        pick = torch.randint(0, target.shape[0], (settings.batch_size,), generator=generator)
-        loss = F.cross_entropy(model({k: v[pick] for k, v in inputs.items()}), target[pick])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        tick()
-    return model.eval()
+    class Tick(pl.Callback):
+        def on_train_batch_end(self, *args: Any) -> None:
+            tick()
+
+    torch.manual_seed(seed)  # the decoder's and head's initial weights
+    task = build_task(variant, settings)
+    data = ChipDataset(model_inputs(variant, task.model, flips(s1), seed), flips(label))
+    sampler = RandomSampler(data, replacement=True, num_samples=settings.steps * settings.batch_size,
+                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    loader = DataLoader(data, batch_size=settings.batch_size, sampler=sampler)
+    trainer(settings.steps, [Tick()]).fit(task, train_dataloaders=loader)
+    return task.eval()
 
 
-def evaluate(variant: str, model: Any, s1: Any, label: Any, batch: int = 16) -> tuple[float, list[float], Any]:
-    """mIoU, per-class IoU and the predictions (N, H, W) on held-out chips."""
+def evaluate(variant: str, task: Any, s1: Any, label: Any, batch: int = 16) -> tuple[dict[str, float], Any]:
+    """The task's test metrics (``test/mIoU``, ``test/IoU_water``, ...) on held-out chips, and the predictions
+    (N, H, W) of the first three for the figure."""
     import torch
+    from torch.utils.data import DataLoader
 
-    inputs = model_inputs(variant, model, s1, seed=12345)
+    inputs = model_inputs(variant, task.model, s1, seed=12345)
+    loader = DataLoader(ChipDataset(inputs, label), batch_size=batch)
+    (metrics,) = trainer().test(task, dataloaders=loader, verbose=False)
     with torch.no_grad():
-        pred = torch.cat([model({k: v[i : i + batch] for k, v in inputs.items()}).argmax(1)
-                          for i in range(0, s1.shape[0], batch)])  # fmt: skip
-    score, ious = miou(confusion(pred, label))
-    return score, ious, pred
+        pred = task.predictions(task({k: v[:3] for k, v in inputs.items()}))
+    return metrics, pred
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -181,7 +200,7 @@ def imagined_lulc(tim_model: Any, s1: Any) -> Any:
     from terratim.sim_models import build_sim_tokenizer
 
     tokenizer = build_sim_tokenizer("LULC")
-    backbone = tim_model.backbone if hasattr(tim_model, "backbone") else tim_model
+    backbone = tim_model.model.backbone
     with torch.no_grad():
         tokens = backbone.imagine({"S1GRD": s1}, torch.Generator().manual_seed(0))["LULC"]
         return tokenizer.decode_tokens(tokens).argmax(1)
@@ -200,9 +219,9 @@ def print_table(results: dict[str, list[dict]], settings: Settings, total: float
         table.add_column(column)
     lines = []
     for variant, runs in results.items():
-        scores = [100 * r["miou"] for r in runs]
+        scores = [100 * r["test/mIoU"] for r in runs]
         std = statistics.stdev(scores) if len(scores) > 1 else 0.0
-        water = statistics.mean(100 * r["ious"][1] for r in runs)
+        water = statistics.mean(100 * r["test/IoU_water"] for r in runs)
         seconds = statistics.mean(r["seconds"] for r in runs)
         row = (variant, f"{statistics.mean(scores):.1f} ± {std:.1f}", f"{water:.1f}",
                " ".join(f"{s:.1f}" for s in scores), f"{seconds:.1f} s")  # fmt: skip
@@ -260,7 +279,7 @@ def imagine_sen1floods11(tim_model: Any, output: Path, chips: list[FloodChip], s
     from terratim.sim_models import build_sim_tokenizer
 
     tokenizer = build_sim_tokenizer("LULC")
-    backbone = tim_model.backbone
+    backbone = tim_model.model.backbone
     lines = []
     for chip in chips:
         raster = read_geotiff(chip.s1, expected_bands=2, what="S1GRD")
@@ -317,11 +336,10 @@ def run(args: argparse.Namespace) -> int:
                 progress.update(task, description=f"seed {seed}: {variant}")
                 t0 = time.perf_counter()
                 model = fine_tune(variant, seed, s1, label, settings, lambda: progress.advance(task))
-                score, ious, pred = evaluate(variant, model, test_s1, test_label)
-                results[variant].append({"miou": score, "ious": ious, "seconds": time.perf_counter() - t0,
-                                         "pred": pred})  # fmt: skip
+                metrics, pred = evaluate(variant, model, test_s1, test_label)
+                results[variant].append({**metrics, "seconds": time.perf_counter() - t0, "pred": pred})
                 models[variant] = model
-                progress.console.print(f"seed {seed} {variant}: mIoU {100 * score:.1f} "
+                progress.console.print(f"seed {seed} {variant}: mIoU {100 * metrics['test/mIoU']:.1f} "
                                        f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
     print_table(results, settings, time.perf_counter() - start)
     lulc = imagined_lulc(models["tim"], test_s1[:3])

@@ -1,6 +1,7 @@
 """Decoders: a list of feature maps (finest first) -> one map with ``out_channels`` channels.
 
-``UNetDecoder`` reproduces segmentation_models_pytorch's U-Net decoder as TerraTorch wires it (spec §8.3);
+``UNetDecoder`` reproduces segmentation_models_pytorch's U-Net decoder as TerraTorch wires it
+(``terratorch/models/decoders/unet_decoder.py``);
 ``UperNetDecoder`` is the PPM + FPN decoder of UPerNet; ``FCNDecoder`` is a light conv stack on the last map;
 ``IdentityDecoder`` passes the last map through (classification heads pool it).
 """

@@ -2,7 +2,8 @@
 
 Each neck maps ``(features, grid)`` to new features, where ``grid = (h, w)`` is the token grid of the input
 (H/16, W/16), and ``out_channels(in_channels)`` tells the next stage its channel counts. Config entries are
-``{name: SelectIndices, indices: [...]}``, applied in order (spec §8.2).
+``{name: SelectIndices, indices: [...]}``, applied in order, as TerraTorch's necks
+(``terratorch/models/necks.py``).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def _upsample2(cin: int, cout: int) -> nn.ConvTranspose2d:
 
 
 class LearnedInterpolateToPyramidal(Neck):
-    """Four same-scale maps -> a pyramid at x4, x2, x1 and x1/2 of the token grid (spec §8.2).
+    """Four same-scale maps -> a pyramid at x4, x2, x1 and x1/2 of the token grid (TerraTorch's neck of that name).
 
     fpn1 = ConvT(D, D/2) -> BN -> GELU -> ConvT(D/2, D/4); fpn2 = ConvT(D, D/2); fpn3 = identity;
     fpn4 = max-pool 2x2. Output channels [D/4, D/2, D, D].

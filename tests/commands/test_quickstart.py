@@ -45,6 +45,28 @@ def test_quickstart_fast_runs_every_step_on_the_packaged_chips(
     assert lulc.profile["crs"] == label.profile["crs"] and lulc.profile["transform"] == label.profile["transform"]
 
 
+def test_quickstart_fits_the_package_task_and_scores_with_its_metrics() -> None:
+    """The table's numbers are the segmentation task's torchmetrics, i.e. IoU over all held-out pixels."""
+    import torch
+
+    from terratim.commands import quickstart
+    from terratim.tasks import SemanticSegmentationTask
+
+    settings = quickstart.FAST
+    s1, label = quickstart.task_data(100, settings.train_chips, settings.size)
+    task = quickstart.fine_tune("plain", 0, s1, label, settings, lambda: None)
+    assert isinstance(task, SemanticSegmentationTask) and task.hparams["lr"] == settings.lr
+    test_s1, test_label = quickstart.task_data(quickstart.TEST_WORLD_SEED, 4, settings.size)
+    metrics, pred = quickstart.evaluate("plain", task, test_s1, test_label)
+    with torch.no_grad():
+        classes = task({"S1GRD": test_s1}).argmax(1)  # the same batch of 4 as the test loader's
+    assert torch.equal(pred, classes[:3])
+    ious = [((classes == k) & (test_label == k)).sum().double() / ((classes == k) | (test_label == k)).sum().double()
+            for k in (0, 1)]  # fmt: skip
+    assert metrics["test/IoU_water"] == pytest.approx(ious[1].item(), rel=1e-6)  # float32 ratio of pixel counts
+    assert metrics["test/mIoU"] == pytest.approx(sum(ious).item() / 2, rel=1e-6)
+
+
 def test_quickstart_missing_sample_is_an_error_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     broken = tmp_path / "sen1floods11"
     shutil.copytree(samples.SEN1FLOODS11_SAMPLE, broken)
