@@ -102,25 +102,18 @@ class Modality:
 
     def standardize(self, x: Any, bands: tuple[str, ...] | None = None) -> Any:
         """(x - mean) / std per band for a (B, C, H, W) or (C, H, W) tensor/array (optionally a band subset)."""
-        mean, std = self._stats(x, bands)
-        return (x - mean) / std
+        mean, std = self.statistics(bands)
+        return normalize(x, mean, std, self.name)
 
     def destandardize(self, x: Any, bands: tuple[str, ...] | None = None) -> Any:
         """Inverse of :meth:`standardize`."""
-        mean, std = self._stats(x, bands)
-        return x * std + mean
+        mean, std = self.statistics(bands)
+        return denormalize(x, mean, std, self.name)
 
-    def _stats(self, x: Any, bands: tuple[str, ...] | None) -> tuple[Any, Any]:
+    def statistics(self, bands: tuple[str, ...] | list[str] | None = None) -> tuple[tuple[float, ...], ...]:
+        """Pretraining (mean, std) per band, of all bands or of ``bands`` (names) in that order."""
         index = [self.band_index(b) for b in bands] if bands else list(range(self.num_bands))
-        if x.shape[-3] != len(index):
-            raise ValueError(f"{self.name}: expected {len(index)} bands to standardize, got {x.shape[-3]}")
-        mean = [self.mean[i] for i in index]
-        std = [self.std[i] for i in index]
-        if hasattr(x, "new_tensor"):  # torch
-            return x.new_tensor(mean).view(-1, 1, 1), x.new_tensor(std).view(-1, 1, 1)
-        import numpy as np
-
-        return np.asarray(mean, dtype=x.dtype)[:, None, None], np.asarray(std, dtype=x.dtype)[:, None, None]
+        return tuple(self.mean[i] for i in index), tuple(self.std[i] for i in index)
 
     def band_index(self, band: str) -> int:
         """Position of ``band`` (a band name or Sentinel-2 id such as ``"B04"``) in the pretrained order."""
@@ -133,6 +126,38 @@ class Modality:
         if wanted not in self.bands:
             raise ValueError(f"{self.name} has no band {band!r}; pretrained bands are {list(self.bands)}")
         return self.bands.index(wanted)
+
+
+def normalize(x: Any, mean: Any, std: Any, what: str = "input") -> Any:
+    """``(x - mean) / std`` per band: the one standardization of terratim.
+
+    Args:
+        x: (C, H, W) or (B, C, H, W) torch tensor or numpy array; bands on axis -3.
+        mean: one value per band (sequence, array or tensor).
+        std: one value per band.
+        what: a name for the error message (e.g. the modality).
+    """
+    return (x - _per_band(x, mean, what)) / _per_band(x, std, what)
+
+
+def denormalize(z: Any, mean: Any, std: Any, what: str = "input") -> Any:
+    """Inverse of :func:`normalize`: ``z * std + mean`` per band."""
+    return z * _per_band(z, std, what) + _per_band(z, mean, what)
+
+
+def _per_band(x: Any, values: Any, what: str) -> Any:
+    """``values`` as a (C, 1, 1) tensor / array of ``x``'s dtype (and device), checked against x's bands."""
+    if hasattr(x, "new_tensor"):  # torch
+        import torch
+
+        column = torch.as_tensor(values, dtype=x.dtype, device=x.device)
+    else:
+        import numpy as np
+
+        column = np.asarray(values, dtype=x.dtype)
+    if column.ndim != 1 or x.ndim < 3 or column.shape[0] != x.shape[-3]:
+        raise ValueError(f"{what}: expected {column.shape[0]} bands on axis -3, got shape {tuple(x.shape)}")
+    return column.reshape(-1, 1, 1)
 
 
 def _tok_repo(mod: str) -> str:

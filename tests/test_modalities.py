@@ -66,3 +66,22 @@ def test_the_record_says_which_modalities_are_class_maps():
     assert TokenizerConfig.for_modality("DEM").decoder != "vit"
     assert is_image_token_key("tok_lulc@224") and not is_image_token_key("untok_dem@224")
     assert is_token_key("coords") and not is_image_token_key("coords")
+
+
+def test_one_standardization_for_tensors_and_arrays_with_its_inverse():
+    import numpy as np
+    import torch
+
+    from terratim.modalities import MODALITIES, denormalize, normalize
+
+    s1 = MODALITIES["S1GRD"]
+    x = np.random.default_rng(0).normal(-15.0, 5.0, (2, 8, 8)).astype(np.float32)
+    expected = (x.astype(np.float64) - np.asarray(s1.mean)[:, None, None]) / np.asarray(s1.std)[:, None, None]
+    np.testing.assert_allclose(s1.standardize(x), expected, rtol=1e-6, atol=1e-6)
+    batch = torch.from_numpy(x)[None].repeat(3, 1, 1, 1)  # (B, C, H, W)
+    z = normalize(batch, s1.mean, s1.std, "S1GRD")
+    torch.testing.assert_close(z.double(), torch.from_numpy(expected)[None].expand(3, -1, -1, -1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(denormalize(z, s1.mean, s1.std), batch, rtol=1e-5, atol=1e-5)
+    assert s1.statistics(["VH"]) == ((s1.mean[1],), (s1.std[1],))
+    with pytest.raises(ValueError, match="S1GRD: expected 2 bands on axis -3"):
+        normalize(torch.zeros(1, 3, 4, 4), s1.mean, s1.std, "S1GRD")

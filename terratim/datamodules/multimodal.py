@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from terratim.data.datasets import MultiModalGeoTiffDataset, SampleFiles, collate, match_samples
 from terratim.data.transforms import build_transforms
-from terratim.modalities import resolve
+from terratim.modalities import normalize, resolve
 
 Split = Literal["train", "val", "test", "predict"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test", "predict")
@@ -51,8 +51,7 @@ def modality_stats(
     if (mean is None) != (std is None):
         raise ValueError(f"{modality}: give both means and stds, or neither (registry statistics are used)")
     if mean is None:
-        idx = [mod.band_index(b) for b in bands] if bands else list(range(mod.num_bands))
-        mean, std = [mod.mean[i] for i in idx], [mod.std[i] for i in idx]
+        mean, std = mod.statistics(bands)
     mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
     expected = len(bands) if bands else mod.num_bands
     if mean.shape != (expected,) or std.shape != (expected,):
@@ -306,8 +305,8 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         if key not in self._device_stats:
             mean, std = self.stats[mod]
             self._device_stats[key] = (
-                torch.as_tensor(mean, device=device).view(-1, 1, 1),
-                torch.as_tensor(std, device=device).view(-1, 1, 1),
+                torch.as_tensor(mean, device=device),
+                torch.as_tensor(std, device=device),
             )
         return self._device_stats[key]
 
@@ -316,7 +315,7 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         out = {}
         for mod, x in images.items():
             mean, std = self._stats_on(mod, x.device)
-            out[mod] = (x.float() - mean) / std
+            out[mod] = normalize(x.float(), mean, std, mod)
         return out
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

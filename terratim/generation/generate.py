@@ -98,19 +98,18 @@ class TerraMindGenerate(nn.Module):
 
     # ------------------------------------------------------------------------------ standardization
     def statistics(self, name: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std (1, C, 1, 1) of a modality, with this model's offset applied."""
+        """Mean and std (C,) of a modality, with this model's offset applied."""
         modality = mods.resolve(name)
         mean = torch.tensor(modality.mean, dtype=like.dtype, device=like.device) + self.offset.get(modality.name, 0)
         std = torch.tensor(modality.std, dtype=like.dtype, device=like.device)
-        return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+        return mean, std
 
     def _standardize_inputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
         for name, x in inputs.items():
             known = name in mods.MODALITIES and mods.resolve(name).kind != "sequence"
             if known and torch.is_floating_point(x) and not mods.resolve(name).is_categorical:
-                mean, std = self.statistics(name, x)
-                x = (x - mean) / std
+                x = mods.normalize(x, *self.statistics(name, x), name)
             out[name] = x
         return out
 

@@ -53,12 +53,12 @@ def output_paths(out: Path, names: Sequence[str]) -> dict[str, Path]:
 
 
 def _standardizer(stats: Mapping[str, tuple[np.ndarray, np.ndarray]], device: torch.device):
-    tables = {m: (torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
-                  torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
+    tables = {m: (torch.as_tensor(mean, dtype=torch.float32, device=device),
+                  torch.as_tensor(std, dtype=torch.float32, device=device))
               for m, (mean, std) in stats.items()}  # fmt: skip
 
     def standardize(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {m: (x - tables[m][0]) / tables[m][1] if m in tables else x for m, x in batch.items()}
+        return {m: mods.normalize(x, *tables[m], m) if m in tables else x for m, x in batch.items()}
 
     return standardize
 
@@ -355,7 +355,7 @@ def embedding_predictor(backbone: torch.nn.Module, out: Path, cog: bool = False)
     one band per embedding dimension (mind the size: D bands at full resolution).
     """
     inputs = [n for n in backbone.inputs]
-    stats = {n: (np.asarray(mods.resolve(n).mean), np.asarray(mods.resolve(n).std)) for n in inputs}
+    stats = {n: tuple(np.asarray(v) for v in mods.resolve(n).statistics()) for n in inputs}
     patch = backbone.config.patch_size
     dim = backbone.config.dim * (len(inputs) if backbone.merge_method == "concat" else 1)
     standardize = _standardizer(stats, next(backbone.parameters()).device)

@@ -57,11 +57,10 @@ def mean_token_embedder(backbone: torch.nn.Module) -> Embed:
     """Chip embedding = mean of the last-layer tokens of a TerraMind backbone (inputs in raw units)."""
     from terratim import modalities as mods
 
-    stats = {n: (torch.tensor(mods.resolve(n).mean).view(1, -1, 1, 1),
-                 torch.tensor(mods.resolve(n).std).view(1, -1, 1, 1)) for n in backbone.inputs}  # fmt: skip
+    records = {n: mods.resolve(n) for n in backbone.inputs}
 
     def embed(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        batch = {n: (x - stats[n][0].to(x)) / stats[n][1].to(x) for n, x in batch.items()}
+        batch = {n: records[n].standardize(x) for n, x in batch.items()}
         return backbone(batch)[-1].mean(dim=1)  # (B, D)
 
     return embed
