@@ -39,32 +39,34 @@ def _soft_overlap(logits: Tensor, target: Tensor, ignore_index: int | None) -> t
     return intersection, cardinality, onehot.sum(dim=(0, 2)) > 0
 
 
-class DiceLoss(nn.Module):
+class _OverlapLoss(nn.Module):
+    """1 - a soft overlap score, per class then averaged (classes absent from the target count as 0)."""
+
+    def __init__(self, ignore_index: int | None = None, smooth: float = 0.0, eps: float = 1e-7) -> None:
+        super().__init__()
+        self.ignore_index, self.smooth, self.eps = ignore_index, smooth, eps
+
+    def score(self, intersection: Tensor, cardinality: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        inter, card, present = _soft_overlap(logits, target, self.ignore_index)
+        loss = (1 - self.score(inter, card)) * present.float()  # (K,)
+        return loss.mean() + _zero(logits)
+
+
+class DiceLoss(_OverlapLoss):
     """1 - soft Dice, per class then averaged (classes absent from the target count as 0)."""
 
-    def __init__(self, ignore_index: int | None = None, smooth: float = 0.0, eps: float = 1e-7) -> None:
-        super().__init__()
-        self.ignore_index, self.smooth, self.eps = ignore_index, smooth, eps
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        inter, card, present = _soft_overlap(logits, target, self.ignore_index)
-        dice = (2 * inter + self.smooth) / (card + self.smooth).clamp_min(self.eps)
-        loss = (1 - dice) * present.float()
-        return loss.mean() + _zero(logits)
+    def score(self, intersection: Tensor, cardinality: Tensor) -> Tensor:
+        return (2 * intersection + self.smooth) / (cardinality + self.smooth).clamp_min(self.eps)
 
 
-class JaccardLoss(nn.Module):
+class JaccardLoss(_OverlapLoss):
     """1 - soft IoU, per class then averaged (classes absent from the target count as 0)."""
 
-    def __init__(self, ignore_index: int | None = None, smooth: float = 0.0, eps: float = 1e-7) -> None:
-        super().__init__()
-        self.ignore_index, self.smooth, self.eps = ignore_index, smooth, eps
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        inter, card, present = _soft_overlap(logits, target, self.ignore_index)
-        iou = (inter + self.smooth) / (card - inter + self.smooth).clamp_min(self.eps)
-        loss = (1 - iou) * present.float()
-        return loss.mean() + _zero(logits)
+    def score(self, intersection: Tensor, cardinality: Tensor) -> Tensor:
+        return (intersection + self.smooth) / (cardinality - intersection + self.smooth).clamp_min(self.eps)
 
 
 class FocalLoss(nn.Module):
