@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from terratim import modalities as mods
 from terratim.generation.generate import TerraMindGenerate, build_generate
+from terratim.generation.settings import GenerationSettings, generation_options
 from terratim.model.backbone import MergeMethod, TerraMindBackbone
 from terratim.model.config import TerraMindConfig, size_config
 from terratim.registry import register_sizes
@@ -94,16 +95,12 @@ class TerraMindTiM(TerraMindBackbone):
         return super().forward(named, generator)
 
 
+@generation_options(prefix="tim_")
 def build_tim(
     size: str,
     modalities: Sequence[str] = ("S2L2A",),
     tim_modalities: Sequence[str] = ("LULC",),
-    tim_decoding_steps: int = 1,
-    tim_temps: float = 1.0,
-    tim_top_p: float = 0.8,
-    tim_top_k: int | float = 0,
-    tim_scheme: str = "roar",
-    tim_chain: bool = True,
+    tim_settings: GenerationSettings | None = None,
     merge_method: MergeMethod = "mean",
     img_size: int = 224,
     pretrained: bool = False,
@@ -115,9 +112,11 @@ def build_tim(
 ) -> TerraMindTiM:
     """Build a TiM backbone; the generator and the trainable encoder load from one official file.
 
-    ``tim_chain`` (default True, as TerraTorch 1.2.13): each imagined modality is conditioned on the ones imagined
-    before it; ``False`` imagines each from the inputs alone. The other ``tim_*`` options are those of
-    :func:`~terratim.generation.generate.build_generate` without the prefix.
+    How the TiM modalities are imagined: ``tim_settings=GenerationSettings(...)`` and/or the options as ``tim_``
+    keywords (``tim_temperature`` or ``tim_temps``, ``tim_decoding_steps``, ``tim_scheme``, ``tim_top_k``,
+    ``tim_top_p``, ``tim_token_schedule``, ``tim_temperature_schedule``, ``tim_cfg_scale``, ``tim_chain``), which
+    override ``tim_settings``. ``tim_chain`` (default True, as TerraTorch 1.2.13): each imagined modality is
+    conditioned on the ones imagined before it; ``False`` imagines each from the inputs alone.
     """
     if unknown:
         raise TypeError(f"terramind_v1_{size}_tim: unknown arguments {sorted(unknown)}")
@@ -134,11 +133,9 @@ def build_tim(
         raise ValueError("tim_modalities is empty; name at least one modality to imagine, e.g. ['LULC']")
     input_names = {mods.resolve(m).name for m in modalities}
     to_imagine = [m for m in tim_modalities if mods.resolve(m).name not in input_names]
-    generator = build_generate(
-        size, modalities, to_imagine or tim_modalities[:1], decoding_steps=tim_decoding_steps, temps=tim_temps,
-        top_p=tim_top_p, top_k=tim_top_k, img_size=img_size, pretrained=False, scheme=tim_scheme, chain=tim_chain,
-        build_tokenizers_for_outputs=False, tokenizers=tokenizers,
-    )  # fmt: skip
+    generator = build_generate(size, modalities, to_imagine or tim_modalities[:1], settings=tim_settings,
+                               img_size=img_size, pretrained=False, build_tokenizers_for_outputs=False,
+                               tokenizers=tokenizers)  # fmt: skip
     if not to_imagine:
         generator.outputs = {}
     config = size_config(size).with_(img_size=img_size)

@@ -1,7 +1,10 @@
 """``terratim generate``: any-to-any generation from GeoTIFF inputs to georeferenced GeoTIFF outputs.
 
     terratim generate --input S2L2A=a.tif --output LULC,DEM --model terramind_v1_tiny_generate --pretrained \
-        --out DIR [--steps 10] [--decoding-steps 1] [--seed 0]
+        --out DIR [--steps 10] [--decoding-steps 1] [--temperature 1] [--seed 0]
+
+Sampling flags (``--scheme``, ``--decoding-steps``, ``--temperature``, ``--top-k``, ``--top-p``, ``--token-schedule``,
+``--temperature-schedule``, ``--cfg-scale``) become one :class:`~terratim.generation.settings.GenerationSettings`.
 
 Writes ``DIR/<OUTPUT>.tif`` per output (the input's CRS and transform; LULC as a uint8 class map with a colour
 table) and ``DIR/panel.png`` with inputs and outputs. Inputs larger than the model's image size run tiled with
@@ -20,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from terratim.commands import add_modality_paths, modality_paths
+from terratim.generation.settings import add_cli_arguments, from_cli
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,12 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="tokenizer weights per output (default: official, with --pretrained)")  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--steps", type=int, default=10, help="diffusion (DDIM) steps for continuous outputs")
-    parser.add_argument("--decoding-steps", type=int, default=1, help="token decoding steps (1 = one pass)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = argmax)")
+    add_cli_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of all sampling randomness")
-    parser.add_argument("--independent-outputs", action="store_true",
-                        help="generate every output from the inputs alone (default: each output is conditioned "
-                             "on the outputs generated before it, as TerraTorch 1.2.13 does)")  # fmt: skip
     parser.add_argument("--chip", type=int, default=224, help="tile size for inputs larger than this")
     parser.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
@@ -57,9 +57,8 @@ def build_model(args: argparse.Namespace, inputs: list[str], outputs: list[str])
             raise SystemExit(f"no tokenizer weights for {missing}: pass --pretrained (official weights) or "
                              f"--tokenizer {missing[0]}=PATH")  # fmt: skip
     model = terratim.build(args.model, modalities=inputs, output_modalities=outputs, pretrained=args.pretrained,
-                           ckpt_path=args.ckpt, decoding_steps=args.decoding_steps, temps=args.temperature,
-                           timesteps=args.steps, standardize=True, tokenizers=tokenizers,
-                           chain=not args.independent_outputs)  # fmt: skip
+                           ckpt_path=args.ckpt, settings=from_cli(args, timesteps=args.steps), standardize=True,
+                           tokenizers=tokenizers)  # fmt: skip
     return model.eval().to(args.device)
 
 

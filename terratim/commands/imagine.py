@@ -2,6 +2,9 @@
 
     terratim imagine --input S1GRD=a.tif --tim LULC --model terramind_v1_tiny_tim --pretrained --out DIR
 
+Sampling flags as for ``terratim generate`` (``--temperature`` defaults to 0 here: argmax);
+``--independent-outputs`` imagines every ``--tim`` modality from the inputs alone.
+
 Writes ``DIR/imagined_<MOD>.tif`` (input's georeferencing; LULC as a class map) and ``DIR/imagined.png``.
 """
 
@@ -11,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from terratim.commands import add_modality_paths, modality_paths
+from terratim.generation.settings import add_cli_arguments, from_cli
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,12 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", action="store_true", help="official weights from the Hugging Face hub")
     add_modality_paths(parser, "--tokenizer", help="tokenizer weights for decoding an imagined modality")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--temperature", type=float, default=0.0, help="TiM sampling temperature (0 = argmax)")
+    add_cli_arguments(parser, temperature=0.0)
     parser.add_argument("--steps", type=int, default=10, help="diffusion steps for continuous modalities")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--independent-outputs", action="store_true",
-                        help="imagine every --tim modality from the inputs alone (default: each is conditioned on "
-                             "those imagined before it, as TerraTorch 1.2.13 does)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -86,8 +87,8 @@ def imagine(args: argparse.Namespace, files: dict[str, Path], targets: dict[str,
 
     rasters = read_modality_rasters(files)
     model = terratim.build(args.model, modalities=list(files), tim_modalities=list(targets),
-                           tim_temps=args.temperature, tim_chain=not args.independent_outputs,
-                           pretrained=args.pretrained, ckpt_path=args.ckpt).eval()  # fmt: skip
+                           tim_settings=from_cli(args, timesteps=args.steps), pretrained=args.pretrained,
+                           ckpt_path=args.ckpt).eval()  # fmt: skip
     tokenizers = build_tokenizers(args, list(targets))
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():

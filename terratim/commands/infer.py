@@ -15,11 +15,13 @@ Memory does not grow with the scene; ``--resume`` continues an interrupted run (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 from terratim.commands import add_modality_paths, modality_paths
+from terratim.generation.settings import GenerationSettings, add_cli_arguments, from_cli
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     source.add_argument("--timesteps", type=int, help="diffusion steps for continuous generated outputs")
     source.add_argument("--seed", type=int, default=0, help="seed of the generation randomness")
+    add_cli_arguments(parser.add_argument_group("generation (with a *_generate --model)"))
     tiles = parser.add_argument_group("tiling")
     tiles.add_argument("--chip", type=int, default=224, help="chip side in pixels (default 224)")
     tiles.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring chips (default 32)")
@@ -199,6 +202,10 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
     from terratim.inference.fingerprint import file_record
 
     device = torch.device(args.device)
+    settings = from_cli(args, timesteps=args.timesteps)
+    if settings != GenerationSettings() and not (args.model or "").endswith("_generate"):
+        raise ValueError("the generation options (--timesteps, --scheme, --temperature, --top-k, ...) apply only to "
+                         "a *_generate --model")  # fmt: skip
     if args.config is not None or args.ckpt is not None:
         if args.config is None or args.ckpt is None or args.model is not None:
             raise ValueError("a task model needs both -c/--config and --ckpt (and no --model)")
@@ -212,11 +219,12 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
     if args.model.endswith("_generate"):
         if not args.outputs:
             raise ValueError(f"--model {args.model} generates: name what with --outputs (e.g. --outputs LULC)")
-        model = terratim.build(args.model, output_modalities=args.outputs, standardize=True,
+        model = terratim.build(args.model, output_modalities=args.outputs, standardize=True, settings=settings,
                                **_model_kwargs(args, inputs)).to(device)  # fmt: skip
         generator = torch.Generator(device=device).manual_seed(args.seed)
         predictor = adapters.generation_predictor(model.eval(), args.out, generator, args.confidence, args.cog,
                                                   args.timesteps)  # fmt: skip
+        predictor.fingerprint["generation"] = dataclasses.asdict(settings)
     elif args.embeddings == "pixel":
         backbone = terratim.build(args.model, **_model_kwargs(args, inputs)).to(device).eval()
         predictor = adapters.embedding_predictor(backbone, args.out, args.cog)

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from terratim import modalities as mods
-from terratim.generation.sampler import Sampler, Scheme, Target
+from terratim.generation.sampler import Sampler, Target
+from terratim.generation.settings import GenerationSettings, generation_options, resolve_settings
 from terratim.model.backbone import TerraMindBackbone, parse_modalities, require_tokenizer_module
 from terratim.model.config import size_config
 from terratim.registry import register_sizes
@@ -47,54 +48,38 @@ class TerraMindGenerate(nn.Module):
         network: TerraMind network with encoder embeddings for the inputs and the output token domains and a
             decoder for the outputs.
         outputs: ``{name: token key}`` in generation order.
-        decoding_steps: steps per image output (1 = all tokens in one pass, the reference).
-        temps: sampling temperature (0 = argmax).
-        top_p: nucleus threshold on the T = 1 distribution.
-        top_k: keep the k best logits (0 = off).
-        timesteps: diffusion steps when decoding tokens to pixels.
+        settings: sampling and decoding options (default: the reference's); ``model.settings`` may be replaced
+            later, e.g. ``model.settings = model.settings.replace(temperature=0.0)``.
         standardize: standardize inputs and de-standardize outputs with the registry statistics.
         offset: ``{name: value}`` added to the mean of that modality (this model only).
-        scheme: ``roar`` (reference) or ``maskgit`` for images.
-        chain: condition each output on the tokens of the outputs generated before it (TerraTorch 1.2.13's
-            behaviour, the default); ``False`` generates every output from the inputs alone.
         tokenizers: ``{name: tokenizer}`` for outputs (decoding) and token inputs given as images.
-        cfg_scale: classifier-free guidance scale (1 = off, the reference's setting).
     """
 
     def __init__(
         self,
         network: TerraMindBackbone,
         outputs: Mapping[str, str],
-        decoding_steps: int = 1,
-        temps: float = 1.0,
-        top_p: float = 0.8,
-        top_k: int | float = 0,
-        timesteps: int = 50,
+        settings: GenerationSettings | None = None,
         standardize: bool = False,
         offset: Mapping[str, float] | None = None,
-        scheme: Scheme = "roar",
-        chain: bool = True,
         tokenizers: Mapping[str, nn.Module] | None = None,
-        cfg_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        self.cfg_scale = cfg_scale
+        self.settings = resolve_settings(settings)
         self.network = network
         self.outputs = dict(outputs)
-        self.decoding_steps = decoding_steps
-        self.temps = temps
-        self.top_p = top_p
-        self.top_k = top_k
-        self.timesteps = timesteps
         self.standardize = standardize
-        self.scheme = scheme
-        self.chain = chain
         self.offset = {mods.resolve(k).name: float(v) for k, v in (offset or {}).items()}
         named = {mods.resolve(k).name: t for k, t in (tokenizers or {}).items()}
         self.tokenizers = nn.ModuleDict({k: require_tokenizer_module(k, t) for k, t in named.items()})
         for tokenizer in self.tokenizers.values():
             tokenizer.eval().requires_grad_(False)
         self.user_inputs = [n for n, (key, _) in network.inputs.items() if n not in self.outputs]
+
+    @property
+    def chain(self) -> bool:
+        """Whether each output is conditioned on the outputs generated before it (``settings.chain``)."""
+        return self.settings.chain
 
     # ------------------------------------------------------------------------------ standardization
     def statistics(self, name: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,15 +100,11 @@ class TerraMindGenerate(nn.Module):
 
     # ----------------------------------------------------------------------------------------- steps
     def targets(self, num_image_tokens: int) -> list[Target]:
-        """One record per output, in order."""
+        """One record per output, in order (sequences hold at most 4 tokens)."""
         records = []
         for key in self.outputs.values():
-            if mods.key_modality(key).kind == "sequence":
-                records.append(Target(key, 4, "autoregressive", 1, self.temps, self.top_k, self.top_p,
-                                      cfg_scale=self.cfg_scale))  # fmt: skip
-            else:
-                records.append(Target(key, num_image_tokens, self.scheme, self.decoding_steps, self.temps,
-                                      self.top_k, self.top_p, cfg_scale=self.cfg_scale))  # fmt: skip
+            sequence = mods.key_modality(key).kind == "sequence"
+            records.append(Target(key, 4 if sequence else num_image_tokens, self.settings, sequence))
         return records
 
     def _prepared(self, x: Mapping[str, torch.Tensor], standardize: bool | None) -> dict[str, torch.Tensor]:
@@ -151,7 +132,7 @@ class TerraMindGenerate(nn.Module):
         keyed = self._prepared(x, standardize)
         grid = self._grid(keyed)
         sampler = Sampler(self.network, record_logits=return_states)
-        states = sampler.generate(keyed, self.targets(grid * grid), generator, self.chain)
+        states = sampler.generate(keyed, self.targets(grid * grid), generator, self.settings.chain)
         if return_states:
             return {name: states[key] for name, key in self.outputs.items()}
         tokens = {}
@@ -177,7 +158,7 @@ class TerraMindGenerate(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Token ids -> pixels: LULC logits (B, 10, H, W), continuous modalities (B, C, H, W), coords (B, 2)."""
         physical = self.standardize if standardize is None else standardize
-        return decode_tokens(tokens, dict(self.tokenizers), timesteps or self.timesteps,
+        return decode_tokens(tokens, dict(self.tokenizers), timesteps or self.settings.timesteps,
                              generator, physical_units=physical, offset=self.offset)  # fmt: skip
 
     def forward(
@@ -254,28 +235,27 @@ def build_tokenizers(names: Sequence[str], pretrained: bool, decoder: bool = Tru
     return tokenizers
 
 
+@generation_options()
 def build_generate(
     size: str,
     modalities: Sequence[str],
     output_modalities: Sequence[str],
-    decoding_steps: int = 1,
-    temps: float = 1.0,
-    top_p: float = 0.8,
-    top_k: int | float = 0,
-    timesteps: int = 50,
+    settings: GenerationSettings | None = None,
     standardize: bool = False,
     offset: Mapping[str, float] | None = None,
     img_size: int = 224,
     pretrained: bool = False,
     ckpt_path: str | None = None,
-    scheme: Scheme = "roar",
-    chain: bool = True,
     tokenizers: Mapping[str, nn.Module] | None = None,
     build_tokenizers_for_outputs: bool = True,
-    cfg_scale: float = 1.0,
     **unknown: Any,
 ) -> TerraMindGenerate:
-    """Build a generation model (encoder-decoder) and the tokenizers it needs."""
+    """Build a generation model (encoder-decoder) and the tokenizers it needs.
+
+    Sampling options come as ``settings=GenerationSettings(...)`` and/or as keywords named after its fields
+    (``decoding_steps=``, ``temperature=`` or ``temps=``, ``top_k=``, ``top_p=``, ``scheme=``, ``token_schedule=``,
+    ``temperature_schedule=``, ``cfg_scale=``, ``chain=``, ``timesteps=``); keywords override ``settings``.
+    """
     if unknown:
         raise TypeError(f"terramind_v1_{size}_generate: unknown arguments {sorted(unknown)}")
     config = size_config(size).with_(img_size=img_size)
@@ -296,8 +276,7 @@ def build_generate(
     for name, tokenizer in input_tokenizers.items():
         network.attach_tokenizer(name, tokenizer)
     output_tokenizers = {n: t for n, t in given.items() if n in outputs}
-    return TerraMindGenerate(network, outputs, decoding_steps, temps, top_p, top_k, timesteps, standardize,
-                             offset, scheme, chain, output_tokenizers, cfg_scale)  # fmt: skip
+    return TerraMindGenerate(network, outputs, settings, standardize, offset, output_tokenizers)
 
 
 register_sizes("terramind_v1_{size}_generate", build_generate,

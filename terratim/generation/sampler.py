@@ -21,6 +21,7 @@ import torch
 
 from terratim.generation.sampling import sample_tokens
 from terratim.generation.schedules import TOKEN_SCHEDULES, temperature_schedule
+from terratim.generation.settings import GenerationSettings
 from terratim.layers import key_padding_bias
 from terratim.model.terramind import TerraMind
 
@@ -38,33 +39,27 @@ class Target:
     Attributes:
         key: internal token-domain key (``tok_lulc@224``, ``coords``).
         num_tokens: tokens of the target (grid*grid for images, max length for sequences).
-        scheme: ``roar`` (random order, the reference), ``maskgit`` (confidence order) or ``autoregressive``.
-        steps: decoding steps for this target.
-        temperature: sampling temperature (0 = argmax).
-        top_k: keep the k best logits (0 = off; a float < 1 is a fraction of the vocabulary).
-        top_p: nucleus threshold (0 or 1 = off).
-        token_schedule: ``linear`` or ``cosine`` split of tokens over steps.
-        temperature_schedule: ``constant``, ``linear`` or ``onex:MIN:POWER``.
-        cfg_scale: classifier-free guidance scale (1 = off).
+        settings: sampling options (scheme, steps, temperature, top-k/p, schedules, guidance).
+        sequence: decode left to right, one token at a time (coordinates); ``settings.scheme`` and
+            ``settings.decoding_steps`` then do not apply.
     """
 
     key: str
     num_tokens: int
-    scheme: Scheme = "roar"
-    steps: int = 1
-    temperature: float = 1.0
-    top_k: int | float = 0
-    top_p: float = 0.8
-    token_schedule: str = "linear"
-    temperature_schedule: str = "constant"
-    cfg_scale: float = 1.0
+    settings: GenerationSettings = GenerationSettings()
+    sequence: bool = False
+
+    @property
+    def scheme(self) -> Scheme:
+        return "autoregressive" if self.sequence else self.settings.scheme
 
     @property
     def grid(self) -> int:
         return int(round(self.num_tokens**0.5))
 
     def counts(self) -> list[int]:
-        return TOKEN_SCHEDULES[self.token_schedule](self.steps, self.num_tokens)
+        """Tokens decoded per step (the token schedule over ``settings.decoding_steps``)."""
+        return TOKEN_SCHEDULES[self.settings.token_schedule](self.settings.decoding_steps, self.num_tokens)
 
 
 @dataclass
@@ -118,10 +113,11 @@ class Sampler:
     def _logits(self, target: Target, queries: torch.Tensor, ctx: torch.Tensor, bias) -> torch.Tensor:
         net = self.network
         logits = net.logits(target.key, net.run_decoder(queries, ctx, None, bias))
-        if target.cfg_scale != 1.0:
+        cfg_scale = target.settings.cfg_scale
+        if cfg_scale != 1.0:
             u_ctx, u_bias = self.unconditional_context(ctx)
             uncond = net.logits(target.key, net.run_decoder(queries, u_ctx, None, u_bias))
-            logits = uncond + target.cfg_scale * (logits - uncond)
+            logits = uncond + cfg_scale * (logits - uncond)
         return logits  # (B, n, V)
 
     def roar_step(self, target: Target, state: TargetState, count: int, temperature: float, ctx, bias,
@@ -133,7 +129,7 @@ class Sampler:
         batch = state.ids.shape[0]
         queries = self.network.image_queries(target.key, positions.expand(batch, -1), target.grid)
         logits = self._logits(target, queries, ctx, bias)
-        ids, _ = sample_tokens(logits, temperature, target.top_k, target.top_p, generator)
+        ids, _ = sample_tokens(logits, temperature, target.settings.top_k, target.settings.top_p, generator)
         state.ids[:, positions] = ids
         state.decoded[:, positions] = True
         state.orders.append(positions)
@@ -146,7 +142,7 @@ class Sampler:
         remaining = (~state.decoded).nonzero()[:, 1].view(batch, -1)  # (B, R), same R for all rows
         queries = self.network.image_queries(target.key, remaining, target.grid)
         logits = self._logits(target, queries, ctx, bias)
-        ids, confidence = sample_tokens(logits, temperature, target.top_k, target.top_p, generator)
+        ids, confidence = sample_tokens(logits, temperature, target.settings.top_k, target.settings.top_p, generator)
         keep = confidence.topk(count, dim=1).indices  # (B, n)
         positions = remaining.gather(1, keep)
         state.ids.scatter_(1, positions, ids.gather(1, keep))
@@ -165,7 +161,7 @@ class Sampler:
     # ------------------------------------------------------------------------------ autoregressive
     def autoregressive(self, target: Target, ctx, bias, generator: torch.Generator | None) -> torch.Tensor:
         """Sequence targets: decode left to right from the [S_1] sentinel until [S_2]/EOS; (B, L) ids."""
-        net = self.network
+        net, settings = self.network, target.settings
         embedding = net.decoder_embeddings[target.key]
         batch = ctx.shape[0]
         prefix = torch.full((batch, 1), SENTINEL_1, dtype=torch.long, device=ctx.device)
@@ -174,7 +170,7 @@ class Sampler:
             causal = torch.ones(prefix.shape[1], prefix.shape[1], dtype=torch.bool, device=ctx.device).triu(1)
             self_bias = key_padding_bias(causal.expand(batch, -1, -1), x.dtype)
             logits = net.logits(target.key, net.run_decoder(x, ctx, self_bias, bias))[:, -1]
-            ids, _ = sample_tokens(logits, target.temperature, target.top_k, target.top_p, generator)
+            ids, _ = sample_tokens(logits, settings.temperature, settings.top_k, settings.top_p, generator)
             prefix = torch.cat([prefix, ids[:, None]], dim=1)
             if bool(((prefix == SENTINEL_2) | (prefix == EOS_ID)).any(dim=1).all()):
                 break
@@ -217,7 +213,7 @@ class Sampler:
     def _decode_image(self, target: Target, state: TargetState, inputs, conditions,
                       generator: torch.Generator | None) -> None:  # fmt: skip
         counts = target.counts()
-        temps = temperature_schedule(target.temperature_schedule, target.temperature, counts)
+        temps = temperature_schedule(target.settings.temperature_schedule, target.settings.temperature, counts)
         step = self.roar_step if target.scheme == "roar" else self.maskgit_step
         if target.scheme not in ("roar", "maskgit"):
             raise ValueError(f"unknown decoding scheme {target.scheme!r} for {target.key}")

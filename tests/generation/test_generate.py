@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import terratim
+from terratim.generation.settings import GenerationSettings
 
 from fixture_weights import assert_close, load_case
 
@@ -66,7 +67,7 @@ def test_later_steps_see_earlier_tokens(tiny_checkpoint):
     x = {"S2L2A": torch.randn(1, 12, 64, 64, generator=torch.Generator().manual_seed(1))}
     keyed = model.network.keyed_inputs(x)
     sampler = Sampler(model.network)
-    target = Target("tok_lulc@224", 16, steps=2, temperature=0.0)
+    target = Target("tok_lulc@224", 16, GenerationSettings(decoding_steps=2, temperature=0.0))
     state = TargetState(torch.zeros(1, 16, dtype=torch.long), torch.zeros(1, 16, dtype=torch.bool))
     ctx0, bias0 = sampler.context(keyed, {})
     sampler.roar_step(target, state, 8, 0.0, ctx0, bias0, torch.Generator().manual_seed(0))
@@ -107,7 +108,7 @@ def test_second_output_logits_follow_the_first_outputs_tokens(tiny_checkpoint):
     model = small_generator(tiny_checkpoint, output_modalities=["LULC", "NDVI"], temps=0.0)
     keyed = model.network.keyed_inputs({"S2L2A": torch.randn(1, 12, 64, 64)})
     sampler = Sampler(model.network)
-    ndvi = Target("tok_ndvi@224", 16, temperature=0.0)
+    ndvi = Target("tok_ndvi@224", 16, GenerationSettings(temperature=0.0))
     queries = model.network.image_queries(ndvi.key, torch.arange(16)[None], ndvi.grid)
     logits = []
     for fill in (0, 5):  # two different, fully decoded LULC token maps
