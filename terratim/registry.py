@@ -130,6 +130,49 @@ def describe_models() -> dict[str, str]:
     return {name: _DESCRIPTIONS.get(name, "") for name in sorted(_BUILDERS)}
 
 
+BUILD_MODES = ("backbone", "generate", "tim")
+
+
+def build_from_file(path: str, mode: str = "backbone", **kwargs: Any) -> nn.Module:
+    """Build a TerraMind from a weights file and the JSON config next to it, without a size name.
+
+    Args:
+        path: a ``.safetensors`` written by ``terratim convert`` or ``terratim pretrain`` (or any file with its
+            ``.json``).
+        mode: ``"backbone"``, ``"generate"`` or ``"tim"``.
+        **kwargs: the arguments of that builder (``modalities``, ``output_modalities``, ``tokenizers``...);
+            ``img_size`` defaults to the size the file was trained at.
+    """
+    from terratim.weights import CheckpointError, checkpoint_config
+
+    if mode not in BUILD_MODES:
+        raise ValueError(f"mode must be one of {BUILD_MODES}, got {mode!r}")
+    if "pretrained" in kwargs or "ckpt_path" in kwargs:
+        raise TypeError("build_from_file takes the weights from `path`; do not pass pretrained or ckpt_path")
+    saved = checkpoint_config(path)
+    if saved is None:
+        raise CheckpointError(
+            f"{path} has no .json config next to it; build it by size name "
+            "(terratim.build('terramind_v1_<size>', ckpt_path=...)) or re-run `terratim convert`"
+        )
+    kwargs.setdefault("img_size", saved.architecture.img_size)
+    return _mode_builder(mode)(saved.architecture, ckpt_path=str(path), **kwargs)
+
+
+def _mode_builder(mode: str) -> Callable[..., nn.Module]:
+    if mode == "backbone":
+        from terratim.model.backbone import build_backbone
+
+        return build_backbone
+    if mode == "generate":
+        from terratim.generation.generate import build_generate
+
+        return build_generate
+    from terratim.tim import build_tim
+
+    return build_tim
+
+
 def build(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model by name.
 

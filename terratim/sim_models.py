@@ -21,8 +21,9 @@ asking for anything else is a ``ValueError`` that lists it.
 With ``pretrained=True`` the builders use the bundled tokenizers for every output and token input that the
 caller did not pass: nothing is downloaded.
 
-The architecture is registered as the size ``"sim_micro"`` (:func:`terratim.model.config.register_size`), so
-the regular creation paths (backbone, generation, TiM) build and load it strictly.
+The architecture is read from the bundled ``terramind_sim_micro.json`` (or from the JSON next to a ``ckpt_path``
+that has one) and handed to the regular creation paths (backbone, generation, TiM), which build and load it
+strictly. No size table is extended.
 """
 
 from __future__ import annotations
@@ -35,17 +36,31 @@ from typing import Any
 import torch.nn as nn
 
 from terratim import modalities as mods
-from terratim.model.config import TerraMindConfig, register_size
+from terratim.model.config import TerraMindConfig
 from terratim.registry import register
 
-SIZE = "sim_micro"
-SIM_MICRO = TerraMindConfig(dim=64, encoder_depth=4, decoder_depth=2, num_heads=4, mlp_hidden=256,
-                            gated_mlp=False, bias=True, patch_size=16, img_size=64)  # fmt: skip
-register_size(SIZE, SIM_MICRO)
 ASSETS = Path(__file__).resolve().parent / "assets" / "sim_micro"
 CHECKPOINT = ASSETS / "terramind_sim_micro.safetensors"
 TOKENIZER_MODALITIES = ("LULC", "DEM")
-IMG_SIZE = SIM_MICRO.img_size
+
+
+def bundled_architecture() -> TerraMindConfig:
+    """The bundled model's architecture, from the JSON next to its weights."""
+    from terratim.weights import checkpoint_config
+
+    saved = checkpoint_config(_bundled(CHECKPOINT))
+    if saved is None:
+        raise FileNotFoundError(f"the bundled model's config {CHECKPOINT.with_suffix('.json')} is missing")
+    return saved.architecture
+
+
+def __getattr__(name: str) -> Any:
+    """``SIM_MICRO`` (the architecture) and ``IMG_SIZE`` (its training image size), read when first asked for."""
+    if name == "SIM_MICRO":
+        return bundled_architecture()
+    if name == "IMG_SIZE":
+        return bundled_architecture().img_size
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def tokenizer_path(modality: str) -> Path:
@@ -65,6 +80,14 @@ def _checkpoint(pretrained: bool, ckpt_path: str | os.PathLike | None) -> str | 
     if ckpt_path is not None:
         return str(ckpt_path)
     return str(_bundled(CHECKPOINT)) if pretrained else None
+
+
+def _architecture(checkpoint: str | None, img_size: int | None) -> tuple[TerraMindConfig, int]:
+    """The bundled architecture (which a ``ckpt_path``'s own JSON must agree with) and the image size to build."""
+    from terratim.weights import terramind_architecture
+
+    architecture = terramind_architecture(bundled_architecture(), checkpoint)
+    return architecture, img_size or architecture.img_size
 
 
 def build_sim_tokenizer(modality: str, pretrained: bool = True, ckpt_path: str | os.PathLike | None = None,
@@ -131,46 +154,51 @@ def check_outputs(model: str, checkpoint: str | None, outputs: Any) -> None:
 
 @register("terramind_sim_micro")
 def terramind_sim_micro(pretrained: bool = False, ckpt_path: str | os.PathLike | None = None,
-                        img_size: int = IMG_SIZE, **kwargs: Any) -> nn.Module:  # fmt: skip
+                        img_size: int | None = None, **kwargs: Any) -> nn.Module:  # fmt: skip
     """Small TerraMind pretrained on simulated data (bundled): backbone."""
     from terratim.model.backbone import build_backbone
 
-    return build_backbone(SIZE, img_size=img_size, ckpt_path=_checkpoint(pretrained, ckpt_path), **kwargs)
+    checkpoint = _checkpoint(pretrained, ckpt_path)
+    architecture, img_size = _architecture(checkpoint, img_size)
+    return build_backbone(architecture, img_size=img_size, ckpt_path=checkpoint, **kwargs)
 
 
 @register("terramind_sim_micro_generate")
 def terramind_sim_micro_generate(
     modalities: Any = ("S1GRD",), output_modalities: Any = ("LULC",), pretrained: bool = False,
-    ckpt_path: str | os.PathLike | None = None, img_size: int = IMG_SIZE,
+    ckpt_path: str | os.PathLike | None = None, img_size: int | None = None,
     tokenizers: Mapping[str, nn.Module] | None = None, **kwargs: Any,
 ) -> nn.Module:  # fmt: skip
     """Small TerraMind pretrained on simulated data (bundled): any-to-any generation."""
     from terratim.generation.generate import build_generate
 
     checkpoint = _checkpoint(pretrained, ckpt_path)
+    architecture, img_size = _architecture(checkpoint, img_size)
     check_outputs("terramind_sim_micro_generate", checkpoint, output_modalities)
     if pretrained:
         tokenizers = _default_tokenizers(list(output_modalities), _token_inputs(modalities), tokenizers)
-    return build_generate(SIZE, list(modalities), list(output_modalities), img_size=img_size, ckpt_path=checkpoint,
-                          tokenizers=tokenizers, build_tokenizers_for_outputs=False, **kwargs)  # fmt: skip
+    return build_generate(architecture, list(modalities), list(output_modalities), img_size=img_size,
+                          ckpt_path=checkpoint, tokenizers=tokenizers, build_tokenizers_for_outputs=False,
+                          **kwargs)  # fmt: skip
 
 
 @register("terramind_sim_micro_tim")
 def terramind_sim_micro_tim(
     modalities: Any = ("S1GRD",), tim_modalities: Any = ("LULC",), pretrained: bool = False,
-    ckpt_path: str | os.PathLike | None = None, img_size: int = IMG_SIZE,
+    ckpt_path: str | os.PathLike | None = None, img_size: int | None = None,
     tokenizers: Mapping[str, nn.Module] | None = None, **kwargs: Any,
 ) -> nn.Module:  # fmt: skip
     """Small TerraMind pretrained on simulated data (bundled): Thinking-in-Modalities backbone."""
     from terratim.tim import build_tim
 
     checkpoint = _checkpoint(pretrained, ckpt_path)
+    architecture, img_size = _architecture(checkpoint, img_size)
     inputs = {mods.resolve(n).name for n in modalities}
     imagined = [n for n in tim_modalities if mods.resolve(n).name not in inputs]
     check_outputs("terramind_sim_micro_tim", checkpoint, imagined)
     if pretrained:
         tokenizers = _default_tokenizers([], _token_inputs(modalities), tokenizers)
-    return build_tim(SIZE, list(modalities), list(tim_modalities), img_size=img_size, ckpt_path=checkpoint,
+    return build_tim(architecture, list(modalities), list(tim_modalities), img_size=img_size, ckpt_path=checkpoint,
                      tokenizers=tokenizers, **kwargs)  # fmt: skip
 
 

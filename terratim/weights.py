@@ -23,6 +23,7 @@ import torch.nn as nn
 from terratim import modalities as mods
 
 if TYPE_CHECKING:
+    from terratim.model.config import CheckpointConfig, TerraMindConfig
     from terratim.model.terramind import TerraMind
 
 # Official Hugging Face hub repositories and file names of the TerraMind v1 weights.
@@ -239,21 +240,71 @@ def load_into(
     return report
 
 
-def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike, config: dict | None = None) -> None:
-    """Write a state dict as safetensors (tied tensors stored once per name) and an optional JSON config."""
+def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
+                     config: CheckpointConfig | dict | None = None) -> None:  # fmt: skip
+    """Write a state dict as safetensors (tied tensors stored once per name) and an optional JSON config
+    (a :class:`~terratim.model.config.CheckpointConfig` for TerraMind files, a plain dict for tokenizers)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     unique = {k: v.detach().contiguous().clone() for k, v in state.items()}
     save_file(unique, str(path))
     if config is not None:
-        path.with_suffix(".json").write_text(json.dumps(config, indent=2))
+        as_dict = config if isinstance(config, dict) else config.to_dict()
+        path.with_suffix(".json").write_text(json.dumps(as_dict, indent=2))
 
 
 # ------------------------------------------------------------------------------------- TerraMind files
-def terramind_state_dict(size: str, pretrained: bool, ckpt_path: str | None) -> tuple[dict, str] | None:
-    """The official-layout state dict to load, from ``ckpt_path`` or the hub; None for random init."""
+def checkpoint_config(path: str | os.PathLike) -> CheckpointConfig | None:
+    """The :class:`~terratim.model.config.CheckpointConfig` saved next to a TerraMind weights file (any of the
+    shapes this project has written), or None when there is no ``.json`` (an official ``.pt``)."""
+    from terratim.model.config import CheckpointConfig
+
+    config_path = Path(path).with_suffix(".json")
+    if not config_path.is_file():
+        return None
+    try:
+        data = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path} is not valid JSON ({err})") from err
+    return CheckpointConfig.from_dict(data, source=str(config_path))
+
+
+def terramind_architecture(size: str | TerraMindConfig | None, ckpt_path: str | os.PathLike | None) -> TerraMindConfig:
+    """The architecture to build: from the JSON next to ``ckpt_path`` when there is one, else from ``size``.
+
+    When both are given they must describe the same network (``img_size`` aside): otherwise a
+    :class:`CheckpointError` names both.
+    """
+    from terratim.model.config import size_config
+
+    saved = checkpoint_config(ckpt_path) if ckpt_path is not None else None
+    if saved is None:
+        if size is None:
+            raise CheckpointError(
+                f"{ckpt_path} has no {Path(str(ckpt_path)).with_suffix('.json').name} next to it, so its architecture "
+                "is unknown: build it by size name (terratim.build('terramind_v1_<size>', ckpt_path=...)) or write "
+                "the JSON with `terratim convert`"
+            )
+        return size_config(size)
+    if size is not None and not size_config(size).same_network(saved.architecture):
+        named = size if isinstance(size, str) else "the requested architecture"
+        raise CheckpointError(
+            f"{Path(str(ckpt_path)).with_suffix('.json')} describes a TerraMind with "
+            f"{saved.architecture.describe()}, but {named!s} is {size_config(size).describe()}; use the builder "
+            "of its size, or build it from the file alone (terratim.registry.build_from_file)"
+        )
+    return saved.architecture
+
+
+def terramind_state_dict(size: str | TerraMindConfig | None, pretrained: bool,
+                         ckpt_path: str | None) -> tuple[dict, str] | None:  # fmt: skip
+    """The official-layout state dict to load, from ``ckpt_path`` or the hub; None for random init.
+
+    A ``ckpt_path`` with a JSON config must agree with ``size`` (see :func:`terramind_architecture`).
+    """
     if ckpt_path is not None:
+        terramind_architecture(size, ckpt_path)
         return read_state_dict(ckpt_path), str(ckpt_path)
     if pretrained:
         repo, filename = TERRAMIND_FILES[size]

@@ -7,12 +7,14 @@ import torch
 
 import terratim
 from terratim import weights
+from terratim.model.config import SIZES, CheckpointConfig
 
 
 def test_pt_and_safetensors_load_the_same_model(tmp_path, tiny_checkpoint, tiny_state):
     st_path = tmp_path / "tiny.safetensors"
-    weights.save_safetensors(tiny_state, st_path, config={"size": "tiny"})
-    assert weights.read_config(st_path) == {"size": "tiny"}
+    saved = CheckpointConfig(SIZES["tiny"], "tiny", ("untok_sen1grd@224",), {"source": "test"})
+    weights.save_safetensors(tiny_state, st_path, config=saved)
+    assert weights.checkpoint_config(st_path) == saved
     a = terratim.build("terramind_v1_tiny", modalities=["S1GRD"], ckpt_path=str(tiny_checkpoint)).eval()
     b = terratim.build("terramind_v1_tiny", modalities=["S1GRD"], ckpt_path=str(st_path)).eval()
     x = torch.randn(1, 2, 32, 32)
@@ -96,3 +98,21 @@ def test_list_models_has_reference_names():
         assert f"terramind_v1_{size}" in names
         assert f"terramind_v1_{size}_tim" in names
         assert f"terramind_v1_{size}_generate" in names
+
+
+def test_file_without_json_needs_a_size_name(tmp_path, tiny_checkpoint):
+    from terratim.registry import build_from_file
+
+    with pytest.raises(weights.CheckpointError, match=r"no \.json config next to it.*terramind_v1_<size>"):
+        build_from_file(tiny_checkpoint)
+    with pytest.raises(weights.CheckpointError, match="architecture is unknown"):
+        weights.terramind_architecture(None, tiny_checkpoint)
+    assert weights.terramind_architecture("tiny", tiny_checkpoint) == SIZES["tiny"]
+
+
+def test_unreadable_old_config_says_to_rerun_convert(tmp_path, tiny_state):
+    st_path = tmp_path / "old.safetensors"
+    weights.save_safetensors({"encoder_norm.weight": tiny_state["encoder_norm.weight"]}, st_path,
+                             config={"size": "tiny"})  # fmt: skip
+    with pytest.raises(ValueError, match="re-run `terratim convert`"):
+        terratim.build("terramind_v1_tiny", modalities=["S1GRD"], ckpt_path=str(st_path))

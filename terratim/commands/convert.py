@@ -1,4 +1,5 @@
-"""``terratim convert SRC.pt DST.safetensors``: official checkpoint -> safetensors + JSON config."""
+"""``terratim convert SRC.pt DST.safetensors``: official checkpoint -> safetensors + JSON config (a
+:class:`~terratim.model.config.CheckpointConfig`, so ``terratim.registry.build_from_file(DST)`` needs no size)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from terratim.data.geotiff import check_writable
-    from terratim.model.config import SIZES
+    from terratim.model.config import SIZES, CheckpointConfig
     from terratim.weights import read_state_dict, save_safetensors
 
     dst = Path(args.dst)
@@ -40,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     state = read_state_dict(args.src)
     size = args.size or infer_size(state)
     keys = sorted({k.split(".")[1] for k in state if k.startswith(("encoder_embeddings.", "decoder_embeddings."))})
-    config = {"format": "terratim-terramind/1", "size": size, "architecture": SIZES[size].to_dict(),
-              "modality_keys": keys, "source": str(args.src)}  # fmt: skip
+    config = CheckpointConfig(SIZES[size], size, tuple(keys), {"source": str(args.src)})
     save_safetensors(state, dst, config)
     print(f"wrote {dst} ({len(state)} tensors, TerraMind {size}) and {dst.with_suffix('.json')}")
     return 0

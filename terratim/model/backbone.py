@@ -15,11 +15,11 @@ import torch
 import torch.nn as nn
 
 from terratim import modalities as mods
-from terratim.model.config import TerraMindConfig, size_config
+from terratim.model.config import TerraMindConfig
 from terratim.model.embeddings import PatchEmbedding, SequenceEmbedding, TokenEmbedding
 from terratim.model.terramind import Span, TerraMind
 from terratim.registry import register_sizes
-from terratim.weights import load_weights, terramind_state_dict
+from terratim.weights import load_weights, terramind_architecture, terramind_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -328,20 +328,23 @@ class TerraMindBackbone(TerraMind):
 
 # --------------------------------------------------------------------------------------------- build
 def build_backbone(
-    size: str,
+    size: str | TerraMindConfig | None,
     modalities: Sequence[ModalitySpec] = ("S2L2A",),
     merge_method: MergeMethod = "mean",
     bands: Mapping[str, Sequence[str]] | None = None,
-    img_size: int = 224,
+    img_size: int | None = None,
     pretrained: bool = False,
     ckpt_path: str | None = None,
     modality_drop_rate: float = 0.0,
     tokenizers: Mapping[str, nn.Module] | None = None,
     **unknown: Any,
 ) -> TerraMindBackbone:
+    """A backbone of the architecture ``size`` names, or (``size=None``) the one in ``ckpt_path``'s JSON; when
+    both are given they must agree. ``img_size`` defaults to the architecture's (224 for the official sizes)."""
     if unknown:
         raise TypeError(f"terramind_v1_{size}: unknown arguments {sorted(unknown)}")
-    config = size_config(size).with_(img_size=img_size)
+    architecture = terramind_architecture(size, ckpt_path)
+    config = architecture.with_(img_size=img_size or architecture.img_size)
     model = TerraMindBackbone(config, modalities, merge_method, modality_drop_rate)
     loaded = terramind_state_dict(size, pretrained, ckpt_path)
     if loaded is not None:

@@ -3,8 +3,8 @@
 The module owns a :class:`~terratim.model.terramind.TerraMind` (encoder embeddings for the inputs, a decoder for
 the target token domains) and frozen tokenizers that turn target modalities (and token inputs such as LULC)
 into ids on the fly. ``export`` writes ``network.state_dict()`` - the official checkpoint layout - as
-safetensors with the architecture as JSON next to it, which ``terratim.build(..., ckpt_path=...)`` loads as a
-backbone, a generator or a TiM model.
+safetensors with its :class:`~terratim.model.config.CheckpointConfig` as JSON next to it, which
+``terratim.registry.build_from_file(path, mode=...)`` loads as a backbone, a generator or a TiM model.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from terratim import modalities as mods
-from terratim.model.config import TerraMindConfig
+from terratim.model.config import CheckpointConfig, TerraMindConfig
 from terratim.model.terramind import TerraMind
 from terratim.pretraining.config import warmup_cosine_schedule
 from terratim.pretraining.masking import MaskingConfig, select_tokens
@@ -146,7 +146,8 @@ class MaskedPretraining(pl.LightningModule):
         """Write the network in the official layout (``.safetensors``) and its architecture (``.json``)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"terramind": self.network.config.to_dict(), "inputs": list(self.inputs),
-                "targets": list(self.targets), "masking": vars(self.masking)}  # fmt: skip
-        save_safetensors(self.network.state_dict(), path, config=meta)
+        keys = sorted({*self.network.encoder_embeddings, *self.targets.values()})
+        meta = {"inputs": list(self.inputs), "targets": list(self.targets), "masking": vars(self.masking)}
+        config = CheckpointConfig(self.network.config, None, tuple(keys), meta)
+        save_safetensors(self.network.state_dict(), path, config=config)
         return path

@@ -53,3 +53,18 @@ def test_convert_round_trip(tmp_path, tiny_checkpoint, capsys):
         assert torch.equal(a(x)[-1], b(x)[-1])
     with pytest.raises(FileExistsError):
         main(["convert", str(tiny_checkpoint), str(dst)])
+
+
+def test_converted_file_builds_without_a_size_name(tmp_path, tiny_checkpoint):
+    from terratim.registry import build_from_file
+    from terratim.weights import CheckpointError
+
+    dst = tmp_path / "tiny.safetensors"
+    assert main(["convert", str(tiny_checkpoint), str(dst)]) == 0
+    named = terratim.build("terramind_v1_tiny", modalities=["S1GRD"], ckpt_path=str(tiny_checkpoint)).eval()
+    alone = build_from_file(dst, "backbone", modalities=["S1GRD"]).eval()
+    x = torch.randn(1, 2, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(alone(x)[-1], named(x)[-1], rtol=1e-5, atol=1e-5)  # same weights, same kernels
+    with pytest.raises(CheckpointError, match=r"tiny\.json describes .*dim=192.*small is dim=384"):
+        terratim.build("terramind_v1_small", modalities=["S1GRD"], ckpt_path=str(dst))

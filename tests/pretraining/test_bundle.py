@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -73,3 +75,18 @@ def test_bundled_tokenizers_decode_for_outputs_and_only_encode_for_token_inputs(
     model = terratim.build("terramind_sim_micro_generate", pretrained=True, modalities=["S1GRD"],
                            output_modalities=["LULC"])  # fmt: skip
     assert model.tokenizers["LULC"].has_decoder
+
+
+def test_bundle_architecture_comes_from_its_json(tmp_path):
+    from terratim.model.config import SIZES, CheckpointConfig
+    from terratim.sim_models import bundled_architecture
+    from terratim.weights import CheckpointError
+
+    model = terratim.build("terramind_sim_micro", pretrained=True, modalities=["S1GRD"])
+    assert model.config == bundled_architecture() and model.config.img_size == IMG_SIZE == 64
+    assert "sim_micro" not in SIZES
+    other = tmp_path / "other.safetensors"
+    other.symlink_to(CHECKPOINT)
+    other.with_suffix(".json").write_text(json.dumps(CheckpointConfig(SIZES["tiny"], "tiny").to_dict()))
+    with pytest.raises(CheckpointError, match=r"other\.json describes .*dim=192.*dim=64"):
+        terratim.build("terramind_sim_micro", ckpt_path=other, modalities=["S1GRD"])

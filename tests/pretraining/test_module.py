@@ -117,3 +117,20 @@ def test_checkpoint_loads_as_backbone_generator_and_tim(pretrained: tuple) -> No
                                module.network.decoder[0].mlp.fc1.weight)  # fmt: skip
     features = tim({"S1GRD": s1}, torch.Generator().manual_seed(0))
     assert features[-1].shape == (2, 4, SIM_MICRO.dim)
+
+
+def test_exported_file_builds_from_its_json_alone(pretrained: tuple) -> None:
+    from terratim.registry import build_from_file
+    from terratim.weights import checkpoint_config
+
+    module, path, _ = pretrained
+    saved = checkpoint_config(path)
+    assert saved.architecture == module.network.config and saved.metadata["targets"] == ["LULC"]
+    alone = build_from_file(path, "backbone", modalities=["S1GRD"]).eval()
+    assert alone.config.img_size == 32  # the size it was pretrained at
+    s1 = torch.randn(2, 2, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        keyed = {"untok_sen1grd@224": s1}
+        tokens, emb, _ = module.network.embed(keyed)
+        expected = module.network.run_encoder(tokens + emb)[-1]
+        torch.testing.assert_close(alone({"S1GRD": s1})[-1], expected, rtol=1e-5, atol=1e-5)
