@@ -71,3 +71,56 @@ def test_generate_refuses_s2l1c_output(tmp_path, tiny_checkpoint, tokenizers):
     with pytest.raises(ValueError, match="S2L1C cannot be generated"):
         main(["generate", "--input", f"S2L2A={S2}", "--output", "S2L1C", "--ckpt", str(tiny_checkpoint),
               "--tokenizer", f"LULC={tokenizers['LULC']}", "--out", str(tmp_path), "--pretrained"])
+
+
+class Recorded(Exception):
+    """Stops a command once the model has been asked to generate."""
+
+
+def record_settings(monkeypatch) -> list:
+    """Patch generation so that it records the model's settings and stops."""
+    from terratim.generation.generate import TerraMindGenerate
+
+    seen = []
+
+    def generate_tokens(self, *args, **kwargs):
+        seen.append(self.settings)
+        raise Recorded
+
+    monkeypatch.setattr(TerraMindGenerate, "generate_tokens", generate_tokens)
+    return seen
+
+
+SAMPLING_FLAGS = ["--scheme", "maskgit", "--decoding-steps", "3", "--temperature", "0.5", "--top-k", "0.25",
+                  "--top-p", "0.9", "--token-schedule", "cosine", "--temperature-schedule", "onex:0.1:2",
+                  "--cfg-scale", "1.5", "--independent-outputs"]  # fmt: skip
+SAMPLING_SETTINGS = dict(scheme="maskgit", decoding_steps=3, temperature=0.5, top_k=0.25, top_p=0.9,
+                         token_schedule="cosine", temperature_schedule="onex:0.1:2", cfg_scale=1.5, chain=False)
+
+
+def test_sampling_flags_reach_the_model(tmp_path, tiny_checkpoint, tokenizers, monkeypatch):
+    from terratim.generation.settings import GenerationSettings
+
+    seen = record_settings(monkeypatch)
+    common = ["generate", "--input", f"S2L2A={S2}", "--output", "LULC", "--ckpt", str(tiny_checkpoint),
+              "--tokenizer", f"LULC={tokenizers['LULC']}", "--out", str(tmp_path / "gen")]  # fmt: skip
+    with pytest.raises(Recorded):
+        main([*common, *SAMPLING_FLAGS, "--steps", "2"])
+    with pytest.raises(Recorded):
+        main(common)
+    assert seen == [GenerationSettings(**SAMPLING_SETTINGS, timesteps=2), GenerationSettings(timesteps=10)]
+    assert not (tmp_path / "gen" / "LULC.tif").exists()
+
+
+def test_infer_takes_the_sampling_flags_for_generation_models_only(tmp_path, tiny_checkpoint, monkeypatch):
+    from terratim.generation.settings import GenerationSettings
+
+    built = []
+    monkeypatch.setattr(terratim, "build", lambda name, **kwargs: built.append(kwargs["settings"]) or 1 / 0)
+    common = ["infer", "--input", f"S1GRD={S1_512}", "--out", str(tmp_path / "o.tif"), "--quiet"]
+    with pytest.raises(ZeroDivisionError):
+        main([*common, "--model", "terramind_v1_tiny_generate", "--outputs", "LULC", *SAMPLING_FLAGS,
+              "--timesteps", "4"])  # fmt: skip
+    assert built == [GenerationSettings(**SAMPLING_SETTINGS, timesteps=4)]
+    with pytest.raises(ValueError, match="generation options .* apply only to a \\*_generate --model"):
+        main([*common, "--model", "terramind_v1_tiny", "--embeddings", "pixel", "--temperature", "0"])

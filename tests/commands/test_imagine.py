@@ -44,3 +44,23 @@ def test_imagine_writes_a_georeferenced_land_cover_map(tmp_path, tiny_checkpoint
 def test_imagine_needs_a_tokenizer_to_decode(tmp_path, tiny_checkpoint):
     with pytest.raises(SystemExit, match="no tokenizer for \\['LULC'\\]"):
         main(["imagine", "--input", f"S1RTC={S1}", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path)])
+
+
+def test_sampling_flags_reach_the_tim_generator(tmp_path, tiny_checkpoint, lulc_tokenizer, monkeypatch):
+    from terratim.generation.generate import TerraMindGenerate
+    from terratim.generation.settings import GenerationSettings
+
+    seen = []
+    monkeypatch.setattr(TerraMindGenerate, "generate_tokens", lambda self, *a, **k: seen.append(self.settings) or {})
+    common = ["imagine", "--input", f"S1RTC={S1}", "--ckpt", str(tiny_checkpoint), "--tokenizer",
+              f"LULC={lulc_tokenizer}", "--out", str(tmp_path)]  # fmt: skip
+    flags = ["--scheme", "maskgit", "--decoding-steps", "2", "--temperature", "0.7", "--top-k", "5", "--top-p", "0.5",
+             "--token-schedule", "cosine", "--temperature-schedule", "linear", "--cfg-scale", "2",
+             "--independent-outputs", "--steps", "3"]  # fmt: skip
+    for args in ([*common, *flags], common):
+        with pytest.raises(KeyError):  # no tokens come back from the patched generator
+            main(args)
+    assert seen == [GenerationSettings(scheme="maskgit", decoding_steps=2, temperature=0.7, top_k=5, top_p=0.5,
+                                       token_schedule="cosine", temperature_schedule="linear", cfg_scale=2.0,
+                                       chain=False, timesteps=3),
+                    GenerationSettings(temperature=0.0, timesteps=10)]  # fmt: skip
