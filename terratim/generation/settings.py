@@ -113,12 +113,14 @@ def _check_temperature_schedule(value: Any) -> None:
 
 def _field_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` with older aliases renamed to fields; an alias given with its field raises."""
-    fields = {}
+    fields: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
     for name, value in options.items():
         field = ALIASES.get(name, name)
         if field in fields:
-            raise TypeError(f"generation options {field} and {name} name the same setting; give only {field}")
-        fields[field] = value
+            raise TypeError(f"generation options {given_as[field]} and {name} name the same setting; give only "
+                            f"{field}")  # fmt: skip
+        fields[field], given_as[field] = value, name
     return fields
 
 
