@@ -3,7 +3,8 @@
 Each adapter returns a :class:`Predictor`: the callable (raw-unit inputs in, (B, K, h, w) out), the heads that
 say how the K channels are written, the band count expected per input modality and the nodata fill values.
 
-* fine-tuned task models (``terratim fit`` checkpoint + its config): segmentation -> class map, regression ->
+* fine-tuned task models (a ``terratim fit`` checkpoint, which carries its modalities and statistics; a
+  config is optional): segmentation -> class map, regression ->
   float32; a TiM backbone inside the task model needs nothing special;
 * generation models (``terramind_v1_*_generate``): LULC logits blended then argmaxed; continuous modalities in
   physical units;
@@ -261,23 +262,76 @@ def _data_class(class_path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def load_task_model(config_path: Path, ckpt_path: Path, device: str | torch.device = "cpu") -> tuple[Any, dict]:
-    """The Lightning task from a fine-tuning config and checkpoint, without downloading backbone weights.
+STAT_KEYS = ("bands", "means", "stds", "no_data_replace")
+
+
+def _inference_record(checkpoint: Mapping[str, Any], ckpt_path: Path, needed: bool) -> dict:
+    """``checkpoint["terratim"]`` (task class, modalities, statistics; written by ``terratim fit``); with
+    ``needed`` an older checkpoint without one is an error that says to pass the config."""
+    record = checkpoint.get("terratim")
+    if isinstance(record, Mapping) and record.get("modalities"):
+        return dict(record)
+    if needed:
+        raise ValueError(f"{ckpt_path} does not carry its modalities and normalization statistics (written by an "
+                         "older terratim, or trained without a data module); pass the `terratim fit` config with "
+                         "-c/--config")  # fmt: skip
+    return {}
+
+
+def _config_from_record(record: Mapping[str, Any]) -> dict:
+    """The parts of a fit config that a checkpoint's inference record replaces."""
+    data = {key: record[key] for key in ("modalities", *STAT_KEYS) if record.get(key) is not None}
+    return {"model": {"class_path": record["task_class"]}, "data": {"init_args": data}}
+
+
+def _statistics_mismatches(data: dict, record: Mapping[str, Any]) -> list[str]:
+    """Fill what the config leaves out from the checkpoint's record; list where the resolved statistics (config
+    values or registry defaults) differ from those the model was trained with."""
+    from terratim.datamodules.multimodal import modality_stats
+
+    for key in STAT_KEYS:
+        if data.get(key) is None and record.get(key) is not None:
+            data[key] = record[key]
+    problems = []
+    if data.get("no_data_replace") != record.get("no_data_replace"):
+        problems.append(f"data.init_args.no_data_replace is {_show(data.get('no_data_replace'))} in the config, "
+                        f"{_show(record.get('no_data_replace'))} in the checkpoint")  # fmt: skip
+    for m in record["modalities"]:
+        try:
+            mean, std = modality_stats(m, (data.get("bands") or {}).get(m), data.get("means"), data.get("stds"))
+        except (KeyError, ValueError) as err:
+            problems.append(f"data.init_args statistics of {m}: {err}")
+            continue
+        trained = np.asarray(record["means"][m], np.float32), np.asarray(record["stds"][m], np.float32)
+        same = mean.shape == trained[0].shape and np.allclose(mean, trained[0], rtol=1e-6, atol=0)
+        if not (same and np.allclose(std, trained[1], rtol=1e-6, atol=0)):
+            problems.append(f"the config standardizes {m} with means {_show(mean.tolist())} and stds "
+                            f"{_show(std.tolist())}, the checkpoint was trained with {_show(record['means'][m])} "
+                            f"and {_show(record['stds'][m])}")  # fmt: skip
+    return problems
+
+
+def load_task_model(config_path: Path | None, ckpt_path: Path,
+                    device: str | torch.device = "cpu") -> tuple[Any, dict]:  # fmt: skip
+    """The Lightning task from a fine-tuning checkpoint (and optionally its config), without downloading
+    backbone weights.
 
     The checkpoint is the source of truth for the model: its saved hyper-parameters (``model_args``: backbone,
     modalities, bands, decoder...; class names) build the task, and the modalities it takes are the model's.
-    The config supplies what the checkpoint does not hold: the task class and the data section's statistics
-    (``means``, ``stds``, ``bands``, ``no_data_replace``; a checkpoint that saved its data module's
-    hyper-parameters wins there too). Every value the config gives must agree with the checkpoint, and an
-    unknown key is an error: otherwise one ``ValueError`` lists each disagreement with both values. Training-only
-    arguments (``lr``, ``loss``, ``freeze_*``...) are not compared. A checkpoint without hyper-parameters is
-    built from the config's ``model.init_args``.
+    A checkpoint written by ``terratim fit`` also carries its task class, input modalities and the statistics its
+    inputs were standardized with (``checkpoint["terratim"]``): then ``config_path`` may be None. A config,
+    when given, supplies the task class and data statistics a checkpoint does not hold; every value it gives must
+    agree with the checkpoint (saved hyper-parameters, and the statistics it was trained with), and an unknown key
+    is an error: otherwise one ``ValueError`` lists each disagreement with both values. Training-only arguments
+    (``lr``, ``loss``, ``freeze_*``...) are not compared. A checkpoint without hyper-parameters is built from the
+    config's ``model.init_args``.
 
     Returns:
         (task in eval mode on ``device``, the data arguments for :func:`task_predictor`).
     """
-    config = _load_config(config_path)
     checkpoint = _load_checkpoint(ckpt_path)
+    record = _inference_record(checkpoint, ckpt_path, needed=config_path is None)
+    config = _load_config(config_path) if config_path is not None else _config_from_record(record)
     task_class = _task_class(config["model"]["class_path"])
     config_args = dict(config["model"].get("init_args") or {})
     saved = dict(checkpoint.get("hyper_parameters") or {})
@@ -294,7 +348,10 @@ def load_task_model(config_path: Path, ckpt_path: Path, device: str | torch.devi
     model_args.pop("backbone_ckpt_path", None)
     if not problems:
         task = task_class(**{**hparams, "model_args": model_args})
-        data, problems = _data_args(config, checkpoint, task, hparams.get("model_args", {}))
+        data, problems = _data_args(config, checkpoint if config_path is not None else {}, task,
+                                    hparams.get("model_args", {}))  # fmt: skip
+        if record and config_path is not None:
+            problems += _statistics_mismatches(data, record)
     if problems:
         raise ValueError(f"{config_path} does not match {ckpt_path} (the checkpoint wins for the model; fix the "
                          f"config or use the one it was trained with): {'; '.join(problems)}")  # fmt: skip

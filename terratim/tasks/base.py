@@ -6,6 +6,7 @@ Tasks call the model; the model never calls Lightning. Batches are ``{"image": {
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,6 +17,7 @@ from torchmetrics import MetricCollection
 from terratim.tasks.factory import build_model, freeze
 
 SPLITS = ("train", "val", "test")
+INFERENCE_RECORD_VERSION = 1  # of ``checkpoint["terratim"]``, see BaseTask.inference_record
 
 
 class BaseTask(pl.LightningModule):
@@ -175,6 +177,26 @@ class BaseTask(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
+
+    # --------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["terratim"] = self.inference_record()
+
+    def inference_record(self) -> dict[str, Any]:
+        """What inference needs besides the weights and hyper-parameters: the task class and, when the trainer
+        has a data module with statistics, the input modalities, their bands, the per-band means and stds the
+        inputs were standardized with, and the nodata fill (``terratim infer --ckpt`` reads it, no YAML)."""
+        record: dict[str, Any] = {"version": INFERENCE_RECORD_VERSION,
+                                  "task_class": f"{type(self).__module__}.{type(self).__qualname__}"}  # fmt: skip
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        stats = getattr(datamodule, "stats", None)
+        if isinstance(stats, Mapping) and stats:
+            record["modalities"] = list(stats)
+            record["bands"] = {m: list(b) for m, b in (getattr(datamodule, "bands", None) or {}).items()}
+            record["means"] = {m: [float(v) for v in mean] for m, (mean, _) in stats.items()}
+            record["stds"] = {m: [float(v) for v in std] for m, (_, std) in stats.items()}
+            record["no_data_replace"] = getattr(datamodule, "no_data_replace", None)
+        return record
 
     # --------------------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:

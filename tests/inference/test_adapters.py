@@ -160,3 +160,64 @@ def test_generation_heads_one_file_per_output(make_scene, tmp_path):
         assert a.dtypes == ("uint8",) and np.all(a.read(1) == 1) and a.tags()["CLASS_1"] == "water"
         assert b.count == 12 and b.dtypes[0] == "float32" and b.descriptions[3] == "RED"
         assert np.allclose(b.read(4), data[0] + 1000.0)
+
+
+def _trained_task_checkpoint(tmp_path: Path, with_record: bool = True) -> Path:
+    """A tiny segmentation checkpoint as `terratim fit` writes it, its data module standardizing S1GRD with
+    custom statistics (Lightning calls ``on_save_checkpoint`` with the trainer's data module attached)."""
+    from types import SimpleNamespace
+
+    from terratim.datamodules import GenericMultiModalDataModule
+    from terratim.tasks import SemanticSegmentationTask
+
+    model_args = {"backbone": "terramind_v1_tiny", "backbone_pretrained": False, "backbone_modalities": ["S1GRD"],
+                  "necks": [{"name": "SelectIndices", "indices": [11]}, {"name": "ReshapeTokensToImage"}],
+                  "decoder": "FCNDecoder", "decoder_channels": 16, "num_classes": 3}  # fmt: skip
+    task = SemanticSegmentationTask(model_args, class_names=["land", "water", "cloud"])
+    data = GenericMultiModalDataModule(modalities=["S1GRD"], batch_size=1, means={"S1GRD": [1.0, 2.0]},
+                                       stds={"S1GRD": [2.0, 4.0]}, no_data_replace=0.0)  # fmt: skip
+    checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}
+    if with_record:
+        task.trainer = SimpleNamespace(datamodule=data)
+        task.on_save_checkpoint(checkpoint)
+    path = tmp_path / "model.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def _fit_config(tmp_path: Path, data_args: dict) -> Path:
+    import yaml
+
+    config = {"model": {"class_path": "terratim.tasks.SemanticSegmentationTask"},
+              "data": {"class_path": "terratim.datamodules.GenericMultiModalDataModule", "init_args": data_args}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_task_checkpoint_carries_its_statistics_and_inference_needs_no_config(tmp_path):
+    ckpt = _trained_task_checkpoint(tmp_path)
+    record = torch.load(ckpt, weights_only=True)["terratim"]
+    assert record["modalities"] == ["S1GRD"] and record["task_class"].endswith("SemanticSegmentationTask")
+    assert (record["means"], record["stds"], record["no_data_replace"]) == ({"S1GRD": [1.0, 2.0]},
+                                                                          {"S1GRD": [2.0, 4.0]}, 0.0)  # fmt: skip
+    task, data = adapters.load_task_model(None, ckpt)
+    predictor = adapters.task_predictor(task, data, tmp_path / "seg.tif")
+    assert predictor.fingerprint["standardize"] == {"S1GRD": [[1.0, 2.0], [2.0, 4.0]]}
+    assert predictor.bands == {"S1GRD": 2} and predictor.fill["S1GRD"].tolist() == [0.0, 0.0]
+
+
+def test_a_config_silent_on_statistics_takes_the_checkpoints_and_a_contradicting_one_is_refused(tmp_path):
+    ckpt = _trained_task_checkpoint(tmp_path)
+    _, data = adapters.load_task_model(_fit_config(tmp_path, {"modalities": ["S1GRD"]}), ckpt)
+    assert (data["means"], data["stds"], data["no_data_replace"]) == ({"S1GRD": [1.0, 2.0]},
+                                                                      {"S1GRD": [2.0, 4.0]}, 0.0)  # fmt: skip
+    other = {"modalities": ["S1GRD"], "means": {"S1GRD": [1.0, 3.0]}, "stds": {"S1GRD": [2.0, 4.0]}}
+    with pytest.raises(ValueError, match=r"standardizes S1GRD with means \[1\.0, 3\.0\].*trained with \[1\.0, 2\.0\]"):
+        adapters.load_task_model(_fit_config(tmp_path, other), ckpt)
+
+
+def test_an_older_checkpoint_without_statistics_needs_the_config(tmp_path):
+    ckpt = _trained_task_checkpoint(tmp_path, with_record=False)
+    with pytest.raises(ValueError, match="does not carry its modalities.*-c/--config"):
+        adapters.load_task_model(None, ckpt)
