@@ -39,6 +39,12 @@ def test_quick_config_fits_as_shipped_on_the_packaged_chips(tmp_path: Path, monk
     losses, mious = logged(tmp_path, "train/loss_step"), logged(tmp_path, "val/mIoU")
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     assert mious and all(0.0 <= x <= 1.0 for x in mious)
+    # the checkpoint alone is enough for scene inference: task, modalities and statistics travel inside it
+    (best,) = tmp_path.rglob("best.ckpt")
+    chip = sorted((samples.SEN1FLOODS11_SAMPLE / "S1Hand").glob("*.tif"))[0]
+    out = tmp_path / "pred.tif"
+    argv = ["infer", "--ckpt", str(best), "--input", f"S1GRD={chip}", "--out", str(out), "--chip", "64", "--quiet"]
+    assert main(argv) == 0 and out.is_file()
 
 
 def test_official_tiny_config_fits_on_the_packaged_chips_with_the_documented_overrides(

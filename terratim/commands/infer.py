@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output GeoTIFF (.parquet for --embeddings chip); several outputs get _<NAME>",
     )
     source = parser.add_argument_group("model (a fine-tuned task, or a registry model)")
-    config_help = ("the `terratim fit` config of the task model: its task class and data statistics (means, "
-                   "stds, bands, no_data_replace); every value it gives must match --ckpt")  # fmt: skip
+    config_help = ("optional: the `terratim fit` config of the task model; every value it gives must match --ckpt. "
+                   "Needed only for checkpoints from a terratim that did not store the task and its data "
+                   "statistics in the checkpoint")  # fmt: skip
     ckpt_help = ("the task model's Lightning checkpoint; it wins for the model (model_args, modalities, class "
                  "names): a config that disagrees with it or has an unknown key is refused")  # fmt: skip
     source.add_argument("-c", "--config", type=Path, help=config_help)
@@ -207,8 +208,9 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
         raise ValueError("the generation options (--timesteps, --scheme, --temperature, --top-k, ...) apply only to "
                          "a *_generate --model")  # fmt: skip
     if args.config is not None or args.ckpt is not None:
-        if args.config is None or args.ckpt is None or args.model is not None:
-            raise ValueError("a task model needs both -c/--config and --ckpt (and no --model)")
+        if args.ckpt is None or args.model is not None:
+            raise ValueError("a task model needs --ckpt (and no --model); -c/--config is optional, needed only for "
+                             "a checkpoint from an older terratim")  # fmt: skip
         task, data_args = adapters.load_task_model(args.config, args.ckpt, device)
         predictor = adapters.task_predictor(task, data_args, args.out, device, args.confidence, args.cog)
         predictor.fingerprint["weights"] = file_record(args.ckpt, whole=True)
