@@ -52,8 +52,9 @@ class ClassScheme:
 
     def __post_init__(self) -> None:
         if not self.names or len(self.names) != len(self.colors):
-            raise ValueError(f"a class scheme needs one colour per class: {len(self.names)} names, "
-                             f"{len(self.colors)} colours")  # fmt: skip
+            raise ValueError(
+                f"a class scheme needs one colour per class: {len(self.names)} names, {len(self.colors)} colours"
+            )
 
     @property
     def rgb(self) -> np.ndarray:
@@ -163,8 +164,7 @@ def class_ids(array: np.ndarray, num_classes: int, what: str = "class map") -> n
         array = array[0]
     if array.ndim != 2:
         raise ValueError(
-            f"{what}: expected class ids (H, W) or (1, H, W), or logits ({num_classes}, H, W); "
-            f"got {tuple(array.shape)}"
+            f"{what}: expected class ids (H, W) or (1, H, W), or logits ({num_classes}, H, W); got {tuple(array.shape)}"
         )
     values = np.asarray(array, dtype=np.float64)
     valid = np.isfinite(values) & (values >= 0) & (values < num_classes) & (values == np.round(values))
@@ -231,14 +231,23 @@ def class_legend_handles(scheme: ClassScheme) -> list:
     """One colour patch per class, labelled by :meth:`ClassScheme.legend_labels`."""
     from matplotlib.patches import Patch
 
-    return [Patch(facecolor=c, edgecolor="0.4", label=label)
-            for c, label in zip(scheme.colors, scheme.legend_labels(), strict=True)]  # fmt: skip
+    return [
+        Patch(facecolor=c, edgecolor="0.4", label=label)
+        for c, label in zip(scheme.colors, scheme.legend_labels(), strict=True)
+    ]
 
 
 def _class_legend(ax, scheme: ClassScheme) -> None:
-    ax.legend(handles=class_legend_handles(scheme), loc="upper center", bbox_to_anchor=(0.5, -0.02),
-              ncol=2 if len(scheme.names) > 2 else 1, fontsize=7, frameon=False, handlelength=1.2,
-              columnspacing=0.8)  # fmt: skip
+    ax.legend(
+        handles=class_legend_handles(scheme),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.02),
+        ncol=2 if len(scheme.names) > 2 else 1,
+        fontsize=7,
+        frameon=False,
+        handlelength=1.2,
+        columnspacing=0.8,
+    )
 
 
 Panel = tuple[str, "str | ClassScheme", np.ndarray]  # (caption, modality name or class scheme, array)

@@ -35,8 +35,10 @@ def output_keys(output_modalities: Sequence[str], inputs: Mapping[str, tuple[str
         key = mods.token_key(name)
         canonical = mods.resolve(name).name
         if key in input_keys or canonical in input_modalities:
-            raise ValueError(f"{canonical} is both an input and an output; it is already given, remove it from "
-                             "output_modalities (or from modalities)")  # fmt: skip
+            raise ValueError(
+                f"{canonical} is both an input and an output; it is already given, remove it from "
+                "output_modalities (or from modalities)"
+            )
         outputs[canonical] = key
     return outputs
 
@@ -116,8 +118,10 @@ class TerraMindGenerate(nn.Module):
             named = self._standardize_inputs(named)
         for name, value in named.items():
             if value.dim() == 4 and value.shape[-1] != value.shape[-2]:
-                raise ValueError(f"{name}: generation needs square inputs, got {tuple(value.shape[-2:])}; "
-                                 "use tiled generation (terratim generate) for other shapes")  # fmt: skip
+                raise ValueError(
+                    f"{name}: generation needs square inputs, got {tuple(value.shape[-2:])}; "
+                    "use tiled generation (terratim generate) for other shapes"
+                )
         return self.network.keyed_inputs(named)
 
     @torch.no_grad()
@@ -158,8 +162,14 @@ class TerraMindGenerate(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Token ids -> pixels: LULC logits (B, 10, H, W), continuous modalities (B, C, H, W), coords (B, 2)."""
         physical = self.standardize if standardize is None else standardize
-        return decode_tokens(tokens, dict(self.tokenizers), timesteps or self.settings.timesteps,
-                             generator, physical_units=physical, offset=self.offset)  # fmt: skip
+        return decode_tokens(
+            tokens,
+            dict(self.tokenizers),
+            timesteps or self.settings.timesteps,
+            generator,
+            physical_units=physical,
+            offset=self.offset,
+        )
 
     def forward(
         self,
@@ -201,9 +211,11 @@ def decode_tokens(
     for name, ids in tokens.items():
         modality = mods.resolve(name)
         if modality.name not in tokenizers:
-            raise ValueError(f"no {modality.name} tokenizer to decode its tokens; pass tokenizers={{'{modality.name}':"
-                             f" terratim.build('terramind_v1_tokenizer_{modality.name.lower()}', ...)}} "
-                             "or build with pretrained=True")  # fmt: skip
+            raise ValueError(
+                f"no {modality.name} tokenizer to decode its tokens; pass tokenizers={{'{modality.name}':"
+                f" terratim.build('terramind_v1_tokenizer_{modality.name.lower()}', ...)}} "
+                "or build with pretrained=True"
+            )
         tokenizer = tokenizers[modality.name]
         if modality.kind == "sequence":
             out[modality.name] = tokenizer.decode(ids)
@@ -230,8 +242,9 @@ def build_tokenizers(names: Sequence[str], pretrained: bool, decoder: bool = Tru
 
                 tokenizers[modality.name] = CoordsTokenizer.pretrained()
         elif modality.tokenizer_file is not None:
-            tokenizers[modality.name] = build(f"terramind_v1_tokenizer_{modality.name.lower()}",
-                                              pretrained=pretrained, decoder=decoder)  # fmt: skip
+            tokenizers[modality.name] = build(
+                f"terramind_v1_tokenizer_{modality.name.lower()}", pretrained=pretrained, decoder=decoder
+            )
     return tokenizers
 
 
@@ -261,8 +274,9 @@ def build_generate(
     config = size_config(size).with_(img_size=img_size)
     inputs = parse_modalities(modalities)
     outputs = output_keys(output_modalities, inputs)
-    network = TerraMindBackbone(config, modalities, merge_method=None, token_inputs=outputs,
-                                decoder_keys=list(outputs.values()))  # fmt: skip
+    network = TerraMindBackbone(
+        config, modalities, merge_method=None, token_inputs=outputs, decoder_keys=list(outputs.values())
+    )
     loaded = terramind_state_dict(size, pretrained, ckpt_path)
     if loaded is not None:
         load_weights(network, network, *loaded)
@@ -279,5 +293,8 @@ def build_generate(
     return TerraMindGenerate(network, outputs, settings, standardize, offset, output_tokenizers)
 
 
-register_sizes("terramind_v1_{size}_generate", build_generate,
-               "TerraMind v1 {size} any-to-any generation (encoder-decoder + tokenizers).")
+register_sizes(
+    "terramind_v1_{size}_generate",
+    build_generate,
+    "TerraMind v1 {size} any-to-any generation (encoder-decoder + tokenizers).",
+)
