@@ -18,21 +18,15 @@ from common import DTYPES, device_line, flops, timed
 
 import terratim
 
-REFERENCE_SECONDS = {
-    ("cpu", "fp32", "tiny", 8): 0.437,
-    ("cpu", "fp32", "base", 8): 4.46,
-    ("cuda", "bf16", "base", 64): 0.0166,
-    ("cuda", "bf16", "tiny", 8): 0.0040,
-    ("cuda", "fp32", "tiny", 8): 0.0040,
-}
+REFERENCE_SECONDS = {("cpu", "fp32", "tiny", 8): 0.437, ("cpu", "fp32", "base", 8): 4.46,
+                     ("cuda", "bf16", "base", 64): 0.0166, ("cuda", "bf16", "tiny", 8): 0.0040,
+                     ("cuda", "fp32", "tiny", 8): 0.0040}  # fmt: skip
 
 
 def make_inputs(batch: int, size: int, device: str) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {
-        "S2L2A": torch.randn(batch, 12, size, size, generator=g).to(device),
-        "S1GRD": torch.randn(batch, 2, size, size, generator=g).to(device),
-    }
+    return {"S2L2A": torch.randn(batch, 12, size, size, generator=g).to(device),
+            "S1GRD": torch.randn(batch, 2, size, size, generator=g).to(device)}  # fmt: skip
 
 
 def peak_memory_mb(device: str) -> float:
@@ -54,21 +48,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     device_kind = args.device.split(":")[0]
-    print(
-        f"{device_line(args.device)}, {args.dtype}, S2L2A+S1GRD {args.img_size}x{args.img_size}, "
-        f"torch {torch.__version__}"
-    )
-    header = (
-        f"{'size':<6}{'batch':>6}{'ms/batch':>11}{'images/s':>10}{'GFLOP/batch':>13}"
-        f"{'TFLOP/s':>9}{'peak MB':>9}{'reference':>11}{'speed-up':>9}"
-    )
+    print(f"{device_line(args.device)}, {args.dtype}, S2L2A+S1GRD {args.img_size}x{args.img_size}, "
+          f"torch {torch.__version__}")
+    header = (f"{'size':<6}{'batch':>6}{'ms/batch':>11}{'images/s':>10}{'GFLOP/batch':>13}"
+              f"{'TFLOP/s':>9}{'peak MB':>9}{'reference':>11}{'speed-up':>9}")  # fmt: skip
     print(header)
     for size in args.sizes:
-        model = (
-            terratim.build(f"terramind_v1_{size}", modalities=["S2L2A", "S1GRD"], img_size=args.img_size)
-            .eval()
-            .to(args.device)
-        )
+        model = terratim.build(f"terramind_v1_{size}", modalities=["S2L2A", "S1GRD"],
+                               img_size=args.img_size).eval().to(args.device)  # fmt: skip
         if args.compile:
             model = torch.compile(model)
         for batch in args.batch_sizes:
@@ -80,11 +67,9 @@ def main() -> None:
             reference = REFERENCE_SECONDS.get((device_kind, args.dtype, size, batch))
             ref_text = f"{reference * 1000:.1f} ms" if reference else "-"
             speedup = f"{reference / median:.2f}x" if reference else "-"
-            print(
-                f"{size:<6}{batch:>6}{median * 1000:>11.1f}{batch / median:>10.1f}"
-                f"{flop_count / 1e9:>13.1f}{flop_count / median / 1e12:>9.2f}{peak_memory_mb(args.device):>9.0f}"
-                f"{ref_text:>11}{speedup:>9}"
-            )
+            print(f"{size:<6}{batch:>6}{median * 1000:>11.1f}{batch / median:>10.1f}"
+                  f"{flop_count / 1e9:>13.1f}{flop_count / median / 1e12:>9.2f}{peak_memory_mb(args.device):>9.0f}"
+                  f"{ref_text:>11}{speedup:>9}")  # fmt: skip
 
 
 if __name__ == "__main__":

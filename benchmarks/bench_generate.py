@@ -35,52 +35,30 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
-    print(
-        f"{device_line(args.device)}, {args.dtype}, {'+'.join(args.inputs)} -> {'+'.join(args.outputs)}, "
-        f"{args.decoding_steps} decoding step(s), temperature {args.temperature}, top-p {args.top_p}, 224 x 224"
-    )
+    print(f"{device_line(args.device)}, {args.dtype}, {'+'.join(args.inputs)} -> {'+'.join(args.outputs)}, "
+          f"{args.decoding_steps} decoding step(s), temperature {args.temperature}, top-p {args.top_p}, 224 x 224")
     print(f"{'size':<6}{'batch':>6}{'tokens s':>10}{'GFLOP':>9}{'full s':>9}{'reference':>11}{'speed-up':>9}")
     kind = args.device.split(":")[0]
     for size in args.sizes:
-        model = (
-            terratim.build(
-                f"terramind_v1_{size}_generate",
-                modalities=args.inputs,
-                output_modalities=args.outputs,
-                decoding_steps=args.decoding_steps,
-                temps=args.temperature,
-                top_p=args.top_p,
-                timesteps=args.timesteps,
-                build_tokenizers_for_outputs=args.decode,
-            )
-            .eval()
-            .to(args.device)
-        )
+        model = terratim.build(f"terramind_v1_{size}_generate", modalities=args.inputs, output_modalities=args.outputs,
+                               decoding_steps=args.decoding_steps, temps=args.temperature, top_p=args.top_p,
+                               timesteps=args.timesteps,
+                               build_tokenizers_for_outputs=args.decode).eval().to(args.device)  # fmt: skip
         for batch in args.batch_sizes:
             g = torch.Generator().manual_seed(0)
-            x = {
-                m: torch.randn(batch, terratim.resolve(m).num_bands, 224, 224, generator=g).to(args.device)
-                for m in args.inputs
-            }
-            tokens_s = timed(
-                lambda: model.generate_tokens(x, torch.Generator().manual_seed(1)),
-                args.device,
-                args.repeats,
-                args.warmup,
-                args.dtype,
-            )
+            x = {m: torch.randn(batch, terratim.resolve(m).num_bands, 224, 224, generator=g).to(args.device)
+                 for m in args.inputs}  # fmt: skip
+            tokens_s = timed(lambda: model.generate_tokens(x, torch.Generator().manual_seed(1)), args.device,
+                             args.repeats, args.warmup, args.dtype)  # fmt: skip
             gflop = flops(lambda: model.generate_tokens(x, torch.Generator().manual_seed(1))) / 1e9
             full = "-"
             if args.decode:
-                full_s = timed(
-                    lambda: model(x, generator=torch.Generator().manual_seed(1)), args.device, 1, 0, args.dtype
-                )
+                full_s = timed(lambda: model(x, generator=torch.Generator().manual_seed(1)), args.device, 1, 0,
+                               args.dtype)  # fmt: skip
                 full = f"{full_s:.2f}"
             ref = REFERENCE.get((kind, size, batch)) if args.dtype == "fp32" else None
-            print(
-                f"{size:<6}{batch:>6}{tokens_s:>10.3f}{gflop:>9.1f}{full:>9}"
-                f"{(f'{ref:.3f} s' if ref else '-'):>11}{(f'{ref / tokens_s:.2f}x' if ref else '-'):>9}"
-            )
+            print(f"{size:<6}{batch:>6}{tokens_s:>10.3f}{gflop:>9.1f}{full:>9}"
+                  f"{(f'{ref:.3f} s' if ref else '-'):>11}{(f'{ref / tokens_s:.2f}x' if ref else '-'):>9}")
 
 
 if __name__ == "__main__":

@@ -31,20 +31,9 @@ def make_scene(path: Path, size: int) -> None:
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
-    profile = {
-        "driver": "GTiff",
-        "count": 2,
-        "height": size,
-        "width": size,
-        "dtype": "float32",
-        "crs": "EPSG:32631",
-        "transform": from_origin(600000, 5000000, 10, 10),
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-        "compress": "deflate",
-        "BIGTIFF": "IF_SAFER",
-    }
+    profile = {"driver": "GTiff", "count": 2, "height": size, "width": size, "dtype": "float32",
+               "crs": "EPSG:32631", "transform": from_origin(600000, 5000000, 10, 10), "tiled": True,
+               "blockxsize": 256, "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER"}  # fmt: skip
     rng = np.random.default_rng(0)
     cols = np.arange(size, dtype=np.float32)
     with rasterio.open(path, "w", **profile) as dst:
@@ -55,9 +44,8 @@ def make_scene(path: Path, size: int) -> None:
             dst.write((base[None] + noise).astype(np.float32), window=Window(0, top, size, len(rows)))
 
 
-def run_one(
-    size: int, device: str, chip: int, overlap: int, batch_size: int, panel: int, steady: bool, workdir: Path
-) -> dict:
+def run_one(size: int, device: str, chip: int, overlap: int, batch_size: int, panel: int, steady: bool,
+            workdir: Path) -> dict:  # fmt: skip
     """Time one scene in this process and report its peak RSS."""
     import torch
 
@@ -83,17 +71,11 @@ def run_one(
     infer_scene(predict, {"S1GRD": scene}, [Head(out, 3)], tiling, device=device, overwrite=True)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
-        "size": size,
-        "chips": chips,
-        "seconds": round(seconds, 2),
-        "megapixels_per_s": round(size * size / seconds / 1e6, 3),
-        "seconds_per_megapixel": round(seconds / (size * size / 1e6), 3),
-        "peak_rss_mib": round(peak),
-        "rss_before_run_mib": round(rss_before),
-        "output_mib": round(out.stat().st_size / 2**20, 1),
-        "steady_heap": heap,
-    }
+    return {"size": size, "chips": chips, "seconds": round(seconds, 2),
+            "megapixels_per_s": round(size * size / seconds / 1e6, 3),
+            "seconds_per_megapixel": round(seconds / (size * size / 1e6), 3),
+            "peak_rss_mib": round(peak), "rss_before_run_mib": round(rss_before),
+            "output_mib": round(out.stat().st_size / 2**20, 1), "steady_heap": heap}  # fmt: skip
 
 
 def main() -> int:
@@ -104,11 +86,8 @@ def main() -> int:
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--panel", type=int, default=2048, help="columns at a time (0 = whole width)")
-    parser.add_argument(
-        "--glibc-default-heap",
-        action="store_true",
-        help="leave glibc's dynamic mmap threshold on (terratim infer turns it off)",
-    )
+    parser.add_argument("--glibc-default-heap", action="store_true",
+                        help="leave glibc's dynamic mmap threshold on (terratim infer turns it off)")  # fmt: skip
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size, print JSON
     parser.add_argument("--make", type=int, help=argparse.SUPPRESS)  # internal: write one scene
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -117,52 +96,25 @@ def main() -> int:
         make_scene(args.workdir / f"scene_{args.make}.tif", args.make)
         return 0
     if args.one:
-        result = run_one(
-            args.one,
-            args.device,
-            args.chip,
-            args.overlap,
-            args.batch_size,
-            args.panel,
-            not args.glibc_default_heap,
-            args.workdir,
-        )
+        result = run_one(args.one, args.device, args.chip, args.overlap, args.batch_size, args.panel,
+                         not args.glibc_default_heap, args.workdir)  # fmt: skip
         print(json.dumps(result))
         return 0
-    print(
-        f"device={args.device} chip={args.chip} overlap={args.overlap} batch={args.batch_size} panel={args.panel} "
-        f"steady_heap={not args.glibc_default_heap}"
-    )
+    print(f"device={args.device} chip={args.chip} overlap={args.overlap} batch={args.batch_size} panel={args.panel} "
+          f"steady_heap={not args.glibc_default_heap}")  # fmt: skip
     print(f"{'size':>6} {'chips':>6} {'seconds':>8} {'Mpx/s':>7} {'s/Mpx':>6} {'peak RSS MiB':>13} {'out MiB':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             subprocess.run([sys.executable, __file__, "--make", str(size), "--workdir", tmp], check=True)
-            cmd = [
-                sys.executable,
-                __file__,
-                "--one",
-                str(size),
-                "--workdir",
-                tmp,
-                "--device",
-                args.device,
-                "--chip",
-                str(args.chip),
-                "--overlap",
-                str(args.overlap),
-                "--batch-size",
-                str(args.batch_size),
-                "--panel",
-                str(args.panel),
-            ]
+            cmd = [sys.executable, __file__, "--one", str(size), "--workdir", tmp, "--device", args.device,
+                   "--chip", str(args.chip), "--overlap", str(args.overlap),
+                   "--batch-size", str(args.batch_size), "--panel", str(args.panel)]  # fmt: skip
             cmd += ["--glibc-default-heap"] if args.glibc_default_heap else []
             line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             r = json.loads(line)
-            print(
-                f"{r['size']:>6} {r['chips']:>6} {r['seconds']:>8} {r['megapixels_per_s']:>7} "
-                f"{r['seconds_per_megapixel']:>6} {r['peak_rss_mib']:>13} {r['output_mib']:>8}",
-                flush=True,
-            )
+            print(f"{r['size']:>6} {r['chips']:>6} {r['seconds']:>8} {r['megapixels_per_s']:>7} "
+                  f"{r['seconds_per_megapixel']:>6} {r['peak_rss_mib']:>13} {r['output_mib']:>8}",
+                  flush=True)  # fmt: skip
             for name in (f"scene_{size}.tif", f"pred_{size}.tif"):
                 (Path(tmp) / name).unlink(missing_ok=True)
     return 0

@@ -32,22 +32,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     kind = args.device.split(":")[0]
-    print(
-        f"{device_line(args.device)}, {args.dtype}, {'+'.join(args.inputs)} + TiM {'+'.join(args.tim)}, "
-        f"batch {args.batch}, 224 x 224"
-    )
+    print(f"{device_line(args.device)}, {args.dtype}, {'+'.join(args.inputs)} + TiM {'+'.join(args.tim)}, "
+          f"batch {args.batch}, 224 x 224")
     for size in args.sizes:
         plain = terratim.build(f"terramind_v1_{size}", modalities=args.inputs).eval().to(args.device)
-        tim = (
-            terratim.build(f"terramind_v1_{size}_tim", modalities=args.inputs, tim_modalities=args.tim, tim_temps=0.0)
-            .eval()
-            .to(args.device)
-        )
+        tim = terratim.build(f"terramind_v1_{size}_tim", modalities=args.inputs, tim_modalities=args.tim,
+                             tim_temps=0.0).eval().to(args.device)  # fmt: skip
         g = torch.Generator().manual_seed(0)
-        x = {
-            m: torch.randn(args.batch, terratim.resolve(m).num_bands, 224, 224, generator=g).to(args.device)
-            for m in args.inputs
-        }
+        x = {m: torch.randn(args.batch, terratim.resolve(m).num_bands, 224, 224, generator=g).to(args.device)
+             for m in args.inputs}  # fmt: skip
         imagined = tim.imagine(x)
         with_tokens = {**x, **imagined}
 
@@ -64,21 +57,17 @@ def main() -> None:
 
         sampler = Sampler(gen_model.network)
         genc_s, genc_f = run(lambda: sampler.context(keyed, {}))
-        print(
-            f"\n{size}: time TiM {tim_s * 1000:.1f} ms vs plain {plain_s * 1000:.1f} ms -> "
-            f"{tim_s / plain_s:.2f}x; FLOPs {tim_f / 1e9:.1f} vs {plain_f / 1e9:.1f} GFLOP -> "
-            f"{tim_f / plain_f:.2f}x; time ratio / FLOP ratio = {(tim_s / plain_s) / (tim_f / plain_f):.2f}"
-        )
+        print(f"\n{size}: time TiM {tim_s * 1000:.1f} ms vs plain {plain_s * 1000:.1f} ms -> "
+              f"{tim_s / plain_s:.2f}x; FLOPs {tim_f / 1e9:.1f} vs {plain_f / 1e9:.1f} GFLOP -> "
+              f"{tim_f / plain_f:.2f}x; time ratio / FLOP ratio = {(tim_s / plain_s) / (tim_f / plain_f):.2f}")
         print(f"  {'part':<34}{'ms':>9}{'GFLOP':>9}")
         print(f"  {'generator encoder':<34}{genc_s * 1000:>9.1f}{genc_f / 1e9:>9.1f}")
         print(f"  {'generator decoder (+ sampling)':<34}{(gen_s - genc_s) * 1000:>9.1f}{(gen_f - genc_f) / 1e9:>9.1f}")
         print(f"  {'trainable encoder (+ merge)':<34}{enc_s * 1000:>9.1f}{enc_f / 1e9:>9.1f}")
         ref = REFERENCE.get((kind, args.dtype, size, args.batch))
         if ref:
-            print(
-                f"  reference: TiM {ref[0] * 1000:.1f} ms, plain {ref[1] * 1000:.1f} ms ({ref[0] / ref[1]:.1f}x); "
-                f"our TiM is {ref[0] / tim_s:.2f}x faster than the reference TiM"
-            )
+            print(f"  reference: TiM {ref[0] * 1000:.1f} ms, plain {ref[1] * 1000:.1f} ms ({ref[0] / ref[1]:.1f}x); "
+                  f"our TiM is {ref[0] / tim_s:.2f}x faster than the reference TiM")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -111,11 +111,9 @@ def main() -> None:
     channels = tok.config.in_channels
     x = torch.randn(args.batch, channels, args.size, args.size).to(device)
     per = args.batch
-    print(
-        f"{name}, {args.batch}x{channels}x{args.size}x{args.size}, device {device}"
-        f" ({torch.get_num_threads()} CPU threads), torch {torch.__version__}; CPU: {cpu_model()}; "
-        f"private oneDNN operators usable: {onednn_ops_usable()}"
-    )
+    print(f"{name}, {args.batch}x{channels}x{args.size}x{args.size}, device {device}"
+          f" ({torch.get_num_threads()} CPU threads), torch {torch.__version__}; CPU: {cpu_model()}; "
+          f"private oneDNN operators usable: {onednn_ops_usable()}")  # fmt: skip
     rows = []
     with torch.no_grad():
         wall, cpu, (codes, ids) = timed(lambda: tok.encode(x), device, args.repeat)
@@ -146,9 +144,8 @@ def main() -> None:
             print(f"compiled Winograd transforms: {kernels.path if kernels else 'not built (eager transforms ran)'}")
         best = {name: tuple(min(t) for t in zip(*times[name], strict=True)) for name in layouts}
         # paired ratios: each round times every layout back to back, so a ratio sees one state of the machine
-        paired = {
-            name: sorted(n[0] / o[0] for n, o in zip(times["nchw"], times[name], strict=True)) for name in layouts
-        }
+        paired = {name: sorted(n[0] / o[0] for n, o in zip(times["nchw"], times[name], strict=True))
+                  for name in layouts}  # fmt: skip
         diff = {name: float((outputs[name] - outputs["nchw"]).abs().max()) for name in layouts}
         set_path(decoder, True, True, False, True)  # the default; drops the cached weights: time the first call
         first_wall, first_cpu, _ = timed(step, device, 1, warmup=False)
@@ -187,11 +184,9 @@ def main() -> None:
     print("\nper denoiser step against the reference NCHW layout (wall-time ratio NCHW / path, same round):")
     for name in list(layouts)[1:]:
         ratios = paired[name]
-        print(
-            f"  {labels[name].strip():<32} median {ratios[len(ratios) // 2]:.2f}x over {len(ratios)} rounds "
-            f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}x); best times {best['nchw'][0] / best[name][0]:.2f}x wall, "
-            f"{best['nchw'][1] / best[name][1]:.2f}x CPU; max |difference| {diff[name]:.2e}"
-        )
+        print(f"  {labels[name].strip():<32} median {ratios[len(ratios) // 2]:.2f}x over {len(ratios)} rounds "
+              f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}x); best times {best['nchw'][0] / best[name][0]:.2f}x wall, "
+              f"{best['nchw'][1] / best[name][1]:.2f}x CPU; max |difference| {diff[name]:.2e}")  # fmt: skip
 
 
 if __name__ == "__main__":

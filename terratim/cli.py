@@ -90,9 +90,8 @@ def dispatch(argv: list[str]) -> int:
 
         return run_lightning_cli(argv)
     parser = argparse.ArgumentParser(prog="terratim", description="TerraMind and Thinking-in-Modalities.")
-    parser.add_argument(
-        "--debug", action="store_true", help=f"show the traceback of every error (also: {DEBUG_ENV}=1); must come first"
-    )
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of every error (also: {DEBUG_ENV}=1); must come first")  # fmt: skip
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in LIGHTNING_COMMANDS:
         subparsers.add_parser(name, help=f"Lightning {name} from a YAML config (-c config.yaml)", add_help=False)

@@ -90,13 +90,8 @@ def _architecture(checkpoint: str | None, img_size: int | None) -> tuple[TerraMi
     return architecture, img_size or architecture.img_size
 
 
-def build_sim_tokenizer(
-    modality: str,
-    pretrained: bool = True,
-    ckpt_path: str | os.PathLike | None = None,
-    decoder: bool = True,
-    **kwargs: Any,
-) -> nn.Module:
+def build_sim_tokenizer(modality: str, pretrained: bool = True, ckpt_path: str | os.PathLike | None = None,
+                        decoder: bool = True, **kwargs: Any) -> nn.Module:  # fmt: skip
     """A tokenizer of the bundled model (architecture from the ``.json`` next to the weights), read once.
 
     ``decoder=False`` builds it encode-only (the token inputs of a backbone or TiM model).
@@ -109,9 +104,8 @@ def build_sim_tokenizer(
     return build_tokenizer(modality, ckpt_path=path, decoder=decoder, **kwargs)
 
 
-def _default_tokenizers(
-    decoded: list[str], encoded: list[str], given: Mapping[str, nn.Module] | None
-) -> dict[str, nn.Module]:
+def _default_tokenizers(decoded: list[str], encoded: list[str],
+                        given: Mapping[str, nn.Module] | None) -> dict[str, nn.Module]:  # fmt: skip
     """``given`` completed with the bundled tokenizer of every name in ``decoded`` (built with its decoder) and
     ``encoded`` (encode-only) that it lacks."""
     tokenizers = dict(given or {})
@@ -159,9 +153,8 @@ def check_outputs(model: str, checkpoint: str | None, outputs: Any) -> None:
 
 
 @register("terramind_sim_micro")
-def terramind_sim_micro(
-    pretrained: bool = False, ckpt_path: str | os.PathLike | None = None, img_size: int | None = None, **kwargs: Any
-) -> nn.Module:
+def terramind_sim_micro(pretrained: bool = False, ckpt_path: str | os.PathLike | None = None,
+                        img_size: int | None = None, **kwargs: Any) -> nn.Module:  # fmt: skip
     """Small TerraMind pretrained on simulated data (bundled): backbone."""
     from terratim.model.backbone import build_backbone
 
@@ -172,14 +165,10 @@ def terramind_sim_micro(
 
 @register("terramind_sim_micro_generate")
 def terramind_sim_micro_generate(
-    modalities: Any = ("S1GRD",),
-    output_modalities: Any = ("LULC",),
-    pretrained: bool = False,
-    ckpt_path: str | os.PathLike | None = None,
-    img_size: int | None = None,
-    tokenizers: Mapping[str, nn.Module] | None = None,
-    **kwargs: Any,
-) -> nn.Module:
+    modalities: Any = ("S1GRD",), output_modalities: Any = ("LULC",), pretrained: bool = False,
+    ckpt_path: str | os.PathLike | None = None, img_size: int | None = None,
+    tokenizers: Mapping[str, nn.Module] | None = None, **kwargs: Any,
+) -> nn.Module:  # fmt: skip
     """Small TerraMind pretrained on simulated data (bundled): any-to-any generation."""
     from terratim.generation.generate import build_generate
 
@@ -188,28 +177,17 @@ def terramind_sim_micro_generate(
     check_outputs("terramind_sim_micro_generate", checkpoint, output_modalities)
     if pretrained:
         tokenizers = _default_tokenizers(list(output_modalities), _token_inputs(modalities), tokenizers)
-    return build_generate(
-        architecture,
-        list(modalities),
-        list(output_modalities),
-        img_size=img_size,
-        ckpt_path=checkpoint,
-        tokenizers=tokenizers,
-        build_tokenizers_for_outputs=False,
-        **kwargs,
-    )
+    return build_generate(architecture, list(modalities), list(output_modalities), img_size=img_size,
+                          ckpt_path=checkpoint, tokenizers=tokenizers, build_tokenizers_for_outputs=False,
+                          **kwargs)  # fmt: skip
 
 
 @register("terramind_sim_micro_tim")
 def terramind_sim_micro_tim(
-    modalities: Any = ("S1GRD",),
-    tim_modalities: Any = ("LULC",),
-    pretrained: bool = False,
-    ckpt_path: str | os.PathLike | None = None,
-    img_size: int | None = None,
-    tokenizers: Mapping[str, nn.Module] | None = None,
-    **kwargs: Any,
-) -> nn.Module:
+    modalities: Any = ("S1GRD",), tim_modalities: Any = ("LULC",), pretrained: bool = False,
+    ckpt_path: str | os.PathLike | None = None, img_size: int | None = None,
+    tokenizers: Mapping[str, nn.Module] | None = None, **kwargs: Any,
+) -> nn.Module:  # fmt: skip
     """Small TerraMind pretrained on simulated data (bundled): Thinking-in-Modalities backbone."""
     from terratim.tim import build_tim
 
@@ -220,15 +198,9 @@ def terramind_sim_micro_tim(
     check_outputs("terramind_sim_micro_tim", checkpoint, imagined)
     if pretrained:
         tokenizers = _default_tokenizers([], _token_inputs(modalities), tokenizers)
-    return build_tim(
-        architecture,
-        list(modalities),
-        list(tim_modalities),
-        img_size=img_size,
-        ckpt_path=checkpoint,
-        tokenizers=tokenizers,
-        **kwargs,
-    )
+    return build_tim(architecture, list(modalities), list(tim_modalities), img_size=img_size, ckpt_path=checkpoint,
+                     tokenizers=tokenizers, **kwargs)  # fmt: skip
+
 
 
 def _register_tokenizers() -> None:

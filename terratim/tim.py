@@ -127,24 +127,15 @@ def build_tim(
             "modality's mean, i.e. 0 after standardization), or use the plain backbone with bands=..."
         )
     if any(isinstance(m, Mapping) for m in modalities):
-        raise ValueError(
-            "TiM inputs must be pretrained modalities: the frozen generator has no embedding for "
-            "new modalities. Use the plain backbone for new modalities."
-        )
+        raise ValueError("TiM inputs must be pretrained modalities: the frozen generator has no embedding for "
+                         "new modalities. Use the plain backbone for new modalities.")  # fmt: skip
     if not tim_modalities:
         raise ValueError("tim_modalities is empty; name at least one modality to imagine, e.g. ['LULC']")
     input_names = {mods.resolve(m).name for m in modalities}
     to_imagine = [m for m in tim_modalities if mods.resolve(m).name not in input_names]
-    generator = build_generate(
-        size,
-        modalities,
-        to_imagine or tim_modalities[:1],
-        settings=tim_settings,
-        img_size=img_size,
-        pretrained=False,
-        build_tokenizers_for_outputs=False,
-        tokenizers=tokenizers,
-    )
+    generator = build_generate(size, modalities, to_imagine or tim_modalities[:1], settings=tim_settings,
+                               img_size=img_size, pretrained=False, build_tokenizers_for_outputs=False,
+                               tokenizers=tokenizers)  # fmt: skip
     if not to_imagine:
         generator.outputs = {}
     config = size_config(size).with_(img_size=img_size)
@@ -160,8 +151,5 @@ def build_tim(
     return model
 
 
-register_sizes(
-    "terramind_v1_{size}_tim",
-    build_tim,
-    "TerraMind v1 {size} with Thinking-in-Modalities (imagines e.g. LULC, then encodes).",
-)
+register_sizes("terramind_v1_{size}_tim", build_tim,
+               "TerraMind v1 {size} with Thinking-in-Modalities (imagines e.g. LULC, then encodes).")

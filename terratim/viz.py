@@ -52,9 +52,8 @@ class ClassScheme:
 
     def __post_init__(self) -> None:
         if not self.names or len(self.names) != len(self.colors):
-            raise ValueError(
-                f"a class scheme needs one colour per class: {len(self.names)} names, {len(self.colors)} colours"
-            )
+            raise ValueError(f"a class scheme needs one colour per class: {len(self.names)} names, "
+                             f"{len(self.colors)} colours")  # fmt: skip
 
     @property
     def rgb(self) -> np.ndarray:
@@ -164,7 +163,8 @@ def class_ids(array: np.ndarray, num_classes: int, what: str = "class map") -> n
         array = array[0]
     if array.ndim != 2:
         raise ValueError(
-            f"{what}: expected class ids (H, W) or (1, H, W), or logits ({num_classes}, H, W); got {tuple(array.shape)}"
+            f"{what}: expected class ids (H, W) or (1, H, W), or logits ({num_classes}, H, W); "
+            f"got {tuple(array.shape)}"
         )
     values = np.asarray(array, dtype=np.float64)
     valid = np.isfinite(values) & (values >= 0) & (values < num_classes) & (values == np.round(values))
@@ -231,23 +231,14 @@ def class_legend_handles(scheme: ClassScheme) -> list:
     """One colour patch per class, labelled by :meth:`ClassScheme.legend_labels`."""
     from matplotlib.patches import Patch
 
-    return [
-        Patch(facecolor=c, edgecolor="0.4", label=label)
-        for c, label in zip(scheme.colors, scheme.legend_labels(), strict=True)
-    ]
+    return [Patch(facecolor=c, edgecolor="0.4", label=label)
+            for c, label in zip(scheme.colors, scheme.legend_labels(), strict=True)]  # fmt: skip
 
 
 def _class_legend(ax, scheme: ClassScheme) -> None:
-    ax.legend(
-        handles=class_legend_handles(scheme),
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.02),
-        ncol=2 if len(scheme.names) > 2 else 1,
-        fontsize=7,
-        frameon=False,
-        handlelength=1.2,
-        columnspacing=0.8,
-    )
+    ax.legend(handles=class_legend_handles(scheme), loc="upper center", bbox_to_anchor=(0.5, -0.02),
+              ncol=2 if len(scheme.names) > 2 else 1, fontsize=7, frameon=False, handlelength=1.2,
+              columnspacing=0.8)  # fmt: skip
 
 
 Panel = tuple[str, "str | ClassScheme", np.ndarray]  # (caption, modality name or class scheme, array)

@@ -35,16 +35,8 @@ def write_tif(
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     count, height, width = data.shape
-    profile = {
-        "driver": "GTiff",
-        "count": count,
-        "height": height,
-        "width": width,
-        "dtype": data.dtype.name,
-        "crs": crs,
-        "transform": transform,
-        "nodata": nodata,
-    }
+    profile = {"driver": "GTiff", "count": count, "height": height, "width": width, "dtype": data.dtype.name,
+               "crs": crs, "transform": transform, "nodata": nodata}  # fmt: skip
     if tiled:
         profile.update(tiled=True, blockxsize=TILE, blockysize=TILE, compress="deflate")
     with rasterio.open(path, "w", **profile) as dst:

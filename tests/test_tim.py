@@ -25,9 +25,8 @@ def test_imagined_tokens_and_every_layer_match_the_reference(parity):
     states = model.generator.generate_tokens(inputs, return_states=True)
     assert torch.equal(states["LULC"].ids, io["output.tim_tokens.tok_lulc@224"])
     spec = entry["outputs"]["tim_logits_step0.tok_lulc@224"]
-    assert_close(
-        states["LULC"].first_logits[:, :32], io["output.tim_logits_step0.tok_lulc@224"], spec["tolerance"], "tim logits"
-    )
+    assert_close(states["LULC"].first_logits[:, :32], io["output.tim_logits_step0.tok_lulc@224"],
+                 spec["tolerance"], "tim logits")  # fmt: skip
     with torch.no_grad():
         layers = model(inputs)
     assert len(layers) == 12

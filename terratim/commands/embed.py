@@ -10,9 +10,8 @@ from terratim.commands import add_modality_paths, modality_paths
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="terramind_v1_tiny", help="backbone name (default terramind_v1_tiny)")
-    add_modality_paths(
-        parser, "--input", help="GeoTIFF per modality (repeatable); default: bundled TerraMesh S2L2A + S1RTC"
-    )
+    add_modality_paths(parser, "--input",
+                       help="GeoTIFF per modality (repeatable); default: bundled TerraMesh S2L2A + S1RTC")  # fmt: skip
     parser.add_argument("--ckpt", help="official-layout .pt or .safetensors checkpoint")
     parser.add_argument("--pretrained", action="store_true", help="download official weights from the hub")
     parser.add_argument("--merge", default="mean", choices=["mean", "max", "concat"], help="modality merge")
@@ -32,9 +31,8 @@ def run(args: argparse.Namespace) -> int:
     files = modality_paths(args.input) or {m: str(terramesh_file(m)) for m in ("S2L2A", "S1RTC")}
     out = check_writable(args.out, args.overwrite) if args.out else None
     inputs = raster_tensors(read_modality_rasters(files))  # {name: (1, C, H, W)}, standardized
-    model = terratim.build(
-        args.model, modalities=list(inputs), merge_method=args.merge, pretrained=args.pretrained, ckpt_path=args.ckpt
-    ).eval()
+    model = terratim.build(args.model, modalities=list(inputs), merge_method=args.merge,
+                           pretrained=args.pretrained, ckpt_path=args.ckpt).eval()  # fmt: skip
     weights = args.ckpt or ("official (hub)" if args.pretrained else "random initialisation")
     print(f"model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {weights})")
     for name, path in files.items():

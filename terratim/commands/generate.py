@@ -27,16 +27,14 @@ from terratim.generation.settings import add_cli_arguments, from_cli
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_modality_paths(
-        parser, "--input", "-i", required=True, help="input GeoTIFF per modality (repeat for several; co-registered)"
-    )
+    add_modality_paths(parser, "--input", "-i", required=True,
+                       help="input GeoTIFF per modality (repeat for several; co-registered)")  # fmt: skip
     parser.add_argument("--output", required=True, help="modalities to generate, comma separated (e.g. LULC,DEM)")
     parser.add_argument("--model", default="terramind_v1_tiny_generate", help="a *_generate registry model")
     parser.add_argument("--ckpt", help="TerraMind weights (.pt official layout or .safetensors)")
     parser.add_argument("--pretrained", action="store_true", help="official weights from the Hugging Face hub")
-    add_modality_paths(
-        parser, "--tokenizer", help="tokenizer weights per output (default: official, with --pretrained)"
-    )
+    add_modality_paths(parser, "--tokenizer",
+                       help="tokenizer weights per output (default: official, with --pretrained)")  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--steps", type=int, default=10, help="diffusion (DDIM) steps for continuous outputs")
     add_cli_arguments(parser)
@@ -51,27 +49,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_model(args: argparse.Namespace, inputs: list[str], outputs: list[str]):
     import terratim
 
-    tokenizers = {
-        name: terratim.build(f"terramind_v1_tokenizer_{name.lower()}", ckpt_path=path)
-        for name, path in modality_paths(args.tokenizer, "--tokenizer").items()
-    }
+    tokenizers = {name: terratim.build(f"terramind_v1_tokenizer_{name.lower()}", ckpt_path=path)
+                  for name, path in modality_paths(args.tokenizer, "--tokenizer").items()}  # fmt: skip
     if not args.pretrained:
         missing = [n for n in outputs if n not in tokenizers]
         if missing:
-            raise SystemExit(
-                f"no tokenizer weights for {missing}: pass --pretrained (official weights) or "
-                f"--tokenizer {missing[0]}=PATH"
-            )
-    model = terratim.build(
-        args.model,
-        modalities=inputs,
-        output_modalities=outputs,
-        pretrained=args.pretrained,
-        ckpt_path=args.ckpt,
-        settings=from_cli(args, timesteps=args.steps),
-        standardize=True,
-        tokenizers=tokenizers,
-    )
+            raise SystemExit(f"no tokenizer weights for {missing}: pass --pretrained (official weights) or "
+                             f"--tokenizer {missing[0]}=PATH")  # fmt: skip
+    model = terratim.build(args.model, modalities=inputs, output_modalities=outputs, pretrained=args.pretrained,
+                           ckpt_path=args.ckpt, settings=from_cli(args, timesteps=args.steps), standardize=True,
+                           tokenizers=tokenizers)  # fmt: skip
     return model.eval().to(args.device)
 
 
@@ -156,13 +143,8 @@ def direct(model, reader, targets: dict, generator, args: argparse.Namespace) ->
         image = result[name][0].float().cpu().numpy()
         modality = resolve(name)
         if modality.is_categorical:
-            write_geotiff(
-                path,
-                image.argmax(0).astype(np.uint8),
-                like=profile,
-                overwrite=args.overwrite,
-                colormap=hex_colormap(modality.colors),
-            )
+            write_geotiff(path, image.argmax(0).astype(np.uint8), like=profile, overwrite=args.overwrite,
+                          colormap=hex_colormap(modality.colors))  # fmt: skip
         else:
             write_geotiff(path, image.astype(np.float32), like=profile, overwrite=args.overwrite)
 
@@ -176,16 +158,8 @@ def tiled(model, files: dict[str, str], targets: dict, generator, args: argparse
     for head, path in zip(predictor.heads, targets.values()):
         head.path = path
     tiling = TilingConfig(chip=args.chip, overlap=args.overlap, batch_size=args.batch_size)
-    infer_scene(
-        predictor.predict,
-        files,
-        predictor.heads,
-        tiling,
-        bands=predictor.bands,
-        device=args.device,
-        fill=predictor.fill,
-        overwrite=args.overwrite,
-    )
+    infer_scene(predictor.predict, files, predictor.heads, tiling, bands=predictor.bands, device=args.device,
+                fill=predictor.fill, overwrite=args.overwrite)  # fmt: skip
 
 
 def write_panel(files: dict[str, str], targets: dict, path: Path, max_side: int = 1024) -> None:

@@ -18,9 +18,8 @@ from terratim.generation.settings import add_cli_arguments, from_cli
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_modality_paths(
-        parser, "--input", "-i", required=True, help="input GeoTIFF per modality (square, side a multiple of 16)"
-    )
+    add_modality_paths(parser, "--input", "-i", required=True,
+                       help="input GeoTIFF per modality (square, side a multiple of 16)")  # fmt: skip
     parser.add_argument("--tim", default="LULC", help="modalities to imagine, comma separated (default LULC)")
     parser.add_argument("--model", default="terramind_v1_tiny_tim", help="a *_tim registry model")
     parser.add_argument("--ckpt", help="TerraMind weights (.pt official layout or .safetensors)")
@@ -64,10 +63,8 @@ def build_tokenizers(args: argparse.Namespace, names: list[str]) -> dict:
     """Tokenizers to decode ``names``: ``--tokenizer`` files, then (``--pretrained``) the model's own."""
     import terratim
 
-    tokenizers = {
-        name: terratim.build(f"terramind_v1_tokenizer_{name.lower()}", ckpt_path=path)
-        for name, path in modality_paths(args.tokenizer, "--tokenizer").items()
-    }
+    tokenizers = {name: terratim.build(f"terramind_v1_tokenizer_{name.lower()}", ckpt_path=path)
+                  for name, path in modality_paths(args.tokenizer, "--tokenizer").items()}  # fmt: skip
     missing = [n for n in names if n not in tokenizers]
     if missing and not args.pretrained:
         raise SystemExit(f"no tokenizer for {missing}: pass --pretrained or --tokenizer {missing[0]}=PATH")
@@ -89,14 +86,9 @@ def imagine(args: argparse.Namespace, files: dict[str, Path], targets: dict[str,
     from terratim.viz import save_panel
 
     rasters = read_modality_rasters(files)
-    model = terratim.build(
-        args.model,
-        modalities=list(files),
-        tim_modalities=list(targets),
-        tim_settings=from_cli(args, timesteps=args.steps),
-        pretrained=args.pretrained,
-        ckpt_path=args.ckpt,
-    ).eval()
+    model = terratim.build(args.model, modalities=list(files), tim_modalities=list(targets),
+                           tim_settings=from_cli(args, timesteps=args.steps), pretrained=args.pretrained,
+                           ckpt_path=args.ckpt).eval()  # fmt: skip
     tokenizers = build_tokenizers(args, list(targets))
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():

@@ -25,13 +25,8 @@ from terratim.generation.settings import GenerationSettings, add_cli_arguments, 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_modality_paths(
-        parser,
-        "--input",
-        "-i",
-        required=True,
-        help="a co-registered input GeoTIFF/COG per modality (repeat for several)",
-    )
+    add_modality_paths(parser, "--input", "-i", required=True,
+                       help="a co-registered input GeoTIFF/COG per modality (repeat for several)")  # fmt: skip
     parser.add_argument(
         "--out",
         "-o",
@@ -40,15 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output GeoTIFF (.parquet for --embeddings chip); several outputs get _<NAME>",
     )
     source = parser.add_argument_group("model (a fine-tuned task, or a registry model)")
-    config_help = (
-        "optional: the `terratim fit` config of the task model; every value it gives must match --ckpt. "
-        "Needed only for checkpoints from a terratim that did not store the task and its data "
-        "statistics in the checkpoint"
-    )
-    ckpt_help = (
-        "the task model's Lightning checkpoint; it wins for the model (model_args, modalities, class "
-        "names): a config that disagrees with it or has an unknown key is refused"
-    )
+    config_help = ("optional: the `terratim fit` config of the task model; every value it gives must match --ckpt. "
+                   "Needed only for checkpoints from a terratim that did not store the task and its data "
+                   "statistics in the checkpoint")  # fmt: skip
+    ckpt_help = ("the task model's Lightning checkpoint; it wins for the model (model_args, modalities, class "
+                 "names): a config that disagrees with it or has an unknown key is refused")  # fmt: skip
     source.add_argument("-c", "--config", type=Path, help=config_help)
     source.add_argument("--ckpt", type=Path, help=ckpt_help)
     source.add_argument("--model", help="a registry model: *_generate for generation, a backbone for embeddings")
@@ -74,12 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="cosine",
         help="raised-cosine weights (reference, default) or plain averaging",
     )
-    tiles.add_argument(
-        "--panel",
-        type=int,
-        default=2048,
-        help="columns done at a time; memory grows with it, not with the scene (0 = all)",
-    )
+    tiles.add_argument("--panel", type=int, default=2048,
+                       help="columns done at a time; memory grows with it, not with the scene (0 = all)")  # fmt: skip
     output = parser.add_argument_group("output")
     output.add_argument("--confidence", action="store_true", help="add a confidence band (percent) to class maps")
     output.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
@@ -97,15 +84,8 @@ class ProgressReport:
         if not quiet and sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-            self.bar = Progress(
-                "chips",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                "ETA",
-                TimeRemainingColumn(),
-                transient=False,
-            )
+            self.bar = Progress("chips", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), "ETA",
+                                TimeRemainingColumn(), transient=False)  # fmt: skip
             self.bar.start()
 
     def __call__(self, done: int, total: int) -> None:
@@ -152,9 +132,8 @@ def _interrupt_note(args: argparse.Namespace, outputs: list[Path]) -> str:
     for path in kept:
         state = json.loads(progress_path(path).read_text())
         panels = len(state["fingerprint"]["panels"])
-        lines.append(
-            f"  {partial_path(path)}: panel {state['panel'] + 1} of {panels}, rows up to {state['rows_done']} done"
-        )
+        lines.append(f"  {partial_path(path)}: panel {state['panel'] + 1} of {panels}, rows up to "
+                     f"{state['rows_done']} done")  # fmt: skip
     lines += ["Continue (same inputs, model and settings) with:", "  " + resume_command(args)]
     return "\n".join(lines)
 
@@ -199,19 +178,9 @@ def _run(args: argparse.Namespace, outputs: list[Path]) -> int:
     outputs += [head.path for head in predictor.heads]
     progress = ProgressReport(args.quiet)
     try:
-        paths = infer_scene(
-            predictor.predict,
-            inputs,
-            predictor.heads,
-            tiling,
-            bands=predictor.bands,
-            device=torch.device(args.device),
-            fill=predictor.fill,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            progress=progress,
-            fingerprint=predictor.fingerprint,
-        )
+        paths = infer_scene(predictor.predict, inputs, predictor.heads, tiling, bands=predictor.bands,
+                            device=torch.device(args.device), fill=predictor.fill, overwrite=args.overwrite,
+                            resume=args.resume, progress=progress, fingerprint=predictor.fingerprint)  # fmt: skip
     finally:
         progress.close()
     for path in paths:
@@ -236,16 +205,12 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
     device = torch.device(args.device)
     settings = from_cli(args, timesteps=args.timesteps)
     if settings != GenerationSettings() and not (args.model or "").endswith("_generate"):
-        raise ValueError(
-            "the generation options (--timesteps, --scheme, --temperature, --top-k, ...) apply only to "
-            "a *_generate --model"
-        )
+        raise ValueError("the generation options (--timesteps, --scheme, --temperature, --top-k, ...) apply only to "
+                         "a *_generate --model")  # fmt: skip
     if args.config is not None or args.ckpt is not None:
         if args.ckpt is None or args.model is not None:
-            raise ValueError(
-                "a task model needs --ckpt (and no --model); -c/--config is optional, needed only for "
-                "a checkpoint from an older terratim"
-            )
+            raise ValueError("a task model needs --ckpt (and no --model); -c/--config is optional, needed only for "
+                             "a checkpoint from an older terratim")  # fmt: skip
         task, data_args = adapters.load_task_model(args.config, args.ckpt, device)
         predictor = adapters.task_predictor(task, data_args, args.out, device, args.confidence, args.cog)
         predictor.fingerprint["weights"] = file_record(args.ckpt, whole=True)
@@ -256,26 +221,18 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
     if args.model.endswith("_generate"):
         if not args.outputs:
             raise ValueError(f"--model {args.model} generates: name what with --outputs (e.g. --outputs LULC)")
-        model = terratim.build(
-            args.model,
-            output_modalities=args.outputs,
-            standardize=True,
-            settings=settings,
-            **_model_kwargs(args, inputs),
-        ).to(device)
+        model = terratim.build(args.model, output_modalities=args.outputs, standardize=True, settings=settings,
+                               **_model_kwargs(args, inputs)).to(device)  # fmt: skip
         generator = torch.Generator(device=device).manual_seed(args.seed)
-        predictor = adapters.generation_predictor(
-            model.eval(), args.out, generator, args.confidence, args.cog, args.timesteps
-        )
+        predictor = adapters.generation_predictor(model.eval(), args.out, generator, args.confidence, args.cog,
+                                                  args.timesteps)  # fmt: skip
         predictor.fingerprint["generation"] = dataclasses.asdict(settings)
     elif args.embeddings == "pixel":
         backbone = terratim.build(args.model, **_model_kwargs(args, inputs)).to(device).eval()
         predictor = adapters.embedding_predictor(backbone, args.out, args.cog)
     else:
-        raise ValueError(
-            f"--model {args.model}: use a *_generate model with --outputs, or a backbone with "
-            "--embeddings pixel|chip; fine-tuned models take -c/--config and --ckpt"
-        )
+        raise ValueError(f"--model {args.model}: use a *_generate model with --outputs, or a backbone with "
+                         "--embeddings pixel|chip; fine-tuned models take -c/--config and --ckpt")  # fmt: skip
     predictor.fingerprint.update(model=args.model, seed=args.seed, pretrained=args.pretrained, timesteps=args.timesteps)
     if args.model_ckpt is not None:
         predictor.fingerprint["weights"] = file_record(args.model_ckpt, whole=True)
@@ -284,10 +241,8 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
 
 def _check_modalities(inputs: dict[str, Path], wanted: dict[str, int]) -> None:
     if set(inputs) != set(wanted):
-        raise ValueError(
-            f"the model takes {sorted(wanted)} (as its checkpoint says), but --input gave "
-            f"{sorted(inputs)}; pass one --input MODALITY=PATH per modality"
-        )
+        raise ValueError(f"the model takes {sorted(wanted)} (as its checkpoint says), but --input gave "
+                         f"{sorted(inputs)}; pass one --input MODALITY=PATH per modality")  # fmt: skip
 
 
 def _chip_embeddings(args: argparse.Namespace, inputs: dict[str, Path], tiling) -> int:
@@ -303,17 +258,11 @@ def _chip_embeddings(args: argparse.Namespace, inputs: dict[str, Path], tiling) 
     backbone = terratim.build(args.model, **_model_kwargs(args, inputs)).to(args.device).eval()
     progress = ProgressReport(args.quiet)
     try:
-        path = export_chip_embeddings(
-            mean_token_embedder(backbone),
-            inputs,
-            args.out,
-            tiling,
-            bands={n: mods.resolve(n).num_bands for n in inputs},
-            device=torch.device(args.device),
-            overwrite=args.overwrite,
-            fill={n: np.asarray(mods.resolve(n).mean, np.float32) for n in inputs},
-            progress=progress,
-        )
+        path = export_chip_embeddings(mean_token_embedder(backbone), inputs, args.out, tiling,
+                                      bands={n: mods.resolve(n).num_bands for n in inputs},
+                                      device=torch.device(args.device), overwrite=args.overwrite,
+                                      fill={n: np.asarray(mods.resolve(n).mean, np.float32) for n in inputs},
+                                      progress=progress)  # fmt: skip
     finally:
         progress.close()
     print(f"wrote {path}")

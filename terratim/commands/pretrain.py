@@ -13,18 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-TOP_KEYS = {
-    "model",
-    "tokenizers",
-    "masking",
-    "loss_weighting",
-    "data",
-    "optim",
-    "trainer",
-    "seed",
-    "output",
-    "export_dtype",
-}
+TOP_KEYS = {"model", "tokenizers", "masking", "loss_weighting", "data", "optim", "trainer", "seed", "output",
+            "export_dtype"}  # fmt: skip
 MODEL_KEYS = {"size", "architecture", "inputs", "targets", "init_from"}
 
 
@@ -59,13 +49,8 @@ def check_output(path: str, overwrite: bool, export_dtype: str = "float32"):
     return out_path
 
 
-def pretrain(
-    config: dict,
-    output: str | None = None,
-    max_steps: int | None = None,
-    overwrite: bool = False,
-    progress_bar: bool = True,
-):
+def pretrain(config: dict, output: str | None = None, max_steps: int | None = None, overwrite: bool = False,
+             progress_bar: bool = True):  # fmt: skip
     """Pretrain and export as a config dict describes; returns (module, output path)."""
     import lightning.pytorch as pl
 
@@ -79,11 +64,8 @@ def pretrain(
     check_keys(model, MODEL_KEYS, "model")
     if not model.get("inputs") or not model.get("targets"):
         raise ValueError("the 'model' section needs 'inputs' and 'targets' (lists of modality names)")
-    out_path = check_output(
-        output or config.get("output") or "terramind_pretrained.safetensors",
-        overwrite,
-        config.get("export_dtype", "float32"),
-    )
+    out_path = check_output(output or config.get("output") or "terramind_pretrained.safetensors", overwrite,
+                            config.get("export_dtype", "float32"))  # fmt: skip
     seed = int(config.get("seed", 0))
     pl.seed_everything(seed, workers=True, verbose=False)
     tokenizer_files = config.get("tokenizers") or {}  # targets and token inputs are only encoded
@@ -93,16 +75,10 @@ def pretrain(
         trainer_cfg["max_steps"] = max_steps
     trainer_cfg.setdefault("max_steps", 1000)
     module = MaskedPretraining(
-        architecture(model),
-        model["inputs"],
-        model["targets"],
-        tokenizers,
-        MaskingConfig(**(config.get("masking") or {})),
-        max_steps=trainer_cfg["max_steps"],
-        weighting=config.get("loss_weighting", "mod"),
-        seed=seed,
-        **(config.get("optim") or {}),
-    )
+        architecture(model), model["inputs"], model["targets"], tokenizers,
+        MaskingConfig(**(config.get("masking") or {})), max_steps=trainer_cfg["max_steps"],
+        weighting=config.get("loss_weighting", "mod"), seed=seed, **(config.get("optim") or {}),
+    )  # fmt: skip
     if model.get("init_from"):
         module.load_network(model["init_from"])
     modalities = list(dict.fromkeys([*module.inputs, *module.targets]))

@@ -90,15 +90,12 @@ def model_args(variant: str) -> dict[str, Any]:
         "backbone": "terramind_sim_micro" if variant == "plain" else "terramind_sim_micro_tim",
         "backbone_pretrained": True,
         "backbone_modalities": ["S1GRD"],
-        "necks": [
-            {"name": "SelectIndices", "indices": [0, 1, 2, 3]},
-            {"name": "ReshapeTokensToImage"},
-            {"name": "LearnedInterpolateToPyramidal"},
-        ],
+        "necks": [{"name": "SelectIndices", "indices": [0, 1, 2, 3]}, {"name": "ReshapeTokensToImage"},
+                  {"name": "LearnedInterpolateToPyramidal"}],
         "decoder": "UNetDecoder",
         "decoder_channels": [64, 32, 32, 16],
         "num_classes": 2,
-    }
+    }  # fmt: skip
     if variant == "tim":
         args["backbone_tim_modalities"] = ["LULC"]
     return args
@@ -108,14 +105,8 @@ def build_task(variant: str, settings: Settings) -> Any:
     """The package's :class:`~terratim.tasks.SemanticSegmentationTask` (cross-entropy, AdamW), as a config builds it."""
     from terratim.tasks import SemanticSegmentationTask
 
-    return SemanticSegmentationTask(
-        model_args(variant),
-        loss="ce",
-        class_names=list(CLASS_NAMES),
-        lr=settings.lr,
-        optimizer="AdamW",
-        optimizer_hparams={"weight_decay": 0.01},
-    )
+    return SemanticSegmentationTask(model_args(variant), loss="ce", class_names=list(CLASS_NAMES), lr=settings.lr,
+                                    optimizer="AdamW", optimizer_hparams={"weight_decay": 0.01})  # fmt: skip
 
 
 def flips(x: Any) -> Any:
@@ -134,10 +125,8 @@ def model_inputs(variant: str, model: Any, s1: Any, seed: int, batch: int = 32) 
         return {"S1GRD": s1}
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        tokens = [
-            model.backbone.imagine({"S1GRD": s1[i : i + batch]}, generator)["LULC"]
-            for i in range(0, s1.shape[0], batch)
-        ]
+        tokens = [model.backbone.imagine({"S1GRD": s1[i : i + batch]}, generator)["LULC"]
+                  for i in range(0, s1.shape[0], batch)]  # fmt: skip
     return {"S1GRD": s1, "LULC": torch.cat(tokens)}
 
 
@@ -164,18 +153,9 @@ def trainer(max_steps: int = -1, callbacks: list | None = None) -> Any:
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks or [],
-    )
+    return pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, max_steps=max_steps, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0, callbacks=callbacks or [])  # fmt: skip
 
 
 def fine_tune(variant: str, seed: int, s1: Any, label: Any, settings: Settings, tick: Any) -> Any:
@@ -191,12 +171,8 @@ def fine_tune(variant: str, seed: int, s1: Any, label: Any, settings: Settings, 
     torch.manual_seed(seed)  # the decoder's and head's initial weights
     task = build_task(variant, settings)
     data = ChipDataset(model_inputs(variant, task.model, flips(s1), seed), flips(label))
-    sampler = RandomSampler(
-        data,
-        replacement=True,
-        num_samples=settings.steps * settings.batch_size,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    sampler = RandomSampler(data, replacement=True, num_samples=settings.steps * settings.batch_size,
+                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
     loader = DataLoader(data, batch_size=settings.batch_size, sampler=sampler)
     trainer(settings.steps, [Tick()]).fit(task, train_dataloaders=loader)
     return task.eval()
@@ -237,10 +213,8 @@ def print_table(results: dict[str, list[dict]], settings: Settings, total: float
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(
-        title=f"S1-only water mapping, simulated data, {settings.train_chips} labelled chips per seed, "
-        f"{settings.test_chips} held-out chips"
-    )
+    table = Table(title=f"S1-only water mapping, simulated data, {settings.train_chips} labelled chips per seed, "
+                        f"{settings.test_chips} held-out chips")  # fmt: skip
     for column in ("variant", "mIoU (mean ± std)", "IoU water", "per-seed mIoU", "fine-tune time / seed"):
         table.add_column(column)
     lines = []
@@ -249,22 +223,15 @@ def print_table(results: dict[str, list[dict]], settings: Settings, total: float
         std = statistics.stdev(scores) if len(scores) > 1 else 0.0
         water = statistics.mean(100 * r["test/IoU_water"] for r in runs)
         seconds = statistics.mean(r["seconds"] for r in runs)
-        row = (
-            variant,
-            f"{statistics.mean(scores):.1f} ± {std:.1f}",
-            f"{water:.1f}",
-            " ".join(f"{s:.1f}" for s in scores),
-            f"{seconds:.1f} s",
-        )
+        row = (variant, f"{statistics.mean(scores):.1f} ± {std:.1f}", f"{water:.1f}",
+               " ".join(f"{s:.1f}" for s in scores), f"{seconds:.1f} s")  # fmt: skip
         table.add_row(*row)
         lines.append(" | ".join(row))
     console = Console()
     console.print(table)
     # training sums in float32: another thread count or CPU (its BLAS kernels) moves each seed by up to ~1 pp
-    console.print(
-        f"seeds {list(settings.seeds)}, {settings.steps} steps each, {torch.get_num_threads()} torch "
-        f"threads; total {total:.0f} s"
-    )
+    console.print(f"seeds {list(settings.seeds)}, {settings.steps} steps each, {torch.get_num_threads()} torch "
+                  f"threads; total {total:.0f} s")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -330,21 +297,15 @@ def imagine_sen1floods11(tim_model: Any, output: Path, chips: list[FloodChip], s
             lulc[i : i + size, j : j + size] = tile
         write_geotiff(output / f"{chip.name}_imagined_LULC.tif", lulc, like=raster.profile, overwrite=True)
         label = read_geotiff(chip.label).data[0]
-        write_geotiff(
-            output / f"{chip.name}_LabelHand.tif",
-            np.nan_to_num(label, nan=-1).astype(np.int16),
-            like=raster.profile,
-            overwrite=True,
-        )
+        write_geotiff(output / f"{chip.name}_LabelHand.tif", np.nan_to_num(label, nan=-1).astype(np.int16),
+                      like=raster.profile, overwrite=True)  # fmt: skip
         valid = label >= 0
         imagined_water = np.isin(lulc, LULC_WATER_CLASSES)
         inter = (imagined_water & (label == 1) & valid).sum()
         union = ((imagined_water | (label == 1)) & valid).sum()
         share = 100 * imagined_water[valid].mean()
-        lines.append(
-            f"{chip.name}: labelled water {100 * (label[valid] == 1).mean():.1f} %, imagined water/flooded "
-            f"vegetation {share:.1f} %, IoU {inter / max(union, 1):.2f}"
-        )
+        lines.append(f"{chip.name}: labelled water {100 * (label[valid] == 1).mean():.1f} %, imagined water/flooded "
+                     f"vegetation {share:.1f} %, IoU {inter / max(union, 1):.2f}")  # fmt: skip
     return lines
 
 
@@ -378,26 +339,17 @@ def run(args: argparse.Namespace) -> int:
                 metrics, pred = evaluate(variant, model, test_s1, test_label)
                 results[variant].append({**metrics, "seconds": time.perf_counter() - t0, "pred": pred})
                 models[variant] = model
-                progress.console.print(
-                    f"seed {seed} {variant}: mIoU {100 * metrics['test/mIoU']:.1f} ({time.perf_counter() - t0:.0f} s)"
-                )
+                progress.console.print(f"seed {seed} {variant}: mIoU {100 * metrics['test/mIoU']:.1f} "
+                                       f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
     print_table(results, settings, time.perf_counter() - start)
     lulc = imagined_lulc(models["tim"], test_s1[:3])
-    figure = save_figure(
-        output / "quickstart.png",
-        test_s1[:3],
-        lulc,
-        results["plain"][0]["pred"][:3],
-        results["tim"][0]["pred"][:3],
-        test_label[:3],
-    )
+    figure = save_figure(output / "quickstart.png", test_s1[:3], lulc, results["plain"][0]["pred"][:3],
+                         results["tim"][0]["pred"][:3], test_label[:3])  # fmt: skip
     print(f"figure: {figure}")
     real = output / "sen1floods11"
     lines = imagine_sen1floods11(models["tim"], real, real_chips, settings.size)
-    print(
-        f"real Sen1Floods11 S1 chips -> imagined LULC written to {real}/ (a model trained on simulated "
-        "data only: expect a rough picture, not a benchmark)"
-    )
+    print(f"real Sen1Floods11 S1 chips -> imagined LULC written to {real}/ (a model trained on simulated "
+          "data only: expect a rough picture, not a benchmark)")  # fmt: skip
     for line in lines:
         print("  " + line)
     print(f"quickstart finished in {time.perf_counter() - start:.0f} s")

@@ -21,13 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
-def train_tokenizer(
-    config: dict,
-    output: str | None = None,
-    max_steps: int | None = None,
-    overwrite: bool = False,
-    progress_bar: bool = True,
-):
+def train_tokenizer(config: dict, output: str | None = None, max_steps: int | None = None,
+                    overwrite: bool = False, progress_bar: bool = True):  # fmt: skip
     """Train and export a tokenizer as a config dict describes; returns (module, output path)."""
     import lightning.pytorch as pl
 
@@ -41,9 +36,8 @@ def train_tokenizer(
     if "modality" not in spec:
         raise ValueError("the 'tokenizer' section needs 'modality' (e.g. LULC, S1GRD, DEM, NDVI)")
     tok_config = TokenizerConfig.for_modality(spec.pop("modality"), **spec)
-    out_path = check_output(
-        output or config.get("output") or "tokenizer.safetensors", overwrite, config.get("export_dtype", "float32")
-    )
+    out_path = check_output(output or config.get("output") or "tokenizer.safetensors", overwrite,
+                            config.get("export_dtype", "float32"))  # fmt: skip
     seed = int(config.get("seed", 0))
     pl.seed_everything(seed, workers=True, verbose=False)
     trainer_cfg = dict(config.get("trainer") or {})

@@ -142,14 +142,8 @@ def write_geotiff(
     if data.ndim == 2:
         data = data[None]
     count, height, width = data.shape
-    profile = {
-        "driver": "GTiff",
-        "count": count,
-        "height": height,
-        "width": width,
-        "dtype": data.dtype.name,
-        "compress": "deflate",
-    }
+    profile = {"driver": "GTiff", "count": count, "height": height, "width": width, "dtype": data.dtype.name,
+               "compress": "deflate"}  # fmt: skip
     if height >= 256 and width >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     if like is not None:
@@ -266,10 +260,8 @@ def check_same_grid(sources: dict) -> Grid:
 def no_valid_pixel_error(path: str | os.PathLike, what: str) -> ValueError:
     """The one error for an input whose every pixel is nodata or NaN."""
     label = f"{what} input" if what else "input"
-    return ValueError(
-        f"{label} {path} has no valid pixel: every pixel is nodata or NaN in every band; check the "
-        "file, its nodata value and the window you cut"
-    )
+    return ValueError(f"{label} {path} has no valid pixel: every pixel is nodata or NaN in every band; check the "
+                      "file, its nodata value and the window you cut")  # fmt: skip
 
 
 def spread_order(n: int) -> list[int]:

@@ -167,12 +167,9 @@ def _land_cover(rng: np.random.Generator, dem: np.ndarray, cfg: SimConfig) -> np
         CROPS: weights[1] + 0.3 + smooth_noise(rng, size, scale * 1.5) - 2.0 * steep - 2.0 * high,
         RANGELAND: weights[2] + smooth_noise(rng, size, scale),
         BARE: weights[3] - 0.8 + smooth_noise(rng, size, scale) + 1.5 * high,
-        BUILT: (
-            weights[4] - 1.0 + smooth_noise(rng, size, scale * 0.6) - 2.0 * steep - 2.0 * high
-            if rng.random() < cfg.built_prob
-            else np.full_like(dem, -np.inf)
-        ),
-    }
+        BUILT: (weights[4] - 1.0 + smooth_noise(rng, size, scale * 0.6) - 2.0 * steep - 2.0 * high
+                if rng.random() < cfg.built_prob else np.full_like(dem, -np.inf)),
+    }  # fmt: skip
     classes = np.array(list(score), np.uint8)
     lulc = classes[np.argmax(np.stack(list(score.values())), axis=0)]
     snowline = rng.uniform(2600, 4200)
@@ -298,14 +295,8 @@ def samples(seed: int, count: int, config: SimConfig | None = None, start: int =
 
 
 # How each simulated array is stored: dtype, following the real samples.
-_FILE_DTYPES = {
-    "S2L2A": np.int16,
-    "S1GRD": np.float32,
-    "DEM": np.int16,
-    "LULC": np.uint8,
-    "NDVI": np.float32,
-    LABEL: np.uint8,
-}
+_FILE_DTYPES = {"S2L2A": np.int16, "S1GRD": np.float32, "DEM": np.int16, "LULC": np.uint8,
+                "NDVI": np.float32, LABEL: np.uint8}  # fmt: skip
 
 
 def _colormap(name: str) -> dict[int, tuple[int, int, int, int]] | None:
@@ -345,12 +336,7 @@ def write_dataset(
     for index, chip in enumerate(samples(seed, count, config)):
         name = f"sim{seed}_{index:05d}"
         for mod in modalities:
-            write_geotiff(
-                folder / mod / f"{name}.tif",
-                chip[mod].astype(_FILE_DTYPES[mod]),
-                like=profile,
-                overwrite=overwrite,
-                colormap=_colormap(mod),
-            )
+            write_geotiff(folder / mod / f"{name}.tif", chip[mod].astype(_FILE_DTYPES[mod]), like=profile,
+                          overwrite=overwrite, colormap=_colormap(mod))  # fmt: skip
         names.append(name)
     return names

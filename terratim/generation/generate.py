@@ -35,10 +35,8 @@ def output_keys(output_modalities: Sequence[str], inputs: Mapping[str, tuple[str
         key = mods.token_key(name)
         canonical = mods.resolve(name).name
         if key in input_keys or canonical in input_modalities:
-            raise ValueError(
-                f"{canonical} is both an input and an output; it is already given, remove it from "
-                "output_modalities (or from modalities)"
-            )
+            raise ValueError(f"{canonical} is both an input and an output; it is already given, remove it from "
+                             "output_modalities (or from modalities)")  # fmt: skip
         outputs[canonical] = key
     return outputs
 
@@ -118,10 +116,8 @@ class TerraMindGenerate(nn.Module):
             named = self._standardize_inputs(named)
         for name, value in named.items():
             if value.dim() == 4 and value.shape[-1] != value.shape[-2]:
-                raise ValueError(
-                    f"{name}: generation needs square inputs, got {tuple(value.shape[-2:])}; "
-                    "use tiled generation (terratim generate) for other shapes"
-                )
+                raise ValueError(f"{name}: generation needs square inputs, got {tuple(value.shape[-2:])}; "
+                                 "use tiled generation (terratim generate) for other shapes")  # fmt: skip
         return self.network.keyed_inputs(named)
 
     @torch.no_grad()
@@ -162,14 +158,8 @@ class TerraMindGenerate(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Token ids -> pixels: LULC logits (B, 10, H, W), continuous modalities (B, C, H, W), coords (B, 2)."""
         physical = self.standardize if standardize is None else standardize
-        return decode_tokens(
-            tokens,
-            dict(self.tokenizers),
-            timesteps or self.settings.timesteps,
-            generator,
-            physical_units=physical,
-            offset=self.offset,
-        )
+        return decode_tokens(tokens, dict(self.tokenizers), timesteps or self.settings.timesteps,
+                             generator, physical_units=physical, offset=self.offset)  # fmt: skip
 
     def forward(
         self,
@@ -211,11 +201,9 @@ def decode_tokens(
     for name, ids in tokens.items():
         modality = mods.resolve(name)
         if modality.name not in tokenizers:
-            raise ValueError(
-                f"no {modality.name} tokenizer to decode its tokens; pass tokenizers={{'{modality.name}':"
-                f" terratim.build('terramind_v1_tokenizer_{modality.name.lower()}', ...)}} "
-                "or build with pretrained=True"
-            )
+            raise ValueError(f"no {modality.name} tokenizer to decode its tokens; pass tokenizers={{'{modality.name}':"
+                             f" terratim.build('terramind_v1_tokenizer_{modality.name.lower()}', ...)}} "
+                             "or build with pretrained=True")  # fmt: skip
         tokenizer = tokenizers[modality.name]
         if modality.kind == "sequence":
             out[modality.name] = tokenizer.decode(ids)
@@ -242,9 +230,8 @@ def build_tokenizers(names: Sequence[str], pretrained: bool, decoder: bool = Tru
 
                 tokenizers[modality.name] = CoordsTokenizer.pretrained()
         elif modality.tokenizer_file is not None:
-            tokenizers[modality.name] = build(
-                f"terramind_v1_tokenizer_{modality.name.lower()}", pretrained=pretrained, decoder=decoder
-            )
+            tokenizers[modality.name] = build(f"terramind_v1_tokenizer_{modality.name.lower()}",
+                                              pretrained=pretrained, decoder=decoder)  # fmt: skip
     return tokenizers
 
 
@@ -274,9 +261,8 @@ def build_generate(
     config = size_config(size).with_(img_size=img_size)
     inputs = parse_modalities(modalities)
     outputs = output_keys(output_modalities, inputs)
-    network = TerraMindBackbone(
-        config, modalities, merge_method=None, token_inputs=outputs, decoder_keys=list(outputs.values())
-    )
+    network = TerraMindBackbone(config, modalities, merge_method=None, token_inputs=outputs,
+                                decoder_keys=list(outputs.values()))  # fmt: skip
     loaded = terramind_state_dict(size, pretrained, ckpt_path)
     if loaded is not None:
         load_weights(network, network, *loaded)
@@ -293,8 +279,5 @@ def build_generate(
     return TerraMindGenerate(network, outputs, settings, standardize, offset, output_tokenizers)
 
 
-register_sizes(
-    "terramind_v1_{size}_generate",
-    build_generate,
-    "TerraMind v1 {size} any-to-any generation (encoder-decoder + tokenizers).",
-)
+register_sizes("terramind_v1_{size}_generate", build_generate,
+               "TerraMind v1 {size} any-to-any generation (encoder-decoder + tokenizers).")

@@ -56,7 +56,8 @@ class DecoderBlock(nn.Module):
         self.self_attn = Attention(config.dim, config.num_heads, qkv_bias=config.bias, proj_bias=config.bias)
         self.query_norm = layer_norm(config.dim)
         self.context_norm = layer_norm(config.dim)
-        self.cross_attn = CrossAttention(config.dim, config.num_heads, qkv_bias=config.bias, proj_bias=config.bias)
+        self.cross_attn = CrossAttention(config.dim, config.num_heads, qkv_bias=config.bias,
+                                         proj_bias=config.bias)  # fmt: skip
         self.norm2 = layer_norm(config.dim)
         self.mlp = make_mlp(config)
 

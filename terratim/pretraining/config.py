@@ -28,18 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 from terratim.pretraining.data import FolderDataset, SimulatedDataset
 
 DATA_KEYS = {"simulated", "root", "crop", "batch_size", "num_workers"}
-TRAINER_KEYS = {
-    "max_steps",
-    "accelerator",
-    "devices",
-    "num_nodes",
-    "strategy",
-    "precision",
-    "accumulate_grad_batches",
-    "gradient_clip_val",
-    "log_every_n_steps",
-    "default_root_dir",
-}
+TRAINER_KEYS = {"max_steps", "accelerator", "devices", "num_nodes", "strategy", "precision",
+                "accumulate_grad_batches", "gradient_clip_val", "log_every_n_steps", "default_root_dir"}  # fmt: skip
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -76,14 +66,9 @@ def make_dataset(data: Mapping[str, Any], modalities: Sequence[str]) -> Dataset:
 def make_loader(data: Mapping[str, Any], dataset: Dataset, seed: int) -> DataLoader:
     import torch
 
-    return DataLoader(
-        dataset,
-        batch_size=int(data.get("batch_size", 16)),
-        shuffle=True,
-        drop_last=True,
-        num_workers=int(data.get("num_workers", 0)),
-        generator=torch.Generator().manual_seed(seed),
-    )
+    return DataLoader(dataset, batch_size=int(data.get("batch_size", 16)), shuffle=True, drop_last=True,
+                      num_workers=int(data.get("num_workers", 0)),
+                      generator=torch.Generator().manual_seed(seed))  # fmt: skip
 
 
 def make_trainer(trainer: Mapping[str, Any], progress_bar: bool = True) -> pl.Trainer:
@@ -93,16 +78,9 @@ def make_trainer(trainer: Mapping[str, Any], progress_bar: bool = True) -> pl.Tr
     """
     check_keys(trainer, TRAINER_KEYS, "trainer")
     interactive = progress_bar and sys.stdout.isatty()
-    options = {
-        "max_steps": 1000,
-        "accelerator": "auto",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": interactive,
-        "enable_model_summary": False,
-        "log_every_n_steps": 50,
-    }
+    options = {"max_steps": 1000, "accelerator": "auto", "devices": 1, "logger": False,
+               "enable_checkpointing": False, "enable_progress_bar": interactive, "enable_model_summary": False,
+               "log_every_n_steps": 50}  # fmt: skip
     options.update(trainer)
     if progress_bar and not interactive:
         options["callbacks"] = [PrintLoss(int(options["log_every_n_steps"]))]
@@ -167,13 +145,11 @@ class PrintLoss(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.start = time.perf_counter()
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
         step = trainer.global_step
         if step % self.every == 0 or step == trainer.max_steps:
             loss = trainer.callback_metrics.get("train/loss")
             shown = f"{float(loss):.4f}" if loss is not None else "n/a"
-            print(
-                f"step {step}/{trainer.max_steps} loss {shown} ({time.perf_counter() - self.start:.0f} s)", flush=True
-            )
+            print(f"step {step}/{trainer.max_steps} loss {shown} ({time.perf_counter() - self.start:.0f} s)",
+                  flush=True)  # fmt: skip

@@ -26,9 +26,8 @@ def to_model_units(name: str, array: np.ndarray) -> torch.Tensor:
         ids = np.nan_to_num(array[0], nan=0.0)
         return torch.from_numpy(ids.astype(np.int64))
     if array.shape[0] != modality.num_bands:
-        raise ValueError(
-            f"{modality.name}: expected {modality.num_bands} bands {list(modality.bands)}, got {array.shape[0]}"
-        )
+        raise ValueError(f"{modality.name}: expected {modality.num_bands} bands {list(modality.bands)}, "
+                         f"got {array.shape[0]}")  # fmt: skip
     z = modality.standardize(array.astype(np.float32))
     return torch.from_numpy(np.nan_to_num(z, nan=0.0))
 

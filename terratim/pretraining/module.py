@@ -65,9 +65,8 @@ class MaskedPretraining(pl.LightningModule):
         if missing:
             raise ValueError(f"pretraining needs a tokenizer for {missing} (targets and token inputs)")
         self.network = TerraMind(config, {key: None for key in self.inputs.values()}, list(self.targets.values()))
-        self.tokenizers = nn.ModuleDict(
-            {mods.resolve(m).name: t.eval().requires_grad_(False) for m, t in tokenizers.items()}
-        )
+        self.tokenizers = nn.ModuleDict({mods.resolve(m).name: t.eval().requires_grad_(False)
+                                         for m, t in tokenizers.items()})  # fmt: skip
         self.masking = masking or MaskingConfig()
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps = warmup_steps, max_steps
@@ -111,10 +110,8 @@ class MaskedPretraining(pl.LightningModule):
             next(iter(inputs.values())).shape[0],
             {key: self._tokens_per_image(x) for key, x in inputs.items()},
             {key: x[0].numel() for key, x in targets.items()},
-            source,
-            self.masking,
-            generator,
-        )
+            source, self.masking, generator,
+        )  # fmt: skip
         return masked_modeling_loss(self.network, inputs, targets, selection, self.weighting)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -133,14 +130,10 @@ class MaskedPretraining(pl.LightningModule):
             if not param.requires_grad:
                 continue
             (no_decay if param.ndim < 2 or "mod_emb" in name or name == "mask_token" else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.lr,
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": warmup_cosine_schedule(optimizer, self.warmup_steps, self.max_steps),
-        }
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)  # fmt: skip
+        return {"optimizer": optimizer,
+                "lr_scheduler": warmup_cosine_schedule(optimizer, self.warmup_steps, self.max_steps)}  # fmt: skip
 
     def load_network(self, path: str | os.PathLike) -> None:
         """Start from a checkpoint in the official layout (to continue pretraining); every key must fit."""

@@ -105,10 +105,8 @@ class TokenizerTraining(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         optimizer = torch.optim.AdamW(self.tokenizer.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": warmup_cosine_schedule(optimizer, self.warmup_steps, self.max_steps),
-        }
+        return {"optimizer": optimizer,
+                "lr_scheduler": warmup_cosine_schedule(optimizer, self.warmup_steps, self.max_steps)}  # fmt: skip
 
     def export(self, path: str | os.PathLike) -> Path:
         """Write the tokenizer as ``.safetensors`` + ``.json`` (what ``build_tokenizer(ckpt_path=...)`` reads)."""

@@ -186,10 +186,8 @@ class BaseTask(pl.LightningModule):
         """What inference needs besides the weights and hyper-parameters: the task class and, when the trainer
         has a data module with statistics, the input modalities, their bands, the per-band means and stds the
         inputs were standardized with, and the nodata fill (``terratim infer --ckpt`` reads it, no YAML)."""
-        record: dict[str, Any] = {
-            "version": INFERENCE_RECORD_VERSION,
-            "task_class": f"{type(self).__module__}.{type(self).__qualname__}",
-        }
+        record: dict[str, Any] = {"version": INFERENCE_RECORD_VERSION,
+                                  "task_class": f"{type(self).__module__}.{type(self).__qualname__}"}  # fmt: skip
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         stats = getattr(datamodule, "stats", None)
         if isinstance(stats, Mapping) and stats:

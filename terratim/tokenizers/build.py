@@ -85,10 +85,8 @@ def build_tokenizer(
 def save_tokenizer(model: FSQTokenizer, path: str | os.PathLike) -> Path:
     """Write all weights (the decoder included) as ``.safetensors`` with the config as ``.json`` beside it."""
     if not model.has_decoder:
-        raise ValueError(
-            f"this {model.modality.name} tokenizer was built without its decoder (decoder=False); "
-            "build it with decoder=True to save a complete tokenizer file"
-        )
+        raise ValueError(f"this {model.modality.name} tokenizer was built without its decoder (decoder=False); "
+                         "build it with decoder=True to save a complete tokenizer file")  # fmt: skip
     path = Path(path)
     save_safetensors(model.state_dict(), path, config=model.config.to_dict())
     return path

@@ -49,27 +49,9 @@ def _leftovers(folder):
 def test_generate_lulc_with_the_bundled_model(tmp_path, sim_files, size):
     """64 px runs in one pass; 128 px with ``--chip 64`` runs tiled through the scene engine."""
     out = tmp_path / "gen"
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                "terramind_sim_micro_generate",
-                "--pretrained",
-                "--input",
-                f"S1GRD={sim_files[size]['S1GRD']}",
-                "--output",
-                "LULC",
-                "--out",
-                str(out),
-                "--chip",
-                "64",
-                "--temperature",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert main(["generate", "--model", "terramind_sim_micro_generate", "--pretrained", "--input",
+                 f"S1GRD={sim_files[size]['S1GRD']}", "--output", "LULC", "--out", str(out), "--chip", "64",
+                 "--temperature", "0"]) == 0  # fmt: skip
     with rasterio.open(out / "LULC.tif") as lulc:
         classes = lulc.read(1)
         assert classes.shape == (size, size) and lulc.dtypes[0] == "uint8"
@@ -80,81 +62,28 @@ def test_generate_lulc_with_the_bundled_model(tmp_path, sim_files, size):
 def test_generate_dem_is_refused_with_what_the_bundle_can_generate(tmp_path, sim_files):
     out = tmp_path / "gen"
     with pytest.raises(ValueError, match=r"cannot generate DEM: .*It can generate: LULC$"):
-        main(
-            [
-                "generate",
-                "--model",
-                "terramind_sim_micro_generate",
-                "--pretrained",
-                "--input",
-                f"S1GRD={sim_files[64]['S1GRD']}",
-                "--output",
-                "DEM",
-                "--out",
-                str(out),
-            ]
-        )
+        main(["generate", "--model", "terramind_sim_micro_generate", "--pretrained", "--input",
+              f"S1GRD={sim_files[64]['S1GRD']}", "--output", "DEM", "--out", str(out)])  # fmt: skip
     assert not out.exists()  # the failed run left no folder behind
     with pytest.raises(ValueError, match=r"terramind_sim_micro_tim cannot generate DEM"):
-        main(
-            [
-                "imagine",
-                "--model",
-                "terramind_sim_micro_tim",
-                "--pretrained",
-                "--input",
-                f"S1GRD={sim_files[64]['S1GRD']}",
-                "--tim",
-                "DEM",
-                "--out",
-                str(out),
-            ]
-        )
+        main(["imagine", "--model", "terramind_sim_micro_tim", "--pretrained", "--input",
+              f"S1GRD={sim_files[64]['S1GRD']}", "--tim", "DEM", "--out", str(out)])  # fmt: skip
     assert not out.exists()
 
 
 def test_bundled_generator_reads_dem_and_lulc_inputs(tmp_path, sim_files):
     files = sim_files[64]
     out = tmp_path / "gen"
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                "terramind_sim_micro_generate",
-                "--pretrained",
-                "--input",
-                f"S1GRD={files['S1GRD']}",
-                "--input",
-                f"DEM={files['DEM']}",
-                "--output",
-                "LULC",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(["generate", "--model", "terramind_sim_micro_generate", "--pretrained", "--input",
+                 f"S1GRD={files['S1GRD']}", "--input", f"DEM={files['DEM']}", "--output", "LULC",
+                 "--out", str(out)]) == 0  # fmt: skip
     assert (out / "LULC.tif").is_file()
 
 
 def test_imagine_uses_the_bundled_lulc_tokenizer(tmp_path, sim_files):
     out = tmp_path / "tim"
-    assert (
-        main(
-            [
-                "imagine",
-                "--model",
-                "terramind_sim_micro_tim",
-                "--pretrained",
-                "--input",
-                f"S1GRD={sim_files[64]['S1GRD']}",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(["imagine", "--model", "terramind_sim_micro_tim", "--pretrained", "--input",
+                 f"S1GRD={sim_files[64]['S1GRD']}", "--out", str(out)]) == 0  # fmt: skip
     with rasterio.open(out / "imagined_LULC.tif") as lulc:
         assert lulc.read(1).shape == (64, 64) and lulc.read(1).max() < 10
     assert (out / "imagined.png").is_file()
@@ -162,23 +91,8 @@ def test_imagine_uses_the_bundled_lulc_tokenizer(tmp_path, sim_files):
 
 def test_embed_with_the_bundled_backbone(tmp_path, sim_files, capsys):
     out = tmp_path / "emb.npy"
-    assert (
-        main(
-            [
-                "embed",
-                "--model",
-                "terramind_sim_micro",
-                "--pretrained",
-                "--input",
-                f"S1GRD={sim_files[64]['S1GRD']}",
-                "--repeat",
-                "1",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(["embed", "--model", "terramind_sim_micro", "--pretrained", "--input",
+                 f"S1GRD={sim_files[64]['S1GRD']}", "--repeat", "1", "--out", str(out)]) == 0  # fmt: skip
     assert np.load(out).shape == (1, 16, 64) and np.isfinite(np.load(out)).all()
     assert "4 layer outputs" in capsys.readouterr().out
 
@@ -196,43 +110,13 @@ def test_independent_outputs_reaches_the_model(tmp_path, sim_files, monkeypatch)
     s1 = f"S1GRD={sim_files[64]['S1GRD']}"
     for flags, chained in (([], True), (["--independent-outputs"], False)):
         out = tmp_path / f"gen{chained}"
-        assert (
-            main(
-                [
-                    "generate",
-                    "--model",
-                    "terramind_sim_micro_generate",
-                    "--pretrained",
-                    "--input",
-                    s1,
-                    "--output",
-                    "LULC",
-                    "--out",
-                    str(out),
-                    *flags,
-                ]
-            )
-            == 0
-        )
+        assert main(["generate", "--model", "terramind_sim_micro_generate", "--pretrained", "--input", s1,
+                     "--output", "LULC", "--out", str(out), *flags]) == 0  # fmt: skip
         generators = [m for m in built if isinstance(m, TerraMindGenerate)]
         assert generators[-1].chain is chained
         out = tmp_path / f"tim{chained}"
-        assert (
-            main(
-                [
-                    "imagine",
-                    "--model",
-                    "terramind_sim_micro_tim",
-                    "--pretrained",
-                    "--input",
-                    s1,
-                    "--out",
-                    str(out),
-                    *flags,
-                ]
-            )
-            == 0
-        )
+        assert main(["imagine", "--model", "terramind_sim_micro_tim", "--pretrained", "--input", s1,
+                     "--out", str(out), *flags]) == 0  # fmt: skip
         assert built[-2].generator.chain is chained  # the TiM model, built before its LULC tokenizer
 
 
@@ -249,24 +133,9 @@ def test_failed_tiled_generation_leaves_no_partial_files_or_folders(tmp_path, si
     monkeypatch.setattr(TerraMindGenerate, "forward", failing_forward)
     out = tmp_path / "deep" / "gen"
     with pytest.raises(RuntimeError, match="simulated"):
-        main(
-            [
-                "generate",
-                "--model",
-                "terramind_sim_micro_generate",
-                "--pretrained",
-                "--input",
-                f"S1GRD={sim_files[128]['S1GRD']}",
-                "--output",
-                "LULC",
-                "--out",
-                str(out),
-                "--chip",
-                "64",
-                "--batch-size",
-                "1",
-            ]
-        )
+        main(["generate", "--model", "terramind_sim_micro_generate", "--pretrained", "--input",
+              f"S1GRD={sim_files[128]['S1GRD']}", "--output", "LULC", "--out", str(out), "--chip", "64",
+              "--batch-size", "1"])  # fmt: skip
     assert len(calls) == 2
     assert list(tmp_path.iterdir()) == []  # neither partial files nor the folders this run made
 
@@ -274,20 +143,8 @@ def test_failed_tiled_generation_leaves_no_partial_files_or_folders(tmp_path, si
 @pytest.mark.parametrize("modality", ["LULC", "DEM"])
 def test_reconstruct_with_a_bundled_tokenizer(sim_files, tmp_path, modality, capsys):
     out = tmp_path / "out"
-    argv = [
-        "reconstruct",
-        "--modality",
-        modality,
-        "--input",
-        str(sim_files[64][modality]),
-        "--out",
-        str(out),
-        "--model",
-        f"terramind_sim_micro_tokenizer_{modality.lower()}",
-        "--pretrained",
-        "--steps",
-        "2",
-    ]
+    argv = ["reconstruct", "--modality", modality, "--input", str(sim_files[64][modality]), "--out", str(out),
+            "--model", f"terramind_sim_micro_tokenizer_{modality.lower()}", "--pretrained", "--steps", "2"]
     assert main(argv) == 0
     assert "bundled" in capsys.readouterr().out
     with rasterio.open(out / f"{sim_files[64][modality].stem}_{modality}_reconstruction.tif") as src:
@@ -296,17 +153,7 @@ def test_reconstruct_with_a_bundled_tokenizer(sim_files, tmp_path, modality, cap
 
 
 def test_reconstruct_refuses_a_tokenizer_of_another_modality(sim_files, tmp_path):
-    argv = [
-        "reconstruct",
-        "--modality",
-        "DEM",
-        "--input",
-        str(sim_files[64]["DEM"]),
-        "--out",
-        str(tmp_path),
-        "--model",
-        "terramind_sim_micro_tokenizer_lulc",
-        "--pretrained",
-    ]
+    argv = ["reconstruct", "--modality", "DEM", "--input", str(sim_files[64]["DEM"]), "--out", str(tmp_path),
+            "--model", "terramind_sim_micro_tokenizer_lulc", "--pretrained"]
     with pytest.raises(SystemExit, match="is a LULC tokenizer, but --modality is DEM"):
         main(argv)

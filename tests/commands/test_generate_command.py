@@ -31,33 +31,15 @@ def tokenizers(tmp_path_factory):
     lulc = terratim.build("terramind_v1_tokenizer_lulc", config=TokenizerConfig.for_modality("LULC", **SMALL))
     unet = dict(channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_ds=(2,), num_groups=8)
     dem = terratim.build("terramind_v1_tokenizer_dem", config=TokenizerConfig.for_modality("DEM", unet=unet, **SMALL))
-    return {
-        "LULC": save_tokenizer(lulc, folder / "lulc.safetensors"),
-        "DEM": save_tokenizer(dem, folder / "dem.safetensors"),
-    }
+    return {"LULC": save_tokenizer(lulc, folder / "lulc.safetensors"),
+            "DEM": save_tokenizer(dem, folder / "dem.safetensors")}
 
 
 def test_generate_lulc_and_dem_from_s2(tmp_path, tiny_checkpoint, tokenizers):
     out = tmp_path / "gen"
-    args = [
-        "generate",
-        "--input",
-        f"S2L2A={S2}",
-        "--output",
-        "LULC,DEM",
-        "--ckpt",
-        str(tiny_checkpoint),
-        "--tokenizer",
-        f"LULC={tokenizers['LULC']}",
-        "--tokenizer",
-        f"DEM={tokenizers['DEM']}",
-        "--out",
-        str(out),
-        "--steps",
-        "2",
-        "--seed",
-        "1",
-    ]
+    args = ["generate", "--input", f"S2L2A={S2}", "--output", "LULC,DEM", "--ckpt", str(tiny_checkpoint),
+            "--tokenizer", f"LULC={tokenizers['LULC']}", "--tokenizer", f"DEM={tokenizers['DEM']}",
+            "--out", str(out), "--steps", "2", "--seed", "1"]
     assert main(args) == 0
     with rasterio.open(S2) as src, rasterio.open(out / "LULC.tif") as lulc, rasterio.open(out / "DEM.tif") as dem:
         assert lulc.crs == src.crs and lulc.transform == src.transform and dem.crs == src.crs
@@ -76,21 +58,8 @@ def test_generate_lulc_and_dem_from_s2(tmp_path, tiny_checkpoint, tokenizers):
 
 def test_generate_tiles_a_512_scene(tmp_path, tiny_checkpoint, tokenizers):
     out = tmp_path / "gen"
-    args = [
-        "generate",
-        "--input",
-        f"S1GRD={S1_512}",
-        "--output",
-        "LULC",
-        "--ckpt",
-        str(tiny_checkpoint),
-        "--tokenizer",
-        f"LULC={tokenizers['LULC']}",
-        "--out",
-        str(out),
-        "--temperature",
-        "0",
-    ]
+    args = ["generate", "--input", f"S1GRD={S1_512}", "--output", "LULC", "--ckpt", str(tiny_checkpoint),
+            "--tokenizer", f"LULC={tokenizers['LULC']}", "--out", str(out), "--temperature", "0"]
     assert main(args) == 0
     with rasterio.open(S1_512) as src, rasterio.open(out / "LULC.tif") as lulc:
         assert (lulc.width, lulc.height) == (512, 512)
@@ -100,22 +69,8 @@ def test_generate_tiles_a_512_scene(tmp_path, tiny_checkpoint, tokenizers):
 
 def test_generate_refuses_s2l1c_output(tmp_path, tiny_checkpoint, tokenizers):
     with pytest.raises(ValueError, match="S2L1C cannot be generated"):
-        main(
-            [
-                "generate",
-                "--input",
-                f"S2L2A={S2}",
-                "--output",
-                "S2L1C",
-                "--ckpt",
-                str(tiny_checkpoint),
-                "--tokenizer",
-                f"LULC={tokenizers['LULC']}",
-                "--out",
-                str(tmp_path),
-                "--pretrained",
-            ]
-        )
+        main(["generate", "--input", f"S2L2A={S2}", "--output", "S2L1C", "--ckpt", str(tiny_checkpoint),
+              "--tokenizer", f"LULC={tokenizers['LULC']}", "--out", str(tmp_path), "--pretrained"])
 
 
 class Recorded(Exception):
@@ -136,55 +91,19 @@ def record_settings(monkeypatch) -> list:
     return seen
 
 
-SAMPLING_FLAGS = [
-    "--scheme",
-    "maskgit",
-    "--decoding-steps",
-    "3",
-    "--temperature",
-    "0.5",
-    "--top-k",
-    "0.25",
-    "--top-p",
-    "0.9",
-    "--token-schedule",
-    "cosine",
-    "--temperature-schedule",
-    "onex:0.1:2",
-    "--cfg-scale",
-    "1.5",
-    "--independent-outputs",
-]
-SAMPLING_SETTINGS = dict(
-    scheme="maskgit",
-    decoding_steps=3,
-    temperature=0.5,
-    top_k=0.25,
-    top_p=0.9,
-    token_schedule="cosine",
-    temperature_schedule="onex:0.1:2",
-    cfg_scale=1.5,
-    chain=False,
-)
+SAMPLING_FLAGS = ["--scheme", "maskgit", "--decoding-steps", "3", "--temperature", "0.5", "--top-k", "0.25",
+                  "--top-p", "0.9", "--token-schedule", "cosine", "--temperature-schedule", "onex:0.1:2",
+                  "--cfg-scale", "1.5", "--independent-outputs"]  # fmt: skip
+SAMPLING_SETTINGS = dict(scheme="maskgit", decoding_steps=3, temperature=0.5, top_k=0.25, top_p=0.9,
+                         token_schedule="cosine", temperature_schedule="onex:0.1:2", cfg_scale=1.5, chain=False)
 
 
 def test_sampling_flags_reach_the_model(tmp_path, tiny_checkpoint, tokenizers, monkeypatch):
     from terratim.generation.settings import GenerationSettings
 
     seen = record_settings(monkeypatch)
-    common = [
-        "generate",
-        "--input",
-        f"S2L2A={S2}",
-        "--output",
-        "LULC",
-        "--ckpt",
-        str(tiny_checkpoint),
-        "--tokenizer",
-        f"LULC={tokenizers['LULC']}",
-        "--out",
-        str(tmp_path / "gen"),
-    ]
+    common = ["generate", "--input", f"S2L2A={S2}", "--output", "LULC", "--ckpt", str(tiny_checkpoint),
+              "--tokenizer", f"LULC={tokenizers['LULC']}", "--out", str(tmp_path / "gen")]  # fmt: skip
     with pytest.raises(Recorded):
         main([*common, *SAMPLING_FLAGS, "--steps", "2"])
     with pytest.raises(Recorded):
@@ -200,9 +119,8 @@ def test_infer_takes_the_sampling_flags_for_generation_models_only(tmp_path, tin
     monkeypatch.setattr(terratim, "build", lambda name, **kwargs: built.append(kwargs["settings"]) or 1 / 0)
     common = ["infer", "--input", f"S1GRD={S1_512}", "--out", str(tmp_path / "o.tif"), "--quiet"]
     with pytest.raises(ZeroDivisionError):
-        main(
-            [*common, "--model", "terramind_v1_tiny_generate", "--outputs", "LULC", *SAMPLING_FLAGS, "--timesteps", "4"]
-        )
+        main([*common, "--model", "terramind_v1_tiny_generate", "--outputs", "LULC", *SAMPLING_FLAGS,
+              "--timesteps", "4"])  # fmt: skip
     assert built == [GenerationSettings(**SAMPLING_SETTINGS, timesteps=4)]
     with pytest.raises(ValueError, match="generation options .* apply only to a \\*_generate --model"):
         main([*common, "--model", "terramind_v1_tiny", "--embeddings", "pixel", "--temperature", "0"])

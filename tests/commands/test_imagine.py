@@ -23,27 +23,15 @@ def errors_raise(monkeypatch):
 
 @pytest.fixture(scope="module")
 def lulc_tokenizer(tmp_path_factory):
-    config = TokenizerConfig.for_modality(
-        "LULC", enc_dim=64, enc_depth=1, enc_heads=2, dec_dim=64, dec_depth=1, dec_heads=2
-    )
+    config = TokenizerConfig.for_modality("LULC", enc_dim=64, enc_depth=1, enc_heads=2, dec_dim=64, dec_depth=1,
+                                          dec_heads=2)  # fmt: skip
     tokenizer = terratim.build("terramind_v1_tokenizer_lulc", config=config)
     return save_tokenizer(tokenizer, tmp_path_factory.mktemp("tok") / "lulc.safetensors")
 
 
 def test_imagine_writes_a_georeferenced_land_cover_map(tmp_path, tiny_checkpoint, lulc_tokenizer):
-    args = [
-        "imagine",
-        "--input",
-        f"S1RTC={S1}",
-        "--tim",
-        "LULC",
-        "--ckpt",
-        str(tiny_checkpoint),
-        "--tokenizer",
-        f"LULC={lulc_tokenizer}",
-        "--out",
-        str(tmp_path),
-    ]
+    args = ["imagine", "--input", f"S1RTC={S1}", "--tim", "LULC", "--ckpt", str(tiny_checkpoint),
+            "--tokenizer", f"LULC={lulc_tokenizer}", "--out", str(tmp_path)]
     assert main(args) == 0
     with rasterio.open(S1) as src, rasterio.open(tmp_path / "imagined_LULC.tif") as out:
         assert out.crs == src.crs and out.transform == src.transform
@@ -64,53 +52,15 @@ def test_sampling_flags_reach_the_tim_generator(tmp_path, tiny_checkpoint, lulc_
 
     seen = []
     monkeypatch.setattr(TerraMindGenerate, "generate_tokens", lambda self, *a, **k: seen.append(self.settings) or {})
-    common = [
-        "imagine",
-        "--input",
-        f"S1RTC={S1}",
-        "--ckpt",
-        str(tiny_checkpoint),
-        "--tokenizer",
-        f"LULC={lulc_tokenizer}",
-        "--out",
-        str(tmp_path),
-    ]
-    flags = [
-        "--scheme",
-        "maskgit",
-        "--decoding-steps",
-        "2",
-        "--temperature",
-        "0.7",
-        "--top-k",
-        "5",
-        "--top-p",
-        "0.5",
-        "--token-schedule",
-        "cosine",
-        "--temperature-schedule",
-        "linear",
-        "--cfg-scale",
-        "2",
-        "--independent-outputs",
-        "--steps",
-        "3",
-    ]
+    common = ["imagine", "--input", f"S1RTC={S1}", "--ckpt", str(tiny_checkpoint), "--tokenizer",
+              f"LULC={lulc_tokenizer}", "--out", str(tmp_path)]  # fmt: skip
+    flags = ["--scheme", "maskgit", "--decoding-steps", "2", "--temperature", "0.7", "--top-k", "5", "--top-p", "0.5",
+             "--token-schedule", "cosine", "--temperature-schedule", "linear", "--cfg-scale", "2",
+             "--independent-outputs", "--steps", "3"]  # fmt: skip
     for args in ([*common, *flags], common):
         with pytest.raises(KeyError):  # no tokens come back from the patched generator
             main(args)
-    assert seen == [
-        GenerationSettings(
-            scheme="maskgit",
-            decoding_steps=2,
-            temperature=0.7,
-            top_k=5,
-            top_p=0.5,
-            token_schedule="cosine",
-            temperature_schedule="linear",
-            cfg_scale=2.0,
-            chain=False,
-            timesteps=3,
-        ),
-        GenerationSettings(temperature=0.0, timesteps=10),
-    ]
+    assert seen == [GenerationSettings(scheme="maskgit", decoding_steps=2, temperature=0.7, top_k=5, top_p=0.5,
+                                       token_schedule="cosine", temperature_schedule="linear", cfg_scale=2.0,
+                                       chain=False, timesteps=3),
+                    GenerationSettings(temperature=0.0, timesteps=10)]  # fmt: skip

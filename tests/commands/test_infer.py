@@ -35,31 +35,19 @@ def save_task(tmp_path, backbone: str):
     """A tiny segmentation task saved the way `terratim fit` saves it: config + Lightning checkpoint."""
     from terratim.tasks import SemanticSegmentationTask
 
-    model_args = {
-        "backbone": backbone,
-        "backbone_pretrained": False,
-        "backbone_modalities": ["S1GRD"],
-        "necks": [{"name": "SelectIndices", "indices": [11]}, {"name": "ReshapeTokensToImage"}],
-        "decoder": "FCNDecoder",
-        "decoder_channels": 16,
-        "num_classes": 3,
-    }
+    model_args = {"backbone": backbone, "backbone_pretrained": False, "backbone_modalities": ["S1GRD"],
+                  "necks": [{"name": "SelectIndices", "indices": [11]}, {"name": "ReshapeTokensToImage"}],
+                  "decoder": "FCNDecoder", "decoder_channels": 16, "num_classes": 3}  # fmt: skip
     if backbone.endswith("_tim"):
         model_args["backbone_tim_modalities"] = ["LULC"]
     torch.manual_seed(0)
     task = SemanticSegmentationTask(model_args, class_names=["land", "water", "cloud"])
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, ckpt)
-    config = {
-        "model": {
-            "class_path": "terratim.tasks.SemanticSegmentationTask",
-            "init_args": {"model_args": model_args, "class_names": ["land", "water", "cloud"]},
-        },
-        "data": {
-            "class_path": "terratim.datamodules.GenericMultiModalDataModule",
-            "init_args": {"modalities": ["S1GRD"], "no_data_replace": 0},
-        },
-    }
+    config = {"model": {"class_path": "terratim.tasks.SemanticSegmentationTask",
+                        "init_args": {"model_args": model_args, "class_names": ["land", "water", "cloud"]}},
+              "data": {"class_path": "terratim.datamodules.GenericMultiModalDataModule",
+                       "init_args": {"modalities": ["S1GRD"], "no_data_replace": 0}}}  # fmt: skip
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     return config_path, ckpt
@@ -75,24 +63,8 @@ def test_task_model_writes_a_georeferenced_class_map(s1_scene, task_files, tmp_p
     scene, data = s1_scene
     config, ckpt, backbone = task_files
     out = tmp_path / "pred.tif"
-    args = [
-        "infer",
-        "-c",
-        str(config),
-        "--ckpt",
-        str(ckpt),
-        "--input",
-        f"S1GRD={scene}",
-        "--out",
-        str(out),
-        "--chip",
-        "224",
-        "--overlap",
-        "32",
-        "--batch-size",
-        "4",
-        "--confidence",
-    ]
+    args = ["infer", "-c", str(config), "--ckpt", str(ckpt), "--input", f"S1GRD={scene}", "--out", str(out),
+            "--chip", "224", "--overlap", "32", "--batch-size", "4", "--confidence"]  # fmt: skip
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "chips 4/4 (100%)" in captured.err and "ETA" in captured.err and f"wrote {out}" in captured.out
@@ -112,9 +84,8 @@ def test_generate_lulc_through_the_cli(s1_scene, tmp_path, monkeypatch):
     from terratim.tokenizers.model import TokenizerConfig
 
     build = terratim.build
-    small = dataclasses.replace(
-        TokenizerConfig.for_modality("LULC"), enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2
-    )
+    small = dataclasses.replace(TokenizerConfig.for_modality("LULC"), enc_dim=32, enc_depth=1, enc_heads=2,
+                                dec_dim=32, dec_depth=1, dec_heads=2)  # fmt: skip
 
     def build_small(name, **kwargs):  # the real model, with a small random LULC tokenizer to keep CI fast
         return build(name, tokenizers={"LULC": build_tokenizer("LULC", config=small)}, **kwargs)
@@ -122,25 +93,8 @@ def test_generate_lulc_through_the_cli(s1_scene, tmp_path, monkeypatch):
     monkeypatch.setattr(terratim, "build", build_small)
     scene, data = s1_scene
     out = tmp_path / "lulc.tif"
-    assert (
-        main(
-            [
-                "infer",
-                "--model",
-                "terramind_v1_tiny_generate",
-                "--outputs",
-                "LULC",
-                "--input",
-                f"S1GRD={scene}",
-                "--out",
-                str(out),
-                "--batch-size",
-                "4",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(["infer", "--model", "terramind_v1_tiny_generate", "--outputs", "LULC", "--input",
+                 f"S1GRD={scene}", "--out", str(out), "--batch-size", "4", "--quiet"]) == 0  # fmt: skip
     with rasterio.open(out) as dst:
         lulc = dst.read(1)
         assert dst.transform == TRANSFORM and dst.dtypes == ("uint8",) and dst.nodata == 255
@@ -161,16 +115,8 @@ def test_generate_lulc_through_the_cli(s1_scene, tmp_path, monkeypatch):
 def test_bad_input_is_explained(s1_scene, tmp_path, capsys, make_args, message):
     scene, _ = s1_scene
     other = write_tif(tmp_path / "s2.tif", np.zeros((12, 260, 301), np.float32))
-    args = [
-        "infer",
-        "--model",
-        "terramind_v1_tiny",
-        "--embeddings",
-        "pixel",
-        "--out",
-        str(tmp_path / "o.tif"),
-        *make_args(scene, other, tmp_path),
-    ]
+    args = ["infer", "--model", "terramind_v1_tiny", "--embeddings", "pixel", "--out", str(tmp_path / "o.tif"),
+            *make_args(scene, other, tmp_path)]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("terratim infer: error:")
@@ -188,20 +134,8 @@ def test_model_source_must_be_given(s1_scene, tmp_path, capsys):
 def test_chip_embeddings_through_the_cli(s1_scene, tmp_path, capsys):
     scene, _ = s1_scene
     out = tmp_path / "emb.parquet"
-    rc = main(
-        [
-            "infer",
-            "--model",
-            "terramind_v1_tiny",
-            "--embeddings",
-            "chip",
-            "--input",
-            f"S1GRD={scene}",
-            "--out",
-            str(out),
-            "--quiet",
-        ]
-    )
+    rc = main(["infer", "--model", "terramind_v1_tiny", "--embeddings", "chip", "--input", f"S1GRD={scene}",
+               "--out", str(out), "--quiet"])  # fmt: skip
     try:
         import pyarrow.parquet as pq
     except ImportError:  # GeoParquet is optional: the error names the package to install
@@ -234,31 +168,14 @@ def interrupted_run(tmp_path, monkeypatch, capsys):
     config, ckpt = save_task(tmp_path, "terramind_v1_tiny")
     data = np.random.default_rng(1).normal(-12.0, 4.0, (2, 600, 260)).astype(np.float32)
     scene = write_tif(tmp_path / "tall.tif", data)
-    common = [
-        "infer",
-        "-c",
-        str(config),
-        "--ckpt",
-        str(ckpt),
-        "--input",
-        f"S1GRD={scene}",
-        "--batch-size",
-        "2",
-        "--quiet",
-    ]
+    common = ["infer", "-c", str(config), "--ckpt", str(ckpt), "--input", f"S1GRD={scene}", "--batch-size", "2",
+              "--quiet"]  # fmt: skip
     out = tmp_path / "resumed.tif"
     with monkeypatch.context() as patch:
         interrupt_batch(patch, 4)  # one batch per chip row; rows 0-2 are done, so output rows 0-255 are on disk
         assert main([*common, "--out", str(out)]) == 130
-    return {
-        "common": common,
-        "out": out,
-        "scene": scene,
-        "data": data,
-        "ckpt": ckpt,
-        "config": config,
-        "err": capsys.readouterr().err,
-    }
+    return {"common": common, "out": out, "scene": scene, "data": data, "ckpt": ckpt, "config": config,
+            "err": capsys.readouterr().err}  # fmt: skip
 
 
 def test_ctrl_c_says_how_to_resume_and_exits_130(interrupted_run):
@@ -272,10 +189,8 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(interrupted_run):
     assert last == "terratim infer: interrupted"
     command = command.strip()
     config, ckpt, scene = (interrupted_run[k] for k in ("config", "ckpt", "scene"))
-    assert command == (
-        f"terratim infer --input S1GRD={scene} --out {out} --config {config} --ckpt {ckpt} "
-        "--batch-size 2 --quiet --resume"
-    )
+    assert command == (f"terratim infer --input S1GRD={scene} --out {out} --config {config} --ckpt {ckpt} "
+                       "--batch-size 2 --quiet --resume")  # fmt: skip
 
 
 def test_resume_after_an_interruption_matches_a_clean_run(interrupted_run, tmp_path, capsys):
@@ -315,24 +230,12 @@ def test_resume_refuses_a_changed_checkpoint(interrupted_run, capsys):
 def test_an_all_nodata_input_is_an_error_and_writes_nothing(tmp_path, capsys):
     scene = write_tif(tmp_path / "empty.tif", np.full((2, 260, 300), np.nan, np.float32), nodata=np.nan)
     out = tmp_path / "o.tif"
-    args = [
-        "infer",
-        "--model",
-        "terramind_v1_tiny",
-        "--embeddings",
-        "pixel",
-        "--input",
-        f"S1GRD={scene}",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
+    args = ["infer", "--model", "terramind_v1_tiny", "--embeddings", "pixel", "--input", f"S1GRD={scene}",
+            "--out", str(out), "--quiet"]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
-    expected = (
-        f"S1GRD input {scene} has no valid pixel: every pixel is nodata or NaN in every band; check the "
-        "file, its nodata value and the window you cut"
-    )
+    expected = (f"S1GRD input {scene} has no valid pixel: every pixel is nodata or NaN in every band; check the "
+                "file, its nodata value and the window you cut")  # fmt: skip
     assert err == f"terratim infer: error: {expected}\n"
     assert list(tmp_path.iterdir()) == [scene]  # no output, no partial, no progress file
 
@@ -344,22 +247,8 @@ def edit_config(path, change) -> None:
 
 
 def infer_task(config, ckpt, scene, out) -> int:
-    return main(
-        [
-            "infer",
-            "-c",
-            str(config),
-            "--ckpt",
-            str(ckpt),
-            "--input",
-            f"S1GRD={scene}",
-            "--out",
-            str(out),
-            "--batch-size",
-            "4",
-            "--quiet",
-        ]
-    )
+    return main(["infer", "-c", str(config), "--ckpt", str(ckpt), "--input", f"S1GRD={scene}", "--out", str(out),
+                 "--batch-size", "4", "--quiet"])  # fmt: skip
 
 
 def test_a_config_that_contradicts_the_checkpoint_is_refused_naming_both_values(s1_scene, tmp_path, capsys):
@@ -377,31 +266,23 @@ def test_a_config_that_contradicts_the_checkpoint_is_refused_naming_both_values(
     edit_config(config, lambda model, data: model["model_args"].update(decoder_channels=16))
     assert infer_task(config, ckpt, s1_scene[0], tmp_path / "o.tif") == 2
     err = capsys.readouterr().err
-    assert (
-        'data.init_args.modalities is ["S1GRD", "S2L1C"] in the config, but the checkpoint\'s model takes '
-        '["S1GRD"]' in err
-    )
+    assert 'data.init_args.modalities is ["S1GRD", "S2L1C"] in the config, but the checkpoint\'s model takes ' \
+        '["S1GRD"]' in err  # fmt: skip
     assert "--input gave" not in err and "not a modality of this model" not in err
 
 
 @pytest.mark.parametrize(
     ("typo", "message"),
     [
-        (
-            lambda m, d: m["model_args"].update(decoder_chanels=16),
-            "model.init_args.model_args.decoder_chanels is not in the checkpoint's model_args (did you mean "
-            "decoder_channels?)",
-        ),
-        (
-            lambda m, d: m.update(clas_names=["land", "water", "cloud"]),
-            "model.init_args.clas_names is not an argument of SemanticSegmentationTask (did you mean class_names?)",
-        ),
-        (
-            lambda m, d: d.update(mean={"S1GRD": [0.0, 0.0]}),
-            "data.init_args.mean is not an argument of GenericMultiModalDataModule (did you mean means?)",
-        ),
+        (lambda m, d: m["model_args"].update(decoder_chanels=16),
+         "model.init_args.model_args.decoder_chanels is not in the checkpoint's model_args (did you mean "
+         "decoder_channels?)"),
+        (lambda m, d: m.update(clas_names=["land", "water", "cloud"]),
+         "model.init_args.clas_names is not an argument of SemanticSegmentationTask (did you mean class_names?)"),
+        (lambda m, d: d.update(mean={"S1GRD": [0.0, 0.0]}),
+         "data.init_args.mean is not an argument of GenericMultiModalDataModule (did you mean means?)"),
     ],
-)
+)  # fmt: skip
 def test_a_typo_in_the_config_is_an_error(s1_scene, tmp_path, capsys, typo, message):
     config, ckpt = save_task(tmp_path, "terramind_v1_tiny")
     edit_config(config, typo)

@@ -61,10 +61,8 @@ def test_quickstart_fits_the_package_task_and_scores_with_its_metrics() -> None:
     with torch.no_grad():
         classes = task({"S1GRD": test_s1}).argmax(1)  # the same batch of 4 as the test loader's
     assert torch.equal(pred, classes[:3])
-    ious = [
-        ((classes == k) & (test_label == k)).sum().double() / ((classes == k) | (test_label == k)).sum().double()
-        for k in (0, 1)
-    ]
+    ious = [((classes == k) & (test_label == k)).sum().double() / ((classes == k) | (test_label == k)).sum().double()
+            for k in (0, 1)]  # fmt: skip
     assert metrics["test/IoU_water"] == pytest.approx(ious[1].item(), rel=1e-6)  # float32 ratio of pixel counts
     assert metrics["test/mIoU"] == pytest.approx(sum(ious).item() / 2, rel=1e-6)
 
@@ -110,10 +108,8 @@ def build_wheel(tmp_path: Path) -> Path:
     """``pip wheel`` of the checkout: offline with this environment's setuptools, else pip fetches setuptools."""
     source = copy_source(tmp_path / "src")
     offline = ["--no-build-isolation", "--no-index"] if importlib.util.find_spec("setuptools") else []
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", *offline, "-q", "-w", str(tmp_path / "wheel"), str(source)],
-        check=True,
-    )
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *offline, "-q", "-w", str(tmp_path / "wheel"),
+                    str(source)], check=True)  # fmt: skip
     (wheel,) = (tmp_path / "wheel").glob("terratim-*.whl")
     return wheel
 
@@ -129,39 +125,20 @@ def test_wheel_install_runs_the_quickstart_from_an_empty_folder(tmp_path: Path) 
     python = venv / "bin" / "python"
     # torch & co. from the environment running the tests; a path line in a .pth comes after the venv's own
     # site-packages and runs no .pth of that environment (so not its editable terratim finder either)
-    site = Path(
-        subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
     outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (site / "outer_environment.pth").write_text("\n".join(sorted(outer)) + "\n")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)],
-        check=True,
-    )
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
+                    str(wheel)], check=True)  # fmt: skip
     empty = tmp_path / "empty"
     empty.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
-    where = subprocess.run(
-        [str(python), "-c", "import terratim.samples as s; print(s.SEN1FLOODS11_SAMPLE)"],
-        cwd=empty,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    where = subprocess.run([str(python), "-c", "import terratim.samples as s; print(s.SEN1FLOODS11_SAMPLE)"],
+                           cwd=empty, env=env, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     assert Path(where).is_relative_to(venv), where  # the installed copy, not the checkout
-    run = subprocess.run(
-        [str(venv / "bin" / "terratim"), "quickstart", "--fast", "--output", "out"],
-        cwd=empty,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    run = subprocess.run([str(venv / "bin" / "terratim"), "quickstart", "--fast", "--output", "out"], cwd=empty,
+                         env=env, capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "skipping" not in run.stdout and "mIoU" in run.stdout
     assert (empty / "out" / "quickstart.png").is_file()

@@ -15,14 +15,9 @@ from terratim.tokenizers import TokenizerConfig, build_tokenizer, save_tokenizer
 EXAMPLES = Path(__file__).parents[1] / "data" / "terramesh_examples"
 SAMPLE = "38D_378R_2_3"
 TINY = dict(
-    enc_dim=32,
-    enc_depth=1,
-    enc_heads=2,
-    dec_dim=32,
-    dec_depth=1,
-    dec_heads=2,
+    enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2,
     unet={"channels": 32, "channel_mult": (1, 1, 2, 2), "num_res_blocks": 1, "attention_ds": (4, 8)},
-)
+)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -43,19 +38,8 @@ def _checkpoint(tmp_path: Path, modality: str) -> Path:
 def test_reconstruct_writes_georeferenced_tif_and_png(tmp_path, modality, capsys):
     source = EXAMPLES / modality / f"{SAMPLE}.tif"
     out = tmp_path / "out"
-    argv = [
-        "reconstruct",
-        "--modality",
-        modality.lower(),
-        "--input",
-        str(source),
-        "--out",
-        str(out),
-        "--steps",
-        "2",
-        "--ckpt",
-        str(_checkpoint(tmp_path, modality)),
-    ]
+    argv = ["reconstruct", "--modality", modality.lower(), "--input", str(source), "--out", str(out),
+            "--steps", "2", "--ckpt", str(_checkpoint(tmp_path, modality))]  # fmt: skip
     assert main(argv) == 0
     tif = out / f"{SAMPLE}_{modality}_reconstruction.tif"
     png = out / f"{SAMPLE}_{modality}_reconstruction.png"
@@ -90,16 +74,5 @@ def test_reconstruct_bad_arguments(tmp_path):
     with pytest.raises(SystemExit, match="unknown modality"):
         main(["reconstruct", "--modality", "nope", "--input", dem, "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="has 1 bands, expected 2"):
-        main(
-            [
-                "reconstruct",
-                "--modality",
-                "S1GRD",
-                "--input",
-                dem,
-                "--out",
-                str(tmp_path),
-                "--ckpt",
-                str(_checkpoint(tmp_path, "S1GRD")),
-            ]
-        )
+        main(["reconstruct", "--modality", "S1GRD", "--input", dem, "--out", str(tmp_path),
+              "--ckpt", str(_checkpoint(tmp_path, "S1GRD"))])  # fmt: skip

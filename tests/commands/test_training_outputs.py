@@ -34,46 +34,24 @@ def no_training(monkeypatch):
 
 def _pretrain_config(tmp_path, **extra) -> str:
     config = {
-        "model": {
-            "architecture": {
-                "dim": 64,
-                "encoder_depth": 1,
-                "decoder_depth": 1,
-                "num_heads": 4,
-                "mlp_hidden": 128,
-                "gated_mlp": False,
-                "bias": True,
-                "img_size": 64,
-            },
-            "inputs": ["S1GRD"],
-            "targets": ["LULC"],
-        },
+        "model": {"architecture": {"dim": 64, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 4,
+                                   "mlp_hidden": 128, "gated_mlp": False, "bias": True, "img_size": 64},
+                  "inputs": ["S1GRD"], "targets": ["LULC"]},
         "tokenizers": {"LULC": str(tokenizer_path("LULC"))},
         "data": {"simulated": {"seed": 0, "count": 4, "size": 64}, "batch_size": 2},
         "trainer": {"max_steps": 1, "accelerator": "cpu", "devices": 1},
         **extra,
-    }
+    }  # fmt: skip
     path = tmp_path / "pretrain.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
 
 
 def _tokenizer_config(tmp_path, **extra) -> str:
-    config = {
-        "tokenizer": {
-            "modality": "LULC",
-            "enc_dim": 32,
-            "enc_depth": 1,
-            "enc_heads": 2,
-            "decoder": "vit",
-            "dec_dim": 32,
-            "dec_depth": 1,
-            "dec_heads": 2,
-        },
-        "data": {"simulated": {"seed": 0, "count": 4, "size": 64}, "batch_size": 2},
-        "trainer": {"max_steps": 1, "accelerator": "cpu", "devices": 1},
-        **extra,
-    }
+    config = {"tokenizer": {"modality": "LULC", "enc_dim": 32, "enc_depth": 1, "enc_heads": 2, "decoder": "vit",
+                            "dec_dim": 32, "dec_depth": 1, "dec_heads": 2},
+              "data": {"simulated": {"seed": 0, "count": 4, "size": 64}, "batch_size": 2},
+              "trainer": {"max_steps": 1, "accelerator": "cpu", "devices": 1}, **extra}  # fmt: skip
     path = tmp_path / "tokenizer.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)

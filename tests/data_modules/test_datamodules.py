@@ -43,16 +43,14 @@ def test_explicit_stats_with_extra_keys_and_no_data_replace(tree: Path):
     batch = _first_batch(dm, "val")
     assert torch.allclose(batch["image"]["S1GRD"][:, :, 0, 0], torch.tensor([[5.0, 5.0]] * 2))  # (0 - m) / s
     with pytest.raises(ValueError, match="S1GRD: means/stds have 3/3 values, expected 2"):
-        GenericMultiModalDataModule(
-            **module_args(tree, means={**means, "S1GRD": [1, 2, 3]}, stds={**stds, "S1GRD": [1, 2, 3]})
-        )
+        GenericMultiModalDataModule(**module_args(tree, means={**means, "S1GRD": [1, 2, 3]},
+                                                  stds={**stds, "S1GRD": [1, 2, 3]}))  # fmt: skip
 
 
 def test_terratorch_rgb_preview_arguments_are_accepted_and_change_nothing(tree: Path):
     plain = _first_batch(GenericMultiModalDataModule(**module_args(tree, train_transform=None)), "val")
-    dm = GenericMultiModalDataModule(
-        **module_args(tree, train_transform=None, rgb_modality="S2L2A", rgb_indices=[3, 2, 1])
-    )
+    dm = GenericMultiModalDataModule(**module_args(tree, train_transform=None, rgb_modality="S2L2A",
+                                                   rgb_indices=[3, 2, 1]))  # fmt: skip
     with_rgb = _first_batch(dm, "val")
     for name in ("S2L2A", "S1GRD"):
         assert torch.equal(with_rgb["image"][name], plain["image"][name])  # same files, same arithmetic
@@ -86,11 +84,8 @@ def test_split_file_naming_a_missing_sample(tree: Path):
     split = tree / "split.txt"
     split.write_text("a_1\nzz_9\n")
     dm = GenericMultiModalDataModule(**module_args(tree, train_split=str(split)))
-    with pytest.raises(
-        FileNotFoundError,
-        match=r"sample 'zz_9' \(from split file .*split.txt\) has no file for "
-        r"S2L2A, S1GRD, label; searched S2L2A: .*zz_9_s2.tif",
-    ):
+    with pytest.raises(FileNotFoundError, match=r"sample 'zz_9' \(from split file .*split.txt\) has no file for "
+                                                r"S2L2A, S1GRD, label; searched S2L2A: .*zz_9_s2.tif"):  # fmt: skip
         dm.setup("fit")
     dm = GenericMultiModalDataModule(**module_args(tree, train_split=str(split), missing="skip"))
     with pytest.warns(UserWarning, match="skipped 1 of 2 samples"):

@@ -23,13 +23,8 @@ def test_official_split_with_missing_chips_raises_naming_the_sample():
 def test_s1_chips_batch_with_crops(tmp_path: Path):
     split = tmp_path / "chips.txt"
     split.write_text("\n".join(CHIPS))
-    dm = Sen1Floods11DataModule(
-        str(ROOT),
-        modalities=["S1GRD"],
-        batch_size=3,
-        crop_size=64,
-        split_files={"train": str(split), "val": str(split)},
-    )
+    dm = Sen1Floods11DataModule(str(ROOT), modalities=["S1GRD"], batch_size=3, crop_size=64,
+                                split_files={"train": str(split), "val": str(split)})  # fmt: skip
     dm.setup("fit")
     assert len(dm.datasets["train"]) == len(CHIPS) == 9
     batch = next(iter(dm.train_dataloader()))

@@ -14,9 +14,8 @@ from fixture_weights import assert_close, load_case
 @pytest.fixture(scope="module")
 def parity_model(tiny_checkpoint):
     entry, io = load_case("tiny_generate_s2l2a_to_lulc")
-    model = terratim.build(
-        entry["name"], ckpt_path=str(tiny_checkpoint), build_tokenizers_for_outputs=False, **entry["build_kwargs"]
-    )
+    model = terratim.build(entry["name"], ckpt_path=str(tiny_checkpoint), build_tokenizers_for_outputs=False,
+                           **entry["build_kwargs"])  # fmt: skip
     return model.eval(), entry, io
 
 
@@ -41,9 +40,8 @@ def logits_tolerance() -> dict[str, float]:
 def small_generator(tiny_checkpoint, **kwargs):
     kwargs.setdefault("modalities", ["S2L2A"])
     kwargs.setdefault("output_modalities", ["LULC"])
-    return terratim.build(
-        "terramind_v1_tiny_generate", ckpt_path=str(tiny_checkpoint), build_tokenizers_for_outputs=False, **kwargs
-    ).eval()
+    return terratim.build("terramind_v1_tiny_generate", ckpt_path=str(tiny_checkpoint),
+                          build_tokenizers_for_outputs=False, **kwargs).eval()  # fmt: skip
 
 
 @pytest.mark.parametrize("scheme", ["roar", "maskgit"])
@@ -211,16 +209,10 @@ def test_a_tokenizer_that_is_not_a_module_is_refused(tiny_checkpoint):
 
 def test_token_inputs_get_encoder_only_tokenizers_and_outputs_keep_their_decoder(tiny_checkpoint):
     """A LULC input is only encoded (no 0.2-0.7 GB decoder allocated for it); a LULC output is decoded."""
-    as_input = terratim.build(
-        "terramind_v1_tiny_generate",
-        modalities=["S1GRD", "LULC"],
-        output_modalities=["NDVI"],
-        ckpt_path=str(tiny_checkpoint),
-        build_tokenizers_for_outputs=False,
-    )
+    as_input = terratim.build("terramind_v1_tiny_generate", modalities=["S1GRD", "LULC"], output_modalities=["NDVI"],
+                              ckpt_path=str(tiny_checkpoint), build_tokenizers_for_outputs=False)  # fmt: skip
     lulc_encoder = as_input.network.tokenizers["tok_lulc@224"]
     assert lulc_encoder.decoder is None and lulc_encoder.encoder is not None
-    as_output = terratim.build(
-        "terramind_v1_tiny_generate", modalities=["S1GRD"], output_modalities=["LULC"], ckpt_path=str(tiny_checkpoint)
-    )
+    as_output = terratim.build("terramind_v1_tiny_generate", modalities=["S1GRD"], output_modalities=["LULC"],
+                               ckpt_path=str(tiny_checkpoint))  # fmt: skip
     assert as_output.tokenizers["LULC"].decoder is not None

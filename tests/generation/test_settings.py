@@ -48,18 +48,9 @@ def test_good_top_k_values_are_kept(top_k):
 def test_defaults_are_the_references_and_the_record_is_frozen():
     settings = GenerationSettings()
     assert (settings.scheme, settings.decoding_steps, settings.temperature, settings.top_k, settings.top_p) == (
-        "roar",
-        1,
-        1.0,
-        0,
-        0.8,
-    )
+        "roar", 1, 1.0, 0, 0.8)  # fmt: skip
     assert (settings.token_schedule, settings.temperature_schedule, settings.cfg_scale, settings.chain) == (
-        "linear",
-        "constant",
-        1.0,
-        True,
-    )
+        "linear", "constant", 1.0, True)  # fmt: skip
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.temperature = 0.0  # type: ignore[misc]
 
@@ -80,24 +71,16 @@ def test_loose_options_override_the_settings_given():
 
 
 def small_generator(tiny_checkpoint, **kwargs):
-    return terratim.build(
-        "terramind_v1_tiny_generate",
-        ckpt_path=str(tiny_checkpoint),
-        modalities=["S2L2A"],
-        output_modalities=["LULC"],
-        build_tokenizers_for_outputs=False,
-        **kwargs,
-    ).eval()
+    return terratim.build("terramind_v1_tiny_generate", ckpt_path=str(tiny_checkpoint), modalities=["S2L2A"],
+                          output_modalities=["LULC"], build_tokenizers_for_outputs=False, **kwargs).eval()  # fmt: skip
 
 
 def test_old_keyword_arguments_still_build_the_same_settings(tiny_checkpoint):
-    old = dict(
-        decoding_steps=2, temps=0.5, top_p=0.9, top_k=3, scheme="maskgit", chain=False, timesteps=7, cfg_scale=2.0
-    )
+    old = dict(decoding_steps=2, temps=0.5, top_p=0.9, top_k=3, scheme="maskgit", chain=False, timesteps=7,
+               cfg_scale=2.0)  # fmt: skip
     model = small_generator(tiny_checkpoint, **old)
-    assert model.settings == GenerationSettings(
-        decoding_steps=2, temperature=0.5, top_p=0.9, top_k=3, scheme="maskgit", chain=False, timesteps=7, cfg_scale=2.0
-    )
+    assert model.settings == GenerationSettings(decoding_steps=2, temperature=0.5, top_p=0.9, top_k=3,
+                                                scheme="maskgit", chain=False, timesteps=7, cfg_scale=2.0)  # fmt: skip
     assert not model.chain
     whole = small_generator(tiny_checkpoint, settings=model.settings)
     assert whole.settings == model.settings
@@ -106,12 +89,12 @@ def test_old_keyword_arguments_still_build_the_same_settings(tiny_checkpoint):
 
 def test_tim_takes_the_prefixed_keywords_or_the_settings_whole(tiny_checkpoint):
     def tim(**kwargs):
-        return terratim.build("terramind_v1_tiny_tim", ckpt_path=str(tiny_checkpoint), modalities=["S1GRD"], **kwargs)
+        return terratim.build("terramind_v1_tiny_tim", ckpt_path=str(tiny_checkpoint), modalities=["S1GRD"],
+                              **kwargs)  # fmt: skip
 
     old = tim(tim_temps=0.0, tim_decoding_steps=2, tim_scheme="maskgit", tim_top_k=4, tim_top_p=0.5, tim_chain=False)
-    assert old.generator.settings == GenerationSettings(
-        temperature=0.0, decoding_steps=2, scheme="maskgit", top_k=4, top_p=0.5, chain=False
-    )
+    assert old.generator.settings == GenerationSettings(temperature=0.0, decoding_steps=2, scheme="maskgit", top_k=4,
+                                                        top_p=0.5, chain=False)  # fmt: skip
     whole = tim(tim_settings=GenerationSettings(token_schedule="cosine"), tim_temperature_schedule="linear")
     assert whole.generator.settings == GenerationSettings(token_schedule="cosine", temperature_schedule="linear")
 

@@ -17,10 +17,8 @@ def tiny(**kwargs):
 
 
 def inputs(batch=2, size=64):
-    return {
-        "S2L2A": torch.randn(batch, 12, size, size, generator=G),
-        "S1GRD": torch.randn(batch, 2, size, size, generator=G),
-    }
+    return {"S2L2A": torch.randn(batch, 12, size, size, generator=G),
+            "S1GRD": torch.randn(batch, 2, size, size, generator=G)}
 
 
 def test_base_forward_gives_twelve_layers_of_768():
@@ -37,9 +35,8 @@ def test_parameter_counts_match_the_reference(size, params):
     assert sum(p.numel() for p in model.parameters()) == params
 
 
-@pytest.mark.parametrize(
-    "method,shape", [("mean", (2, 16, 192)), ("max", (2, 16, 192)), ("concat", (2, 16, 384)), (None, (2, 32, 192))]
-)
+@pytest.mark.parametrize("method,shape", [("mean", (2, 16, 192)), ("max", (2, 16, 192)), ("concat", (2, 16, 384)),
+                                          (None, (2, 32, 192))])  # fmt: skip
 def test_merge_methods(method, shape):
     model = tiny(merge_method=method)
     with torch.no_grad():
@@ -195,9 +192,8 @@ def test_autocast_bf16_runs_close_to_fp32():
 def test_lulc_class_map_is_tokenized_inside():
     from terratim.tokenizers.model import TokenizerConfig
 
-    config = TokenizerConfig.for_modality(
-        "LULC", enc_dim=64, enc_depth=1, enc_heads=2, dec_dim=64, dec_depth=1, dec_heads=2
-    )
+    config = TokenizerConfig.for_modality("LULC", enc_dim=64, enc_depth=1, enc_heads=2, dec_dim=64, dec_depth=1,
+                                          dec_heads=2)  # fmt: skip
     tokenizer = terratim.build("terramind_v1_tokenizer_lulc", config=config)
     model = tiny(modalities=["S1GRD", "LULC"], tokenizers={"LULC": tokenizer})
     classes = torch.randint(0, 10, (2, 64, 64), generator=G).to(torch.uint8)

@@ -14,11 +14,8 @@ from terratim.sim_models import ASSETS, CHECKPOINT, IMG_SIZE, build_sim_tokenize
 
 def test_bundle_is_small_and_complete() -> None:
     files = sorted(ASSETS.glob("*.safetensors"))
-    assert {f.name for f in files} == {
-        "terramind_sim_micro.safetensors",
-        "tokenizer_lulc.safetensors",
-        "tokenizer_dem.safetensors",
-    }
+    assert {f.name for f in files} == {"terramind_sim_micro.safetensors", "tokenizer_lulc.safetensors",
+                                      "tokenizer_dem.safetensors"}  # fmt: skip
     assert all(f.with_suffix(".json").is_file() for f in files)
     assert sum(f.stat().st_size for f in ASSETS.iterdir()) <= 20 * 2**20
 
@@ -40,9 +37,8 @@ def test_generator_imagines_water_better_than_chance() -> None:
     data = SimulatedDataset(4242, 16, IMG_SIZE, ["S1GRD", "WATER"], cache=False)
     s1 = torch.stack([data[i]["S1GRD"] for i in range(16)])
     water = torch.stack([data[i]["WATER"] for i in range(16)]).bool()
-    generator = terratim.build(
-        "terramind_sim_micro_generate", pretrained=True, modalities=["S1GRD"], output_modalities=["LULC"], temps=0.0
-    )
+    generator = terratim.build("terramind_sim_micro_generate", pretrained=True, modalities=["S1GRD"],
+                               output_modalities=["LULC"], temps=0.0)  # fmt: skip
     with torch.no_grad():
         imagined = generator({"S1GRD": s1})["LULC"].argmax(1)
     wet = (imagined == 1) | (imagined == 3)
@@ -61,9 +57,8 @@ def test_bundle_generates_what_its_weights_can_and_fills_in_its_own_tokenizers()
     assert generatable(CHECKPOINT) == ["LULC"]
     with pytest.raises(ValueError, match="cannot generate DEM: .* It can generate: LULC"):
         terratim.build("terramind_sim_micro_generate", pretrained=True, output_modalities=["LULC", "DEM"])
-    model = terratim.build(
-        "terramind_sim_micro_generate", pretrained=True, modalities=["S1GRD"], output_modalities=["LULC"], tokenizers={}
-    )
+    model = terratim.build("terramind_sim_micro_generate", pretrained=True, modalities=["S1GRD"],
+                           output_modalities=["LULC"], tokenizers={})  # fmt: skip
     assert set(model.tokenizers) == {"LULC"}
     assert model.tokenizers["LULC"].config.enc_dim == build_sim_tokenizer("LULC").config.enc_dim == 64
 
@@ -77,9 +72,8 @@ def test_bundled_tokenizers_decode_for_outputs_and_only_encode_for_token_inputs(
     assert not any(name.startswith("decoder.") for name in tokenizers["DEM"].state_dict())
     assert not build_sim_tokenizer("DEM", decoder=False).has_decoder
     assert build_sim_tokenizer("DEM").has_decoder  # the default decodes, as the registered builders always did
-    model = terratim.build(
-        "terramind_sim_micro_generate", pretrained=True, modalities=["S1GRD"], output_modalities=["LULC"]
-    )
+    model = terratim.build("terramind_sim_micro_generate", pretrained=True, modalities=["S1GRD"],
+                           output_modalities=["LULC"])  # fmt: skip
     assert model.tokenizers["LULC"].has_decoder
 
 

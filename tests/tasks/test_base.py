@@ -11,18 +11,8 @@ from torchmetrics import MeanAbsoluteError, MetricCollection
 from terratim.tasks import ClassificationTask, PixelwiseRegressionTask, SemanticSegmentationTask
 from terratim.tasks.base import BaseTask
 
-COMMON = {
-    "model_args",
-    "model_factory",
-    "freeze_backbone",
-    "freeze_decoder",
-    "freeze_head",
-    "lr",
-    "optimizer",
-    "optimizer_hparams",
-    "scheduler",
-    "scheduler_hparams",
-}
+COMMON = {"model_args", "model_factory", "freeze_backbone", "freeze_decoder", "freeze_head", "lr", "optimizer",
+          "optimizer_hparams", "scheduler", "scheduler_hparams"}  # fmt: skip
 
 
 class ScaledL1Task(BaseTask):
@@ -63,15 +53,12 @@ def test_subclass_adds_an_argument_and_hooks_without_forwarding_the_rest():
 @pytest.mark.parametrize(
     ("task_class", "own", "model_args"),
     [
-        (
-            SemanticSegmentationTask,
-            {"loss", "ignore_index", "class_weights", "class_names", "plot_on_val"},
-            {"num_classes": 2},
-        ),
+        (SemanticSegmentationTask, {"loss", "ignore_index", "class_weights", "class_names", "plot_on_val"},
+         {"num_classes": 2}),
         (PixelwiseRegressionTask, {"loss", "ignore_index"}, {}),
         (ClassificationTask, {"loss", "multi_label", "ignore_index", "class_names"}, {"num_classes": 3}),
     ],
-)
+)  # fmt: skip
 def test_saved_hyper_parameters_rebuild_the_task(task_class, own, model_args):
     """``terratim infer --ckpt`` rebuilds a task as ``task_class(**hyper_parameters)``."""
     task = task_class(_args(**model_args), lr=1e-3)

@@ -81,10 +81,8 @@ def test_unnamed_classes_and_regression_maps():
     raw = {"S1GRD": np.zeros((2, 4, 4), np.float32)}
     panels = prediction_panels(raw, torch.rand(4, 4), torch.rand(4, 4), None)
     assert [(caption, name, array.shape) for caption, name, array in panels] == [
-        ("S1GRD", "S1GRD", (2, 4, 4)),
-        ("prediction", "DEM", (1, 4, 4)),
-        ("label", "DEM", (1, 4, 4)),
-    ]
+        ("S1GRD", "S1GRD", (2, 4, 4)), ("prediction", "DEM", (1, 4, 4)), ("label", "DEM", (1, 4, 4))
+    ]  # fmt: skip
 
 
 def test_class_names_must_match_the_class_count():

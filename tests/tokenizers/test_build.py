@@ -48,10 +48,8 @@ def test_strict_official_layout_round_trip(tmp_path):
     x = torch.randn(1, 1, 32, 32)
     assert torch.equal(loaded.latents(x), tok.latents(x))
     noise = torch.randn(1, 1, 32, 32)
-    assert torch.equal(
-        loaded.decode_tokens(tok.encode(x)[1], noise=noise, timesteps=2),
-        tok.decode_tokens(tok.encode(x)[1], noise=noise, timesteps=2),
-    )
+    assert torch.equal(loaded.decode_tokens(tok.encode(x)[1], noise=noise, timesteps=2),
+                       tok.decode_tokens(tok.encode(x)[1], noise=noise, timesteps=2))  # fmt: skip
 
 
 def test_missing_unexpected_and_misshaped_keys_are_reported(tmp_path):
@@ -162,9 +160,8 @@ def test_decoding_without_decoder_says_how_to_build_one(modality):
 
 def test_encode_only_build_encodes_like_the_full_one(tmp_path):
     tok, path = _official_layout_file(tmp_path, "LULC")
-    encode_only = terratim.build(
-        "terramind_v1_tokenizer_lulc", ckpt_path=path, config=tiny_config("LULC"), decoder=False
-    )
+    encode_only = terratim.build("terramind_v1_tokenizer_lulc", ckpt_path=path, config=tiny_config("LULC"),
+                                 decoder=False)  # fmt: skip
     ids = torch.randint(0, 10, (2, 32, 32), generator=torch.Generator().manual_seed(0))
     assert torch.equal(encode_only.encode(ids)[1], tok.encode(ids)[1])  # same weights, same kernels
 
@@ -196,10 +193,6 @@ def test_no_private_module_writes_in_the_package():
     ``_buffers`` by hand."""
     package = Path(terratim.__file__).parent
     pattern = re.compile(r"\._(modules|parameters|buffers)\[[^\]]*\]\s*=[^=]")
-    offenders = [
-        f"{path.relative_to(package)}:{number}"
-        for path in sorted(package.rglob("*.py"))
-        for number, line in enumerate(path.read_text().splitlines(), 1)
-        if pattern.search(line)
-    ]
+    offenders = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py"))
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]  # fmt: skip
     assert offenders == []
