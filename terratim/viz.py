@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from terratim.modalities import LULC_CLASSES, LULC_COLORS, resolve
+from terratim.modalities import LULC_CLASSES, resolve
 
 Limits = np.ndarray  # (C, 2): per-channel (low, high) of a linear stretch
 PERCENTILES = (2.0, 98.0)
@@ -38,9 +38,6 @@ NDVI_RANGE = (-1.0, 1.0)
 def _hex_to_rgb(color: str) -> tuple[float, float, float]:
     color = color.lstrip("#")
     return tuple(int(color[i : i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
-
-
-LULC_RGB = np.array([_hex_to_rgb(c) for c in LULC_COLORS], dtype=np.float32)  # (10, 3)
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,6 @@ from terratim.tokenizers.ddim import NUM_TRAIN_TIMESTEPS, zero_terminal_snr_alph
 from terratim.tokenizers.model import ClassTokenizer, FSQTokenizer, TokenizerConfig, make_tokenizer
 
 
-def with_decoder(tokenizer: FSQTokenizer) -> FSQTokenizer:
-    """``tokenizer``, checked to have its decoder: training optimises encoder and decoder together."""
-    tokenizer.require_decoder()
-    return tokenizer
-
-
 def class_tokenizer_loss(tokenizer: ClassTokenizer, ids: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the reconstructed class logits against class ids (B, H, W)."""
     logits = tokenizer(ids)  # (B, classes, H, W)
