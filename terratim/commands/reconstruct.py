@@ -35,24 +35,17 @@ def run(args: argparse.Namespace) -> int:
     from terratim.data.geotiff import check_writable, read_geotiff, require_valid_pixels
     from terratim.modalities import resolve
     from terratim.tokenizers.build import TOKENIZER_MODALITIES
-    from terratim.weights import CheckpointError
 
-    try:
-        modality = resolve(args.modality)
-    except KeyError as err:
-        raise SystemExit(f"terratim reconstruct: {err.args[0]}") from err
+    # user errors propagate as exceptions: terratim.cli prints them as one line and exits with status 2
+    modality = resolve(args.modality)
     if modality.name not in TOKENIZER_MODALITIES:
-        raise SystemExit(f"terratim reconstruct: {modality.name} has no tokenizer; choose one of "
-                         f"{', '.join(TOKENIZER_MODALITIES)}")  # fmt: skip
+        raise ValueError(f"{modality.name} has no tokenizer; choose one of {', '.join(TOKENIZER_MODALITIES)}")
     stem = f"{Path(args.input).stem}_{modality.name}_reconstruction"
     out_dir = Path(args.out)
-    try:
-        raster = read_geotiff(args.input, expected_bands=modality.num_bands, what=modality.name)
-        require_valid_pixels(raster, modality.name)
-        tif, png = (check_writable(out_dir / f"{stem}{suffix}", args.overwrite) for suffix in (".tif", ".png"))
-        recon, report = _reconstruct(args, modality, raster.data)
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as err:
-        raise SystemExit(f"terratim reconstruct: {err}") from err
+    raster = read_geotiff(args.input, expected_bands=modality.num_bands, what=modality.name)
+    require_valid_pixels(raster, modality.name)
+    tif, png = (check_writable(out_dir / f"{stem}{suffix}", args.overwrite) for suffix in (".tif", ".png"))
+    recon, report = _reconstruct(args, modality, raster.data)
     _write(args, modality, raster, recon, tif, png)
     print(report)
     print(f"wrote {tif}\nwrote {png}")

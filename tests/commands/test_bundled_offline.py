@@ -155,5 +155,5 @@ def test_reconstruct_with_a_bundled_tokenizer(sim_files, tmp_path, modality, cap
 def test_reconstruct_refuses_a_tokenizer_of_another_modality(sim_files, tmp_path):
     argv = ["reconstruct", "--modality", "DEM", "--input", str(sim_files[64]["DEM"]), "--out", str(tmp_path),
             "--model", "terramind_sim_micro_tokenizer_lulc", "--pretrained"]
-    with pytest.raises(SystemExit, match="is a LULC tokenizer, but --modality is DEM"):
+    with pytest.raises(ValueError, match="is a LULC tokenizer, but --modality is DEM"):
         main(argv)

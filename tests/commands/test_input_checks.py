@@ -56,7 +56,7 @@ def test_reconstruct_refuses_an_all_nan_input(tmp_path, modality, capsys):
     source = _write(tmp_path / "empty.tif", 1, 64)
     argv = ["reconstruct", "--modality", modality, "--input", str(source), "--out", str(tmp_path / "out"),
             "--ckpt", str(tokenizer_path(modality)), "--steps", "1"]  # fmt: skip
-    with pytest.raises(SystemExit, match=f"{modality} " + NO_VALID_PIXEL.format(file="empty.tif")):
+    with pytest.raises(ValueError, match=f"{modality} " + NO_VALID_PIXEL.format(file="empty.tif")):
         main(argv)
     assert "nan" not in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
