@@ -15,10 +15,13 @@ terratorch/models/backbones/terramind/model/modality_info.py):
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 ModalityKind = Literal["image", "tokens", "sequence"]
+FILL_METHODS = ("mean",)  # how absent pretrained bands may be filled (fill_missing_bands=...)
 
 S2L2A_BANDS = (
     "COASTAL_AEROSOL", "BLUE", "GREEN", "RED", "RED_EDGE_1", "RED_EDGE_2", "RED_EDGE_3",
@@ -127,6 +130,76 @@ class Modality:
             raise ValueError(f"{self.name} has no band {band!r}; pretrained bands are {list(self.bands)}")
         return self.bands.index(wanted)
 
+    def missing_bands(self, given: Sequence[str]) -> tuple[str, ...]:
+        """Pretrained bands absent from ``given`` (band names or Sentinel-2 ids), in pretrained order.
+
+        Raises:
+            ValueError: for a band this modality does not have, or a band given twice.
+        """
+        index = [self.band_index(b) for b in given]
+        repeated = sorted({self.bands[i] for i in index if index.count(i) > 1})
+        if repeated:
+            raise ValueError(f"{self.name}: bands {repeated} are given twice; each band once")
+        return tuple(b for i, b in enumerate(self.bands) if i not in index)
+
+    def fill_bands(self, x: Any, given: Sequence[str], standardized: bool = True) -> Any:
+        """``x`` holding the ``given`` bands (in that order, on axis -3) -> every pretrained band in pretrained
+        order, the absent ones set to their pretraining mean (0 when ``standardized``, the raw mean otherwise).
+
+        Args:
+            x: (C', H, W) or (B, C', H, W) torch tensor or numpy array, C' = len(given).
+            given: band names (or Sentinel-2 ids) of x's channels.
+            standardized: x is standardized (absent bands become 0) or in raw units (absent bands become the mean).
+        """
+        self.missing_bands(given)  # checks the names
+        index = [self.band_index(b) for b in given]
+        if x.ndim < 3 or x.shape[-3] != len(index):
+            raise ValueError(f"{self.name}: expected {len(index)} bands ({', '.join(given)}) on axis -3, got shape "
+                             f"{tuple(x.shape)}")  # fmt: skip
+        planes = []
+        for band in range(self.num_bands):
+            if band in index:
+                planes.append(x[..., index.index(band), :, :])  # (..., H, W)
+            else:
+                value = 0.0 if standardized else self.mean[band]
+                planes.append(_full_like(x[..., 0, :, :], value))
+        return _stack_bands(planes, x)  # (..., C, H, W)
+
+
+def check_fill_method(value: Any) -> str | None:
+    """``fill_missing_bands`` checked: None (absent bands are an error) or one of :data:`FILL_METHODS`."""
+    if value is not None and value not in FILL_METHODS:
+        raise ValueError(f"fill_missing_bands must be None or one of {list(FILL_METHODS)}; got {value!r}")
+    return value
+
+
+def warn_filled_bands(name: str, missing: Sequence[str]) -> None:
+    """Warn that ``missing`` bands of modality ``name`` are filled with their pretraining mean."""
+    if missing:
+        warnings.warn(f"{name}: bands {', '.join(missing)} are missing and filled with their pretraining mean (0 "
+                      "after standardization); the model was pretrained on real values for them, so results "
+                      "degrade", UserWarning, stacklevel=3)  # fmt: skip
+
+
+def _full_like(x: Any, value: float) -> Any:
+    if hasattr(x, "new_tensor"):  # torch
+        import torch
+
+        return torch.full_like(x, value)
+    import numpy as np
+
+    return np.full_like(x, value)
+
+
+def _stack_bands(planes: list[Any], like: Any) -> Any:
+    if hasattr(like, "new_tensor"):  # torch
+        import torch
+
+        return torch.stack(planes, dim=-3)
+    import numpy as np
+
+    return np.stack(planes, axis=-3)
+
 
 def normalize(x: Any, mean: Any, std: Any, what: str = "input") -> Any:
     """``(x - mean) / std`` per band: the one standardization of terratim.
@@ -147,6 +220,7 @@ def denormalize(z: Any, mean: Any, std: Any, what: str = "input") -> Any:
 
 def _per_band(x: Any, values: Any, what: str) -> Any:
     """``values`` as a (C, 1, 1) tensor / array of ``x``'s dtype (and device), checked against x's bands."""
+    column: Any
     if hasattr(x, "new_tensor"):  # torch
         import torch
 
