@@ -16,13 +16,12 @@ from torch import Tensor, nn
 
 from terratim.tasks.decoders import DECODERS
 from terratim.tasks.necks import NeckSequence
+from terratim.tasks.temporal import apply_temporal, split_temporal_kwargs
 
 PATCH = 16  # TerraMind patch size: inputs are padded to a multiple of it
 # TerraTorch keys we accept and ignore because they change nothing here.
 HARMLESS = {"rescale": "outputs are always resized to the input size"}
 UNSUPPORTED = {
-    "backbone_use_temporal": "temporal stacks (TemporalWrapper) are not supported yet",
-    "backbone_temporal_pooling": "temporal stacks (TemporalWrapper) are not supported yet",
     "peft_config": "PEFT/LoRA is not supported yet; use freeze_backbone",
     "aux_decoders": "auxiliary decoders are not supported",
 }
@@ -68,7 +67,8 @@ def _pad(x: Tensor, ph: int, pw: int, mode: str) -> Tensor:
         return x
     h, w = x.shape[-2:]
     mode = mode if (mode != "reflect" or (ph < h and pw < w)) else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode) if x.is_floating_point() else F.pad(x, (0, pw, 0, ph))
+    pad = (0, pw, 0, ph) + (0, 0) * (x.ndim - 4)  # (B, C, T, H, W) time series: T is not padded
+    return F.pad(x, pad, mode=mode) if x.is_floating_point() else F.pad(x, (0, pw, 0, ph))
 
 
 class EncoderDecoderModel(nn.Module):
@@ -149,7 +149,8 @@ def build_encoder_decoder(model_args: Mapping[str, Any], task: str) -> EncoderDe
     _check_keys(model_args)
     if "backbone" not in model_args:
         raise ValueError("model_args needs a 'backbone' (e.g. terramind_v1_base)")
-    backbone = build_backbone(model_args["backbone"], backbone_kwargs(model_args))
+    kwargs, temporal = split_temporal_kwargs(backbone_kwargs(model_args))  # backbone_use_temporal, ...
+    backbone = apply_temporal(build_backbone(model_args["backbone"], kwargs), temporal)
     channels = list(getattr(backbone, "out_channels", []))
     if not channels:
         raise ValueError("the backbone has no out_channels list; cannot wire the necks")
