@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("terratim.commands.quickstart", "offline demo: plain vs TiM fine-tuning on simulated data"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# Commands whose module parses its whole argv (LightningCLI): ``module.run_argv(argv[1:])``.
+ARGV_COMMANDS = ("pretrain", "train-tokenizer")
 
 # command -> what the weights are (HubDownloadError.weights) -> the option that takes a local file instead.
 _BACKBONE_CKPT = "--model.init_args.model_args.backbone_ckpt_path PATH"
@@ -89,6 +91,8 @@ def dispatch(argv: list[str]) -> int:
         from terratim.tasks.cli import run_lightning_cli
 
         return run_lightning_cli(argv)
+    if argv and argv[0] in ARGV_COMMANDS:
+        return int(importlib.import_module(COMMANDS[argv[0]][0]).run_argv(argv[1:]) or 0)
     parser = argparse.ArgumentParser(prog="terratim", description="TerraMind and Thinking-in-Modalities.")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of every error (also: {DEBUG_ENV}=1); must come first")  # fmt: skip
@@ -97,6 +101,9 @@ def dispatch(argv: list[str]) -> int:
         subparsers.add_parser(name, help=f"Lightning {name} from a YAML config (-c config.yaml)", add_help=False)
     available = {}
     for name, (module_name, help_text) in COMMANDS.items():
+        if name in ARGV_COMMANDS:
+            subparsers.add_parser(name, help=f"{help_text} (-c config.yaml)", add_help=False)
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:

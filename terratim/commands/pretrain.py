@@ -92,3 +92,10 @@ def run(args: argparse.Namespace) -> int:
     _, path = pretrain(load_yaml(args.config), args.output, args.max_steps, args.overwrite)
     print(f"TerraMind checkpoint written to {path} (+ {path.with_suffix('.json').name})")
     return 0
+
+
+def run_argv(argv: list[str]) -> int:
+    """``terratim pretrain ARGS``: the command line after the command name."""
+    parser = argparse.ArgumentParser(prog="terratim pretrain")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

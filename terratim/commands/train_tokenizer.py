@@ -55,3 +55,10 @@ def run(args: argparse.Namespace) -> int:
     _, path = train_tokenizer(load_yaml(args.config), args.output, args.max_steps, args.overwrite)
     print(f"tokenizer written to {path} (+ {path.with_suffix('.json').name})")
     return 0
+
+
+def run_argv(argv: list[str]) -> int:
+    """``terratim train-tokenizer ARGS``: the command line after the command name."""
+    parser = argparse.ArgumentParser(prog="terratim train-tokenizer")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
