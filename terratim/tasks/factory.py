@@ -22,7 +22,6 @@ PATCH = 16  # TerraMind patch size: inputs are padded to a multiple of it
 # TerraTorch keys we accept and ignore because they change nothing here.
 HARMLESS = {"rescale": "outputs are always resized to the input size"}
 UNSUPPORTED = {
-    "peft_config": "PEFT/LoRA is not supported yet; use freeze_backbone",
     "aux_decoders": "auxiliary decoders are not supported",
 }
 
@@ -133,7 +132,7 @@ def build_backbone(backbone: str | nn.Module, kwargs: dict[str, Any]) -> nn.Modu
 
 
 def _check_keys(model_args: Mapping[str, Any]) -> None:
-    known = {"backbone", "necks", "decoder", "num_classes", "padding", "task", *HARMLESS}
+    known = {"backbone", "necks", "decoder", "num_classes", "padding", "task", "peft_config", *HARMLESS}
     for key in model_args:
         if key in UNSUPPORTED:
             raise ValueError(f"model_args.{key}: {UNSUPPORTED[key]}")
@@ -170,7 +169,12 @@ def build_encoder_decoder(model_args: Mapping[str, Any], task: str) -> EncoderDe
             raise ValueError(f"model_args needs num_classes for {task}")
         head_cls = SegmentationHead if pixel_wise else ClassificationHead
         head = head_cls(decoder.out_channels, int(model_args["num_classes"]), **head_kwargs)
-    return EncoderDecoderModel(backbone, necks, decoder, head, pixel_wise, model_args.get("padding", "reflect"))
+    model = EncoderDecoderModel(backbone, necks, decoder, head, pixel_wise, model_args.get("padding", "reflect"))
+    if model_args.get("peft_config") is not None:  # adapters on the backbone (terratim.tasks.peft)
+        from terratim.tasks.peft import apply_peft
+
+        apply_peft(model, model_args["peft_config"])
+    return model
 
 
 MODEL_FACTORIES = {"EncoderDecoderFactory": build_encoder_decoder}
