@@ -8,6 +8,10 @@ the inputs) and returns its per-layer features, merged as for the plain backbone
 Both parts load from the same official file, as TerraTorch's ``TerraMindTiM`` does
 (terratorch/models/backbones/terramind/model/terramind_tim.py). The trainable part's parameter names equal the reference
 ``TerraMindTiM``'s top-level names; the frozen copy lives under ``generator.``.
+
+Inputs lacking pretrained bands are refused unless the model is built with ``bands={"S2L2A": [the bands the input
+holds]}`` and ``fill_missing_bands="mean"``: the absent bands are then filled with their pretraining mean (0
+after standardization) before both the generator and the backbone, with a warning that the result degrades.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from terratim import modalities as mods
-from terratim.generation.generate import TerraMindGenerate, build_generate
+from terratim.generation.generate import TerraMindGenerate, build_generate, input_band_fill
 from terratim.generation.settings import GenerationSettings, generation_options
 from terratim.model.backbone import MergeMethod, TerraMindBackbone
 from terratim.model.config import TerraMindConfig, size_config
@@ -38,6 +42,8 @@ class TerraMindTiM(TerraMindBackbone):
         merge_method: as for the backbone; TiM tokens count as image modalities, and with ``dict`` they keep
             their own entry.
         modality_drop_rate: training-time modality dropout over inputs and imagined modalities.
+        input_bands: ``{input modality: the bands it holds, in order}`` for inputs lacking pretrained bands; the
+            absent bands are filled with their pretraining mean (0 in standardized inputs).
     """
 
     nested_prefixes = ("tokenizers.", "generator.")
@@ -50,11 +56,13 @@ class TerraMindTiM(TerraMindBackbone):
         generator: TerraMindGenerate,
         merge_method: MergeMethod = "mean",
         modality_drop_rate: float = 0.0,
+        input_bands: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         tim_keys = {mods.resolve(n).name: mods.token_key(n) for n in tim_modalities}
         super().__init__(config, modalities, merge_method, modality_drop_rate, token_inputs=tim_keys)
         self.tim_modalities = list(tim_keys)
         self.generator = generator.eval().requires_grad_(False)
+        self.input_bands = {mods.resolve(k).name: tuple(v) for k, v in (input_bands or {}).items()}
 
     def train(self, mode: bool = True) -> TerraMindTiM:
         """The generator stays in eval mode while the backbone trains."""
@@ -67,15 +75,29 @@ class TerraMindTiM(TerraMindBackbone):
         """TiM modalities the generator produces (those not given as inputs)."""
         return list(self.generator.outputs)
 
-    def imagine(
-        self, x: torch.Tensor | Mapping[str, torch.Tensor], generator: torch.Generator | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Token ids the model imagines for an input: ``{name: (B, h, w)}`` (inputs standardized)."""
+    def with_all_bands(self, x: torch.Tensor | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Named standardized inputs, those built with ``input_bands`` completed to every pretrained band."""
         named = self.as_input_dict(x)
+        for name, given in self.input_bands.items():
+            if name in named:
+                named[name] = mods.resolve(name).fill_bands(named[name], given, standardized=True)  # (B, C, H, W)
+        return named
+
+    def imagine(
+        self,
+        x: torch.Tensor | Mapping[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+        outputs: Sequence[str] | str | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Token ids the model imagines for an input: ``{name: (B, h, w)}`` (inputs standardized).
+
+        ``outputs``: which of the imagined modalities, in which order (default: all, in the built order).
+        """
+        named = self.with_all_bands(x)
         given = {n: v for n, v in named.items() if n in self.generator.user_inputs}
         if not given:
             raise ValueError(f"TiM needs at least one of its inputs {self.generator.user_inputs}")
-        return self.generator.generate_tokens(given, generator, standardize=False)
+        return self.generator.generate_tokens(given, generator, standardize=False, outputs=outputs)
 
     def forward(
         self, x: torch.Tensor | Mapping[str, torch.Tensor], generator: torch.Generator | None = None
@@ -87,7 +109,7 @@ class TerraMindTiM(TerraMindBackbone):
                 modality given here is used as given, not imagined.
             generator: randomness for sampling TiM tokens and for modality dropout.
         """
-        named = self.as_input_dict(x)
+        named = self.with_all_bands(x)
         missing = [n for n in self.imagined if n not in named]
         if missing:
             imagined = self.imagine(named, generator)
@@ -108,6 +130,7 @@ def build_tim(
     modality_drop_rate: float = 0.0,
     tokenizers: Mapping[str, nn.Module] | None = None,
     bands: Any = None,
+    fill_missing_bands: str | None = None,
     **unknown: Any,
 ) -> TerraMindTiM:
     """Build a TiM backbone; the generator and the trainable encoder load from one official file.
@@ -117,20 +140,24 @@ def build_tim(
     ``tim_top_p``, ``tim_token_schedule``, ``tim_temperature_schedule``, ``tim_cfg_scale``, ``tim_chain``), which
     override ``tim_settings``. ``tim_chain`` (default True, as TerraTorch 1.2.13): each imagined modality is
     conditioned on the ones imagined before it; ``False`` imagines each from the inputs alone.
+
+    ``bands={"S2L2A": [...]}`` with ``fill_missing_bands="mean"``: the inputs hold those bands; the absent
+    pretrained bands are filled with their pretraining mean (a warning names them; results degrade).
     """
     if unknown:
         raise TypeError(f"terramind_v1_{size}_tim: unknown arguments {sorted(unknown)}")
-    if bands:
+    if bands and mods.check_fill_method(fill_missing_bands) is None:
         raise ValueError(
             "TiM cannot use band subsets: its frozen generator imagines the TiM modalities from the full "
-            "pretrained bands of each input. Provide all pretrained bands (fill missing ones with the "
-            "modality's mean, i.e. 0 after standardization), or use the plain backbone with bands=..."
+            "pretrained bands of each input. Provide all pretrained bands, pass fill_missing_bands='mean' to fill "
+            "the missing ones with their pretraining mean (results degrade), or use the plain backbone with bands=..."
         )
     if any(isinstance(m, Mapping) for m in modalities):
         raise ValueError("TiM inputs must be pretrained modalities: the frozen generator has no embedding for "
                          "new modalities. Use the plain backbone for new modalities.")  # fmt: skip
     if not tim_modalities:
         raise ValueError("tim_modalities is empty; name at least one modality to imagine, e.g. ['LULC']")
+    input_bands = input_band_fill(modalities, bands, fill_missing_bands)
     input_names = {mods.resolve(m).name for m in modalities}
     to_imagine = [m for m in tim_modalities if mods.resolve(m).name not in input_names]
     generator = build_generate(size, modalities, to_imagine or tim_modalities[:1], settings=tim_settings,
@@ -139,7 +166,8 @@ def build_tim(
     if not to_imagine:
         generator.outputs = {}
     config = size_config(size).with_(img_size=img_size)
-    model = TerraMindTiM(config, modalities, tim_modalities, generator, merge_method, modality_drop_rate)
+    model = TerraMindTiM(config, modalities, tim_modalities, generator, merge_method, modality_drop_rate,
+                         input_bands)  # fmt: skip
     loaded = terramind_state_dict(size, pretrained, ckpt_path)
     if loaded is not None:
         state, source = loaded

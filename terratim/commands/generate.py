@@ -11,14 +11,17 @@ table) and ``DIR/panel.png`` with inputs and outputs. Inputs larger than the mod
 overlap and raised-cosine blending through the streaming scene engine. Each output is conditioned on the outputs
 generated before it (TerraTorch 1.2.13's behaviour); ``--independent-outputs`` generates each from the inputs alone.
 
-Inputs are checked before the model is built: they must share one grid (CRS, transform, size) and each must have
-a valid pixel. A run that fails removes the outputs, partial files and folders it created.
+Inputs are checked before the model is built: they must share one grid (CRS, transform, size), each must have
+a valid pixel and every pretrained band of its modality. An input lacking bands needs ``--bands S2L2A=BLUE,...``
+(the bands the file holds, in order) and ``--fill-missing-bands``, which fills the absent ones with their
+pretraining mean and warns that the result degrades. A run that fails removes the outputs, partial files and
+folders it created.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,7 +32,8 @@ from terratim.generation.settings import add_cli_arguments, from_cli
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_modality_paths(parser, "--input", "-i", required=True,
                        help="input GeoTIFF per modality (repeat for several; co-registered)")  # fmt: skip
-    parser.add_argument("--output", required=True, help="modalities to generate, comma separated (e.g. LULC,DEM)")
+    parser.add_argument("--output", required=True,
+                        help="modalities to generate, comma separated, in this order (e.g. LULC,DEM)")  # fmt: skip
     parser.add_argument("--model", default="terramind_v1_tiny_generate", help="a *_generate registry model")
     parser.add_argument("--ckpt", help="TerraMind weights (.pt official layout or .safetensors)")
     parser.add_argument("--pretrained", action="store_true", help="official weights from the Hugging Face hub")
@@ -37,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="tokenizer weights per output (default: official, with --pretrained)")  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--steps", type=int, default=10, help="diffusion (DDIM) steps for continuous outputs")
+    add_band_arguments(parser)
     add_cli_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of all sampling randomness")
     parser.add_argument("--chip", type=int, default=224, help="tile size for inputs larger than this")
@@ -46,7 +51,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
-def build_model(args: argparse.Namespace, inputs: list[str], outputs: list[str]):
+def add_band_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--bands MODALITY=B1,B2,...`` (repeatable) and ``--fill-missing-bands``, read by :func:`band_layout`."""
+    parser.add_argument("--bands", action="append", default=[], metavar="MODALITY=BAND,BAND,...",
+                        help="the bands an input file holds, in order, when it lacks pretrained bands (e.g. "
+                             "S2L2A=BLUE,GREEN,RED,NIR_NARROW,SWIR_1,SWIR_2); needs --fill-missing-bands")  # fmt: skip
+    parser.add_argument("--fill-missing-bands", action="store_const", const="mean", default=None,
+                        help="fill the pretrained bands missing from --bands with their pretraining mean (0 after "
+                             "standardization); warns, since results degrade")  # fmt: skip
+
+
+def band_layout(args: argparse.Namespace, inputs: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """``{input modality: bands its file holds}`` from ``--bands`` (checked; warns about filled bands)."""
+    from terratim.generation.generate import input_band_fill
+    from terratim.modalities import resolve
+
+    bands: dict[str, list[str]] = {}
+    for item in args.bands:
+        name, sep, listed = item.partition("=")
+        names = [b.strip() for b in listed.split(",") if b.strip()]
+        if not sep or not name or not names:
+            raise ValueError(f"--bands {item!r}: expected MODALITY=BAND,BAND,..., e.g. S2L2A=BLUE,GREEN,RED")
+        canonical = resolve(name).name
+        if canonical in bands:
+            raise ValueError(f"--bands {canonical} is given twice")
+        bands[canonical] = names
+    if args.fill_missing_bands is not None and not bands:
+        raise ValueError("--fill-missing-bands needs --bands MODALITY=BAND,... naming the bands each file holds")
+    return input_band_fill(list(inputs), bands, args.fill_missing_bands)
+
+
+def band_counts(files: Mapping[str, Path], layout: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Bands each input file must hold; a file with another count raises, pointing at ``--bands``."""
+    import rasterio
+
+    from terratim.modalities import resolve
+
+    counts = {}
+    for name, path in files.items():
+        counts[name] = len(layout[name]) if name in layout else resolve(name).num_bands
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{name} input {path} does not exist")
+        with rasterio.open(path) as dataset:
+            if dataset.count != counts[name]:
+                raise ValueError(f"{name} input {path} has {dataset.count} bands, expected {counts[name]}; for a "
+                                 f"file lacking pretrained bands pass --bands {name}=BAND,... (the bands it holds) "
+                                 "and --fill-missing-bands")  # fmt: skip
+    return counts
+
+
+def build_model(args: argparse.Namespace, inputs: list[str], outputs: list[str],
+                layout: Mapping[str, Sequence[str]] | None = None):  # fmt: skip
     import terratim
 
     tokenizers = {name: terratim.build(f"terramind_v1_tokenizer_{name.lower()}", ckpt_path=path)
@@ -58,8 +113,15 @@ def build_model(args: argparse.Namespace, inputs: list[str], outputs: list[str])
                              f"--tokenizer {missing[0]}=PATH")  # fmt: skip
     model = terratim.build(args.model, modalities=inputs, output_modalities=outputs, pretrained=args.pretrained,
                            ckpt_path=args.ckpt, settings=from_cli(args, timesteps=args.steps), standardize=True,
-                           tokenizers=tokenizers)  # fmt: skip
+                           tokenizers=tokenizers, **band_options(args, layout))  # fmt: skip
     return model.eval().to(args.device)
+
+
+def band_options(args: argparse.Namespace, layout: Mapping[str, Sequence[str]] | None) -> dict:
+    """The builder keywords for inputs lacking bands (none when every input has all its bands)."""
+    if not layout:
+        return {}
+    return {"bands": {n: list(b) for n, b in layout.items()}, "fill_missing_bands": args.fill_missing_bands}
 
 
 @contextmanager
@@ -86,12 +148,22 @@ def outputs_or_nothing(paths: Sequence[Path], overwrite: bool) -> Iterator[None]
         raise
 
 
-def run(args: argparse.Namespace) -> int:
+def output_names(text: str, flag: str) -> list[str]:
+    """``"LULC,DEM"`` -> canonical modality names in that order; an empty list or a repeat raises."""
     from terratim.modalities import resolve
 
+    names = [resolve(n.strip()).name for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"{flag} is empty; name at least one modality, e.g. {flag} LULC")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{flag} names {repeated} more than once; name each modality once")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
     files = modality_paths(args.input)
-    outputs = [resolve(n.strip()).name for n in args.output.split(",") if n.strip()]
-    targets = {name: args.out / f"{name}.tif" for name in outputs}
+    targets = {name: args.out / f"{name}.tif" for name in output_names(args.output, "--output")}
     panel = args.out / "panel.png"
     with outputs_or_nothing([*targets.values(), panel], args.overwrite):
         generate(args, files, targets, panel)
@@ -105,11 +177,11 @@ def generate(args: argparse.Namespace, files: dict[str, Path], targets: dict[str
     import torch
 
     from terratim.inference.scene import SceneReader
-    from terratim.modalities import resolve
 
-    reader = SceneReader(files, {n: resolve(n).num_bands for n in files})  # checks one grid, valid pixels
+    layout = band_layout(args, list(files))
+    reader = SceneReader(dict(files), band_counts(files, layout))  # checks one grid, valid pixels
     try:
-        model = build_model(args, list(files), list(targets))
+        model = build_model(args, list(files), list(targets), layout)
         info = reader.info
         generator = torch.Generator().manual_seed(args.seed)
         small = info.height == info.width and info.height <= args.chip and info.height % 16 == 0
@@ -118,8 +190,8 @@ def generate(args: argparse.Namespace, files: dict[str, Path], targets: dict[str
     finally:
         reader.close()
     if not small:
-        tiled(model, files, targets, generator, args)
-    write_panel(files, targets, panel)
+        tiled(model, files, targets, generator, args, layout)
+    write_panel(files, targets, panel, layout)
 
 
 def direct(model, reader, targets: dict, generator, args: argparse.Namespace) -> None:
@@ -137,7 +209,7 @@ def direct(model, reader, targets: dict, generator, args: argparse.Namespace) ->
             raise SystemExit(f"{name}: {reader.paths[name]} has nodata pixels; generation needs complete inputs")
     batch = {n: torch.from_numpy(a)[None].to(args.device) for n, a in arrays.items()}
     with torch.no_grad():
-        result = model(batch, generator=generator)
+        result = model(batch, generator=generator, outputs=list(targets))
     profile = reader.datasets[next(iter(arrays))].profile
     for name, path in targets.items():
         image = result[name][0].float().cpu().numpy()
@@ -149,28 +221,40 @@ def direct(model, reader, targets: dict, generator, args: argparse.Namespace) ->
             write_geotiff(path, image.astype(np.float32), like=profile, overwrite=args.overwrite)
 
 
-def tiled(model, files: dict[str, str], targets: dict, generator, args: argparse.Namespace) -> None:
+def tiled(model, files: Mapping[str, Path], targets: dict, generator, args: argparse.Namespace,
+          layout: Mapping[str, Sequence[str]]) -> None:  # fmt: skip
     """Chip the scene, generate per chip, blend (LULC logits before argmax), stream to disk."""
+    import numpy as np
+
     from terratim.inference.adapters import generation_predictor
     from terratim.inference.engine import TilingConfig, infer_scene
+    from terratim.modalities import resolve
 
     predictor = generation_predictor(model, args.out / "generated.tif", generator=generator, timesteps=args.steps)
     for head, path in zip(predictor.heads, targets.values()):
         head.path = path
+    for name, given in layout.items():  # files holding fewer bands: their count and nodata fill values
+        predictor.bands[name] = len(given)
+        predictor.fill[name] = np.asarray(resolve(name).statistics(tuple(given))[0], np.float32)
     tiling = TilingConfig(chip=args.chip, overlap=args.overlap, batch_size=args.batch_size)
-    infer_scene(predictor.predict, files, predictor.heads, tiling, bands=predictor.bands, device=args.device,
+    infer_scene(predictor.predict, dict(files), predictor.heads, tiling, bands=predictor.bands, device=args.device,
                 fill=predictor.fill, overwrite=args.overwrite)  # fmt: skip
 
 
-def write_panel(files: dict[str, str], targets: dict, path: Path, max_side: int = 1024) -> None:
-    """PNG with every input and output, decimated to at most ``max_side`` pixels."""
+def write_panel(files: Mapping[str, Path], targets: dict, path: Path,
+                layout: Mapping[str, Sequence[str]] | None = None, max_side: int = 1024) -> None:  # fmt: skip
+    """PNG with every input and output, decimated to at most ``max_side`` pixels (inputs lacking bands are shown
+    with the filled bands at their mean)."""
     from terratim.data.geotiff import read_geotiff
+    from terratim.modalities import resolve
     from terratim.viz import save_panel
 
     panels = []
     for kind, entries in (("input", files), ("generated", targets)):
         for name, file in entries.items():
             data = read_geotiff(file).data
+            if kind == "input" and layout and name in layout:
+                data = resolve(name).fill_bands(data, layout[name], standardized=False)  # (C, H, W)
             step = max(1, max(data.shape[-2:]) // max_side)
             panels.append((f"{kind} {name}", name, data[:, ::step, ::step]))
     save_panel(path, panels, title="terratim generate")

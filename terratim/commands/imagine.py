@@ -3,7 +3,9 @@
     terratim imagine --input S1GRD=a.tif --tim LULC --model terramind_v1_tiny_tim --pretrained --out DIR
 
 Sampling flags as for ``terratim generate`` (``--temperature`` defaults to 0 here: argmax);
-``--independent-outputs`` imagines every ``--tim`` modality from the inputs alone.
+``--independent-outputs`` imagines every ``--tim`` modality from the inputs alone. ``--tim`` (or its alias
+``--output``) gives the modalities in imagination order. An input file lacking pretrained bands needs ``--bands``
+and ``--fill-missing-bands``, as for ``terratim generate``.
 
 Writes ``DIR/imagined_<MOD>.tif`` (input's georeferencing; LULC as a class map) and ``DIR/imagined.png``.
 """
@@ -11,21 +13,26 @@ Writes ``DIR/imagined_<MOD>.tif`` (input's georeferencing; LULC as a class map) 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from terratim.commands import add_modality_paths, modality_paths
+from terratim.commands.generate import add_band_arguments
 from terratim.generation.settings import add_cli_arguments, from_cli
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_modality_paths(parser, "--input", "-i", required=True,
                        help="input GeoTIFF per modality (square, side a multiple of 16)")  # fmt: skip
-    parser.add_argument("--tim", default="LULC", help="modalities to imagine, comma separated (default LULC)")
+    parser.add_argument("--tim", "--output", dest="tim", default="LULC",
+                        help="modalities to imagine, comma separated, in this order (default LULC)")  # fmt: skip
     parser.add_argument("--model", default="terramind_v1_tiny_tim", help="a *_tim registry model")
     parser.add_argument("--ckpt", help="TerraMind weights (.pt official layout or .safetensors)")
     parser.add_argument("--pretrained", action="store_true", help="official weights from the Hugging Face hub")
     add_modality_paths(parser, "--tokenizer", help="tokenizer weights for decoding an imagined modality")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
+    add_band_arguments(parser)
     add_cli_arguments(parser, temperature=0.0)
     parser.add_argument("--steps", type=int, default=10, help="diffusion steps for continuous modalities")
     parser.add_argument("--seed", type=int, default=0)
@@ -45,11 +52,10 @@ def tokenizer_name(model: str, modality: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from terratim.commands.generate import outputs_or_nothing
-    from terratim.modalities import resolve
+    from terratim.commands.generate import output_names, outputs_or_nothing
 
     files = modality_paths(args.input)
-    tim = [resolve(n.strip()).name for n in args.tim.split(",") if n.strip()]
+    tim = output_names(args.tim, "--tim")
     targets = {name: args.out / f"imagined_{name}.tif" for name in tim}
     panel = args.out / "imagined.png"
     with outputs_or_nothing([*targets.values(), panel], args.overwrite):
@@ -73,29 +79,62 @@ def build_tokenizers(args: argparse.Namespace, names: list[str]) -> dict:
     return tokenizers
 
 
+def read_inputs(files: Mapping[str, Path], layout: Mapping[str, Sequence[str]]) -> dict:
+    """``{name: Raster}``: each file checked for its band count (``layout``'s for files lacking bands), a valid
+    pixel, and one common grid."""
+    from terratim.commands.generate import band_counts
+    from terratim.data.geotiff import check_same_grid, read_geotiff, require_valid_pixels
+
+    counts = band_counts(files, layout)
+    rasters = {}
+    for name, path in files.items():
+        rasters[name] = read_geotiff(path, expected_bands=counts[name], what=name)
+        require_valid_pixels(rasters[name], name)
+    check_same_grid(rasters)
+    return rasters
+
+
+def input_tensors(rasters: Mapping[str, Any], layout: Mapping[str, Sequence[str]]) -> dict:
+    """``{name: (1, C, H, W)}``: images standardized with the statistics of the bands the file holds."""
+    import torch
+
+    from terratim.modalities import resolve
+
+    tensors = {}
+    for name, raster in rasters.items():
+        modality = resolve(name)
+        x = torch.from_numpy(raster.data)[None]  # (1, C, H, W)
+        bands = tuple(layout[name]) if name in layout else None
+        tensors[name] = modality.standardize(x, bands) if modality.kind == "image" else x
+    return tensors
+
+
 def imagine(args: argparse.Namespace, files: dict[str, Path], targets: dict[str, Path], panel: Path) -> None:
     """Read and check the inputs, imagine the ``--tim`` modalities, decode and write them with a panel."""
     import numpy as np
     import torch
 
     import terratim
-    from terratim.data.geotiff import raster_tensors, read_modality_rasters, write_geotiff
+    from terratim.commands.generate import band_layout, band_options
+    from terratim.data.geotiff import write_geotiff
     from terratim.generation.generate import decode_tokens
     from terratim.inference.heads import hex_colormap
     from terratim.modalities import resolve
     from terratim.viz import save_panel
 
-    rasters = read_modality_rasters(files)
-    model = terratim.build(args.model, modalities=list(files), tim_modalities=list(targets),
-                           tim_settings=from_cli(args, timesteps=args.steps), pretrained=args.pretrained,
-                           ckpt_path=args.ckpt).eval()  # fmt: skip
+    layout = band_layout(args, list(files))
+    rasters = read_inputs(files, layout)
+    model: Any = terratim.build(args.model, modalities=list(files), tim_modalities=list(targets),
+                                tim_settings=from_cli(args, timesteps=args.steps), pretrained=args.pretrained,
+                                ckpt_path=args.ckpt, **band_options(args, layout)).eval()  # fmt: skip
     tokenizers = build_tokenizers(args, list(targets))
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
-        ids = model.imagine(raster_tensors(rasters), generator)
+        ids = model.imagine(input_tensors(rasters, layout), generator, outputs=list(targets))
         images = decode_tokens(ids, tokenizers, timesteps=args.steps, generator=generator)
     profile = next(iter(rasters.values())).profile
-    panels = [(f"input {n}", n, r.data) for n, r in rasters.items()]
+    panels = [(f"input {n}", n, resolve(n).fill_bands(r.data, layout[n], standardized=False) if n in layout
+               else r.data) for n, r in rasters.items()]  # fmt: skip
     for name, path in targets.items():
         image = images[name][0].float().numpy()
         modality = resolve(name)

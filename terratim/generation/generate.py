@@ -5,6 +5,11 @@ pretrained=True, standardize=True)``; ``model(x)["LULC"]`` are 10-class land-cov
 
 The model is the TerraMind network (with a decoder for the outputs) plus a :class:`Sampler`; tokenizers are
 built only for what needs them: outputs (decoding ids to pixels) and token inputs given as images.
+
+A call may generate a subset of the built outputs, or reorder them: ``model(x, outputs=["DEM"])`` (the outputs
+are chained in the order given). Inputs that lack pretrained bands are refused unless the model is built with
+``bands={"S2L2A": [the bands the input holds]}`` and ``fill_missing_bands="mean"``, which fills the absent bands
+with their pretraining mean (0 after standardization) and warns that the result degrades.
 """
 
 from __future__ import annotations
@@ -22,6 +27,39 @@ from terratim.model.backbone import TerraMindBackbone, parse_modalities, require
 from terratim.model.config import size_config
 from terratim.registry import register_sizes
 from terratim.weights import load_weights, terramind_state_dict
+
+
+def input_band_fill(inputs: Sequence[str], bands: Mapping[str, Sequence[str]] | None,
+                    fill_missing_bands: str | None) -> dict[str, tuple[str, ...]]:  # fmt: skip
+    """``{input modality: bands the input holds}`` for inputs given with fewer (or reordered) pretrained bands.
+
+    Without ``fill_missing_bands`` an input lacking pretrained bands raises (the default); with ``"mean"`` the
+    absent bands are filled with their pretraining mean and a warning names them.
+    """
+    fill = mods.check_fill_method(fill_missing_bands)
+    if not bands:
+        if fill is not None:
+            raise ValueError("fill_missing_bands needs bands={modality: [the bands the input holds]}, e.g. "
+                             "bands={'S2L2A': ['BLUE', 'GREEN', 'RED', 'NIR_NARROW', 'SWIR_1', 'SWIR_2']}")  # fmt: skip
+        return {}
+    if not isinstance(bands, Mapping):
+        raise TypeError(f"bands must be a dict {{modality: [band names]}}, got {type(bands).__name__}")
+    names = [mods.resolve(n).name for n in inputs if isinstance(n, str)]
+    layout: dict[str, tuple[str, ...]] = {}
+    for name, given in bands.items():
+        modality = mods.resolve(name)
+        if modality.name not in names:
+            raise ValueError(f"bands names {modality.name}, which is not an input of this model; inputs: {names}")
+        if modality.kind != "image":
+            raise ValueError(f"bands: {modality.name} is not a raw image modality; bands apply to {names}")
+        missing = modality.missing_bands(given)  # a band the modality lacks raises, naming its bands
+        if missing and fill is None:
+            raise ValueError(f"{modality.name}: pretrained bands {list(missing)} are missing and generation needs "
+                             "every pretrained band; pass fill_missing_bands='mean' to fill them with their "
+                             "pretraining mean (results degrade)")  # fmt: skip
+        mods.warn_filled_bands(modality.name, missing)
+        layout[modality.name] = tuple(given)
+    return layout
 
 
 def output_keys(output_modalities: Sequence[str], inputs: Mapping[str, tuple[str, int | None]]) -> dict[str, str]:
@@ -53,6 +91,8 @@ class TerraMindGenerate(nn.Module):
         standardize: standardize inputs and de-standardize outputs with the registry statistics.
         offset: ``{name: value}`` added to the mean of that modality (this model only).
         tokenizers: ``{name: tokenizer}`` for outputs (decoding) and token inputs given as images.
+        input_bands: ``{input modality: the bands it holds, in order}`` for inputs lacking pretrained bands; the
+            absent ones are filled with their pretraining mean (see :func:`input_band_fill`).
     """
 
     def __init__(
@@ -63,6 +103,7 @@ class TerraMindGenerate(nn.Module):
         standardize: bool = False,
         offset: Mapping[str, float] | None = None,
         tokenizers: Mapping[str, nn.Module] | None = None,
+        input_bands: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         super().__init__()
         self.settings = resolve_settings(settings)
@@ -75,6 +116,7 @@ class TerraMindGenerate(nn.Module):
         for tokenizer in self.tokenizers.values():
             tokenizer.eval().requires_grad_(False)
         self.user_inputs = [n for n, (key, _) in network.inputs.items() if n not in self.outputs]
+        self.input_bands = {mods.resolve(k).name: tuple(v) for k, v in (input_bands or {}).items()}
 
     @property
     def chain(self) -> bool:
@@ -83,10 +125,11 @@ class TerraMindGenerate(nn.Module):
 
     # ------------------------------------------------------------------------------ standardization
     def statistics(self, name: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std (C,) of a modality, with this model's offset applied."""
+        """Mean and std (C,) of a modality's input bands, with this model's offset applied."""
         modality = mods.resolve(name)
-        mean = torch.tensor(modality.mean, dtype=like.dtype, device=like.device) + self.offset.get(modality.name, 0)
-        std = torch.tensor(modality.std, dtype=like.dtype, device=like.device)
+        mean_values, std_values = modality.statistics(self.input_bands.get(modality.name))
+        mean = torch.tensor(mean_values, dtype=like.dtype, device=like.device) + self.offset.get(modality.name, 0)
+        std = torch.tensor(std_values, dtype=like.dtype, device=like.device)
         return mean, std
 
     def _standardize_inputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -98,22 +141,58 @@ class TerraMindGenerate(nn.Module):
             out[name] = x
         return out
 
+    def _fill_bands(self, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Standardized inputs holding ``input_bands`` -> every pretrained band (the absent ones 0, their mean)."""
+        for name, given in self.input_bands.items():
+            if name in named:
+                named[name] = mods.resolve(name).fill_bands(named[name], given, standardized=True)
+        return named
+
     # ----------------------------------------------------------------------------------------- steps
-    def targets(self, num_image_tokens: int) -> list[Target]:
+    def select_outputs(self, outputs: Sequence[str] | str | None = None) -> dict[str, str]:
+        """``{name: token key}`` of ``outputs`` in the order given (None: every output the model was built for).
+
+        Raises:
+            ValueError: for an unknown name, a modality this model was not built to generate, or a repeat; the
+                message lists the available outputs.
+        """
+        if outputs is None:
+            return dict(self.outputs)
+        available = list(self.outputs)
+        names = [outputs] if isinstance(outputs, str) else list(outputs)
+        if not names:
+            raise ValueError(f"outputs is empty; name at least one of this model's outputs {available}")
+        chosen: dict[str, str] = {}
+        for name in names:
+            try:
+                canonical = mods.resolve(name).name
+            except (KeyError, TypeError):
+                raise ValueError(f"unknown output {name!r}; this model generates {available}") from None
+            if canonical not in self.outputs:
+                raise ValueError(f"{canonical} is not an output of this model; available outputs: {available} "
+                                 "(build with output_modalities=[...] to generate others)")  # fmt: skip
+            if canonical in chosen:
+                raise ValueError(f"output {canonical} is named twice; available outputs: {available}")
+            chosen[canonical] = self.outputs[canonical]
+        return chosen
+
+    def targets(self, num_image_tokens: int, outputs: Sequence[str] | str | None = None) -> list[Target]:
         """One record per output, in order (sequences hold at most 4 tokens)."""
         records = []
-        for key in self.outputs.values():
+        for key in self.select_outputs(outputs).values():
             sequence = mods.key_modality(key).kind == "sequence"
             records.append(Target(key, 4 if sequence else num_image_tokens, self.settings, sequence))
         return records
 
-    def _prepared(self, x: Mapping[str, torch.Tensor], standardize: bool | None) -> dict[str, torch.Tensor]:
+    def _prepared(self, x: Mapping[str, torch.Tensor] | torch.Tensor,
+                  standardize: bool | None) -> dict[str, torch.Tensor]:  # fmt: skip
         named = self.network.as_input_dict(x)
         unknown = [n for n in named if n not in self.user_inputs]
         if unknown:
             raise KeyError(f"{unknown} are not inputs of this model; it takes {self.user_inputs}")
         if self.standardize if standardize is None else standardize:
             named = self._standardize_inputs(named)
+        named = self._fill_bands(named)
         for name, value in named.items():
             if value.dim() == 4 and value.shape[-1] != value.shape[-2]:
                 raise ValueError(f"{name}: generation needs square inputs, got {tuple(value.shape[-2:])}; "
@@ -123,20 +202,31 @@ class TerraMindGenerate(nn.Module):
     @torch.no_grad()
     def generate_tokens(
         self,
-        x: Mapping[str, torch.Tensor],
+        x: Mapping[str, torch.Tensor] | torch.Tensor,
         generator: torch.Generator | None = None,
         standardize: bool | None = None,
         return_states: bool = False,
-    ) -> dict[str, torch.Tensor]:
-        """Generated token ids ``{name: (B, h, w)}`` (sequences (B, L)), without decoding to pixels."""
+        outputs: Sequence[str] | str | None = None,
+    ) -> dict[str, Any]:
+        """Generated token ids ``{name: (B, h, w)}`` (sequences (B, L)), without decoding to pixels.
+
+        Args:
+            x: inputs ``{name: (B, C, H, W)}``, or a bare tensor for the first input.
+            generator: all sampling randomness.
+            standardize: standardize the inputs (default: the model's ``standardize``).
+            return_states: return each output's :class:`TargetState` (ids, first-step logits) instead of ids.
+            outputs: the outputs to generate, in this order (default: every output the model was built for); a
+                subset or a new order of them, chained in the order given unless ``settings.chain`` is False.
+        """
+        chosen = self.select_outputs(outputs)
         keyed = self._prepared(x, standardize)
         grid = self._grid(keyed)
         sampler = Sampler(self.network, record_logits=return_states)
-        states = sampler.generate(keyed, self.targets(grid * grid), generator, self.settings.chain)
+        states = sampler.generate(keyed, self.targets(grid * grid, list(chosen)), generator, self.settings.chain)
         if return_states:
-            return {name: states[key] for name, key in self.outputs.items()}
+            return {name: states[key] for name, key in chosen.items()}
         tokens = {}
-        for name, key in self.outputs.items():
+        for name, key in chosen.items():
             ids = states[key].ids
             tokens[name] = ids if mods.key_modality(key).kind == "sequence" else ids.view(-1, grid, grid)
         return tokens
@@ -167,9 +257,10 @@ class TerraMindGenerate(nn.Module):
         standardize: bool | None = None,
         timesteps: int | None = None,
         generator: torch.Generator | None = None,
+        outputs: Sequence[str] | str | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Generate every output and decode it: ``{name: tensor}``."""
-        tokens = self.generate_tokens(x, generator, standardize)
+        """Generate the outputs (default: all; or ``outputs``, in that order) and decode them: ``{name: tensor}``."""
+        tokens = self.generate_tokens(x, generator, standardize, outputs=outputs)
         return self.decode(tokens, timesteps, generator, standardize)
 
 
@@ -204,7 +295,7 @@ def decode_tokens(
             raise ValueError(f"no {modality.name} tokenizer to decode its tokens; pass tokenizers={{'{modality.name}':"
                              f" terratim.build('terramind_v1_tokenizer_{modality.name.lower()}', ...)}} "
                              "or build with pretrained=True")  # fmt: skip
-        tokenizer = tokenizers[modality.name]
+        tokenizer: Any = tokenizers[modality.name]
         if modality.kind == "sequence":
             out[modality.name] = tokenizer.decode(ids)
             continue
@@ -221,7 +312,7 @@ def build_tokenizers(names: Sequence[str], pretrained: bool, decoder: bool = Tru
     """The official tokenizers for ``names`` (only those that have one); ``decoder=False`` builds encoders only."""
     from terratim.registry import build
 
-    tokenizers = {}
+    tokenizers: dict[str, nn.Module] = {}
     for name in names:
         modality = mods.resolve(name)
         if modality.kind == "sequence":
@@ -248,6 +339,8 @@ def build_generate(
     ckpt_path: str | None = None,
     tokenizers: Mapping[str, nn.Module] | None = None,
     build_tokenizers_for_outputs: bool = True,
+    bands: Mapping[str, Sequence[str]] | None = None,
+    fill_missing_bands: str | None = None,
     **unknown: Any,
 ) -> TerraMindGenerate:
     """Build a generation model (encoder-decoder) and the tokenizers it needs.
@@ -255,9 +348,13 @@ def build_generate(
     Sampling options come as ``settings=GenerationSettings(...)`` and/or as keywords named after its fields
     (``decoding_steps=``, ``temperature=`` or ``temps=``, ``top_k=``, ``top_p=``, ``scheme=``, ``token_schedule=``,
     ``temperature_schedule=``, ``cfg_scale=``, ``chain=``, ``timesteps=``); keywords override ``settings``.
+
+    ``bands={"S2L2A": [...]}`` names the bands an input holds (in order); pretrained bands it lacks raise unless
+    ``fill_missing_bands="mean"``, which fills them with their pretraining mean and warns (results degrade).
     """
     if unknown:
         raise TypeError(f"terramind_v1_{size}_generate: unknown arguments {sorted(unknown)}")
+    input_bands = input_band_fill(modalities, bands, fill_missing_bands)
     config = size_config(size).with_(img_size=img_size)
     inputs = parse_modalities(modalities)
     outputs = output_keys(output_modalities, inputs)
@@ -276,7 +373,7 @@ def build_generate(
     for name, tokenizer in input_tokenizers.items():
         network.attach_tokenizer(name, tokenizer)
     output_tokenizers = {n: t for n, t in given.items() if n in outputs}
-    return TerraMindGenerate(network, outputs, settings, standardize, offset, output_tokenizers)
+    return TerraMindGenerate(network, outputs, settings, standardize, offset, output_tokenizers, input_bands)
 
 
 register_sizes("terramind_v1_{size}_generate", build_generate,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -95,8 +95,8 @@ class Sampler:
             keyed[key] = state.ids
         x, emb, spans = net.embed(keyed)
         for span in spans:
-            state = visible.get(span.key)
-            hidden = ~state.decoded if state is not None and span.key not in inputs else None
+            seen = visible.get(span.key)
+            hidden = ~seen.decoded if seen is not None and span.key not in inputs else None
             masks.append(hidden if hidden is not None else torch.zeros(x.shape[0], span.stop - span.start,
                                                                         dtype=torch.bool, device=x.device))
         mask = torch.cat(masks, dim=1) if masks else None  # (B, N), True = hidden
@@ -104,7 +104,7 @@ class Sampler:
         encoded = net.run_encoder(x + emb, bias, all_layers=False)[0]
         return net.decoder_context(encoded, emb), bias
 
-    def unconditional_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def unconditional_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Guidance baseline: every context token hidden (the reference empties all conditions)."""
         mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
         return context, key_padding_bias(mask, context.dtype)
@@ -162,7 +162,7 @@ class Sampler:
     def autoregressive(self, target: Target, ctx, bias, generator: torch.Generator | None) -> torch.Tensor:
         """Sequence targets: decode left to right from the [S_1] sentinel until [S_2]/EOS; (B, L) ids."""
         net, settings = self.network, target.settings
-        embedding = net.decoder_embeddings[target.key]
+        embedding: Any = net.decoder_embeddings[target.key]
         batch = ctx.shape[0]
         prefix = torch.full((batch, 1), SENTINEL_1, dtype=torch.long, device=ctx.device)
         for _ in range(target.num_tokens):
