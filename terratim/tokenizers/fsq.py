@@ -32,6 +32,9 @@ class FSQ(nn.Module):
         levels: number of levels per channel, e.g. ``(8, 8, 8, 6, 5)`` (vocabulary 15,360).
     """
 
+    levels: torch.Tensor  # (d,) buffer
+    basis: torch.Tensor  # (d,) buffer: mixed-radix place values
+
     def __init__(self, levels: Sequence[int]) -> None:
         super().__init__()
         if not levels or any(int(level) < 2 for level in levels):

@@ -29,6 +29,7 @@ import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -74,7 +75,7 @@ class GroupNorm32(nn.GroupNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.weight, self.bias
+        weight, bias = cast(torch.Tensor, self.weight), cast(torch.Tensor, self.bias)
         if x.dtype == torch.float64 and weight.dtype == torch.float64:
             pass  # a float64 module runs in float64 throughout
         elif x.dtype != torch.float32 and x.device.type != "cpu":
@@ -105,7 +106,7 @@ def _torch_version() -> tuple[int, int]:
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
-def _probe_onednn(ops: object) -> bool:
+def _probe_onednn(ops: Any) -> bool:
     """Whether ``ops`` has the two oneDNN operators, with the signature used here, and they agree with a float64
     ``F.conv2d`` on a small stride-2 convolution."""
     x = torch.linspace(-1, 1, 3 * 6 * 6).reshape(1, 3, 6, 6).contiguous(memory_format=torch.channels_last)
@@ -246,18 +247,23 @@ class ResBlock(nn.Module):
             GroupNorm32(groups, out_channels), nn.SiLU(), nn.Dropout(0.0),
             Conv2d(out_channels, out_channels, 3, padding=1),
         )  # fmt: skip
-        nn.init.zeros_(self.out_layers[3].weight)
-        nn.init.zeros_(self.out_layers[3].bias)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(cast(torch.Tensor, self.out_conv.bias))
         self.skip_connection = Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
+
+    @property
+    def out_conv(self) -> Conv2d:
+        return cast(Conv2d, self.out_layers[3])
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         time_bias = self.emb_layers[1](F.silu(emb))  # (B, C_out)
-        h = self.in_layers[2].norm_silu_forward(self.in_layers[0], x, sample_bias=time_bias)  # (B, C_out, H, W)
+        in_norm, in_conv = cast(GroupNorm32, self.in_layers[0]), cast(Conv2d, self.in_layers[2])
+        h = in_conv.norm_silu_forward(in_norm, x, sample_bias=time_bias)  # (B, C_out, H, W)
         skip = self.skip_connection(x)
-        dropout = self.out_layers[2]
+        out_norm, dropout = cast(GroupNorm32, self.out_layers[0]), cast(nn.Dropout, self.out_layers[2])
         if dropout.training and dropout.p > 0:
-            return self.out_layers[3].forward_fused(dropout(norm_silu(self.out_layers[0], h)), residual=skip)
-        return self.out_layers[3].norm_silu_forward(self.out_layers[0], h, residual=skip)
+            return self.out_conv.forward_fused(dropout(norm_silu(out_norm, h)), residual=skip)
+        return self.out_conv.norm_silu_forward(out_norm, h, residual=skip)
 
 
 class AttentionBlock(nn.Module):
@@ -269,7 +275,7 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
         nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
+        nn.init.zeros_(cast(torch.Tensor, self.proj_out.bias))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         batch, channels, height, width = x.shape
@@ -362,9 +368,13 @@ class DiffusionUNet(nn.Module):
                     ds //= 2
                 self.output_blocks.append(EmbedSequential(*layers))
         self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(), Conv2d(ch, image_channels * p2, 3, padding=1))
-        nn.init.zeros_(self.out[2].weight)
-        nn.init.zeros_(self.out[2].bias)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(cast(torch.Tensor, self.out_conv.bias))
         self.set_optimized(True)
+
+    @property
+    def out_conv(self) -> Conv2d:
+        return cast(Conv2d, self.out[2])
 
     def set_optimized(self, enabled: bool = True, winograd: bool = True, native: bool | None = None) -> DiffusionUNet:
         """Choose how the CPU float32 inference path runs; all choices give the same values up to float32
@@ -388,7 +398,7 @@ class DiffusionUNet(nn.Module):
                 module.packing = enabled
                 module.winograd = enabled and winograd
                 module.native = use_native
-        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)  # type: ignore[call-overload]  # torch's stub lacks memory_format
         return self.release_packed_weights()
 
     @staticmethod
@@ -425,10 +435,11 @@ class DiffusionUNet(nn.Module):
         """Predict x_0. ``t`` is a scalar (broadcast over the batch) or (B,); ``prepared`` marks ``codes``
         as already upsampled by :meth:`prepare_condition`."""
         batch = x_t.shape[0]
-        cond = codes if prepared else self.prepare_condition(codes, x_t.shape[-2:])
+        cond = codes if prepared else self.prepare_condition(codes, (x_t.shape[-2], x_t.shape[-1]))
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(batch)
-        emb = self.time_embed(timestep_embedding(t, self.config.channels).to(self.time_embed[0].weight.dtype))
-        dtype = self.out[2].weight.dtype  # the module's dtype (autocast still decides the compute dtype)
+        time_dtype = cast(nn.Linear, self.time_embed[0]).weight.dtype
+        emb = self.time_embed(timestep_embedding(t, self.config.channels).to(time_dtype))
+        dtype = self.out_conv.weight.dtype  # the module's dtype (autocast still decides the compute dtype)
         h = torch.cat([self.patchify(x_t.to(dtype)), cond.to(dtype)], dim=1)  # (B, 16C + d, H/4, W/4)
         h = h.contiguous(memory_format=torch.channels_last if self.optimized else torch.contiguous_format)
         hs = []
@@ -438,5 +449,5 @@ class DiffusionUNet(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb)
-        h = self.out[2].norm_silu_forward(self.out[0], h)
+        h = self.out_conv.norm_silu_forward(cast(GroupNorm32, self.out[0]), h)
         return self.unpatchify(h).contiguous()
