@@ -8,6 +8,12 @@ The transforms that TerraMind configs use (``albumentations.D4``, flips, 90-degr
 ``ToTensorV2``) are implemented natively, so configs that name them run without albumentations. Any other
 albumentations transform is applied through albumentations (``pip install albumentations``), with every
 modality and the label passed as additional targets.
+
+Time series: images may be (C, T, H, W). The native geometric transforms act on the last two axes, so they
+apply one draw to every date. Albumentations transforms take (C, H, W) images only: wrap them between
+``FlattenTemporalIntoChannels`` and ``UnflattenTemporalFromChannels``, as TerraTorch configs do. TerraTorch's
+class paths ``terratorch.datasets.transforms.X`` are accepted as ``terratim.datasets.transforms.X`` (or
+``terratim.data.transforms.X``).
 """
 
 from __future__ import annotations
@@ -127,6 +133,62 @@ class ToTensorV2:
         return sample
 
 
+def map_images(sample: Sample, fn: Callable[[np.ndarray], np.ndarray]) -> Sample:
+    """Apply ``fn`` to every modality's image (not to the label or validity masks)."""
+    out = dict(sample)
+    out["image"] = {mod: np.ascontiguousarray(fn(arr)) for mod, arr in sample["image"].items()}
+    return out
+
+
+class FlattenTemporalIntoChannels:
+    """(C, T, H, W) images -> (T*C, H, W), date by date (the C bands of date 1, then of date 2, ...).
+
+    Lets 2-D albumentations transforms see every date of a time series; ``UnflattenTemporalFromChannels``
+    undoes it. Same channel order as TerraTorch's transform of the same name.
+    """
+
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        def flatten(a: np.ndarray) -> np.ndarray:
+            if a.ndim != 4:
+                raise ValueError(f"FlattenTemporalIntoChannels expects (C, T, H, W) images, got shape {a.shape}")
+            c, t, h, w = a.shape
+            return a.swapaxes(0, 1).reshape(t * c, h, w)
+
+        return map_images(sample, flatten)
+
+
+class UnflattenTemporalFromChannels:
+    """(T*C, H, W) images, date by date -> (C, T, H, W); the inverse of ``FlattenTemporalIntoChannels``.
+
+    Args:
+        n_timesteps: the number of dates T (give this or ``n_channels``).
+        n_channels: the number of bands per date C.
+    """
+
+    def __init__(self, n_timesteps: int | None = None, n_channels: int | None = None) -> None:
+        if n_timesteps is None and n_channels is None:
+            raise ValueError("UnflattenTemporalFromChannels needs n_timesteps or n_channels")
+        for name, value in (("n_timesteps", n_timesteps), ("n_channels", n_channels)):
+            if value is not None and value < 1:
+                raise ValueError(f"UnflattenTemporalFromChannels: {name} must be positive, got {value}")
+        self.n_timesteps, self.n_channels = n_timesteps, n_channels
+
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        return map_images(sample, self.unflatten)
+
+    def unflatten(self, a: np.ndarray) -> np.ndarray:
+        if a.ndim != 3:
+            raise ValueError(f"UnflattenTemporalFromChannels expects (T*C, H, W) images, got shape {a.shape}")
+        stacked, h, w = a.shape
+        name, divisor = ("n_channels", self.n_channels) if self.n_channels else ("n_timesteps", self.n_timesteps)
+        assert divisor is not None
+        if stacked % divisor:
+            raise ValueError(f"UnflattenTemporalFromChannels: {stacked} channels do not split by {name} {divisor}")
+        c = self.n_channels or stacked // divisor
+        t = stacked // c
+        return a.reshape(t, c, h, w).swapaxes(0, 1)  # (C, T, H, W)
+
+
 class AlbumentationsTransform:
     """Wrap an albumentations transform; every modality and the label go through it as targets."""
 
@@ -137,6 +199,13 @@ class AlbumentationsTransform:
         import albumentations as A
 
         mods = list(sample["image"])
+        for mod in mods:
+            if sample["image"][mod].ndim != 3:
+                raise ValueError(
+                    f"albumentations {type(self.transform).__name__} takes (C, H, W) images, got shape "
+                    f"{sample['image'][mod].shape} ({mod}); put FlattenTemporalIntoChannels before it and "
+                    "UnflattenTemporalFromChannels after it"
+                )
         valid = sample.get("valid") or {}
         targets = {f"image_{i}": "image" for i in range(1, len(mods))}
         targets.update({f"valid_{i}": "mask" for i, mod in enumerate(mods) if mod in valid})
@@ -161,9 +230,12 @@ class AlbumentationsTransform:
         return out
 
 
-NATIVE: dict[str, type] = {
-    cls.__name__: cls for cls in (D4, HorizontalFlip, VerticalFlip, RandomRotate90, RandomCrop, CenterCrop, ToTensorV2)
-}
+GEOMETRIC: tuple[type, ...] = (D4, HorizontalFlip, VerticalFlip, RandomRotate90, RandomCrop, CenterCrop, ToTensorV2)
+TEMPORAL: tuple[type, ...] = (FlattenTemporalIntoChannels, UnflattenTemporalFromChannels)
+NATIVE: dict[str, type] = {cls.__name__: cls for cls in GEOMETRIC + TEMPORAL}
+TEMPORAL_NAMES = {cls.__name__ for cls in TEMPORAL}
+# Module paths whose transforms are the native ones: ours, and TerraTorch's with the package renamed.
+NATIVE_MODULES = ("", "terratim.data.transforms", "terratim.datasets.transforms")
 
 
 def _from_spec(spec: dict) -> Callable:
@@ -173,8 +245,11 @@ def _from_spec(spec: dict) -> Callable:
     init_args = dict(spec.get("init_args") or {})
     short = class_path.rsplit(".", 1)[-1]
     module = class_path.rsplit(".", 1)[0] if "." in class_path else ""
-    if short in NATIVE and (module in ("", "terratim.data.transforms") or module.startswith("albumentations")):
+    from_albumentations = module.startswith("albumentations") and short not in TEMPORAL_NAMES
+    if short in NATIVE and (module in NATIVE_MODULES or from_albumentations):
         return NATIVE[short](**init_args)
+    if module in NATIVE_MODULES[1:]:
+        raise ValueError(f"unknown transform {class_path!r}; {module} has {sorted(NATIVE)}")
     if module.startswith("albumentations") or not module:
         try:
             import albumentations  # noqa: F401
@@ -187,6 +262,21 @@ def _from_spec(spec: dict) -> Callable:
         return AlbumentationsTransform(getattr(mod, short)(**init_args))
     cls = getattr(importlib.import_module(module), short)
     return cls(**init_args)
+
+
+def native_equivalent(transform: Any) -> Callable | None:
+    """The native transform doing what an albumentations instance does (configs may arrive instantiated:
+    jsonargparse builds ``albumentations.D4`` itself), or None when there is none."""
+    cls = NATIVE.get(type(transform).__name__)
+    if cls is None or cls in TEMPORAL:
+        return None
+    if cls is ToTensorV2:
+        return ToTensorV2()
+    if issubclass(cls, RandomCrop):
+        height, width = getattr(transform, "height", None), getattr(transform, "width", None)
+        return cls(height, width) if isinstance(height, int) and isinstance(width, int) else None
+    p = getattr(transform, "p", None)
+    return cls(p=float(p)) if isinstance(p, int | float) else None
 
 
 def build_transforms(specs: Sequence[Any] | Callable | None) -> Callable[..., Sample] | None:
@@ -214,7 +304,7 @@ def build_transforms(specs: Sequence[Any] | Callable | None) -> Callable[..., Sa
                 is_album = isinstance(spec, A.BasicTransform)
             except ImportError:
                 is_album = False
-            transforms.append(AlbumentationsTransform(spec) if is_album else spec)
+            transforms.append((native_equivalent(spec) or AlbumentationsTransform(spec)) if is_album else spec)
         else:
             raise TypeError(f"not a transform: {spec!r}")
     return Compose(transforms)
