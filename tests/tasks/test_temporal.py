@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 import terratim
@@ -19,6 +21,7 @@ PYRAMID = [
     {"name": "LearnedInterpolateToPyramidal"},
 ]
 D = 192  # tiny width
+CROP_CONFIG = Path(__file__).parent / "reference_configs" / "terramind_v1_base_multitemporal_crop.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +104,17 @@ def test_concat_model_wires_decoder_channels_and_pads_odd_inputs():
     with torch.no_grad():
         out = model({"S1GRD": torch.randn(1, 2, 3, 30, 40)})  # padded to 32x48 inside, cropped back
     assert out.shape == (1, 4, 30, 40) and torch.isfinite(out).all()
+
+
+def test_published_multitemporal_crop_model_args_build_and_run():
+    """The published config's model_args (concat of 3 dates, 6 HLS bands), backbone switched to tiny."""
+    args = yaml.safe_load(CROP_CONFIG.read_text())["model"]["init_args"]["model_args"]
+    args.update(backbone="terramind_v1_tiny", backbone_pretrained=False, backbone_img_size=32)
+    model = build_model("EncoderDecoderFactory", args, "segmentation").eval()
+    assert model.backbone.out_channels[0] == 3 * D and model.necks.out_channels[-1] == 3 * D
+    with torch.no_grad():
+        out = model({"S2L2A": torch.randn(1, 6, 3, 32, 32)})  # (B, bands, dates, H, W)
+    assert out.shape == (1, 13, 32, 32) and torch.isfinite(out).all()
 
 
 def test_diff_of_two_identical_dates_is_zero_and_of_two_dates_their_difference(backbone, backbone64):
