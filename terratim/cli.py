@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("terratim.commands.pretrain", "masked multimodal pretraining from a config"),
     "build-kernels": ("terratim.commands.build_kernels", "compile the tokenizer decoder's fast CPU kernels (opt-in)"),
     "quickstart": ("terratim.commands.quickstart", "offline demo: plain vs TiM fine-tuning on simulated data"),
+    "compute-statistics": ("terratim.commands.compute_statistics", "per-band means and stds of a dataset, as YAML"),
     "merge-peft": ("terratim.commands.merge_peft", "merge a PEFT (LoRA) fine-tune's adapters into plain weights"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
