@@ -307,6 +307,8 @@ def terramind_state_dict(size: str | TerraMindConfig | None, pretrained: bool,
         terramind_architecture(size, ckpt_path)
         return read_state_dict(ckpt_path), str(ckpt_path)
     if pretrained:
+        if not isinstance(size, str) or size not in TERRAMIND_FILES:
+            raise ValueError(f"no official weights for {size!r}; sizes with weights: {sorted(TERRAMIND_FILES)}")
         repo, filename = TERRAMIND_FILES[size]
         path = hub_file(repo, filename)
         return read_state_dict(path), f"{repo}/{filename}"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 def add_modality_paths(parser: argparse.ArgumentParser, *flags: str, help: str, required: bool = False) -> None:
     """A repeatable ``MODALITY=PATH`` option (``flags`` e.g. ``"--input", "-i"``), parsed by :func:`modality_paths`."""
-    extra = {} if required else {"default": []}
-    parser.add_argument(*flags, action="append", required=required, metavar="MODALITY=PATH", help=help, **extra)
+    parser.add_argument(*flags, action="append", required=required, metavar="MODALITY=PATH", help=help,
+                        default=None if required else [])  # fmt: skip
 
 
 def modality_paths(items: list[str], what: str = "--input") -> dict[str, Path]:

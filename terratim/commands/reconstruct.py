@@ -62,8 +62,9 @@ def _reconstruct(args: argparse.Namespace, modality, data):
     device = torch.device(args.device)
     name = args.model or f"terramind_v1_tokenizer_{modality.name.lower()}"
     tok = terratim.build(name, pretrained=args.pretrained, ckpt_path=args.ckpt).to(device)
-    if getattr(tok, "modality", modality) != modality:
-        raise ValueError(f"--model {name} is a {tok.modality.name} tokenizer, but --modality is {modality.name}")
+    built_for = getattr(tok, "modality", modality)  # a tokenizer model records its modality
+    if built_for != modality:
+        raise ValueError(f"--model {name} is a {built_for.name} tokenizer, but --modality is {modality.name}")
     hub = "bundled" if name.startswith("terramind_sim_") else "official (hub)"
     weights = args.ckpt or (hub if args.pretrained else "random initialisation")
     nodata = ~np.isfinite(data).all(axis=0)  # (H, W)

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -224,7 +225,7 @@ def grid_differences(grid: Grid, reference: Grid) -> list[str]:
     if grid.crs != reference.crs:
         problems.append(f"CRS {grid.crs} vs {reference.crs}")
     if not _same_transform(grid.transform, reference.transform):
-        show = [tuple(t)[:6] if t is not None else None for t in (grid.transform, reference.transform)]
+        show = [_six(t) for t in (grid.transform, reference.transform)]
         problems.append(f"transform {show[0]} vs {show[1]}")
     return problems
 
@@ -264,9 +265,16 @@ def no_valid_pixel_error(path: str | os.PathLike, what: str) -> ValueError:
                       "file, its nodata value and the window you cut")  # fmt: skip
 
 
+def _six(transform: Any) -> tuple[float, ...] | None:
+    """The six coefficients of an affine transform, for messages."""
+    return None if transform is None else tuple(transform)[:6]
+
+
 def spread_order(n: int) -> list[int]:
     """``0 .. n-1`` coarse to fine: the middle, then the quarters, the eighths, ... (van der Corput positions)."""
-    order, seen, k = [], set(), 0
+    order: list[int] = []
+    seen: set[int] = set()
+    k = 0
     while len(order) < n:
         fraction, denominator, i = 0.0, 1.0, k
         while i:

@@ -20,6 +20,7 @@ import torch
 from terratim.inference.engine import DEFAULT_TILING, TilingConfig
 from terratim.inference.scene import SceneReader, block_cache, check_output
 from terratim.inference.tiling import panel_ranges, reflect_pad_strip
+from terratim.model.backbone import TerraMindBackbone
 
 Embed = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # {name: (B, C, h, w)} -> (B, D)
 
@@ -53,7 +54,7 @@ def _pyarrow():
     return pa, pq
 
 
-def mean_token_embedder(backbone: torch.nn.Module) -> Embed:
+def mean_token_embedder(backbone: TerraMindBackbone) -> Embed:
     """Chip embedding = mean of the last-layer tokens of a TerraMind backbone (inputs in raw units)."""
     from terratim import modalities as mods
 

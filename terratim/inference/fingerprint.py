@@ -72,9 +72,10 @@ def _flatten(value, prefix: str = "") -> dict[str, object]:
     return {prefix: value}
 
 
-def _file_change(what: str, old: dict, new: dict) -> str | None:
+def _file_change(what: str, old_record: object, new_record: object) -> str | None:
     """One sentence on how a recorded file differs, or None when it does not."""
-    old, new = old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}
+    old = old_record if isinstance(old_record, dict) else {}
+    new = new_record if isinstance(new_record, dict) else {}
     if not old or not new:
         return f"{what} was {'added' if new else 'removed'}" if old != new else None
     if old.get("path") != new.get("path"):
@@ -93,12 +94,16 @@ def describe_changes(old: dict, new: dict) -> list[str]:
         return [f"the progress file was written by another terratim version (fingerprint format "
                 f"{old.get('format', 1)}, now {new.get('format')}), which did not record input contents"]  # fmt: skip
     changes = []
-    files = {("inputs", n): f"the {n} input" for n in {**old.get("inputs", {}), **new.get("inputs", {})}}
+    files: dict[tuple[str, ...], str] = {
+        ("inputs", n): f"the {n} input" for n in {**old.get("inputs", {}), **new.get("inputs", {})}
+    }
     files[("weights",)] = "the model checkpoint"
     for keys, what in sorted(files.items()):
-        a, b = old, new
+        a: object = old
+        b: object = new
         for key in keys:
-            a, b = (a or {}).get(key), (b or {}).get(key)
+            a = a.get(key) if isinstance(a, dict) else None
+            b = b.get(key) if isinstance(b, dict) else None
         if (change := _file_change(what, a, b)) is not None:
             changes.append(change)
     rest_old = {k: v for k, v in old.items() if k not in ("inputs", "weights")}

@@ -199,6 +199,9 @@ class BlendAccumulator:
         self.base = start_row
         self.dtype = np.dtype(dtype)
         self.held = 0  # rows in use, from ``base``
+        self.sums = np.zeros((channels, 0, width), dtype=self.dtype)  # (K, capacity, W) weighted sums
+        self.counts = np.zeros((0, width), dtype=self.dtype)  # (capacity, W) sums of weights
+        self.valid = np.zeros((0, width), dtype=bool)  # (capacity, W) input had data there
         self._allocate(self.core)
 
     def _allocate(self, capacity: int) -> None:

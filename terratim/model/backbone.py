@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn as nn
@@ -193,7 +193,7 @@ class TerraMindBackbone(TerraMind):
                 f"build(..., tokenizers={{'{name}': terratim.build('terramind_v1_tokenizer_{name.lower()}')}})"
             )
         with torch.no_grad():
-            encoded = self.tokenizers[key].encode(x)
+            encoded = cast(Any, self.tokenizers[key]).encode(x)  # an image tokenizer or the COORDS tokenizer
         return encoded[1] if isinstance(encoded, tuple) else encoded  # image tokenizers: (codes, ids)
 
     def as_input_dict(self, x: torch.Tensor | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -302,7 +302,7 @@ class TerraMindBackbone(TerraMind):
             self._replace_patch_embedding(name, key, modality, list(band_list))
 
     def _replace_patch_embedding(self, name: str, key: str, modality: mods.Modality, bands: list[str]) -> None:
-        old = self.encoder_embeddings[key]
+        old = cast(PatchEmbedding, self.encoder_embeddings[key])
         patch_pixels = self.config.patch_size**2
         new_proj = nn.Linear(patch_pixels * len(bands), self.config.dim, bias=False)
         old_w = old.proj.weight.detach().view(self.config.dim, patch_pixels, old.num_channels)

@@ -27,6 +27,8 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
 class _GridPositions(nn.Module):
     """Holds a 2-D sin-cos table for the construction grid and resizes it for other grids."""
 
+    pos_emb: torch.Tensor  # (1, g*g, D) buffer
+
     def __init__(self, dim: int, grid: int) -> None:
         super().__init__()
         self.grid = grid
@@ -83,6 +85,8 @@ class TokenEmbedding(_GridPositions):
 
 class SequenceEmbedding(nn.Module):
     """Sequence input (coordinates): token table (pad id 0) and a 1-D sin-cos table of 512 rows."""
+
+    pos_emb: torch.Tensor  # (1, L, D) buffer
 
     def __init__(self, vocab_size: int, dim: int, max_length: int = 512) -> None:
         super().__init__()

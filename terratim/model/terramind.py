@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -112,6 +113,9 @@ class TerraMind(nn.Module):
         decoder_keys: internal keys of the decoder (target) embeddings; empty for an encoder-only network.
     """
 
+    # state-dict prefixes of frozen modules nested in a subclass (tokenizers, a TiM generator), not TerraMind weights
+    nested_prefixes: tuple[str, ...] = ()
+
     def __init__(
         self,
         config: TerraMindConfig,
@@ -204,7 +208,7 @@ class TerraMind(nn.Module):
 
     def image_queries(self, key: str, positions: torch.Tensor, grid: int) -> torch.Tensor:
         """Decoder queries (B, n, D) = mask token + pos + mod at the given raster positions (B, n)."""
-        table = self.decoder_embeddings[key].query_emb(grid)[0]  # (N, D)
+        table = cast(TokenDecoderEmbedding, self.decoder_embeddings[key]).query_emb(grid)[0]  # (N, D)
         return self.mask_token + table[positions]
 
     def run_decoder(
@@ -222,7 +226,8 @@ class TerraMind(nn.Module):
 
     def logits(self, key: str, decoded: torch.Tensor) -> torch.Tensor:
         """Tied logits (B, Nq, V) of target domain ``key``."""
-        return self.decoder_embeddings[key].to_logits(decoded)
+        to_logits = cast(nn.Linear, self.decoder_embeddings[key].to_logits)  # tied to the token table
+        return to_logits(decoded)
 
 
 def init_linear(name: str, module: nn.Linear) -> None:

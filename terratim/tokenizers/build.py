@@ -68,6 +68,8 @@ def build_tokenizer(
         raise ValueError(f"{mod.name} has no TerraMind v1 image tokenizer; available: {TOKENIZER_MODALITIES}")
     path = Path(ckpt_path) if ckpt_path is not None else None
     if path is None and pretrained:
+        if mod.tokenizer_repo is None or mod.tokenizer_file is None:
+            raise ValueError(f"{mod.name} names no hub file for its tokenizer weights; pass ckpt_path")
         path = hub_file(mod.tokenizer_repo, mod.tokenizer_file)
     if isinstance(config, dict):
         config = TokenizerConfig.from_dict(config)

@@ -101,6 +101,8 @@ class CoordsTokenizer(nn.Module):
         from terratim.weights import hub_file
 
         coords = MODALITIES["COORDS"]
+        if coords.tokenizer_repo is None or coords.tokenizer_file is None:
+            raise ValueError("the COORDS modality record names no hub file for its vocabulary")
         return cls.from_file(hub_file(coords.tokenizer_repo, coords.tokenizer_file))
 
     @property

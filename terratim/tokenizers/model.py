@@ -16,7 +16,7 @@ parameters, 0.75 GB in float32). Decoding a tokenizer built without its decoder 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn as nn
@@ -66,7 +66,7 @@ class TokenizerConfig:
         data = dict(data)
         unet = {k: tuple(v) if isinstance(v, list) else v for k, v in data.pop("unet", {}).items()}
         data["fsq_levels"] = tuple(data["fsq_levels"])
-        return cls(**data, unet=UNetConfig(**unet))
+        return cls(**data, unet=UNetConfig(**unet))  # type: ignore[arg-type]  # values checked by the dataclasses
 
     @classmethod
     def for_modality(cls, name: str, **overrides: Any) -> TokenizerConfig:
@@ -239,9 +239,12 @@ class DiffusionTokenizer(FSQTokenizer):
     def make_decoder(self) -> DiffusionUNet:
         return DiffusionUNet(self.config.in_channels, len(self.config.fsq_levels), self.config.unet)
 
+    def require_decoder(self) -> DiffusionUNet:
+        return cast(DiffusionUNet, super().require_decoder())
+
     def denoise(self, x_t: torch.Tensor, t: int | torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """One denoiser call: predicted x_0 for x_t (B, C, H, W) at timestep t given codes (B, d, h, w)."""
-        self._check_size(x_t.shape[-2:])
+        self._check_size((x_t.shape[-2], x_t.shape[-1]))
         return self.require_decoder()(x_t, t, codes)
 
     def _check_size(self, size: tuple[int, int]) -> None:
@@ -266,7 +269,7 @@ class DiffusionTokenizer(FSQTokenizer):
         return torch.randn(shape, generator=generator, device=draw_on).to(device)
 
     @torch.no_grad()
-    def decode_codes(
+    def decode_codes(  # type: ignore[override]  # the diffusion decoder's own sampling options
         self,
         codes: torch.Tensor,
         image_size: int | tuple[int, int] | None = None,
@@ -301,7 +304,7 @@ class DiffusionTokenizer(FSQTokenizer):
                 generator: torch.Generator | None = None, clip: bool = True) -> torch.Tensor:  # fmt: skip
         """Reconstruction: encode, then decode the codes at the input's size."""
         codes, _ = self.encode(x)
-        return self.decode_codes(codes, image_size=tuple(x.shape[-2:]), timesteps=timesteps, noise=noise,
+        return self.decode_codes(codes, image_size=(x.shape[-2], x.shape[-1]), timesteps=timesteps, noise=noise,
                                  generator=generator, clip=clip)  # fmt: skip
 
 

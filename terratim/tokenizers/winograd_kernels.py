@@ -260,7 +260,8 @@ class WinogradKernels:
         batch, height, width, channels = x.shape
         band = rows.stop - rows.start
         shape = (batch * band * -(-width // tile), (tile + 2) ** 2, channels)
-        _check(x, "input"), _check(v, "transformed input")
+        _check(x, "input")
+        _check(v, "transformed input")
         if tuple(v.shape) != shape:
             raise ValueError(f"Winograd input buffer must have shape {shape}, got {tuple(v.shape)}")
         status = self._input(x.data_ptr(), batch, height, width, channels, tile, rows.start, band, v.data_ptr(),
@@ -281,7 +282,8 @@ class WinogradKernels:
         residual (B, H, W, C) added when given."""
         batch, height, width, channels = out.shape
         band = rows.stop - rows.start
-        _check(prod, "products"), _check(out, "output")
+        _check(prod, "products")
+        _check(out, "output")
         if prod.numel() != (tile + 2) ** 2 * batch * band * -(-width // tile) * channels:
             raise ValueError(f"Winograd products have {prod.numel()} elements for a {tuple(out.shape)} output")
         for name, extra, shape in (("bias", bias, (batch, channels)), ("residual", residual, tuple(out.shape))):
