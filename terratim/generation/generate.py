@@ -190,6 +190,10 @@ class TerraMindGenerate(nn.Module):
         unknown = [n for n in named if n not in self.user_inputs]
         if unknown:
             raise KeyError(f"{unknown} are not inputs of this model; it takes {self.user_inputs}")
+        for name, given in self.input_bands.items():
+            if name in named and (named[name].dim() < 3 or named[name].shape[-3] != len(given)):
+                raise ValueError(f"{name}: this model takes the {len(given)} bands {', '.join(given)} (the other "
+                                 f"pretrained bands are filled), got shape {tuple(named[name].shape)}")  # fmt: skip
         if self.standardize if standardize is None else standardize:
             named = self._standardize_inputs(named)
         named = self._fill_bands(named)

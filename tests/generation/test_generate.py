@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -216,3 +217,129 @@ def test_token_inputs_get_encoder_only_tokenizers_and_outputs_keep_their_decoder
     as_output = terratim.build("terramind_v1_tiny_generate", modalities=["S1GRD"], output_modalities=["LULC"],
                                ckpt_path=str(tiny_checkpoint))  # fmt: skip
     assert as_output.tokenizers["LULC"].decoder is not None
+
+
+# ------------------------------------------------------------------------------------ outputs chosen per call
+HLS_BANDS = ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]
+
+
+def assert_same_generation(a: dict, b: dict) -> None:
+    """Two runs of the same computation: first-step logits agree to the manifest tolerance, and the token ids
+    agree exactly wherever the two best logits are well apart (argmax cannot flip there)."""
+    tolerance = logits_tolerance()
+    assert list(a) == list(b)
+    for name in a:
+        assert_close(a[name].first_logits, b[name].first_logits, tolerance, f"{name} logits")
+        top = a[name].first_logits.topk(2, dim=-1).values  # (B, N, 2)
+        clear = (top[..., 0] - top[..., 1]) > 100 * tolerance["atol"]
+        assert bool(clear.float().mean() > 0.5)  # most positions are clear
+        assert torch.equal(a[name].ids[clear], b[name].ids[clear])
+
+
+@pytest.fixture(scope="module")
+def lulc_dem_model(tiny_checkpoint):
+    return small_generator(tiny_checkpoint, output_modalities=["LULC", "DEM"], temperature=0.0)
+
+
+def states_of(model, x, **kwargs):
+    return model.generate_tokens(x, generator=torch.Generator().manual_seed(3), return_states=True, **kwargs)
+
+
+def test_an_output_subset_equals_a_model_built_for_that_subset(tiny_checkpoint, lulc_dem_model):
+    x = {"S2L2A": torch.randn(2, 12, 32, 32, generator=torch.Generator().manual_seed(5))}
+    dem_only = small_generator(tiny_checkpoint, output_modalities=["DEM"], temperature=0.0)
+    chosen = states_of(lulc_dem_model, x, outputs=["DEM"])
+    assert list(chosen) == ["DEM"]
+    assert_same_generation(chosen, states_of(dem_only, x))
+    assert list(lulc_dem_model.generate_tokens(x, outputs="DEM")) == ["DEM"]  # one name as a string
+    assert list(lulc_dem_model.generate_tokens(x)) == ["LULC", "DEM"]  # the default: every built output
+
+
+def test_a_new_output_order_equals_a_model_built_in_that_order(tiny_checkpoint, lulc_dem_model):
+    x = {"S2L2A": torch.randn(1, 12, 32, 32, generator=torch.Generator().manual_seed(6))}
+    dem_first = small_generator(tiny_checkpoint, output_modalities=["DEM", "LULC"], temperature=0.0)
+    reordered = states_of(lulc_dem_model, x, outputs=["dem", "LULC"])
+    assert list(reordered) == ["DEM", "LULC"]
+    assert_same_generation(reordered, states_of(dem_first, x))
+    # chained in the order given: LULC generated after DEM is conditioned on it
+    built_order = states_of(lulc_dem_model, x)
+    assert not torch.allclose(reordered["LULC"].first_logits, built_order["LULC"].first_logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("outputs, message", [
+    (["FOREST"], r"unknown output 'FOREST'; this model generates \['LULC', 'DEM'\]"),
+    (["NDVI"], r"NDVI is not an output of this model; available outputs: \['LULC', 'DEM'\]"),
+    (["S2L2A"], r"S2L2A is not an output of this model; available outputs: \['LULC', 'DEM'\]"),
+    (["DEM", "dem"], r"output DEM is named twice"),
+    ([], r"outputs is empty; .*\['LULC', 'DEM'\]"),
+])  # fmt: skip
+def test_unknown_or_unbuilt_outputs_raise_with_the_available_ones(lulc_dem_model, outputs, message):
+    x = {"S2L2A": torch.randn(1, 12, 32, 32)}
+    with pytest.raises(ValueError, match=message):
+        lulc_dem_model.generate_tokens(x, outputs=outputs)
+    with pytest.raises(ValueError, match=message):
+        lulc_dem_model(x, outputs=outputs)
+
+
+# --------------------------------------------------------------------------------------------- missing bands
+def hls_like(raw: torch.Tensor) -> torch.Tensor:
+    """The six HLS-like bands of a (B, 12, H, W) S2L2A tensor."""
+    index = [terratim.MODALITIES["S2L2A"].band_index(b) for b in HLS_BANDS]
+    return raw[:, index]
+
+
+def test_filled_bands_equal_the_full_input_with_those_bands_at_their_mean(tiny_checkpoint):
+    s2 = terratim.MODALITIES["S2L2A"]
+    raw = torch.rand(1, 12, 32, 32, generator=torch.Generator().manual_seed(2)) * 4000
+    with pytest.warns(UserWarning, match="S2L2A: bands COASTAL_AEROSOL, RED_EDGE_1, .*WATER_VAPOR are missing and "
+                                         "filled with their pretraining mean .* results degrade"):  # fmt: skip
+        filled = small_generator(tiny_checkpoint, temperature=0.0, standardize=True, bands={"S2L2A": HLS_BANDS},
+                                 fill_missing_bands="mean")  # fmt: skip
+    full = small_generator(tiny_checkpoint, temperature=0.0, standardize=True)
+    at_mean = raw.clone()
+    for band in s2.missing_bands(HLS_BANDS):
+        at_mean[:, s2.band_index(band)] = s2.mean[s2.band_index(band)]
+    assert_same_generation(states_of(filled, {"S2L2A": hls_like(raw)}), states_of(full, {"S2L2A": at_mean}))
+    # standardized inputs (standardize=False): the absent bands become 0
+    z = s2.standardize(raw)
+    zeroed = z.clone()
+    zeroed[:, [s2.band_index(b) for b in s2.missing_bands(HLS_BANDS)]] = 0.0
+    assert_same_generation(states_of(filled, {"S2L2A": hls_like(z)}, standardize=False),
+                           states_of(full, {"S2L2A": zeroed}, standardize=False))  # fmt: skip
+    with pytest.raises(ValueError, match=r"S2L2A: this model takes the 6 bands BLUE, GREEN, .*SWIR_2 \(the other "
+                                         r"pretrained bands are filled\), got shape \(1, 12, 32, 32\)"):  # fmt: skip
+        filled.generate_tokens({"S2L2A": raw})
+
+
+def test_fill_bands_places_each_band_and_the_means():
+    s2 = terratim.MODALITIES["S2L2A"]
+    given = ["B12", "B02"]  # any order, Sentinel-2 ids allowed
+    x = np.stack([np.full((2, 2), 7.0), np.full((2, 2), 5.0)]).astype(np.float32)  # (2, H, W)
+    raw = s2.fill_bands(x, given, standardized=False)
+    assert raw.shape == (12, 2, 2) and raw.dtype == np.float32
+    assert raw[s2.band_index("SWIR_2"), 0, 0] == 7.0 and raw[s2.band_index("BLUE"), 0, 0] == 5.0
+    assert np.allclose(raw[s2.band_index("RED"), 0, 0], s2.mean[s2.band_index("RED")])
+    z = s2.fill_bands(torch.ones(3, 2, 2, 2), given)
+    assert z.shape == (3, 12, 2, 2) and float(z[:, s2.band_index("RED")].abs().max()) == 0.0
+
+
+def test_missing_bands_are_an_error_unless_filled(tiny_checkpoint):
+    with pytest.raises(ValueError, match=r"S2L2A: pretrained bands \['COASTAL_AEROSOL', .*\] are missing .*"
+                                         "fill_missing_bands='mean'"):  # fmt: skip
+        small_generator(tiny_checkpoint, bands={"S2L2A": HLS_BANDS})
+    model = small_generator(tiny_checkpoint)  # the default: every pretrained band, or the backbone's clear error
+    with pytest.raises(ValueError, match=r"S2L2A: expected 12 bands \(COASTAL_AEROSOL, .*\), got 6 channels"):
+        model.generate_tokens({"S2L2A": torch.randn(1, 6, 32, 32)})
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(bands={"S2L2A": ["BLUE", "B10"]}, fill_missing_bands="mean"),
+     r"S2L2A has no band 'B10'; pretrained bands are \['COASTAL_AEROSOL', 'BLUE', .*'SWIR_2'\]"),
+    (dict(bands={"S2L2A": ["BLUE", "RED", "B04"]}, fill_missing_bands="mean"), r"bands \['RED'\] are given twice"),
+    (dict(bands={"S1GRD": ["VV"]}, fill_missing_bands="mean"), r"S1GRD, which is not an input of this model"),
+    (dict(fill_missing_bands="mean"), r"fill_missing_bands needs bands="),
+    (dict(bands={"S2L2A": ["BLUE"]}, fill_missing_bands="zero"), r"fill_missing_bands must be None or one of"),
+])  # fmt: skip
+def test_bad_band_fill_options_raise(tiny_checkpoint, options, message):
+    with pytest.raises(ValueError, match=message):
+        small_generator(tiny_checkpoint, **options)
