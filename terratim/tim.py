@@ -93,7 +93,11 @@ class TerraMindTiM(TerraMindBackbone):
 
         ``outputs``: which of the imagined modalities, in which order (default: all, in the built order).
         """
-        named = self.with_all_bands(x)
+        return self._imagine(self.with_all_bands(x), generator, outputs)
+
+    def _imagine(self, named: Mapping[str, torch.Tensor], generator: torch.Generator | None,
+                 outputs: Sequence[str] | str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """:meth:`imagine` for named inputs that already hold every pretrained band."""
         given = {n: v for n, v in named.items() if n in self.generator.user_inputs}
         if not given:
             raise ValueError(f"TiM needs at least one of its inputs {self.generator.user_inputs}")
@@ -112,7 +116,7 @@ class TerraMindTiM(TerraMindBackbone):
         named = self.with_all_bands(x)
         missing = [n for n in self.imagined if n not in named]
         if missing:
-            imagined = self.imagine(named, generator)
+            imagined = self._imagine(named, generator)
             named.update({n: imagined[n] for n in missing})
         return super().forward(named, generator)
 

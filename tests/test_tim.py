@@ -124,8 +124,47 @@ def test_several_tim_modalities_are_chained_by_default(tiny_checkpoint):
 
 
 def test_bands_are_refused_with_an_explanation(tiny_checkpoint):
-    with pytest.raises(ValueError, match="frozen generator imagines .* full pretrained bands"):
+    with pytest.raises(ValueError, match="frozen generator imagines .* full pretrained bands.* fill_missing_bands="):
         tim(tiny_checkpoint, bands={"S1GRD": ["VV"]})
+
+
+HLS_BANDS = ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]
+
+
+def test_missing_bands_filled_equal_the_full_input_with_zeros(tiny_checkpoint):
+    """Standardized inputs: the absent bands become 0 (their mean) for the generator and the backbone alike."""
+    s2 = terratim.MODALITIES["S2L2A"]
+    with pytest.warns(UserWarning, match="S2L2A: bands COASTAL_AEROSOL, .* are missing .* results degrade"):
+        filled = tim(tiny_checkpoint, modalities=["S2L2A"], tim_temps=0.0, bands={"S2L2A": HLS_BANDS},
+                     fill_missing_bands="mean")  # fmt: skip
+    full = tim(tiny_checkpoint, modalities=["S2L2A"], tim_temps=0.0)
+    z = torch.randn(1, 12, 32, 32, generator=torch.Generator().manual_seed(4))
+    z[:, [s2.band_index(b) for b in s2.missing_bands(HLS_BANDS)]] = 0.0
+    hls = z[:, [s2.band_index(b) for b in HLS_BANDS]]
+    assert torch.equal(filled.with_all_bands({"S2L2A": hls})["S2L2A"], z)
+    a = filled.generator.generate_tokens(filled.with_all_bands(hls), return_states=True)["LULC"]
+    b = full.generator.generate_tokens({"S2L2A": z}, return_states=True)["LULC"]
+    torch.testing.assert_close(a.first_logits, b.first_logits, atol=1e-4, rtol=1e-5)
+    top = b.first_logits.topk(2, dim=-1).values
+    clear = (top[..., 0] - top[..., 1]) > 1e-2
+    assert bool(clear.any()) and torch.equal(a.ids[clear], b.ids[clear])
+    with torch.no_grad():
+        torch.testing.assert_close(filled({"S2L2A": hls})[-1], full({"S2L2A": z})[-1], atol=1e-4, rtol=1e-4)
+    assert list(filled.imagine(hls)) == ["LULC"]
+
+
+def test_a_band_the_modality_lacks_is_named_with_its_bands(tiny_checkpoint):
+    with pytest.raises(ValueError, match=r"S1GRD has no band 'HH'; pretrained bands are \['VV', 'VH'\]"):
+        tim(tiny_checkpoint, bands={"S1GRD": ["VV", "HH"]}, fill_missing_bands="mean")
+
+
+def test_imagine_takes_a_subset_or_order_of_the_tim_modalities(tiny_checkpoint):
+    model = tim(tiny_checkpoint, tim_modalities=["LULC", "NDVI"], tim_temps=0.0)
+    x = {"S1GRD": torch.randn(1, 2, 32, 32, generator=torch.Generator().manual_seed(2))}
+    assert list(model.imagine(x, outputs=["NDVI"])) == ["NDVI"]
+    assert list(model.imagine(x, outputs=["NDVI", "LULC"])) == ["NDVI", "LULC"]
+    with pytest.raises(ValueError, match=r"DEM is not an output of this model; available outputs: \['LULC', 'NDVI'\]"):
+        model.imagine(x, outputs=["DEM"])
 
 
 def test_new_modalities_are_refused(tiny_checkpoint):
