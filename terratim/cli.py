@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("terratim.commands.generate", "generate modalities from GeoTIFF inputs"),
     "imagine": ("terratim.commands.imagine", "show the modalities a TiM model imagines for an input"),
     "infer": ("terratim.commands.infer", "streaming tiled inference over large scenes"),
+    "export": ("terratim.commands.export", "export a fine-tuned task model to ONNX (with its metadata)"),
     "train-tokenizer": ("terratim.commands.train_tokenizer", "train an FSQ-VAE tokenizer from a config"),
     "pretrain": ("terratim.commands.pretrain", "masked multimodal pretraining from a config"),
     "build-kernels": ("terratim.commands.build_kernels", "compile the tokenizer decoder's fast CPU kernels (opt-in)"),
