@@ -2,18 +2,21 @@
 
 Both datasets return ``{modality name: tensor}`` in model units: continuous images standardized with the
 registry's pretraining statistics (float32 (C, H, W), nodata filled with 0 = the mean), LULC as class ids
-(int64 (H, W)).
+(int64 (H, W)). :class:`PretrainingDataModule` is the ``data:`` section of ``terratim pretrain`` and
+``terratim train-tokenizer``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from terratim import modalities as mods
 from terratim.data import sim
@@ -123,3 +126,75 @@ class SimulatedDataset(Dataset):
         if self._cache is not None:
             self._cache[index] = out
         return out
+
+
+@dataclass(frozen=True)
+class SimulatedData:
+    """Which simulated samples to train on.
+
+    Attributes:
+        count: number of samples (indices ``0 .. count-1``).
+        seed: the simulated world's seed.
+        size: chip side in pixels.
+    """
+
+    count: int
+    seed: int = 0
+    size: int = 224
+
+
+class PretrainingDataModule(pl.LightningDataModule):
+    """Shuffled batches of ``{modality: tensor}`` in model units, from the simulator or a folder.
+
+    Args:
+        simulated: samples of the simulated world; give this or ``root``.
+        root: a folder ``<root>/<MODALITY>/<sample>.tif``; give this or ``simulated``.
+        crop: centre-crop folder samples to this square size (pixels), or None.
+        batch_size: samples per batch (the last incomplete batch is dropped).
+        num_workers: DataLoader worker processes.
+        seed: seed of the shuffling generator.
+        modalities: modalities to load; default those the model trains on (its ``data_modalities``).
+    """
+
+    def __init__(
+        self,
+        simulated: SimulatedData | None = None,
+        root: str | None = None,
+        crop: int | None = None,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+        modalities: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if (simulated is None) == (root is None):
+            raise ValueError("the data section needs exactly one of 'simulated: {count, seed, size}' or 'root: DIR'")
+        self.simulated, self.root, self.crop = simulated, root, crop
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.modalities = modalities
+        self.dataset: Dataset | None = None
+
+    def dataset_for(self, modalities: Sequence[str]) -> Dataset:
+        """The samples this module describes, returning ``modalities``."""
+        if self.simulated is not None:
+            return SimulatedDataset(self.simulated.seed, self.simulated.count, self.simulated.size, modalities)
+        assert self.root is not None  # checked in __init__
+        return FolderDataset(self.root, modalities, crop=self.crop)
+
+    def setup(self, stage: str) -> None:
+        if self.dataset is None:
+            self.dataset = self.dataset_for(self.modalities or self._model_modalities())
+
+    def _model_modalities(self) -> list[str]:
+        """The modalities the model being trained asks for (its ``data_modalities``)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        modalities = getattr(module, "data_modalities", None)
+        if not modalities:
+            raise ValueError("data.modalities is not set and the model does not name its data_modalities")
+        return list(modalities)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.dataset is None:
+            raise RuntimeError("PretrainingDataModule.setup() has not run")
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed))  # fmt: skip

@@ -155,8 +155,8 @@ def select_tokens(
     in_counts = sample_budgets(batch, len(in_keys), config.input_tokens, room, config.alpha, rng)
     input_index, target_index = [], []
     for b in range(batch):
-        perms = {m: None for m in source.values()}
-        for mod in perms:  # step 3: one permutation per modality
+        perms: dict[str, np.ndarray] = {}
+        for mod in dict.fromkeys(source.values()):  # step 3: one permutation per modality
             size = next(n for k, n in (*input_sizes.items(), *target_sizes.items()) if source[k] == mod)
             perms[mod] = rng.permutation(size)
         input_index.append(_gather_positions(in_keys, input_sizes, in_counts[b], perms, source, None))

@@ -12,67 +12,103 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import lightning.pytorch as pl
 import torch
 import torch.nn as nn
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from terratim import modalities as mods
-from terratim.model.config import CheckpointConfig, TerraMindConfig
+from terratim.model.config import CheckpointConfig, TerraMindConfig, size_config
 from terratim.model.terramind import TerraMind
-from terratim.pretraining.config import warmup_cosine_schedule
 from terratim.pretraining.masking import MaskingConfig, select_tokens
 from terratim.pretraining.objective import LossWeighting, masked_modeling_loss
+from terratim.pretraining.schedule import schedule_length, warmup_cosine_schedule
+from terratim.tokenizers.model import FSQTokenizer
 from terratim.weights import save_safetensors
 
 
+def network_architecture(size: str | None, architecture: TerraMindConfig | None) -> TerraMindConfig:
+    """The architecture a released ``size`` names, or the one spelled out (exactly one of the two)."""
+    if size is not None and architecture is None:
+        return size_config(size)
+    if architecture is not None and size is None:
+        return architecture
+    raise ValueError("give exactly one of model.size (tiny, small, base, large) or model.architecture")
+
+
+def _tokenizer(modality: str, tokenizer: str | nn.Module) -> nn.Module:
+    """A tokenizer module, read encode-only when given as a file (pretraining only encodes)."""
+    if isinstance(tokenizer, nn.Module):
+        return tokenizer
+    from terratim.tokenizers.build import build_tokenizer
+
+    return build_tokenizer(modality, ckpt_path=tokenizer, decoder=False)
+
+
 class MaskedPretraining(pl.LightningModule):
-    """4M-style pretraining of TerraMind.
+    """4M-style pretraining of TerraMind: the ``model:`` section of ``terratim pretrain``.
 
     Args:
-        config: network architecture.
         inputs: input modalities (raw images through patch embeddings; LULC / NDVI as tokens).
         targets: target modalities (their token domains); each needs a tokenizer.
-        tokenizers: ``{modality: tokenizer}`` for every target and every token input (frozen here).
+        tokenizers: ``{modality: tokenizer file or module}`` for every target and every token input (frozen
+            here; files are read encode-only).
+        size: a released architecture (``tiny``, ``small``, ``base``, ``large``); give this or ``architecture``.
+        architecture: the network's shapes, spelled out.
         masking: token budgets and Dirichlet concentration.
+        loss_weighting: ``"mod"`` or ``"token"`` averaging of the cross-entropy.
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up steps, then cosine decay to 0 at ``max_steps``.
-        max_steps: total optimisation steps (for the schedule).
-        weighting: ``"mod"`` or ``"token"`` averaging of the cross-entropy.
+        max_steps: length of the schedule; default the trainer's ``max_steps``.
+        init_from: a checkpoint in the official layout to continue from (every key must fit).
         seed: seed of the masking generator (offset by the global rank).
     """
 
     def __init__(
         self,
-        config: TerraMindConfig,
         inputs: Sequence[str],
         targets: Sequence[str],
-        tokenizers: Mapping[str, nn.Module],
+        tokenizers: Mapping[str, str | nn.Module],
+        size: str | None = None,
+        architecture: TerraMindConfig | None = None,
         masking: MaskingConfig | None = None,
+        loss_weighting: LossWeighting = "mod",
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_steps: int = 100,
-        max_steps: int = 1000,
-        weighting: LossWeighting = "mod",
+        max_steps: int | None = None,
+        init_from: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if not inputs or not targets:
+            raise ValueError("pretraining needs at least one modality in 'inputs' and in 'targets'")
         self.inputs = {mods.resolve(m).name: mods.input_key(m) for m in inputs}
         self.targets = {mods.resolve(m).name: mods.token_key(m) for m in targets}
         needed = {m for m, key in self.inputs.items() if mods.is_token_key(key)} | set(self.targets)
         missing = sorted(needed - {mods.resolve(m).name for m in tokenizers})
         if missing:
             raise ValueError(f"pretraining needs a tokenizer for {missing} (targets and token inputs)")
+        config = network_architecture(size, architecture)
+        frozen = {mods.resolve(m).name: _tokenizer(m, t).eval().requires_grad_(False) for m, t in tokenizers.items()}
         self.network = TerraMind(config, {key: None for key in self.inputs.values()}, list(self.targets.values()))
-        self.tokenizers = nn.ModuleDict({mods.resolve(m).name: t.eval().requires_grad_(False)
-                                         for m, t in tokenizers.items()})  # fmt: skip
+        self.tokenizers = nn.ModuleDict(frozen)
         self.masking = masking or MaskingConfig()
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps = warmup_steps, max_steps
-        self.weighting = weighting
+        self.weighting = loss_weighting
         self.seed = seed
         self._generator: torch.Generator | None = None
+        if init_from:
+            self.load_network(init_from)
+
+    @property
+    def data_modalities(self) -> list[str]:
+        """The modalities a batch must hold: inputs, then targets that are not inputs."""
+        return list(dict.fromkeys([*self.inputs, *self.targets]))
 
     def train(self, mode: bool = True) -> MaskedPretraining:
         super().train(mode)
@@ -82,7 +118,7 @@ class MaskedPretraining(pl.LightningModule):
     @torch.no_grad()
     def tokenize(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """Token ids (B, h, w) of a modality from its model-unit image."""
-        return self.tokenizers[name].encode(x)[1]
+        return cast(FSQTokenizer, self.tokenizers[name]).encode(x)[1]
 
     def prepare(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
         """``{input key: image or ids}`` and ``{target key: ids}`` from a batch of model-unit tensors."""
@@ -124,8 +160,9 @@ class MaskedPretraining(pl.LightningModule):
             self.log(f"train/ce_{mods.KEY_OWNERS[key]}", value, batch_size=size)
         return loss
 
-    def configure_optimizers(self) -> dict:
-        decay, no_decay = [], []
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, param in self.network.named_parameters():
             if not param.requires_grad:
                 continue
@@ -133,7 +170,8 @@ class MaskedPretraining(pl.LightningModule):
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)  # fmt: skip
         return {"optimizer": optimizer,
-                "lr_scheduler": warmup_cosine_schedule(optimizer, self.warmup_steps, self.max_steps)}  # fmt: skip
+                "lr_scheduler": warmup_cosine_schedule(optimizer, self.warmup_steps,
+                                                       schedule_length(self.max_steps, self.trainer))}  # fmt: skip
 
     def load_network(self, path: str | os.PathLike) -> None:
         """Start from a checkpoint in the official layout (to continue pretraining); every key must fit."""

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 
 from terratim.layers.attention import key_padding_bias
+from terratim.model.embeddings import TokenDecoderEmbedding
 from terratim.model.terramind import TerraMind
 from terratim.pretraining.masking import Selection
 
@@ -48,7 +49,7 @@ def target_queries(
     for j, (key, tokens) in enumerate(targets.items()):
         tokens = tokens.reshape(tokens.shape[0], -1).long()  # (B, n) row-major grid
         grid = math.isqrt(tokens.shape[1])
-        table = model.decoder_embeddings[key].query_emb(grid)  # (1, n, D)
+        table = cast(TokenDecoderEmbedding, model.decoder_embeddings[key]).query_emb(grid)  # (1, n, D)
         queries.append((model.mask_token + table).expand(tokens.shape[0], -1, -1))
         domains.append(torch.full_like(tokens, j))
         ids.append(tokens)

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
-from terratim.pretraining.config import warmup_cosine_schedule
+from terratim.pretraining.schedule import schedule_length, warmup_cosine_schedule
 from terratim.tokenizers.ddim import NUM_TRAIN_TIMESTEPS, zero_terminal_snr_alphas_cumprod
-from terratim.tokenizers.model import ClassTokenizer, FSQTokenizer, TokenizerConfig, make_tokenizer
+from terratim.tokenizers.model import ClassTokenizer, DiffusionTokenizer, FSQTokenizer, TokenizerConfig, make_tokenizer
 
 
 def class_tokenizer_loss(tokenizer: ClassTokenizer, ids: torch.Tensor) -> torch.Tensor:
@@ -31,7 +33,7 @@ def class_tokenizer_loss(tokenizer: ClassTokenizer, ids: torch.Tensor) -> torch.
 
 
 def diffusion_tokenizer_loss(
-    tokenizer: FSQTokenizer, x0: torch.Tensor, generator: torch.Generator | None = None
+    tokenizer: DiffusionTokenizer, x0: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """DiVAE x_0-regression loss for a standardized image batch (B, C, H, W)."""
     # 1. codes of the clean image (straight-through FSQ).
@@ -50,36 +52,49 @@ def tokenizer_loss(tokenizer: FSQTokenizer, x: torch.Tensor, generator: torch.Ge
     """The training loss of any tokenizer for one batch in model units."""
     if isinstance(tokenizer, ClassTokenizer):
         return class_tokenizer_loss(tokenizer, x)
-    return diffusion_tokenizer_loss(tokenizer, x, generator)
+    if isinstance(tokenizer, DiffusionTokenizer):
+        return diffusion_tokenizer_loss(tokenizer, x, generator)
+    raise ValueError(f"no training loss for a {type(tokenizer).__name__} ({tokenizer.config.modality})")
 
 
 class TokenizerTraining(pl.LightningModule):
-    """Trains one tokenizer from ``batch[modality]``.
+    """Trains one tokenizer from ``batch[modality]``: the ``model:`` section of ``terratim train-tokenizer``.
 
     Args:
-        config: tokenizer architecture (``TokenizerConfig``).
+        modality: the modality to tokenize (e.g. ``LULC``, ``S1GRD``, ``DEM``, ``NDVI``).
+        architecture: ``TokenizerConfig`` fields that differ from the released tokenizer of ``modality``
+            (``enc_dim``, ``enc_depth``, ``decoder``, ``unet``, ...).
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up, then cosine decay to 0 at ``max_steps``.
-        max_steps: schedule length.
-        seed: seed of the timestep / noise generator.
+        max_steps: length of the schedule; default the trainer's ``max_steps``.
+        seed: seed of the timestep / noise generator (offset by the global rank).
     """
 
     def __init__(
         self,
-        config: TokenizerConfig,
+        modality: str,
+        architecture: dict[str, Any] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         warmup_steps: int = 50,
-        max_steps: int = 1000,
+        max_steps: int | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if architecture and "modality" in architecture:
+            raise ValueError("give the tokenizer's modality as model.modality, not inside model.architecture")
+        config = TokenizerConfig.for_modality(modality, **(architecture or {}))
         self.tokenizer = make_tokenizer(config, decoder=True)
         self.modality = self.tokenizer.modality.name
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps, self.seed = warmup_steps, max_steps, seed
         self._generator: torch.Generator | None = None
+
+    @property
+    def data_modalities(self) -> list[str]:
+        """The modalities a batch must hold: the tokenizer's own."""
+        return [self.modality]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if self._generator is None:
@@ -97,10 +112,11 @@ class TokenizerTraining(pl.LightningModule):
         ids = self.tokenizer.encode(x)[1]
         return float(ids.unique().numel() / ids.numel())
 
-    def configure_optimizers(self) -> dict:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = torch.optim.AdamW(self.tokenizer.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         return {"optimizer": optimizer,
-                "lr_scheduler": warmup_cosine_schedule(optimizer, self.warmup_steps, self.max_steps)}  # fmt: skip
+                "lr_scheduler": warmup_cosine_schedule(optimizer, self.warmup_steps,
+                                                       schedule_length(self.max_steps, self.trainer))}  # fmt: skip
 
     def export(self, path: str | os.PathLike) -> Path:
         """Write the tokenizer as ``.safetensors`` + ``.json`` (what ``build_tokenizer(ckpt_path=...)`` reads)."""

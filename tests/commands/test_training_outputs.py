@@ -27,17 +27,18 @@ def _no_work(*args, **kwargs):
 
 @pytest.fixture
 def no_training(monkeypatch):
-    import terratim.pretraining.config
+    """Building the model (which reads tokenizer files) or training fails the test."""
+    from terratim.pretraining.cli import PretrainingCLI
 
-    monkeypatch.setattr(terratim.pretraining.config, "fit_and_export", _no_work)
+    monkeypatch.setattr(PretrainingCLI, "instantiate_classes", _no_work)
+    monkeypatch.setattr(PretrainingCLI, "fit_and_export", _no_work)
 
 
 def _pretrain_config(tmp_path, **extra) -> str:
     config = {
         "model": {"architecture": {"dim": 64, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 4,
                                    "mlp_hidden": 128, "gated_mlp": False, "bias": True, "img_size": 64},
-                  "inputs": ["S1GRD"], "targets": ["LULC"]},
-        "tokenizers": {"LULC": str(tokenizer_path("LULC"))},
+                  "inputs": ["S1GRD"], "targets": ["LULC"], "tokenizers": {"LULC": str(tokenizer_path("LULC"))}},
         "data": {"simulated": {"seed": 0, "count": 4, "size": 64}, "batch_size": 2},
         "trainer": {"max_steps": 1, "accelerator": "cpu", "devices": 1},
         **extra,
@@ -48,8 +49,8 @@ def _pretrain_config(tmp_path, **extra) -> str:
 
 
 def _tokenizer_config(tmp_path, **extra) -> str:
-    config = {"tokenizer": {"modality": "LULC", "enc_dim": 32, "enc_depth": 1, "enc_heads": 2, "decoder": "vit",
-                            "dec_dim": 32, "dec_depth": 1, "dec_heads": 2},
+    config = {"model": {"modality": "LULC", "architecture": {"enc_dim": 32, "enc_depth": 1, "enc_heads": 2,
+                                                             "dec_dim": 32, "dec_depth": 1, "dec_heads": 2}},
               "data": {"simulated": {"seed": 0, "count": 4, "size": 64}, "batch_size": 2},
               "trainer": {"max_steps": 1, "accelerator": "cpu", "devices": 1}, **extra}  # fmt: skip
     path = tmp_path / "tokenizer.yaml"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 import terratim
-from terratim.commands.pretrain import pretrain
-from terratim.commands.train_tokenizer import train_tokenizer
 from terratim.model.config import TerraMindConfig
 from terratim.pretraining.data import SimulatedDataset
 from terratim.pretraining.masking import MaskingConfig
@@ -22,6 +22,7 @@ from terratim.weights import read_state_dict
 
 TINY_TOKENIZER = {"enc_dim": 32, "enc_depth": 1, "enc_heads": 2, "dec_dim": 32, "dec_depth": 1, "dec_heads": 2}
 DATA = {"simulated": {"seed": 5, "count": 8, "size": 32}, "batch_size": 4}
+TRAINER = {"max_steps": 2, "accelerator": "cpu"}
 
 
 def tiny_tokenizer(modality: str) -> torch.nn.Module:
@@ -36,9 +37,9 @@ def test_a_few_pretraining_steps_decrease_the_loss() -> None:
     torch.manual_seed(0)
     config = TerraMindConfig(dim=32, encoder_depth=2, decoder_depth=1, num_heads=2, mlp_hidden=64,
                              gated_mlp=False, bias=True, img_size=32)  # fmt: skip
-    module = MaskedPretraining(config, ["S1GRD", "DEM", "LULC"], ["LULC", "DEM"],
-                               {"LULC": tiny_tokenizer("LULC"), "DEM": tiny_tokenizer("DEM")},
-                               MaskingConfig(input_tokens=6, target_tokens=4))  # fmt: skip
+    module = MaskedPretraining(["S1GRD", "DEM", "LULC"], ["LULC", "DEM"],
+                               {"LULC": tiny_tokenizer("LULC"), "DEM": tiny_tokenizer("DEM")}, architecture=config,
+                               masking=MaskingConfig(input_tokens=6, target_tokens=4))  # fmt: skip
     batch = next(iter(DataLoader(SimulatedDataset(1, 8, size=32, modalities=["S1GRD", "DEM", "LULC"]), 8)))
     optimizer = torch.optim.AdamW(module.network.parameters(), lr=3e-3)
     losses = []
@@ -69,18 +70,31 @@ def test_tokenizer_losses_fall() -> None:
         assert sum(losses[-3:]) / 3 < 0.8 * losses[0], (modality, losses)
 
 
+def run_command(command: str, config: dict, path: Path) -> pl.LightningModule:
+    """``terratim <command> -c <config written as a file>``; returns the trained module."""
+    from terratim.commands.pretrain import DEFAULT_OUTPUT
+    from terratim.pretraining.cli import run_training
+    from terratim.pretraining.tokenizer_training import TokenizerTraining
+
+    path.with_suffix(".yaml").write_text(yaml.safe_dump(config))
+    model_class = MaskedPretraining if command == "pretrain" else TokenizerTraining
+    cli, written = run_training(command, model_class, ["-c", str(path.with_suffix(".yaml"))], DEFAULT_OUTPUT)
+    assert written == path
+    return cli.model
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[MaskedPretraining, Path, Path]:
     """The real commands: train a LULC tokenizer, then pretrain the sim_micro architecture, 2 steps each."""
     root = tmp_path_factory.mktemp("pretrain")
-    trainer = {"max_steps": 2, "accelerator": "cpu"}
-    _, tok_path = train_tokenizer({"tokenizer": {"modality": "LULC", **TINY_TOKENIZER}, "data": DATA,
-                                   "trainer": trainer}, str(root / "lulc.safetensors"), progress_bar=False)  # fmt: skip
+    tok_path, path = root / "lulc.safetensors", root / "tm.safetensors"
+    run_command("train-tokenizer", {"model": {"modality": "LULC", "architecture": TINY_TOKENIZER}, "data": DATA,
+                                    "trainer": TRAINER, "output": str(tok_path)}, tok_path)  # fmt: skip
     architecture = {**SIM_MICRO.to_dict(), "img_size": 32}
-    config = {"model": {"architecture": architecture, "inputs": ["S1GRD", "LULC"], "targets": ["LULC"]},
-              "tokenizers": {"LULC": str(tok_path)}, "masking": {"input_tokens": 4, "target_tokens": 2},
-              "data": DATA, "trainer": trainer}  # fmt: skip
-    module, path = pretrain(config, str(root / "tm.safetensors"), progress_bar=False)
+    model = {"architecture": architecture, "inputs": ["S1GRD", "LULC"], "targets": ["LULC"],
+             "tokenizers": {"LULC": str(tok_path)}, "masking": {"input_tokens": 4, "target_tokens": 2}}  # fmt: skip
+    module = run_command("pretrain", {"model": model, "data": DATA, "trainer": TRAINER, "output": str(path)}, path)
+    assert isinstance(module, MaskedPretraining) and module.trainer.global_step == 2
     return module, path, tok_path
 
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from terratim.pretraining.config import warmup_cosine_schedule
+from terratim.pretraining.schedule import warmup_cosine_schedule
 
 
 def test_linear_warmup_then_cosine_to_zero():
