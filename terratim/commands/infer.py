@@ -23,6 +23,8 @@ from pathlib import Path
 from terratim.commands import add_modality_paths, modality_paths
 from terratim.generation.settings import GenerationSettings, add_cli_arguments, from_cli
 
+DEFAULT_CHIP = 224
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_modality_paths(parser, "--input", "-i", required=True,
@@ -43,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("-c", "--config", type=Path, help=config_help)
     source.add_argument("--ckpt", type=Path, help=ckpt_help)
     source.add_argument("--model", help="a registry model: *_generate for generation, a backbone for embeddings")
+    source.add_argument("--onnx", type=Path,
+                        help="a model from `terratim export`, run with onnxruntime (no -c/--ckpt/--model)")  # fmt: skip
     source.add_argument("--outputs", nargs="+", help="modalities to generate (with a *_generate model)")
     source.add_argument("--pretrained", action="store_true", help="load the official weights of --model")
     source.add_argument("--model-ckpt", type=Path, help="local weights for --model (.pt or .safetensors)")
@@ -55,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--seed", type=int, default=0, help="seed of the generation randomness")
     add_cli_arguments(parser.add_argument_group("generation (with a *_generate --model)"))
     tiles = parser.add_argument_group("tiling")
-    tiles.add_argument("--chip", type=int, default=224, help="chip side in pixels (default 224)")
+    tiles.add_argument("--chip", type=int, default=DEFAULT_CHIP,
+                       help="chip side in pixels (default 224; an --onnx model's tile size)")  # fmt: skip
     tiles.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring chips (default 32)")
     tiles.add_argument("--delta", type=int, default=8, help="margin cropped off each chip output (default 8)")
     tiles.add_argument("--batch-size", type=int, default=16, help="chips per forward pass (default 16)")
@@ -73,6 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     output.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="fp32 (default), bf16 (autocast), auto (bf16 where the device has it natively)")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
 
@@ -169,16 +176,17 @@ def _run(args: argparse.Namespace, outputs: list[Path]) -> int:
 
     steady_heap()
     inputs = modality_paths(args.input)
-    tiling = TilingConfig(args.chip, args.overlap, args.delta, args.batch_size, args.blend, args.panel)
+    tiling = TilingConfig(_chip(args), args.overlap, args.delta, args.batch_size, args.blend, args.panel)
     if args.embeddings == "chip":
         return _chip_embeddings(args, inputs, tiling)
     if args.out.exists() and not args.overwrite:  # fail before loading a model
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
     predictor = _predictor(args, inputs)
+    predict = _with_precision(args, predictor)
     outputs += [head.path for head in predictor.heads]
     progress = ProgressReport(args.quiet)
     try:
-        paths = infer_scene(predictor.predict, inputs, predictor.heads, tiling, bands=predictor.bands,
+        paths = infer_scene(predict, inputs, predictor.heads, tiling, bands=predictor.bands,
                             device=torch.device(args.device), fill=predictor.fill, overwrite=args.overwrite,
                             resume=args.resume, progress=progress, fingerprint=predictor.fingerprint)  # fmt: skip
     finally:
@@ -204,6 +212,8 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
 
     device = torch.device(args.device)
     settings = from_cli(args, timesteps=args.timesteps)
+    if args.onnx is not None:
+        return _onnx_predictor(args, inputs)
     if settings != GenerationSettings() and not (args.model or "").endswith("_generate"):
         raise ValueError("the generation options (--timesteps, --scheme, --temperature, --top-k, ...) apply only to "
                          "a *_generate --model")  # fmt: skip
@@ -237,6 +247,43 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
     if args.model_ckpt is not None:
         predictor.fingerprint["weights"] = file_record(args.model_ckpt, whole=True)
     return predictor
+
+
+def _chip(args: argparse.Namespace) -> int:
+    """``--chip``; with ``--onnx`` the tile size the model was exported for (``--chip`` left out or equal)."""
+    if args.onnx is None:
+        return args.chip
+    from terratim.deploy.onnx import read_card
+
+    tile = read_card(args.onnx).tile_size
+    if args.chip not in (tile, DEFAULT_CHIP):
+        raise ValueError(f"--chip {args.chip}: {args.onnx} was exported for {tile} px tiles; leave --chip out or "
+                         f"pass --chip {tile}")  # fmt: skip
+    return tile
+
+
+def _onnx_predictor(args: argparse.Namespace, inputs: dict[str, Path]):
+    from terratim.deploy.onnx import onnx_predictor
+
+    if args.config is not None or args.ckpt is not None or args.model is not None or args.embeddings:
+        raise ValueError("--onnx runs an exported model: leave out -c/--config, --ckpt, --model and --embeddings")
+    predictor = onnx_predictor(args.onnx, args.out, args.device, args.confidence, args.cog)
+    predictor.predict.check_inputs(inputs)  # modalities against the file's metadata
+    return predictor
+
+
+def _with_precision(args: argparse.Namespace, predictor):
+    """The predictor's callable under ``--precision`` (said when ``auto`` chose); recorded for --resume."""
+    from terratim.precision import resolve_precision, with_precision
+
+    if args.onnx is not None:
+        if args.precision == "bf16":
+            raise ValueError("--precision bf16 applies to PyTorch models; an ONNX model runs as exported")
+        return predictor.predict
+    precision = resolve_precision(args.precision, args.device, report=not args.quiet)
+    if precision != "fp32":
+        predictor.fingerprint["precision"] = precision
+    return with_precision(predictor.predict, precision, args.device)
 
 
 def _check_modalities(inputs: dict[str, Path], wanted: dict[str, int]) -> None:
