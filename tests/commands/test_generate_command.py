@@ -124,3 +124,72 @@ def test_infer_takes_the_sampling_flags_for_generation_models_only(tmp_path, tin
     assert built == [GenerationSettings(**SAMPLING_SETTINGS, timesteps=4)]
     with pytest.raises(ValueError, match="generation options .* apply only to a \\*_generate --model"):
         main([*common, "--model", "terramind_v1_tiny", "--embeddings", "pixel", "--temperature", "0"])
+
+
+# ------------------------------------------------------------------------------------ outputs and missing bands
+HLS_BANDS = ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]
+
+
+def hls_and_mean_filled(folder: Path, sample: Path = S2) -> tuple[Path, Path]:
+    """Float32 copies of a real S2L2A sample: its six HLS-like bands, and all 12 with the others at their mean."""
+    s2 = terratim.MODALITIES["S2L2A"]
+    with rasterio.open(sample) as src:
+        data, profile = src.read().astype(np.float32), src.profile
+    profile.update(dtype="float32")
+    full = data.copy()
+    for band in s2.missing_bands(HLS_BANDS):
+        full[s2.band_index(band)] = s2.mean[s2.band_index(band)]
+    paths = folder / "hls.tif", folder / "mean_filled.tif"
+    for path, array in zip(paths, (data[[s2.band_index(b) for b in HLS_BANDS]], full)):
+        with rasterio.open(path, "w", **{**profile, "count": array.shape[0]}) as dst:
+            dst.write(array)
+    return paths
+
+
+def test_output_order_maps_to_the_per_call_outputs(tmp_path, tiny_checkpoint, tokenizers, monkeypatch):
+    from terratim.generation.generate import TerraMindGenerate
+
+    seen = []
+
+    def generate_tokens(self, *args, **kwargs):
+        seen.append((list(self.outputs), kwargs.get("outputs")))
+        raise Recorded
+
+    monkeypatch.setattr(TerraMindGenerate, "generate_tokens", generate_tokens)
+    with pytest.raises(Recorded):
+        main(["generate", "--input", f"S2L2A={S2}", "--output", "dem,LULC", "--ckpt", str(tiny_checkpoint),
+              "--tokenizer", f"LULC={tokenizers['LULC']}", "--tokenizer", f"DEM={tokenizers['DEM']}",
+              "--out", str(tmp_path / "gen")])  # fmt: skip
+    assert seen == [(["DEM", "LULC"], ["DEM", "LULC"])]
+    with pytest.raises(ValueError, match=r"--output names \['LULC'\] more than once"):
+        main(["generate", "--input", f"S2L2A={S2}", "--output", "LULC,lulc", "--ckpt", str(tiny_checkpoint),
+              "--out", str(tmp_path / "gen")])  # fmt: skip
+
+
+def test_missing_bands_filled_give_the_map_of_the_mean_filled_file(tmp_path, tiny_checkpoint, tokenizers):
+    hls, mean_filled = hls_and_mean_filled(tmp_path)
+    common = ["generate", "--output", "LULC", "--ckpt", str(tiny_checkpoint), "--tokenizer",
+              f"LULC={tokenizers['LULC']}", "--temperature", "0"]  # fmt: skip
+    with pytest.warns(UserWarning, match="S2L2A: bands COASTAL_AEROSOL, .* filled with their pretraining mean"):
+        assert main([*common, "--input", f"S2L2A={hls}", "--out", str(tmp_path / "hls"),
+                     "--bands", f"S2L2A={','.join(HLS_BANDS)}", "--fill-missing-bands"]) == 0  # fmt: skip
+    assert main([*common, "--input", f"S2L2A={mean_filled}", "--out", str(tmp_path / "full")]) == 0
+    with rasterio.open(tmp_path / "hls" / "LULC.tif") as a, rasterio.open(tmp_path / "full" / "LULC.tif") as b:
+        assert np.array_equal(a.read(1), b.read(1))  # class maps from the same computation
+    assert (tmp_path / "hls" / "panel.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], r"S2L2A input .*hls.tif has 6 bands, expected 12; .* --bands S2L2A=BAND,\.\.\. .* --fill-missing-bands"),
+    (["--bands", "S2L2A=BLUE,GREEN,RED,NIR_NARROW,SWIR_1,SWIR_2"], r"are missing .* fill_missing_bands='mean'"),
+    (["--bands", "S2L2A=BLUE,GREEN,RED,NIR_NARROW,SWIR_1,B10", "--fill-missing-bands"],
+     r"S2L2A has no band 'B10'; pretrained bands are \['COASTAL_AEROSOL', 'BLUE'"),
+    (["--fill-missing-bands"], r"--fill-missing-bands needs --bands"),
+    (["--bands", "S2L2A"], r"--bands 'S2L2A': expected MODALITY=BAND,BAND"),
+])  # fmt: skip
+def test_bad_band_options_fail_before_any_output(tmp_path, tiny_checkpoint, flags, message):
+    hls, _ = hls_and_mean_filled(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        main(["generate", "--input", f"S2L2A={hls}", "--output", "LULC", "--ckpt", str(tiny_checkpoint),
+              "--pretrained", "--out", str(tmp_path / "gen"), *flags])  # fmt: skip
+    assert not (tmp_path / "gen").exists()
