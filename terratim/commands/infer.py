@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from terratim.commands import add_modality_paths, modality_paths
+from terratim.commands.generate import add_band_arguments, band_layout, band_options, read_given_bands
 from terratim.generation.settings import GenerationSettings, add_cli_arguments, from_cli
 
 DEFAULT_CHIP = 224
@@ -57,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     source.add_argument("--timesteps", type=int, help="diffusion steps for continuous generated outputs")
     source.add_argument("--seed", type=int, default=0, help="seed of the generation randomness")
+    add_band_arguments(source)
     add_cli_arguments(parser.add_argument_group("generation (with a *_generate --model)"))
     tiles = parser.add_argument_group("tiling")
     tiles.add_argument("--chip", type=int, default=DEFAULT_CHIP,
@@ -217,6 +219,8 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
     if settings != GenerationSettings() and not (args.model or "").endswith("_generate"):
         raise ValueError("the generation options (--timesteps, --scheme, --temperature, --top-k, ...) apply only to "
                          "a *_generate --model")  # fmt: skip
+    if (args.bands or args.fill_missing_bands) and not (args.model or "").endswith("_generate"):
+        raise ValueError("--bands and --fill-missing-bands apply only to a *_generate --model")
     if args.config is not None or args.ckpt is not None:
         if args.ckpt is None or args.model is not None:
             raise ValueError("a task model needs --ckpt (and no --model); -c/--config is optional, needed only for "
@@ -231,11 +235,13 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
     if args.model.endswith("_generate"):
         if not args.outputs:
             raise ValueError(f"--model {args.model} generates: name what with --outputs (e.g. --outputs LULC)")
+        layout = band_layout(args, list(inputs))
         model = terratim.build(args.model, output_modalities=args.outputs, standardize=True, settings=settings,
-                               **_model_kwargs(args, inputs)).to(device)  # fmt: skip
+                               **_model_kwargs(args, inputs), **band_options(args, layout)).to(device)  # fmt: skip
         generator = torch.Generator(device=device).manual_seed(args.seed)
         predictor = adapters.generation_predictor(model.eval(), args.out, generator, args.confidence, args.cog,
                                                   args.timesteps)  # fmt: skip
+        read_given_bands(predictor, layout)
         predictor.fingerprint["generation"] = dataclasses.asdict(settings)
     elif args.embeddings == "pixel":
         backbone = terratim.build(args.model, **_model_kwargs(args, inputs)).to(device).eval()
