@@ -24,6 +24,7 @@ import argparse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from terratim.commands import add_modality_paths, modality_paths
 from terratim.generation.settings import add_cli_arguments, from_cli
@@ -51,12 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
-def add_band_arguments(parser: argparse.ArgumentParser) -> None:
+def add_band_arguments(parser: argparse.ArgumentParser | Any) -> None:
     """``--bands MODALITY=B1,B2,...`` (repeatable) and ``--fill-missing-bands``, read by :func:`band_layout`."""
     parser.add_argument("--bands", action="append", default=[], metavar="MODALITY=BAND,BAND,...",
                         help="the bands an input file holds, in order, when it lacks pretrained bands (e.g. "
                              "S2L2A=BLUE,GREEN,RED,NIR_NARROW,SWIR_1,SWIR_2); needs --fill-missing-bands")  # fmt: skip
-    parser.add_argument("--fill-missing-bands", action="store_const", const="mean", default=None,
+    parser.add_argument("--fill-missing-bands", action="store_true",
                         help="fill the pretrained bands missing from --bands with their pretraining mean (0 after "
                              "standardization); warns, since results degrade")  # fmt: skip
 
@@ -76,9 +77,14 @@ def band_layout(args: argparse.Namespace, inputs: Sequence[str]) -> dict[str, tu
         if canonical in bands:
             raise ValueError(f"--bands {canonical} is given twice")
         bands[canonical] = names
-    if args.fill_missing_bands is not None and not bands:
+    if args.fill_missing_bands and not bands:
         raise ValueError("--fill-missing-bands needs --bands MODALITY=BAND,... naming the bands each file holds")
-    return input_band_fill(list(inputs), bands, args.fill_missing_bands)
+    return input_band_fill(list(inputs), bands, fill_method(args))
+
+
+def fill_method(args: argparse.Namespace) -> str | None:
+    """The ``fill_missing_bands`` value ``--fill-missing-bands`` asks for."""
+    return "mean" if args.fill_missing_bands else None
 
 
 def band_counts(files: Mapping[str, Path], layout: Mapping[str, Sequence[str]]) -> dict[str, int]:
@@ -121,7 +127,7 @@ def band_options(args: argparse.Namespace, layout: Mapping[str, Sequence[str]] |
     """The builder keywords for inputs lacking bands (none when every input has all its bands)."""
     if not layout:
         return {}
-    return {"bands": {n: list(b) for n, b in layout.items()}, "fill_missing_bands": args.fill_missing_bands}
+    return {"bands": {n: list(b) for n, b in layout.items()}, "fill_missing_bands": fill_method(args)}
 
 
 @contextmanager
@@ -224,21 +230,29 @@ def direct(model, reader, targets: dict, generator, args: argparse.Namespace) ->
 def tiled(model, files: Mapping[str, Path], targets: dict, generator, args: argparse.Namespace,
           layout: Mapping[str, Sequence[str]]) -> None:  # fmt: skip
     """Chip the scene, generate per chip, blend (LULC logits before argmax), stream to disk."""
-    import numpy as np
-
     from terratim.inference.adapters import generation_predictor
     from terratim.inference.engine import TilingConfig, infer_scene
-    from terratim.modalities import resolve
 
     predictor = generation_predictor(model, args.out / "generated.tif", generator=generator, timesteps=args.steps)
     for head, path in zip(predictor.heads, targets.values()):
         head.path = path
-    for name, given in layout.items():  # files holding fewer bands: their count and nodata fill values
-        predictor.bands[name] = len(given)
-        predictor.fill[name] = np.asarray(resolve(name).statistics(tuple(given))[0], np.float32)
+    read_given_bands(predictor, layout)
     tiling = TilingConfig(chip=args.chip, overlap=args.overlap, batch_size=args.batch_size)
     infer_scene(predictor.predict, dict(files), predictor.heads, tiling, bands=predictor.bands, device=args.device,
                 fill=predictor.fill, overwrite=args.overwrite)  # fmt: skip
+
+
+def read_given_bands(predictor, layout: Mapping[str, Sequence[str]]) -> None:
+    """A scene predictor reads, for files lacking bands, the bands they hold (count and nodata fill values)."""
+    import numpy as np
+
+    from terratim.modalities import resolve
+
+    for name, given in layout.items():
+        predictor.bands[name] = len(given)
+        predictor.fill[name] = np.asarray(resolve(name).statistics(tuple(given))[0], np.float32)  # (C',)
+    if layout:
+        predictor.fingerprint["bands"] = {n: list(b) for n, b in layout.items()}
 
 
 def write_panel(files: Mapping[str, Path], targets: dict, path: Path,

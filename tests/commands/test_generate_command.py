@@ -193,3 +193,33 @@ def test_bad_band_options_fail_before_any_output(tmp_path, tiny_checkpoint, flag
         main(["generate", "--input", f"S2L2A={hls}", "--output", "LULC", "--ckpt", str(tiny_checkpoint),
               "--pretrained", "--out", str(tmp_path / "gen"), *flags])  # fmt: skip
     assert not (tmp_path / "gen").exists()
+
+
+def test_infer_takes_the_band_fill_for_generation_models_only(tmp_path, tiny_checkpoint, monkeypatch):
+    hls, _ = hls_and_mean_filled(tmp_path)
+    built = []
+    monkeypatch.setattr(terratim, "build", lambda name, **kwargs: built.append(kwargs) or 1 / 0)
+    common = ["infer", "--input", f"S2L2A={hls}", "--out", str(tmp_path / "o.tif"), "--quiet"]
+    bands = ["--bands", f"S2L2A={','.join(HLS_BANDS)}", "--fill-missing-bands"]
+    with pytest.warns(UserWarning, match="S2L2A: bands COASTAL_AEROSOL"), pytest.raises(ZeroDivisionError):
+        main([*common, "--model", "terramind_v1_tiny_generate", "--outputs", "LULC", *bands])
+    assert built[0]["bands"] == {"S2L2A": HLS_BANDS} and built[0]["fill_missing_bands"] == "mean"
+    with pytest.raises(ValueError, match="--bands and --fill-missing-bands apply only to a \\*_generate --model"):
+        main([*common, "--model", "terramind_v1_tiny", "--embeddings", "pixel", *bands])
+
+
+def test_missing_bands_in_a_tiled_scene(tmp_path, tiny_checkpoint, tokenizers):
+    """A scene that is not one square chip goes through the tiling engine, which reads the six bands."""
+    hls, _ = hls_and_mean_filled(tmp_path)
+    with rasterio.open(hls) as src:
+        profile, data = src.profile, src.read()
+    wide = np.concatenate([data, data[:, :, :32]], axis=2)  # (6, 224, 256)
+    with rasterio.open(tmp_path / "wide.tif", "w", **{**profile, "width": 256}) as dst:
+        dst.write(wide)
+    out = tmp_path / "gen"
+    with pytest.warns(UserWarning, match="results degrade"):
+        assert main(["generate", "--input", f"S2L2A={tmp_path / 'wide.tif'}", "--output", "LULC", "--ckpt",
+                     str(tiny_checkpoint), "--tokenizer", f"LULC={tokenizers['LULC']}", "--out", str(out),
+                     "--bands", f"S2L2A={','.join(HLS_BANDS)}", "--fill-missing-bands", "--temperature", "0"]) == 0
+    with rasterio.open(out / "LULC.tif") as lulc:
+        assert (lulc.width, lulc.height) == (256, 224) and lulc.read(1).max() < 10
