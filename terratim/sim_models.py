@@ -23,7 +23,8 @@ caller did not pass: nothing is downloaded.
 
 The architecture is read from the bundled ``terramind_sim_micro.json`` (or from the JSON next to a ``ckpt_path``
 that has one) and handed to the regular creation paths (backbone, generation, TiM), which build and load it
-strictly. No size table is extended.
+strictly. No size table is extended. Each builder declares the keyword arguments it takes (those of the creation
+path it hands over to), so ``terratim.build`` and the fine-tuning factory refuse any other by name.
 """
 
 from __future__ import annotations
@@ -36,12 +37,21 @@ from typing import Any
 import torch.nn as nn
 
 from terratim import modalities as mods
+from terratim.generation.generate import build_generate
+from terratim.model.backbone import build_backbone
 from terratim.model.config import TerraMindConfig
-from terratim.registry import register
+from terratim.registry import named_parameters, register
+from terratim.tim import build_tim
+from terratim.tokenizers.build import build_tokenizer
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "sim_micro"
 CHECKPOINT = ASSETS / "terramind_sim_micro.safetensors"
 TOKENIZER_MODALITIES = ("LULC", "DEM")
+# The keyword arguments each builder takes: those of the creation path it hands over to, less what it sets itself.
+BACKBONE_PARAMETERS = named_parameters(build_backbone, skip=1)
+GENERATE_PARAMETERS = named_parameters(build_generate, skip=1) - {"build_tokenizers_for_outputs"}
+TIM_PARAMETERS = named_parameters(build_tim, skip=1)
+TOKENIZER_PARAMETERS = named_parameters(build_tokenizer, skip=1)
 
 
 def bundled_architecture() -> TerraMindConfig:
@@ -96,8 +106,6 @@ def build_sim_tokenizer(modality: str, pretrained: bool = True, ckpt_path: str |
 
     ``decoder=False`` builds it encode-only (the token inputs of a backbone or TiM model).
     """
-    from terratim.tokenizers.build import build_tokenizer
-
     if ckpt_path is None and not pretrained:
         raise ValueError("the simulated-data tokenizers exist only as trained files; use pretrained=True or ckpt_path")
     path = ckpt_path if ckpt_path is not None else _bundled(tokenizer_path(modality))
@@ -152,26 +160,22 @@ def check_outputs(model: str, checkpoint: str | None, outputs: Any) -> None:
         )
 
 
-@register("terramind_sim_micro")
+@register("terramind_sim_micro", parameters=BACKBONE_PARAMETERS)
 def terramind_sim_micro(pretrained: bool = False, ckpt_path: str | os.PathLike | None = None,
                         img_size: int | None = None, **kwargs: Any) -> nn.Module:  # fmt: skip
     """Small TerraMind pretrained on simulated data (bundled): backbone."""
-    from terratim.model.backbone import build_backbone
-
     checkpoint = _checkpoint(pretrained, ckpt_path)
     architecture, img_size = _architecture(checkpoint, img_size)
     return build_backbone(architecture, img_size=img_size, ckpt_path=checkpoint, **kwargs)
 
 
-@register("terramind_sim_micro_generate")
+@register("terramind_sim_micro_generate", parameters=GENERATE_PARAMETERS)
 def terramind_sim_micro_generate(
     modalities: Any = ("S1GRD",), output_modalities: Any = ("LULC",), pretrained: bool = False,
     ckpt_path: str | os.PathLike | None = None, img_size: int | None = None,
     tokenizers: Mapping[str, nn.Module] | None = None, **kwargs: Any,
 ) -> nn.Module:  # fmt: skip
     """Small TerraMind pretrained on simulated data (bundled): any-to-any generation."""
-    from terratim.generation.generate import build_generate
-
     checkpoint = _checkpoint(pretrained, ckpt_path)
     architecture, img_size = _architecture(checkpoint, img_size)
     check_outputs("terramind_sim_micro_generate", checkpoint, output_modalities)
@@ -182,15 +186,13 @@ def terramind_sim_micro_generate(
                           **kwargs)  # fmt: skip
 
 
-@register("terramind_sim_micro_tim")
+@register("terramind_sim_micro_tim", parameters=TIM_PARAMETERS)
 def terramind_sim_micro_tim(
     modalities: Any = ("S1GRD",), tim_modalities: Any = ("LULC",), pretrained: bool = False,
     ckpt_path: str | os.PathLike | None = None, img_size: int | None = None,
     tokenizers: Mapping[str, nn.Module] | None = None, **kwargs: Any,
 ) -> nn.Module:  # fmt: skip
     """Small TerraMind pretrained on simulated data (bundled): Thinking-in-Modalities backbone."""
-    from terratim.tim import build_tim
-
     checkpoint = _checkpoint(pretrained, ckpt_path)
     architecture, img_size = _architecture(checkpoint, img_size)
     inputs = {mods.resolve(n).name for n in modalities}
@@ -202,7 +204,6 @@ def terramind_sim_micro_tim(
                      tokenizers=tokenizers, **kwargs)  # fmt: skip
 
 
-
 def _register_tokenizers() -> None:
     for modality in TOKENIZER_MODALITIES:
 
@@ -210,7 +211,7 @@ def _register_tokenizers() -> None:
             return build_sim_tokenizer(modality, **kwargs)
 
         builder.__doc__ = f"{modality} tokenizer of the simulated-data TerraMind (bundled)."
-        register(f"terramind_sim_micro_tokenizer_{modality.lower()}")(builder)
+        register(f"terramind_sim_micro_tokenizer_{modality.lower()}", parameters=TOKENIZER_PARAMETERS)(builder)
 
 
 _register_tokenizers()

@@ -16,9 +16,9 @@ def test_sized_builders_take_their_build_function_parameters():
 
 
 def test_a_builder_forwarding_kwargs_takes_any_keyword():
-    assert registry.parameters("terramind_sim_micro") is None
-    assert registry.accepts("terramind_sim_micro", "anything")
-    assert registry.unknown_arguments("terramind_sim_micro", ["anything"]) == []
+    assert registry.parameters("terramind_v1_tokenizer_lulc") is None
+    assert registry.accepts("terramind_v1_tokenizer_lulc", "anything")
+    assert registry.unknown_arguments("terramind_v1_tokenizer_lulc", ["anything"]) == []
 
 
 def test_build_refuses_unknown_arguments_and_names_the_accepted_ones():

@@ -90,3 +90,32 @@ def test_bundle_architecture_comes_from_its_json(tmp_path):
     other.with_suffix(".json").write_text(json.dumps(CheckpointConfig(SIZES["tiny"], "tiny").to_dict()))
     with pytest.raises(CheckpointError, match=r"other\.json describes .*dim=192.*dim=64"):
         terratim.build("terramind_sim_micro", ckpt_path=other, modalities=["S1GRD"])
+
+
+def test_builders_declare_their_parameters_and_refuse_others():
+    """The registry knows what each bundled builder takes (what its creation path takes), so a typo is refused by
+    name before anything is built."""
+    from terratim import registry
+
+    assert registry.parameters("terramind_sim_micro") == registry.parameters("terramind_v1_tiny")
+    assert registry.parameters("terramind_sim_micro_tim") == registry.parameters("terramind_v1_tiny_tim")
+    generate = registry.parameters("terramind_sim_micro_generate")
+    assert {"output_modalities", "temperature", "token_schedule", "tokenizers"} <= generate
+    assert "build_tokenizers_for_outputs" not in generate  # the builder sets it itself
+    assert registry.parameters("terramind_sim_micro_tokenizer_dem") == {"pretrained", "ckpt_path", "decoder",
+                                                                        "config", "strict"}  # fmt: skip
+    with pytest.raises(TypeError, match=r"terramind_sim_micro_tim: unknown arguments \['tim_modality'\]"):
+        terratim.build("terramind_sim_micro_tim", pretrained=True, tim_modality=["LULC"])
+    with pytest.raises(TypeError, match=r"unknown arguments \['modality'\]"):
+        terratim.build("terramind_sim_micro_tokenizer_lulc", modality="DEM")
+
+
+def test_importing_the_module_changes_no_table():
+    """A fresh interpreter: importing ``terratim.sim_models`` adds no size to ``model.config.SIZES``."""
+    import subprocess
+    import sys
+
+    code = ("from terratim.model import config; before = dict(config.SIZES); import terratim.sim_models; "
+            "assert config.SIZES == before, sorted(config.SIZES); print(sorted(before))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "['base', 'large', 'small', 'tiny']"
