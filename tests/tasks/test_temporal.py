@@ -170,15 +170,17 @@ def test_tim_backbone_imagines_all_dates_in_one_call(tiny_checkpoint):
             "decoder_channels": 8, "num_classes": 3}  # fmt: skip
     model = build_model("EncoderDecoderFactory", args, "segmentation").eval()
     tim = model.backbone.encoder
-    imagined: list[tuple[int, ...]] = []
-    real_imagine = tim.imagine
-    tim.imagine = lambda x, generator=None: imagined.append(tuple(x["S1GRD"].shape)) or real_imagine(x, generator)
+    imagined: list[tuple[int, ...]] = []  # input shapes of the generator's calls
+    generate_tokens = tim.generator.generate_tokens
+    tim.generator.generate_tokens = lambda given, *a, **k: (imagined.append(tuple(given["S1GRD"].shape))
+                                                             or generate_tokens(given, *a, **k))  # fmt: skip
     x = chip(3)
     with torch.no_grad():
         out = model({"S1GRD": dates(x, x)})
         single = tim({"S1GRD": x})[-1]
         pooled = model.backbone({"S1GRD": dates(x, x)})[-1]
-    assert imagined[0] == (4, 2, 32, 32) and out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
+    assert imagined == [(4, 2, 32, 32), (2, 2, 32, 32), (4, 2, 32, 32)]  # one generator call per forward, B*T
+    assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
     scale = single.abs().max().item()
     torch.testing.assert_close(pooled, single, rtol=0, atol=1e-5 * scale)  # argmax TiM: same tokens per date
 
