@@ -276,7 +276,10 @@ def native_equivalent(transform: Any) -> Callable | None:
         height, width = getattr(transform, "height", None), getattr(transform, "width", None)
         return cls(height, width) if isinstance(height, int) and isinstance(width, int) else None
     p = getattr(transform, "p", None)
-    return cls(p=float(p)) if isinstance(p, int | float) else None
+    random_flips = (D4, HorizontalFlip, VerticalFlip, RandomRotate90)
+    flips: dict[str, Callable[..., Callable]] = {c.__name__: c for c in random_flips}
+    make = flips.get(cls.__name__)
+    return make(p=float(p)) if make is not None and isinstance(p, int | float) else None
 
 
 def build_transforms(specs: Sequence[Any] | Callable | None) -> Callable[..., Sample] | None:
