@@ -10,12 +10,18 @@ Reading: nodata becomes NaN (``terratim.data.geotiff``), then a per-modality fil
 validity mask ``valid[modality]`` (H, W), True where every band was valid, travels with the sample. Label
 nodata becomes
 ``no_label_replace`` (the ignore index).
+
+Band selection (TerraTorch's ``dataset_bands`` / ``output_bands``): ``dataset_bands`` names each band of a file in
+order, band names mixed with integer placeholders for unnamed bands (``[0, BLUE, GREEN, RED, 1, 2]``) and
+``[first, last]`` integer ranges; ``output_bands`` picks the named bands the model gets. A
+:class:`BandSelection` keeps their positions.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +171,85 @@ def match_samples(
     return samples
 
 
+BandName = str | int
+
+
+def expand_band_list(bands: Sequence[Any], option: str) -> list[BandName]:
+    """Band names and integer placeholders, ``[first, last]`` ranges expanded (inclusive); a repeat is an error."""
+    out: list[BandName] = []
+    for item in bands:
+        if isinstance(item, str | int) and not isinstance(item, bool):
+            out.append(item)
+        elif isinstance(item, Sequence) and len(item) == 2 and all(isinstance(v, int) for v in item):
+            if item[1] < item[0]:
+                raise ValueError(f"{option}: range {list(item)} runs backwards; give [first, last] with first <= last")
+            out.extend(range(item[0], item[1] + 1))
+        else:
+            raise ValueError(f"{option}: {item!r} is not a band name, an integer placeholder or a [first, last] range")
+    repeated = sorted({repr(b) for b in out if out.count(b) > 1})
+    if repeated:
+        raise ValueError(f"{option} names bands {', '.join(repeated)} more than once: {out}")
+    return out
+
+
+@dataclass(frozen=True)
+class BandSelection:
+    """Which bands of a modality's files the model gets.
+
+    Attributes:
+        modality: the modality (for messages).
+        dataset_bands: every band of a file, in file order (names and integer placeholders).
+        output_bands: the bands kept, in output order.
+        indices: positions of ``output_bands`` in the file.
+    """
+
+    modality: str
+    dataset_bands: tuple[BandName, ...]
+    output_bands: tuple[BandName, ...]
+    indices: tuple[int, ...]
+
+    @classmethod
+    def build(cls, modality: str, dataset_bands: Sequence[Any], output_bands: Sequence[Any] | None) -> BandSelection:
+        """Check and resolve the two lists (``output_bands`` None keeps every band)."""
+        declared = expand_band_list(dataset_bands, f"dataset_bands of {modality}")
+        wanted = expand_band_list(output_bands, f"output_bands of {modality}") if output_bands is not None else declared
+        missing = [b for b in wanted if b not in declared]
+        if missing:
+            raise ValueError(f"output_bands of {modality}: {missing} are not in its dataset_bands {declared}")
+        return cls(modality, tuple(declared), tuple(wanted), tuple(declared.index(b) for b in wanted))
+
+    def select(self, data: np.ndarray, path: Path | str) -> np.ndarray:
+        """The output bands of a file's (bands, H, W) pixels.
+
+        A file whose band count differs from ``dataset_bands`` is read with band positions counted from its first
+        band (TerraTorch does the same): an output band beyond the file's last band raises naming the file, any
+        other difference warns once per modality and count.
+        """
+        count = data.shape[0]
+        beyond = [b for b, i in zip(self.output_bands, self.indices, strict=True) if i >= count]
+        if beyond:
+            raise ValueError(
+                f"{self.modality} file {path} has {count} bands, but dataset_bands lists {len(self.dataset_bands)} "
+                f"and puts output bands {beyond} beyond the file's last band"
+            )
+        if count != len(self.dataset_bands):
+            _warn_once(
+                (self.modality, count),
+                f"{self.modality} file {path} has {count} bands but dataset_bands lists {len(self.dataset_bands)} "
+                f"({list(self.dataset_bands)}); output bands are taken at positions {list(self.indices)}",
+            )
+        return data[list(self.indices)]
+
+
+_WARNED: set[tuple[str, int]] = set()
+
+
+def _warn_once(key: tuple[str, int], message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
 class MultiModalGeoTiffDataset(Dataset):
     """One sample = one GeoTIFF per modality (+ a label raster or scene label), read with rasterio.
 
@@ -172,6 +257,7 @@ class MultiModalGeoTiffDataset(Dataset):
     "meta": {...}}``
     as numpy arrays (the collate function makes tensors). ``mask`` is int64 (H, W) for segmentation, float32
     (H, W) for regression, int64 () or float32 (num_classes,) for classification; absent without labels.
+    ``band_selections`` (per modality) keeps the output bands of files that hold more (``dataset_bands``).
     """
 
     def __init__(
@@ -187,8 +273,10 @@ class MultiModalGeoTiffDataset(Dataset):
         nodata_to_ignore: bool = False,
         multi_label: bool = False,
         transform: Callable | None = None,
+        band_selections: Mapping[str, BandSelection] | None = None,
     ) -> None:
         self.samples = list(samples)
+        self.band_selections = dict(band_selections or {})
         self.num_bands = dict(num_bands)
         self.fill_values = {m: np.asarray(v, dtype=np.float32) for m, v in fill_values.items()}
         self.task = task
@@ -203,11 +291,18 @@ class MultiModalGeoTiffDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _read_images(self, files: SampleFiles) -> tuple[dict, dict, dict]:
-        images, valid, profile, size = {}, {}, None, None
+    def _read_images(self, files: SampleFiles) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+        images: dict[str, np.ndarray] = {}
+        valid: dict[str, np.ndarray] = {}
+        profile: dict[str, Any] | None = None
+        size: tuple[str, tuple[int, ...]] | None = None
         for mod, path in files.images.items():
-            raster = read_geotiff(path, self.num_bands.get(mod), what=f"sample {files.sample_id!r} {mod}")
+            selection = self.band_selections.get(mod)
+            expected = None if selection is not None else self.num_bands.get(mod)
+            raster = read_geotiff(path, expected, what=f"sample {files.sample_id!r} {mod}")
             data = raster.data  # (C, H, W), NaN = nodata
+            if selection is not None:
+                data = selection.select(data, path)  # (C_out, H, W)
             finite = np.isfinite(data)
             if size is not None and data.shape[-2:] != size[1]:
                 raise ValueError(
@@ -224,10 +319,12 @@ class MultiModalGeoTiffDataset(Dataset):
                 "nodata": raster.profile.get("nodata"),
                 "path": str(path),
             }
+        if profile is None:
+            raise ValueError(f"sample {files.sample_id!r} has no image files")
         return images, valid, profile
 
-    def _read_label(self, files: SampleFiles, size: tuple[int, int]) -> np.ndarray:
-        raster = read_geotiff(files.label, 1, what=f"sample {files.sample_id!r} label")
+    def _read_label(self, files: SampleFiles, label_path: Path, size: tuple[int, ...]) -> np.ndarray:
+        raster = read_geotiff(label_path, 1, what=f"sample {files.sample_id!r} label")
         data = raster.data[0]
         if data.shape != size:
             raise ValueError(
@@ -235,9 +332,11 @@ class MultiModalGeoTiffDataset(Dataset):
                 f"pixels but the images are {size[0]}x{size[1]}"
             )
         if self.task == "regression":  # nodata stays NaN: never a valid target, left out of losses and metrics
-            return data.astype(np.float32)
-        fill = self.ignore_index if self.no_label_replace is None else self.no_label_replace
-        label = np.where(np.isfinite(data), data, fill).astype(np.int64)
+            return np.asarray(data, dtype=np.float32)
+        fill: float = -1 if self.ignore_index is None else self.ignore_index
+        if self.no_label_replace is not None:
+            fill = self.no_label_replace
+        label = np.where(np.isfinite(data), data, np.float32(fill)).astype(np.int64)
         if self.reduce_zero_label:
             label = np.where(label == fill, fill, label - 1)
         self._check_classes(label, files)
@@ -273,7 +372,7 @@ class MultiModalGeoTiffDataset(Dataset):
         sample: dict[str, Any] = {"image": images, "valid": valid}
         size = next(iter(images.values())).shape[-2:]
         if files.label is not None:
-            sample["mask"] = self._read_label(files, size)
+            sample["mask"] = self._read_label(files, files.label, size)
         elif files.target is not None:
             sample["mask"] = self._scene_label(files)
         if self.nodata_to_ignore and self.task == "segmentation" and "mask" in sample:

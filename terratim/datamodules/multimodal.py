@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from terratim.data.datasets import MultiModalGeoTiffDataset, SampleFiles, collate, match_samples
+from terratim.data.datasets import BandSelection, MultiModalGeoTiffDataset, SampleFiles, collate, match_samples
 from terratim.data.transforms import build_transforms
 from terratim.modalities import normalize, resolve
 
@@ -41,7 +42,7 @@ def _lookup(table: Mapping[str, Any] | None, modality: str) -> Any:
 
 def modality_stats(
     modality: str,
-    bands: Sequence[str] | None = None,
+    bands: Sequence[str | int] | None = None,
     means: Mapping | None = None,
     stds: Mapping | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +52,7 @@ def modality_stats(
     if (mean is None) != (std is None):
         raise ValueError(f"{modality}: give both means and stds, or neither (registry statistics are used)")
     if mean is None:
-        mean, std = mod.statistics(bands)
+        mean, std = mod.statistics([str(b) for b in bands] if bands else None)
     mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
     expected = len(bands) if bands else mod.num_bands
     if mean.shape != (expected,) or std.shape != (expected,):
@@ -85,17 +86,26 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         task: ``"segmentation"``, ``"regression"`` or ``"classification"``.
         batch_size: samples per batch.
         num_workers: data loader workers.
-        train_data_root: folder per modality (likewise ``val_``/``test_``/``predict_data_root``).
+        train_data_root: folder per modality, or one folder for all (likewise ``val_``/``test_``/
+            ``predict_data_root``).
         train_label_data_root: folder of label rasters (likewise for val/test; ``predict_label_data_root`` is
             optional: with it, predict batches carry the label as ``mask`` and prediction panels draw it).
+        data_root: the folder(s) of every split whose own ``<split>_data_root`` is not given.
+        label_data_root: the label folder of train, val and test when their own is not given.
         train_split: optional file listing sample ids (likewise for val/test/predict).
         image_grep: file pattern per modality (default ``"*.tif"``); a single string applies to all.
+        img_grep: TerraTorch's older name of ``image_grep``.
         label_grep: label file pattern (default ``"*.tif"``).
         label_csv: scene labels for classification (``sample,label``), instead of label rasters.
         multi_label: scene labels are sets of classes (multi-hot targets), e.g. BigEarthNet.
         means: per-modality band means (raw units); default: the modality registry. Extra keys are ignored.
         stds: per-modality band stds, as ``means``.
         bands: per-modality band names the files hold, in order (default: all pretrained bands).
+        dataset_bands: per-modality bands the files hold, in order: band names, integer placeholders for unnamed
+            bands and ``[first, last]`` integer ranges (TerraTorch's form). Use it with ``output_bands``
+            instead of ``bands``.
+        output_bands: per-modality bands given to the model, named as in ``dataset_bands`` (default: all of
+            them); ``means``/``stds`` then hold one value per output band.
         rgb_modality: accepted so that TerraTorch configs load, and ignored: prediction panels draw every modality
             with its own display bands (:mod:`terratim.viz`).
         rgb_indices: accepted and ignored, as ``rgb_modality``.
@@ -113,7 +123,9 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
             of the input files.
         modality_dropout: probability of dropping each modality from a training batch (one is always kept).
         drop_last: drop the last incomplete training batch.
-        missing: ``"raise"`` on a sample with a missing file, or ``"skip"`` it with a warning.
+        missing: ``"raise"`` on a sample with a missing file, or ``"skip"`` it with a warning. Default: raise
+            for samples a split file lists, skip (with the warning) files found without a split file whose label
+            or other modality is absent, as TerraTorch does.
     """
 
     def __init__(
@@ -122,25 +134,30 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         task: Literal["segmentation", "regression", "classification"] = "segmentation",
         batch_size: int = 8,
         num_workers: int = 0,
-        train_data_root: dict[str, str] | None = None,
-        val_data_root: dict[str, str] | None = None,
-        test_data_root: dict[str, str] | None = None,
-        predict_data_root: dict[str, str] | None = None,
+        train_data_root: dict[str, str] | str | None = None,
+        val_data_root: dict[str, str] | str | None = None,
+        test_data_root: dict[str, str] | str | None = None,
+        predict_data_root: dict[str, str] | str | None = None,
+        data_root: dict[str, str] | str | None = None,
         train_label_data_root: str | None = None,
         val_label_data_root: str | None = None,
         test_label_data_root: str | None = None,
         predict_label_data_root: str | None = None,
+        label_data_root: str | None = None,
         train_split: str | None = None,
         val_split: str | None = None,
         test_split: str | None = None,
         predict_split: str | None = None,
         image_grep: dict[str, str] | str | None = None,
         label_grep: str | None = None,
+        img_grep: dict[str, str] | str | None = None,
         label_csv: str | None = None,
         multi_label: bool = False,
         means: dict[str, list[float]] | None = None,
         stds: dict[str, list[float]] | None = None,
         bands: dict[str, list[str]] | None = None,
+        dataset_bands: dict[str, list[int | str | tuple[int, int]]] | None = None,
+        output_bands: dict[str, list[int | str | tuple[int, int]]] | None = None,
         rgb_modality: str | None = None,  # ignored (TerraTorch configs pass it)
         rgb_indices: list[int] | None = None,  # ignored (TerraTorch configs pass it)
         allow_substring_file_names: bool = True,
@@ -155,7 +172,7 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         predict_transform: list[Any] | None = None,
         modality_dropout: float = 0.0,
         drop_last: bool = True,
-        missing: Literal["raise", "skip"] = "raise",
+        missing: Literal["raise", "skip"] | None = None,
     ) -> None:
         super().__init__()
         self.modalities = list(modalities)
@@ -163,19 +180,26 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
             resolve(m)  # fail early on unknown names
         self.task = task
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.roots = {
-            "train": train_data_root,
-            "val": val_data_root,
-            "test": test_data_root,
-            "predict": predict_data_root,
-        }
+        given = {"train": train_data_root, "val": val_data_root, "test": test_data_root, "predict": predict_data_root}
+        self.roots = {split: self._per_modality(root or data_root) for split, root in given.items()}
         self.label_roots = {
-            "train": train_label_data_root,
-            "val": val_label_data_root,
-            "test": test_label_data_root,
-            "predict": predict_label_data_root,
+            "train": train_label_data_root or label_data_root,
+            "val": val_label_data_root or label_data_root,
+            "test": test_label_data_root or label_data_root,
+            "predict": predict_label_data_root,  # predict data has no labels unless given for it
         }
         self.splits = {"train": train_split, "val": val_split, "test": test_split, "predict": predict_split}
+        if data_root is not None and not (train_split and val_split and test_split):
+            warnings.warn(
+                "data_root is shared by the splits without train_split/val_split/test_split files: train, val and "
+                "test read the same samples",
+                UserWarning,
+                stacklevel=2,
+            )
+        if img_grep is not None:
+            if image_grep is not None:
+                raise ValueError("give image_grep or its older name img_grep, not both")
+            image_grep = img_grep
         if isinstance(image_grep, str) or image_grep is None:
             image_grep = {m: image_grep or "*.tif" for m in self.modalities}
         missing_grep = [m for m in self.modalities if _lookup(image_grep, m) is None]
@@ -184,7 +208,16 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         self.image_grep = {m: _lookup(image_grep, m) for m in self.modalities}
         self.label_grep = label_grep or "*.tif"
         self.label_csv, self.multi_label = label_csv, multi_label
+        self.band_selections = self._band_selections(dataset_bands, output_bands)
+        if bands and self.band_selections:
+            raise ValueError("give bands (names of every file band) or dataset_bands/output_bands, not both")
         self.bands = {m: list(_lookup(bands, m)) for m in self.modalities if _lookup(bands, m)} if bands else {}
+        self.bands.update({m: list(sel.output_bands) for m, sel in self.band_selections.items()})
+        for m, sel in self.band_selections.items():
+            placeholders = [b for b in sel.output_bands if not isinstance(b, str)]
+            if placeholders and _lookup(means, m) is None:
+                raise ValueError(f"output_bands of {m} include unnamed bands {placeholders}, which have no pretraining "
+                                 f"statistics: give means and stds of {m}")  # fmt: skip
         self.stats = {m: modality_stats(m, self.bands.get(m), means, stds) for m in self.modalities}
         self.allow_substring_file_names = allow_substring_file_names
         self.no_data_replace, self.no_label_replace = no_data_replace, no_label_replace
@@ -204,6 +237,32 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         self._device_stats: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.dropout_generator: torch.Generator | None = None
 
+    def _per_modality(self, root: dict[str, str] | str | None) -> dict[str, str] | None:
+        """A data root as ``{modality: folder}`` (one folder given as a string serves every modality)."""
+        return {m: root for m in self.modalities} if isinstance(root, str | os.PathLike) else root
+
+    def _band_selections(
+        self, dataset_bands: Mapping[str, Sequence[Any]] | None, output_bands: Mapping[str, Sequence[Any]] | None
+    ) -> dict[str, BandSelection]:
+        """Per-modality :class:`BandSelection` of ``dataset_bands``/``output_bands`` (only modalities named there)."""
+        wanted_names = {resolve(m).name for m in self.modalities}
+        for option, table in (("dataset_bands", dataset_bands), ("output_bands", output_bands)):
+            for key in table or {}:
+                try:
+                    known = resolve(key).name in wanted_names
+                except KeyError:
+                    known = False
+                if not known:
+                    raise ValueError(f"{option} names {key!r}, which is not one of the modalities {self.modalities}")
+        selections = {}
+        for m in self.modalities:
+            declared, wanted = _lookup(dataset_bands, m), _lookup(output_bands, m)
+            if wanted is not None and declared is None:
+                raise ValueError(f"output_bands of {m} needs dataset_bands of {m}, the bands its files hold")
+            if declared is not None:
+                selections[m] = BandSelection.build(m, declared, wanted)
+        return selections
+
     # ----------------------------------------------------------------------------------------------- datasets
     def _samples(self, split: Split) -> list[SampleFiles]:
         roots = self.roots[split]
@@ -222,7 +281,7 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
             self.label_grep,
             self.splits[split],
             self.allow_substring_file_names,
-            self.missing,
+            self.missing or ("raise" if self.splits[split] else "skip"),
         )
         if self.label_csv and split != "predict":
             table = read_label_csv(self.label_csv)
@@ -253,10 +312,13 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
             nodata_to_ignore=self.nodata_to_ignore,
             multi_label=self.multi_label,
             transform=self.transforms[split],
+            band_selections=self.band_selections,
         )
 
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        wanted: dict[str, tuple[Split, ...]] = {
+            "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)
+        }
         for split in wanted.get(stage, SPLITS) if stage else SPLITS:
             optional = (stage == "fit" and split == "val") or stage is None
             if split not in self.datasets and not (optional and not self.roots[split]):

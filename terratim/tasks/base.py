@@ -6,7 +6,7 @@ Tasks call the model; the model never calls Lightning. Batches are ``{"image": {
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from terratim.tasks.factory import build_model, freeze
+from terratim.tasks.tiled import TiledInferenceParameters, tiled_forward
 
 SPLITS = ("train", "val", "test")
 INFERENCE_RECORD_VERSION = 1  # of ``checkpoint["terratim"]``, see BaseTask.inference_record
@@ -38,6 +39,11 @@ class BaseTask(pl.LightningModule):
         optimizer_hparams: extra optimiser arguments.
         scheduler: ``torch.optim.lr_scheduler`` class name (``ReduceLROnPlateau`` monitors ``val/loss``).
         scheduler_hparams: extra scheduler arguments.
+        tiled_inference_parameters: TerraTorch's tiled inference options (``h_crop``, ``h_stride``, ``w_crop``,
+            ``w_stride``, ``delta``, ``average_patches``, ``blend_overlaps``, ``batch_size``); given, ``predict``
+            runs chip by chip and blends (see :mod:`terratim.tasks.tiled`).
+        tiled_inference_on_validation: validate chip by chip as well (TerraTorch's flag, default off).
+        tiled_inference_on_testing: test chip by chip as well (TerraTorch's flag, default off).
     """
 
     task = "segmentation"
@@ -54,9 +60,13 @@ class BaseTask(pl.LightningModule):
         optimizer_hparams: dict[str, Any] | None = None,
         scheduler: str | None = None,
         scheduler_hparams: dict[str, Any] | None = None,
+        tiled_inference_parameters: dict[str, Any] | None = None,
+        tiled_inference_on_validation: bool = False,
+        tiled_inference_on_testing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # also collects the arguments of the subclass's __init__
+        self.tiled_parameters = self._tiled_parameters()
         self.check_arguments()
         self.configure_models()
         self.configure_losses()
@@ -71,6 +81,14 @@ class BaseTask(pl.LightningModule):
     def class_names(self) -> list[str] | None:
         """The task's ``class_names`` argument (None for tasks without one)."""
         return self.hparams.get("class_names")
+
+    def _tiled_parameters(self) -> TiledInferenceParameters | None:
+        hp = self.hparams
+        params = hp["tiled_inference_parameters"]
+        for split in ("validation", "testing"):
+            if hp[f"tiled_inference_on_{split}"] and not params:
+                raise ValueError(f"tiled_inference_on_{split} needs tiled_inference_parameters (h_crop, h_stride, ...)")
+        return TiledInferenceParameters.from_config(params) if params else None
 
     # ---------------------------------------------------------------------------------------------- hooks
     def check_arguments(self) -> None:
@@ -100,8 +118,17 @@ class BaseTask(pl.LightningModule):
     def make_metrics(self) -> MetricCollection:
         raise NotImplementedError
 
+    criterion: Callable[[Tensor, Tensor], Tensor]  # set by configure_losses
+    metrics: nn.ModuleDict  # of MetricCollection, set by configure_metrics
+
     def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
         return self.criterion(output, target)
+
+    def split_metrics(self, split: str) -> MetricCollection:
+        """The metric collection of ``split``."""
+        metrics = self.metrics[f"{split}_metrics"]
+        assert isinstance(metrics, MetricCollection)
+        return metrics
 
     def update_metrics(self, metrics: MetricCollection, output: Tensor, target: Tensor) -> None:
         raise NotImplementedError
@@ -113,10 +140,22 @@ class BaseTask(pl.LightningModule):
     def forward(self, x: dict[str, Tensor] | Tensor) -> Tensor:
         return self.model(x)
 
+    def infer(self, x: dict[str, Tensor] | Tensor, tiled: bool) -> Tensor:
+        """The model's output, chip by chip when ``tiled`` and the task has ``tiled_inference_parameters``."""
+        if tiled and self.tiled_parameters is not None:
+            return tiled_forward(self, x, self.tiled_parameters)
+        return self(x)
+
+    def uses_tiles(self, split: str) -> bool:
+        """Whether ``split`` (``train``, ``val``, ``test`` or ``predict``) runs tiled inference."""
+        hp = self.hparams
+        flags = {"val": hp["tiled_inference_on_validation"], "test": hp["tiled_inference_on_testing"], "predict": True}
+        return self.tiled_parameters is not None and flags.get(split, False)
+
     def _step(self, batch: dict[str, Any], split: str) -> Tensor:
         if "mask" not in batch:
             raise ValueError(f"{split} batch has no labels ('mask'); give the {split} label data")
-        output = self(batch["image"])
+        output = self.infer(batch["image"], self.uses_tiles(split))
         target = batch["mask"]
         loss = self.compute_loss(output, target)
         batch_size = target.shape[0]
@@ -129,7 +168,7 @@ class BaseTask(pl.LightningModule):
             batch_size=batch_size,
             sync_dist=split != "train",
         )
-        self.update_metrics(self.metrics[f"{split}_metrics"], output.detach(), target)
+        self.update_metrics(self.split_metrics(split), output.detach(), target)
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -142,7 +181,7 @@ class BaseTask(pl.LightningModule):
         return self._step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        output = self(batch["image"])
+        output = self.infer(batch["image"], self.uses_tiles("predict"))
         result = {"prediction": self.predictions(output), "meta": batch.get("meta")}
         for key in ("mask", "valid"):
             if key in batch:
@@ -151,7 +190,7 @@ class BaseTask(pl.LightningModule):
         return result
 
     def _log_metrics(self, split: str) -> None:
-        metrics = self.metrics[f"{split}_metrics"]
+        metrics = self.split_metrics(split)
         if not any(m.update_count for m in metrics.values()):
             return
         values = metrics.compute()

@@ -59,6 +59,8 @@ class ClassificationTask(BaseTask):
             raise ValueError(f"unknown classification loss {self.loss_name!r}; choose ce or bce")
         if (self.loss_name == "bce") != self.hparams["multi_label"]:
             raise ValueError("use loss 'bce' with multi_label: true and 'ce' for single-label classification")
+        if self.hparams["tiled_inference_parameters"]:
+            raise ValueError("tiled_inference_parameters apply to pixel-wise tasks, not scene classification")
 
     def configure_losses(self) -> None:
         self.criterion = self._bce if self.hparams["multi_label"] else self._ce

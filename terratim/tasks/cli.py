@@ -5,15 +5,22 @@ Configs name classes by ``class_path``/``init_args`` (``terratim.tasks.SemanticS
 any value can be overridden on the command line (``--trainer.max_epochs 5``, ``--ckpt_path last.ckpt``,
 ``--model.init_args.model_args.backbone terramind_v1_tiny``). ``predict`` writes one GeoTIFF per sample to
 ``--predict_output_dir`` (default ``<default_root_dir>/predictions``), with ``--predict_png true`` for panels.
+
+As TerraTorch's CLI does, a run with checkpointing on and no ``ModelCheckpoint`` configured keeps the best
+``val/loss`` epoch as ``<log_dir>/checkpoints/epoch=<n>.ckpt`` (the latest epoch when there is no validation data).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
+from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from terratim.tasks.writer import GeoTiffPredictionWriter
 
@@ -36,8 +43,33 @@ def original_error(err: BaseException) -> BaseException:
     return err
 
 
+def _class_paths(value: Any) -> list[str]:
+    """The ``class_path`` of a config entry or of each entry of a list of them."""
+    items = value if isinstance(value, list) else [value]
+    return [str(item.get("class_path")) for item in items if hasattr(item, "get") and item.get("class_path")]
+
+
+def check_logger_packages(logger: Any) -> None:
+    """Fail with the install line when the config's TensorBoardLogger has no tensorboard to write with."""
+    wants_tensorboard = any(path.rsplit(".", 1)[-1] == "TensorBoardLogger" for path in _class_paths(logger))
+    available = any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX"))
+    if wants_tensorboard and not available:
+        raise ImportError("the config's TensorBoardLogger needs the tensorboard package: pip install tensorboard")
+
+
+def _validates(datamodule: Any) -> bool:
+    """Whether fitting with ``datamodule`` runs a validation loop (so that ``val/loss`` exists)."""
+    roots = getattr(datamodule, "roots", None)
+    if isinstance(roots, dict) and "val" in roots:
+        return bool(roots["val"])
+    return datamodule is not None and is_overridden("val_dataloader", datamodule, LightningDataModule)
+
+
 class TerratimCLI(LightningCLI):
-    """LightningCLI with prediction output options."""
+    """LightningCLI with prediction output options and TerraTorch's default checkpointing."""
+
+    def before_instantiate_classes(self) -> None:
+        check_logger_packages(self.config[self.subcommand].get("trainer", {}).get("logger"))
 
     def instantiate_classes(self) -> None:
         """Build the configured classes; an error raised there is reported as a :class:`ConfigError`."""
@@ -46,6 +78,18 @@ class TerratimCLI(LightningCLI):
         except ValueError as err:
             cause = original_error(err)
             raise ConfigError(f"config: {cause}") from cause
+        self._default_checkpointing()
+
+    def _default_checkpointing(self) -> None:
+        """Replace Lightning's default checkpoint callback by TerraTorch's (``{epoch}``, best ``val/loss``)."""
+        trainer_config = self.config[self.subcommand].get("trainer", {})
+        configured = any("Checkpoint" in path for path in _class_paths(trainer_config.get("callbacks") or []))
+        callbacks: list[Any] = self.trainer.callbacks  # type: ignore[attr-defined]  # a Trainer property
+        defaults = [cb for cb in callbacks if type(cb) is ModelCheckpoint]
+        if configured or len(defaults) != 1:
+            return
+        monitor = "val/loss" if _validates(self.datamodule) and self.trainer.limit_val_batches != 0 else None
+        callbacks[callbacks.index(defaults[0])] = ModelCheckpoint(filename="{epoch}", monitor=monitor)
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
         parser.add_argument(
@@ -58,14 +102,15 @@ class TerratimCLI(LightningCLI):
         parser.add_argument("--predict_overwrite", type=bool, default=False, help="replace existing outputs")
 
     def before_predict(self) -> None:
-        if any(isinstance(cb, GeoTiffPredictionWriter) for cb in self.trainer.callbacks):
+        callbacks: list[Any] = self.trainer.callbacks  # type: ignore[attr-defined]  # a Trainer property
+        if any(isinstance(cb, GeoTiffPredictionWriter) for cb in callbacks):
             return
         config = self.config[self.subcommand]
         output = config.get("predict_output_dir") or os.path.join(self.trainer.default_root_dir, "predictions")
         writer = GeoTiffPredictionWriter(
             output, png=config.get("predict_png", False), overwrite=config.get("predict_overwrite", False)
         )
-        self.trainer.callbacks.append(writer)
+        callbacks.append(writer)
 
 
 def run_lightning_cli(argv: list[str]) -> int:

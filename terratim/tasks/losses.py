@@ -3,12 +3,15 @@
 ``dice``, ``jaccard`` and ``focal`` follow segmentation_models_pytorch's multiclass semantics (the library the
 reference uses): soft scores from the softmax, summed over batch and pixels per class, classes absent from the
 target contribute zero, then the mean over classes; ``smooth=0``, ``eps=1e-7``. Focal is the sum over classes
-of the binary focal loss (gamma 2) of each class's logit, averaged over the kept pixels.
+of the binary focal loss (gamma 2) of each class's logit, averaged over the kept pixels. ``lovasz`` is the
+Lovasz-Softmax loss (Berman et al. 2018) over all kept pixels of the batch, averaged over the classes present in
+the target. A task's ``loss`` may name one loss, a list (summed) or a ``{name: weight}`` dict (weighted sum), as
+in TerraTorch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -89,12 +92,52 @@ class FocalLoss(nn.Module):
         return loss.mean(dim=0).sum()
 
 
+def lovasz_jaccard_gradient(foreground: Tensor) -> Tensor:
+    """Weights of the Lovasz extension of the Jaccard loss for pixels sorted by decreasing error.
+
+    Berman et al. 2018, eq. 8-9 (Algorithm 1): with the first ``i`` sorted pixels taken as mispredicted, the
+    Jaccard loss is ``1 - |F minus them| / |F union them|`` (F the foreground pixels); weight ``i`` is its increase
+    when pixel ``i`` joins.
+
+    Args:
+        foreground: (K, P) 1.0 where the sorted pixel belongs to the class.
+    """
+    total = foreground.sum(dim=1, keepdim=True)  # (K, 1)
+    intersection = total - foreground.cumsum(dim=1)  # (K, P)
+    union = total + (1.0 - foreground).cumsum(dim=1)  # (K, P), >= 1 from the first pixel on
+    jaccard = 1.0 - intersection / union
+    return torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+
+
+class LovaszSoftmaxLoss(nn.Module):
+    """Lovasz-Softmax (Berman et al. 2018, eq. 12): the Lovasz extension of each class's Jaccard loss applied to
+    the errors ``|1[y = c] - p_c|`` of the softmax probabilities, over all kept pixels of the batch, averaged over
+    the classes present in the target (zero when no pixel is kept)."""
+
+    def __init__(self, ignore_index: int | None = None) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        valid = _valid(target, self.ignore_index)  # (B, H, W)
+        if not valid.any():
+            return _zero(logits)
+        probs = logits.float().softmax(dim=1).permute(1, 0, 2, 3)[:, valid]  # (K, P)
+        classes = torch.arange(logits.shape[1], device=logits.device)[:, None]
+        foreground = (target[valid][None] == classes).float()  # (K, P)
+        errors, order = (foreground - probs).abs().sort(dim=1, descending=True)  # (K, P)
+        per_class = (errors * lovasz_jaccard_gradient(foreground.gather(1, order))).sum(dim=1)  # (K,)
+        present = foreground.sum(dim=1) > 0
+        return per_class[present].mean() + _zero(logits)
+
+
 class CrossEntropyLoss(nn.Module):
     """Cross-entropy over the pixels that are not ignored (zero when all are)."""
 
     def __init__(self, ignore_index: int | None = None, weight: list[float] | None = None) -> None:
         super().__init__()
         self.ignore_index = ignore_index
+        self.weight: Tensor | None
         self.register_buffer("weight", torch.tensor(weight, dtype=torch.float32) if weight else None)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -134,15 +177,67 @@ SEGMENTATION_LOSSES: dict[str, Callable[..., nn.Module]] = {
     "dice": DiceLoss,
     "jaccard": JaccardLoss,
     "focal": FocalLoss,
+    "lovasz": LovaszSoftmaxLoss,
 }
+REGRESSION_LOSSES = ("mse", "mae", "rmse", "huber")
+LossSpec = str | Sequence[str] | Mapping[str, float]
 
 
-def build_segmentation_loss(name: str, ignore_index: int | None, class_weights: list[float] | None) -> nn.Module:
-    """A segmentation loss by name (``ce``, ``dice``, ``jaccard``, ``focal``)."""
-    if name not in SEGMENTATION_LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(SEGMENTATION_LOSSES)}")
-    if class_weights is not None and name != "ce":
-        raise ValueError(f"class_weights are only supported with loss 'ce', not {name!r}")
-    if name == "ce":
-        return CrossEntropyLoss(ignore_index, class_weights)
-    return SEGMENTATION_LOSSES[name](ignore_index=ignore_index)
+class WeightedSumLoss(nn.Module):
+    """``sum_i weight_i * loss_i(output, target)`` over named losses (TerraTorch's loss list or dict)."""
+
+    def __init__(self, losses: Mapping[str, nn.Module], weights: Mapping[str, float]) -> None:
+        super().__init__()
+        self.losses = nn.ModuleDict(dict(losses))
+        self.weights = dict(weights)
+
+    def forward(self, output: Tensor, target: Tensor) -> Tensor:
+        terms = [self.weights[name] * loss(output, target) for name, loss in self.losses.items()]
+        return torch.stack(terms).sum()
+
+
+def loss_weights(spec: LossSpec) -> dict[str, float]:
+    """``{loss name: weight}`` of a ``loss`` option: a name (weight 1), a list (weights 1) or a dict of weights."""
+    if isinstance(spec, str):
+        return {spec: 1.0}
+    if isinstance(spec, Mapping):
+        weights = {str(name): float(w) for name, w in spec.items()}
+    else:
+        names = [str(name) for name in spec]
+        if len(set(names)) != len(names):
+            raise ValueError(f"loss list {names} names a loss twice")
+        weights = dict.fromkeys(names, 1.0)
+    if not weights:
+        raise ValueError("loss is empty; name at least one loss")
+    return weights
+
+
+def combine_losses(spec: LossSpec, make: Callable[[str], nn.Module]) -> nn.Module:
+    """One loss module for a ``loss`` option; ``make`` builds a loss by name."""
+    weights = loss_weights(spec)
+    if len(weights) == 1 and next(iter(weights.values())) == 1.0:
+        return make(next(iter(weights)))
+    return WeightedSumLoss({name: make(name) for name in weights}, weights)
+
+
+def build_segmentation_loss(spec: LossSpec, ignore_index: int | None, class_weights: list[float] | None) -> nn.Module:
+    """A segmentation loss (``ce``, ``dice``, ``jaccard``, ``focal``, ``lovasz``), a list of them (summed) or a
+    ``{name: weight}`` dict (weighted sum). ``class_weights`` apply to the ``ce`` term, which must be there."""
+    weights = loss_weights(spec)
+    unknown = [name for name in weights if name not in SEGMENTATION_LOSSES]
+    if unknown:
+        raise ValueError(f"unknown loss {unknown[0]!r}; choose one of {sorted(SEGMENTATION_LOSSES)}")
+    if class_weights is not None and "ce" not in weights:
+        raise ValueError(f"class_weights are only supported with loss 'ce', not {list(weights)}")
+
+    def make(name: str) -> nn.Module:
+        if name == "ce":
+            return CrossEntropyLoss(ignore_index, class_weights)
+        return SEGMENTATION_LOSSES[name](ignore_index=ignore_index)
+
+    return combine_losses(weights, make)
+
+
+def build_regression_loss(spec: LossSpec, ignore_index: float | None) -> nn.Module:
+    """A regression loss (``mse``, ``mae``, ``rmse``, ``huber``), a list of them (summed) or a dict of weights."""
+    return combine_losses(loss_weights(spec), lambda name: MaskedRegressionLoss(name, ignore_index))

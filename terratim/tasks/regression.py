@@ -1,4 +1,4 @@
-"""Pixel-wise regression: one value per pixel, masked MSE / MAE / RMSE / Huber losses and metrics."""
+"""Pixel-wise regression: one value per pixel, masked MSE / MAE / RMSE / Huber losses (or their weighted sum)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import Tensor
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
 from terratim.tasks.base import BaseTask
-from terratim.tasks.losses import MaskedRegressionLoss
+from terratim.tasks.losses import build_regression_loss
 
 
 class PixelwiseRegressionTask(BaseTask):
@@ -19,21 +19,27 @@ class PixelwiseRegressionTask(BaseTask):
 
     Args:
         model_args: model arguments (``num_classes`` is not needed).
-        loss: ``mse``, ``mae``, ``rmse`` or ``huber``.
+        loss: ``mse``, ``mae``, ``rmse`` or ``huber``; a list of them (summed) or a ``{name: weight}`` dict
+            (weighted sum, e.g. ``{rmse: 0.5, mse: 0.5}``).
         ignore_index: target value that marks missing pixels.
         **kwargs: the arguments of :class:`~terratim.tasks.base.BaseTask` (``model_factory``, ``freeze_*``,
-            ``lr``, ``optimizer``, ``scheduler``, ...).
+            ``lr``, ``optimizer``, ``scheduler``, ``tiled_inference_parameters``, ...).
     """
 
     task = "regression"
 
     def __init__(
-        self, model_args: dict[str, Any], *, loss: str = "mse", ignore_index: float | None = None, **kwargs: Any
+        self,
+        model_args: dict[str, Any],
+        *,
+        loss: str | list[str] | dict[str, float] = "mse",
+        ignore_index: float | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model_args, **kwargs)
 
     def configure_losses(self) -> None:
-        self.criterion = MaskedRegressionLoss(self.hparams["loss"], self.hparams["ignore_index"])
+        self.criterion = build_regression_loss(self.hparams["loss"], self.hparams["ignore_index"])
 
     def make_metrics(self) -> MetricCollection:
         return MetricCollection(

@@ -1,4 +1,4 @@
-"""Semantic segmentation: per-pixel classes, losses ce / dice / jaccard / focal, IoU, F1 and accuracy."""
+"""Semantic segmentation: per-pixel classes, losses ce / dice / jaccard / focal / lovasz, IoU, F1 and accuracy."""
 
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ class SemanticSegmentationTask(BaseTask):
 
     Args:
         model_args: model arguments (``backbone``, ``backbone_*``, ``necks``, ``decoder``, ``num_classes``).
-        loss: ``ce``, ``dice``, ``jaccard`` or ``focal``.
+        loss: ``ce``, ``dice``, ``jaccard``, ``focal`` or ``lovasz``; a list of them (summed, e.g.
+            ``[ce, lovasz]``) or a ``{name: weight}`` dict (weighted sum).
         ignore_index: label value excluded from the loss and the metrics.
         class_weights: per-class weights (``ce`` only).
         class_names: names used in per-class metric keys and plots.
         plot_on_val: accepted for config compatibility; plots are written by ``predict`` instead.
         **kwargs: the arguments of :class:`~terratim.tasks.base.BaseTask` (``model_factory``, ``freeze_*``,
-            ``lr``, ``optimizer``, ``scheduler``, ...).
+            ``lr``, ``optimizer``, ``scheduler``, ``tiled_inference_parameters``, ...).
     """
 
     task = "segmentation"
@@ -36,7 +37,7 @@ class SemanticSegmentationTask(BaseTask):
         self,
         model_args: dict[str, Any],
         *,
-        loss: str = "ce",
+        loss: str | list[str] | dict[str, float] = "ce",
         ignore_index: int | None = None,
         class_weights: list[float] | None = None,
         class_names: list[str] | None = None,

@@ -12,7 +12,8 @@ from terratim.tasks import ClassificationTask, PixelwiseRegressionTask, Semantic
 from terratim.tasks.base import BaseTask
 
 COMMON = {"model_args", "model_factory", "freeze_backbone", "freeze_decoder", "freeze_head", "lr", "optimizer",
-          "optimizer_hparams", "scheduler", "scheduler_hparams"}  # fmt: skip
+          "optimizer_hparams", "scheduler", "scheduler_hparams", "tiled_inference_parameters",
+          "tiled_inference_on_validation", "tiled_inference_on_testing"}  # fmt: skip
 
 
 class ScaledL1Task(BaseTask):
