@@ -185,6 +185,22 @@ def test_tim_backbone_imagines_all_dates_in_one_call(tiny_checkpoint):
     torch.testing.assert_close(pooled, single, rtol=0, atol=1e-5 * scale)  # argmax TiM: same tokens per date
 
 
+def test_lora_on_a_temporal_tim_backbone_leaves_the_generator_alone(tiny_checkpoint):
+    lora = {"method": "LORA", "replace_qkv": "qkv",
+            "peft_config_kwargs": {"target_modules": ["qkv.q_linear", "qkv.v_linear"], "r": 4, "lora_alpha": 8}}
+    args = {"backbone": "terramind_v1_tiny_tim", "backbone_modalities": ["S1GRD"], "backbone_tim_temps": 0.0,
+            "backbone_ckpt_path": str(tiny_checkpoint), "backbone_use_temporal": True,
+            "backbone_temporal_pooling": "concat", "backbone_temporal_n_timestamps": 2, "necks": PYRAMID,
+            "decoder": "FCNDecoder", "decoder_channels": 8, "num_classes": 3, "peft_config": lora}  # fmt: skip
+    model = build_model("EncoderDecoderFactory", args, "segmentation")
+    names = [n for n, p in model.named_parameters() if "lora_" in n]
+    assert names and not any(".generator." in n for n in names)
+    assert not any(p.requires_grad for p in model.backbone.encoder.generator.parameters())
+    out = model({"S1GRD": torch.randn(2, 2, 2, 32, 32)})
+    out.sum().backward()
+    assert out.shape == (2, 3, 32, 32) and all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+
+
 def test_bad_temporal_options_and_inputs_raise_naming_the_option(backbone):
     base = {"backbone": "terramind_v1_tiny", "backbone_modalities": ["S1GRD"], "num_classes": 2,
             "necks": PYRAMID, "backbone_use_temporal": True}  # fmt: skip
