@@ -113,7 +113,9 @@ class Modality:
         mean, std = self.statistics(bands)
         return denormalize(x, mean, std, self.name)
 
-    def statistics(self, bands: tuple[str, ...] | list[str] | None = None) -> tuple[tuple[float, ...], ...]:
+    def statistics(
+        self, bands: tuple[str, ...] | list[str] | None = None
+    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Pretraining (mean, std) per band, of all bands or of ``bands`` (names) in that order."""
         index = [self.band_index(b) for b in bands] if bands else list(range(self.num_bands))
         return tuple(self.mean[i] for i in index), tuple(self.std[i] for i in index)

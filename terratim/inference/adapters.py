@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,10 @@ import torch.nn.functional as F
 
 from terratim import modalities as mods
 from terratim.inference.heads import Head
+
+if TYPE_CHECKING:
+    from terratim.generation.generate import TerraMindGenerate
+    from terratim.model.backbone import TerraMindBackbone
 
 DEFAULT_COLORS = ("#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                   "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
@@ -65,7 +69,7 @@ def _standardizer(stats: Mapping[str, tuple[np.ndarray, np.ndarray]], device: to
 
 
 # ------------------------------------------------------------------------------------------------ generation
-def generation_predictor(model: torch.nn.Module, out: Path, generator: torch.Generator | None = None,
+def generation_predictor(model: TerraMindGenerate, out: Path, generator: torch.Generator | None = None,
                          confidence: bool = False, cog: bool = False,
                          timesteps: int | None = None) -> Predictor:  # fmt: skip
     """Adapter for a ``terramind_v1_*_generate`` model (raw-unit inputs; standardized inside).
@@ -103,6 +107,10 @@ def generation_predictor(model: torch.nn.Module, out: Path, generator: torch.Gen
 
 
 # ------------------------------------------------------------------------------------------------ task models
+def _as_arrays(pair: tuple[tuple[float, ...], tuple[float, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(pair[0]), np.asarray(pair[1])
+
+
 def _task_class(class_path: str) -> type:
     import terratim.tasks
 
@@ -152,7 +160,7 @@ def _accepted(cls: type) -> set[str] | None:
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
             continue
-        params = inspect.signature(klass.__init__).parameters
+        params = inspect.signature(vars(klass)["__init__"]).parameters
         names |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             return names
@@ -405,14 +413,14 @@ def task_predictor(task: Any, data_args: Mapping[str, Any], out: Path, device: s
 
 
 # ------------------------------------------------------------------------------------------------ backbones
-def embedding_predictor(backbone: torch.nn.Module, out: Path, cog: bool = False) -> Predictor:
+def embedding_predictor(backbone: TerraMindBackbone, out: Path, cog: bool = False) -> Predictor:
     """Per-pixel embeddings from a TerraMind backbone (last layer; each patch's vector over its pixels).
 
     The model sees raw-unit inputs standardized with the registry statistics. Output: a float32 GeoTIFF with
     one band per embedding dimension (mind the size: D bands at full resolution).
     """
     inputs = [n for n in backbone.inputs]
-    stats = {n: tuple(np.asarray(v) for v in mods.resolve(n).statistics()) for n in inputs}
+    stats = {n: _as_arrays(mods.resolve(n).statistics()) for n in inputs}
     patch = backbone.config.patch_size
     dim = backbone.config.dim * (len(inputs) if backbone.merge_method == "concat" else 1)
     standardize = _standardizer(stats, next(backbone.parameters()).device)

@@ -80,12 +80,13 @@ class GeoTiffPredictionWriter(pl.Callback):
 
     def _write_map(self, meta: dict[str, Any], pred: np.ndarray, any_valid: np.ndarray | None) -> None:
         like = {"crs": meta.get("crs"), "transform": meta.get("transform")}
+        dtype: type[np.generic]
+        nodata: float
         if np.issubdtype(pred.dtype, np.integer):
             dtype, nodata = (np.uint8, 255) if pred.max(initial=0) < 255 else (np.int16, -1)
-            out = pred.astype(dtype)
         else:
             dtype, nodata = np.float32, float("nan")
-            out = pred.astype(np.float32)
+        out = pred.astype(dtype)
         if any_valid is not None:
             out = np.where(any_valid, out, nodata).astype(dtype)
         write_geotiff(self.output_dir / f"{meta['sample_id']}_pred.tif", out, like=like, nodata=nodata, overwrite=True)
@@ -95,7 +96,7 @@ class GeoTiffPredictionWriter(pl.Callback):
     ) -> None:
         from terratim.viz import save_panel
 
-        raw = _raw(outputs["image"], i, trainer.datamodule)
+        raw = _raw(outputs["image"], i, getattr(trainer, "datamodule", None))
         panels = prediction_panels(raw, outputs["prediction"][i], _label(outputs, i), task_class_scheme(pl_module))
         save_panel(self.output_dir / f"{meta['sample_id']}_panel.png", panels, title=meta["sample_id"])
 
