@@ -301,3 +301,22 @@ def test_the_checkpoint_supplies_what_the_config_leaves_out(s1_scene, tmp_path):
     assert infer_task(config, ckpt, s1_scene[0], tmp_path / "o.tif") == 0
     with rasterio.open(tmp_path / "o.tif") as dst:
         assert dst.read(1)[40:].max() <= 2
+
+
+def test_precision_auto_says_what_it_chose_and_bf16_stays_close(s1_scene, tmp_path, monkeypatch, capsys):
+    from terratim import precision
+
+    scene, _ = s1_scene
+    config, ckpt = save_task(tmp_path, "terramind_v1_tiny")
+    base = ["infer", "-c", str(config), "--ckpt", str(ckpt), "--input", f"S1GRD={scene}", "--batch-size", "4"]
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert main([*base, "--out", str(tmp_path / "auto.tif"), "--precision", "auto"]) == 0
+    assert "precision auto -> fp32 (cpu has no native bf16)" in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "fp32.tif")]) == 0
+    assert main([*base, "--out", str(tmp_path / "bf16.tif"), "--precision", "bf16"]) == 0
+    with rasterio.open(tmp_path / "auto.tif") as a, rasterio.open(tmp_path / "fp32.tif") as f:
+        assert np.array_equal(a.read(1), f.read(1))  # auto fell back: the same fp32 run
+        fp32 = f.read(1)
+    with rasterio.open(tmp_path / "bf16.tif") as b:
+        bf16 = b.read(1)
+    assert np.array_equal(bf16 == 255, fp32 == 255) and (bf16 == fp32).mean() > 0.9
