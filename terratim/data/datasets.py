@@ -218,12 +218,12 @@ class BandSelection:
             raise ValueError(f"output_bands of {modality}: {missing} are not in its dataset_bands {declared}")
         return cls(modality, tuple(declared), tuple(wanted), tuple(declared.index(b) for b in wanted))
 
-    def select(self, data: np.ndarray, path: Path | str) -> np.ndarray:
+    def select(self, data: np.ndarray, path: Path | str, warned: set[int] | None = None) -> np.ndarray:
         """The output bands of a file's (bands, H, W) pixels.
 
         A file whose band count differs from ``dataset_bands`` is read with band positions counted from its first
         band (TerraTorch does the same): an output band beyond the file's last band raises naming the file, any
-        other difference warns once per modality and count.
+        other difference warns (once per band count in ``warned``, when given).
         """
         count = data.shape[0]
         beyond = [b for b, i in zip(self.output_bands, self.indices, strict=True) if i >= count]
@@ -232,22 +232,16 @@ class BandSelection:
                 f"{self.modality} file {path} has {count} bands, but dataset_bands lists {len(self.dataset_bands)} "
                 f"and puts output bands {beyond} beyond the file's last band"
             )
-        if count != len(self.dataset_bands):
-            _warn_once(
-                (self.modality, count),
+        if count != len(self.dataset_bands) and (warned is None or count not in warned):
+            warnings.warn(
                 f"{self.modality} file {path} has {count} bands but dataset_bands lists {len(self.dataset_bands)} "
                 f"({list(self.dataset_bands)}); output bands are taken at positions {list(self.indices)}",
+                UserWarning,
+                stacklevel=2,
             )
+            if warned is not None:
+                warned.add(count)
         return data[list(self.indices)]
-
-
-_WARNED: set[tuple[str, int]] = set()
-
-
-def _warn_once(key: tuple[str, int], message: str) -> None:
-    if key not in _WARNED:
-        _WARNED.add(key)
-        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 class MultiModalGeoTiffDataset(Dataset):
@@ -277,6 +271,7 @@ class MultiModalGeoTiffDataset(Dataset):
     ) -> None:
         self.samples = list(samples)
         self.band_selections = dict(band_selections or {})
+        self._band_count_warned: dict[str, set[int]] = {m: set() for m in self.band_selections}
         self.num_bands = dict(num_bands)
         self.fill_values = {m: np.asarray(v, dtype=np.float32) for m, v in fill_values.items()}
         self.task = task
@@ -302,7 +297,7 @@ class MultiModalGeoTiffDataset(Dataset):
             raster = read_geotiff(path, expected, what=f"sample {files.sample_id!r} {mod}")
             data = raster.data  # (C, H, W), NaN = nodata
             if selection is not None:
-                data = selection.select(data, path)  # (C_out, H, W)
+                data = selection.select(data, path, self._band_count_warned[mod])  # (C_out, H, W)
             finite = np.isfinite(data)
             if size is not None and data.shape[-2:] != size[1]:
                 raise ValueError(

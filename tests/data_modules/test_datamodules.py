@@ -144,3 +144,83 @@ def test_fit_without_validation_data(tree: Path):
     assert "val" not in dm.datasets and dm.val_dataloader() == []
     with pytest.raises(ValueError, match="no val_data_root given"):
         dm.setup("validate")
+
+
+# ------------------------------------------------------------------ TerraTorch's dataset_bands / output_bands
+PLACEHOLDER_BANDS = [0, "BLUE", "GREEN", "RED", 1, [2, 3]]  # 7 file bands: 0, BLUE, GREEN, RED, 1, 2, 3
+
+
+def _placeholder_tree(root: Path, file_bands: int = 7) -> dict:
+    """One S2L2A-only sample whose band b holds the value 100 * b, in a single shared folder."""
+    values = (100.0 * np.arange(file_bands, dtype=np.float32))[:, None, None] * np.ones((1, 16, 16), np.float32)
+    write_tif(root / "x_1_input.tif", values)
+    write_tif(root / "x_1_label.tif", np.zeros((1, 16, 16), np.int16))
+    means, stds = {"S2L2A": [0.0, 0.0, 0.0]}, {"S2L2A": [1.0, 1.0, 1.0]}
+    return {"modalities": ["S2L2A"], "batch_size": 1, "num_classes": 2, "data_root": str(root),
+            "label_data_root": str(root), "img_grep": {"S2L2A": "*input.tif"}, "label_grep": "*label.tif",
+            "dataset_bands": {"S2L2A": PLACEHOLDER_BANDS}, "output_bands": {"S2L2A": ["RED", "BLUE", "GREEN"]},
+            "means": means, "stds": stds}  # fmt: skip
+
+
+def test_dataset_bands_with_placeholders_select_output_bands(tmp_path: Path):
+    with pytest.warns(UserWarning, match="data_root is shared by the splits"):
+        dm = GenericMultiModalDataModule(**_placeholder_tree(tmp_path))
+    assert dm.bands == {"S2L2A": ["RED", "BLUE", "GREEN"]} and dm.roots["predict"] == {"S2L2A": str(tmp_path)}
+    for split in ("train", "val", "test"):
+        image = dm.make_dataset(split)[0]["image"]["S2L2A"]
+        assert image.shape == (3, 16, 16) and image[:, 0, 0].tolist() == [300.0, 100.0, 200.0]  # file bands 3, 1, 2
+
+
+def test_dataset_bands_count_differing_from_the_file(tmp_path: Path):
+    """TerraTorch's own test config lists 11 bands for 10-band files: positions count from the first band (a
+    warning names the file); an output band beyond the file's last band raises naming the file."""
+    args = _placeholder_tree(tmp_path, file_bands=5)  # bands 0..4: BLUE, GREEN, RED are at 1..3, inside
+    with pytest.warns(UserWarning, match=r"x_1_input.tif has 5 bands but dataset_bands lists 7"):
+        image = GenericMultiModalDataModule(**args).make_dataset("val")[0]["image"]["S2L2A"]
+    assert image[:, 0, 0].tolist() == [300.0, 100.0, 200.0]
+    args = _placeholder_tree(tmp_path, file_bands=2)  # RED (position 3) and GREEN (2) are not in the file
+    ds = GenericMultiModalDataModule(**args).make_dataset("val")
+    with pytest.raises(ValueError, match=r"S2L2A file .*x_1_input.tif has 2 bands, but dataset_bands lists 7 and "
+                                         r"puts output bands \['RED', 'GREEN'\] beyond"):  # fmt: skip
+        ds[0]
+
+
+@pytest.mark.parametrize(
+    ("dataset_bands", "output_bands", "message"),
+    [
+        ([0, "BLUE", 0], ["BLUE"], r"dataset_bands of S2L2A names bands 0 more than once"),
+        ([0, "BLUE"], ["RED"], r"output_bands of S2L2A: \['RED'\] are not in its dataset_bands \[0, 'BLUE'\]"),
+        ([0, [3, 1]], None, r"range \[3, 1\] runs backwards"),
+        ([0, 1.5], None, r"1.5 is not a band name, an integer placeholder or a \[first, last\] range"),
+        (None, ["BLUE"], r"output_bands of S2L2A needs dataset_bands of S2L2A"),
+        ([0, "BLUE", "GREEN", "RED"], [0, "BLUE", "GREEN"], r"unnamed bands \[0\], which have no pretraining"),
+    ],
+)
+def test_bad_dataset_bands_raise_naming_the_option(tmp_path: Path, dataset_bands, output_bands, message):
+    args = _placeholder_tree(tmp_path)
+    args["dataset_bands"] = {"S2L2A": dataset_bands} if dataset_bands is not None else None
+    args["output_bands"] = {"S2L2A": output_bands} if output_bands is not None else None
+    args.pop("means"), args.pop("stds")
+    with pytest.raises(ValueError, match=message):
+        GenericMultiModalDataModule(**args)
+
+
+def test_band_options_for_a_modality_not_loaded_and_both_band_forms(tmp_path: Path):
+    args = _placeholder_tree(tmp_path)
+    with pytest.raises(ValueError, match=r"dataset_bands names 'S1GRD', which is not one of the modalities"):
+        GenericMultiModalDataModule(**{**args, "dataset_bands": {"S1GRD": ["VV", "VH"]}, "output_bands": None})
+    with pytest.raises(ValueError, match="give bands .* or dataset_bands/output_bands, not both"):
+        GenericMultiModalDataModule(**{**args, "bands": {"S2L2A": ["RED", "BLUE", "GREEN"]}})
+    with pytest.raises(ValueError, match="give image_grep or its older name img_grep, not both"):
+        GenericMultiModalDataModule(**{**args, "image_grep": "*input.tif"})
+
+
+def test_discovered_samples_without_a_label_are_skipped_but_split_files_stay_strict(tmp_path: Path):
+    args = _placeholder_tree(tmp_path)
+    write_tif(tmp_path / "y_2_input.tif", np.zeros((7, 16, 16), np.float32))  # no label file
+    with pytest.warns(UserWarning, match=r"skipped 1 of 2 samples with missing files, e.g. \['y_2_'\]"):
+        assert len(GenericMultiModalDataModule(**args).make_dataset("train")) == 1
+    split = tmp_path / "train.txt"
+    split.write_text("x_1_\ny_2_\n")
+    with pytest.raises(FileNotFoundError, match=r"sample 'y_2_' \(from split file .*train.txt\) has no file for label"):
+        GenericMultiModalDataModule(**{**args, "train_split": str(split)}).make_dataset("train")
