@@ -9,7 +9,7 @@ key raises an error instead of being dropped.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -162,13 +162,15 @@ def build_encoder_decoder(model_args: Mapping[str, Any], task: str) -> EncoderDe
     dec_kwargs = {k[len("decoder_") :]: v for k, v in model_args.items() if k.startswith("decoder_")}
     decoder = DECODERS[decoder_name](necks.out_channels, **dec_kwargs)
     head_kwargs = {k[len("head_") :]: v for k, v in model_args.items() if k.startswith("head_")}
+    decoder_channels = cast(int, decoder.out_channels)  # every decoder states its output width
+    head: nn.Module
     if task == "regression":
-        head = SegmentationHead(decoder.out_channels, 1, **head_kwargs)
+        head = SegmentationHead(decoder_channels, 1, **head_kwargs)
     else:
         if "num_classes" not in model_args:
             raise ValueError(f"model_args needs num_classes for {task}")
         head_cls = SegmentationHead if pixel_wise else ClassificationHead
-        head = head_cls(decoder.out_channels, int(model_args["num_classes"]), **head_kwargs)
+        head = head_cls(decoder_channels, int(model_args["num_classes"]), **head_kwargs)
     model = EncoderDecoderModel(backbone, necks, decoder, head, pixel_wise, model_args.get("padding", "reflect"))
     if model_args.get("peft_config") is not None:  # adapters on the backbone (terratim.tasks.peft)
         from terratim.tasks.peft import apply_peft

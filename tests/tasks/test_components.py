@@ -82,8 +82,8 @@ def test_unknown_and_unsupported_model_args_raise():
     base = {"backbone": "terramind_v1_tiny", "num_classes": 2}
     with pytest.raises(ValueError, match=r"does not take \['backbone_bogus'\]; it takes .*backbone_modalities"):
         build_model("EncoderDecoderFactory", {**base, "backbone_bogus": 1}, "segmentation")
-    with pytest.raises(ValueError, match="temporal"):
-        build_model("EncoderDecoderFactory", {**base, "backbone_use_temporal": True}, "segmentation")
+    with pytest.raises(ValueError, match="auxiliary decoders"):
+        build_model("EncoderDecoderFactory", {**base, "aux_decoders": []}, "segmentation")
     with pytest.raises(ValueError, match="unknown model_args key 'decoer'"):
         build_model("EncoderDecoderFactory", {**base, "decoer": "UNetDecoder"}, "segmentation")
     with pytest.raises(ValueError, match="unknown neck"):
