@@ -33,6 +33,8 @@ EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 # Top-level keys only the earlier flat format has, per command.
 LEGACY_KEYS = {"pretrain": {"tokenizers", "masking", "loss_weighting", "optim", "seed"},
                "train-tokenizer": {"tokenizer", "optim", "seed"}}  # fmt: skip
+DESCRIPTIONS = {"pretrain": "Masked multimodal pretraining of TerraMind (docs/pretraining.md).",
+                "train-tokenizer": "Train an FSQ-VAE tokenizer (docs/pretraining.md)."}  # fmt: skip
 LEGACY_NOTICE = {
     "pretrain": "tokenizers, masking, loss_weighting and optim.{lr,weight_decay,warmup_steps} are now model.<key>",
     "train-tokenizer": "tokenizer.modality is now model.modality, the other tokenizer.<key> "
@@ -100,7 +102,7 @@ def run_training(command: str, model_class: type[pl.LightningModule], argv: list
             seed_everything_default=0,
             trainer_defaults=trainer_defaults(),
             save_config_callback=None,
-            parser_kwargs={"prog": f"terratim {command}", "default_env": False},
+            parser_kwargs={"prog": f"terratim {command}", "description": DESCRIPTIONS[command], "default_env": False},
             auto_configure_optimizers=False,
         )
     return cli, cli.fit_and_export()
