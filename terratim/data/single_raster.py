@@ -332,6 +332,7 @@ class SingleRasterDataset(Dataset):
             regression keeps nodata as NaN (left out of losses) unless it is given.
         reduce_zero_label: subtract 1 from labels (not from ``no_label_replace`` pixels): class 0 becomes -1.
         transform: callable on the sample dict (:func:`terratim.data.transforms.build_transforms`).
+        num_classes: segmentation classes; other label values (besides ``no_label_replace``) raise, naming the file.
     """
 
     def __init__(
@@ -344,8 +345,10 @@ class SingleRasterDataset(Dataset):
         no_label_replace: float | None = None,
         reduce_zero_label: bool = False,
         transform: Callable | None = None,
+        num_classes: int | None = None,
     ) -> None:
         self.samples, self.layout = list(samples), layout
+        self.num_classes = num_classes
         self.fill = np.asarray(fill, dtype=np.float32)
         self.task, self.constant_scale = task, float(constant_scale)
         self.no_label_replace, self.reduce_zero_label = no_label_replace, reduce_zero_label
@@ -394,7 +397,24 @@ class SingleRasterDataset(Dataset):
         label = np.where(nodata, fill, np.nan_to_num(data)).astype(np.int64)
         if self.reduce_zero_label:
             label = np.where(nodata, fill, label - 1)
+        self.check_classes(label, sample)
         return label
+
+    def check_classes(self, label: np.ndarray, sample: RasterSample) -> None:
+        """Refuse label values that are neither a class, ``no_label_replace`` nor (``reduce_zero_label``) -1."""
+        if self.num_classes is None:
+            return
+        allowed = {-1} if self.reduce_zero_label else set()
+        if self.no_label_replace is not None:
+            allowed.add(int(self.no_label_replace))
+        values = np.unique(label)
+        bad = [int(v) for v in values if not 0 <= v < self.num_classes and int(v) not in allowed]
+        if bad:
+            shift = " after reduce_zero_label" if self.reduce_zero_label else ""
+            raise ValueError(
+                f"label {sample.label} has values {bad[:10]}{shift} outside the {self.num_classes} classes "
+                f"0..{self.num_classes - 1} (no_label_replace {self.no_label_replace})"
+            )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]

@@ -78,6 +78,7 @@ class SingleRasterDataModule(pl.LightningDataModule):
     """
 
     task = "segmentation"
+    num_classes: int | None = None  # segmentation: label values are checked against it
 
     def __init__(
         self,
@@ -171,6 +172,7 @@ class SingleRasterDataModule(pl.LightningDataModule):
             no_label_replace=self.no_label_replace,
             reduce_zero_label=self.reduce_zero_label,
             transform=self.transforms[split],
+            num_classes=self.num_classes if self.task == "segmentation" else None,
         )
 
     def setup(self, stage: str | None = None) -> None:

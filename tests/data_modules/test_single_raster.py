@@ -272,10 +272,12 @@ def test_multi_temporal_crop_arguments(tmp_path: Path):
     assert batch["image"].shape == (2, 2, 3, 8, 8) and int(batch["mask"].min()) >= -1
     np.testing.assert_allclose(dm.means, [924.335066, 2968.881459], rtol=1e-6)
     flat = MultiTemporalCropClassificationDataModule(str(root), batch_size=1, expand_temporal_dimension=False,
-                                                     bands=["RED", "NIR_NARROW"], reduce_zero_label=False)  # fmt: skip
+                                                     bands=["RED", "NIR_NARROW"])  # fmt: skip
     flat_batch = _batch(flat, "test")  # test (and predict) read the validation chips
     assert flat_batch["image"].shape == (1, 6, 8, 8) and flat_batch["meta"][0]["sample_id"] == "chip_2"
-    assert int(flat_batch["mask"].min()) >= 0
+    assert int(flat_batch["mask"].min()) >= -1 and int(flat_batch["mask"].max()) <= 12
+    with pytest.raises(ValueError, match=r"chip_2\.mask\.tif has values \[13\] outside the 13 classes"):
+        _batch(MultiTemporalCropClassificationDataModule(str(root), batch_size=1, reduce_zero_label=False), "test")
     stacked = _batch(MultiTemporalCropClassificationDataModule(str(root), batch_size=1, bands=["RED", "NIR_NARROW"]),
                      "test")["image"][0]  # fmt: skip
     torch.testing.assert_close(flat_batch["image"][0].view(3, 2, 8, 8).transpose(0, 1), stacked)  # date by date
@@ -283,3 +285,45 @@ def test_multi_temporal_crop_arguments(tmp_path: Path):
         MultiTemporalCropClassificationDataModule(str(root), bands=["NIR"])
     with pytest.raises(ValueError, match="use_metadata: true is not supported"):
         MultiTemporalCropClassificationDataModule(str(root), use_metadata=True)
+
+
+def test_label_values_outside_the_classes_raise(tmp_path: Path):
+    root = _seg_tree(tmp_path)
+    write_tif(root / "labels" / "scene.v1.4_lbl.tif", np.full((1, 16, 16), 7, np.uint8), nodata=255)
+    dm = _seg(root)
+    dm.setup("fit")
+    index = [s.sample_id for s in dm.datasets["val"].samples].index("scene.v1.4")
+    with pytest.raises(ValueError, match=r"scene\.v1\.4_lbl\.tif has values \[7\] outside the 3 classes 0\.\.2"):
+        dm.datasets["val"][index]
+
+
+def test_images_of_different_sizes_fall_back_to_batch_size_1(tmp_path: Path):
+    root = _seg_tree(tmp_path)
+    write_tif(root / "data" / "scene.v1.5_img.tif", np.ones((4, 8, 8), np.int16), nodata=-1)
+    write_tif(root / "labels" / "scene.v1.5_lbl.tif", np.ones((1, 8, 8), np.uint8), nodata=255)
+    dm = _seg(root)
+    dm.setup("fit")
+    with pytest.warns(UserWarning, match="different sizes .* batch_size 1"):
+        loader = dm.val_dataloader()
+    assert loader.batch_size == 1 and len(list(loader)) == 3
+
+
+def test_unrelated_names_pair_in_sorted_order_with_a_warning(tmp_path: Path):
+    for i in range(2):
+        write_tif(tmp_path / "x" / f"img{i}.tif", np.full((1, 4, 4), i, np.float32))
+        write_tif(tmp_path / "y" / f"lab{i}.tif", np.full((1, 4, 4), i, np.uint8))
+    dm = GenericNonGeoSegmentationDataModule(2, 0, means=[0.0], stds=[1.0], num_classes=2,
+                                             val_data_root=str(tmp_path / "x"),
+                                             val_label_data_root=str(tmp_path / "y"))  # fmt: skip
+    with pytest.warns(UserWarning, match="pairing 2 images and labels in sorted order"):
+        dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"]["image"][:, 0, 0, 0].tolist() == batch["mask"][:, 0, 0].tolist() == [0, 1]
+
+
+def test_statistics_from_a_plain_text_file(tmp_path: Path):
+    (tmp_path / "means.txt").write_text("1.5\n2.5\n")
+    (tmp_path / "stds.txt").write_text("0.5 0.25\n")
+    dm = GenericNonGeoSegmentationDataModule(1, 0, means=str(tmp_path / "means.txt"), stds=str(tmp_path / "stds.txt"),
+                                             num_classes=2)  # fmt: skip
+    assert dm.means.tolist() == [1.5, 2.5] and dm.stds.tolist() == [0.5, 0.25]
