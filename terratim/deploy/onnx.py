@@ -15,6 +15,7 @@ dynamo=False)``): the dynamo exporter cannot trace the backbone's input checks.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -306,7 +307,11 @@ def _trace_to_onnx(wrapper: ExportableTask, card: ModelCard, path: Path, opset: 
 def _quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    logging.disable(logging.WARNING)  # its advice to pre-process the model (a root-logger warning per call)
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _compare(got: np.ndarray, reference: np.ndarray, task: str, prefix: str = "") -> dict[str, float]:
