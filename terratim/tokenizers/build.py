@@ -10,9 +10,10 @@ it with the right shape. The keys of a decoder that was not built are ignored.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from terratim.modalities import resolve
+from terratim.modalities import check_fill_method, resolve
 from terratim.registry import register
 from terratim.tokenizers.model import FSQTokenizer, TokenizerConfig, make_tokenizer
 from terratim.weights import (
@@ -50,6 +51,8 @@ def build_tokenizer(
     config: TokenizerConfig | dict | None = None,
     strict: bool = True,
     decoder: bool = True,
+    bands: Sequence[str] | None = None,
+    fill_missing_bands: str | None = None,
 ) -> FSQTokenizer:
     """Build a modality's tokenizer, optionally with weights.
 
@@ -62,6 +65,9 @@ def build_tokenizer(
         strict: every key and shape of the parts built must match.
         decoder: build (and load) the decoder; ``False`` for encode-only use (token inputs, pretraining targets),
             which never allocates it (0.75 GB for the diffusion UNet in float32). Decoding then raises an error.
+        bands: the bands inputs hold, in their order, when not the pretrained ones (e.g. 6-band HLS as S2L2A).
+        fill_missing_bands: ``"mean"`` fills pretrained bands absent from ``bands`` with their pretraining mean
+            (0 after standardization), with a warning; by default a missing band is an error.
     """
     mod = resolve(modality)
     if mod.name not in TOKENIZER_MODALITIES:
@@ -81,6 +87,15 @@ def build_tokenizer(
     model = make_tokenizer(config, decoder=decoder)
     if path is not None:
         load_tokenizer_weights(model, path, strict=strict)
+    if bands is None and check_fill_method(fill_missing_bands) is not None:
+        raise ValueError(f"fill_missing_bands needs bands=[the bands the {mod.name} input holds]")
+    if bands is not None:
+        model.check_fillable()
+        missing = mod.missing_bands(bands)
+        if missing and fill_missing_bands is None:
+            raise ValueError(f"{mod.name}: pretrained bands {list(missing)} are missing; pass fill_missing_bands="
+                             "'mean' to fill them with their pretraining mean (results degrade)")  # fmt: skip
+        model.fill_missing_bands(bands, fill_missing_bands or "mean")
     return model.eval()
 
 

@@ -15,6 +15,7 @@ parameters, 0.75 GB in float32). Decoding a tokenizer built without its decoder 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, cast
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from terratim.modalities import Modality, resolve
+from terratim.modalities import FILL_METHODS, Modality, check_fill_method, resolve, warn_filled_bands
 from terratim.tokenizers.ddim import DDIMSampler
 from terratim.tokenizers.fsq import FSQ
 from terratim.tokenizers.unet import DiffusionUNet, UNetConfig
@@ -117,6 +118,23 @@ class FSQTokenizer(nn.Module):
         parts = self.make_decoder_side() if decoder else dict.fromkeys(self.decoder_parts)
         for name, module in parts.items():
             self.register_module(name, module)  # None: the part is absent (state_dict and parameters skip it)
+        self.given_bands: tuple[str, ...] | None = None  # set by fill_missing_bands: the bands inputs hold
+
+    def check_fillable(self) -> None:
+        """Raise unless this tokenizer's inputs have bands that can be filled (raw images, not class maps)."""
+        if self.modality.is_categorical or self.modality.kind != "image":
+            raise ValueError(f"{self.modality.name} tokenizer: bands can only be filled for raw image modalities")
+
+    def fill_missing_bands(self, bands: Sequence[str], method: str = "mean") -> FSQTokenizer:
+        """Accept inputs holding only ``bands`` (in that order): the absent pretrained bands are filled with their
+        pretraining mean (0 in standardized units) before encoding, with a warning naming them (results degrade).
+        """
+        self.check_fillable()
+        if check_fill_method(method) is None:
+            raise ValueError(f"fill_missing_bands needs a method, one of {list(FILL_METHODS)}")
+        warn_filled_bands(self.modality.name, self.modality.missing_bands(bands))  # also checks the names
+        self.given_bands = tuple(bands)
+        return self
 
     # -- decoder side, built or not at construction ---------------------------------------------------
     def make_decoder(self) -> nn.Module:
@@ -155,6 +173,8 @@ class FSQTokenizer(nn.Module):
             x = self._one_hot(x)
         elif not x.dtype.is_floating_point:
             raise TypeError(f"{name} tokenizer: expected a floating-point (standardized) image, got {x.dtype}")
+        elif self.given_bands is not None:
+            x = self.modality.fill_bands(x, self.given_bands, standardized=True)  # (B, C, H, W)
         if x.dim() != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(
                 f"{name} tokenizer: expected an image (B, {cfg.in_channels}, H, W) with bands "

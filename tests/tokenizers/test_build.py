@@ -196,3 +196,35 @@ def test_no_private_module_writes_in_the_package():
     offenders = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py"))
                  for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]  # fmt: skip
     assert offenders == []
+
+
+HLS_BANDS = ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]
+
+
+def test_missing_bands_filled_with_the_mean_encode_like_the_full_input_at_the_mean():
+    full = randomize(build_tokenizer("S2L2A", config=tiny_config("S2L2A"), decoder=False))
+    with pytest.warns(UserWarning, match=r"S2L2A: bands .*COASTAL_AEROSOL.* filled with their pretraining mean"):
+        filled = build_tokenizer("S2L2A", config=tiny_config("S2L2A"), decoder=False, bands=HLS_BANDS,
+                                 fill_missing_bands="mean")  # fmt: skip
+    filled.load_state_dict(full.state_dict())
+    six = torch.randn(2, 6, 32, 32, generator=torch.Generator().manual_seed(1))  # standardized
+    twelve = torch.zeros(2, 12, 32, 32)  # every absent band at its mean (0 after standardization)
+    for source, band in enumerate(HLS_BANDS):
+        twelve[:, full.modality.band_index(band)] = six[:, source]
+    assert torch.equal(filled.encode(six)[1], full.encode(twelve)[1])  # the same tensor reaches the same kernels
+    with pytest.raises(ValueError, match=r"expected 6 bands \(BLUE, GREEN"):
+        filled.encode(twelve)
+
+
+def test_missing_bands_are_an_error_unless_filled_and_bad_bands_are_named():
+    config = tiny_config("S2L2A")
+    with pytest.raises(ValueError, match=r"pretrained bands \['COASTAL_AEROSOL'.*fill_missing_bands='mean'"):
+        build_tokenizer("S2L2A", config=config, bands=HLS_BANDS)
+    with pytest.raises(ValueError, match=r"S2L2A has no band 'B10'"):
+        build_tokenizer("S2L2A", config=config, bands=["BLUE", "B10"], fill_missing_bands="mean")
+    with pytest.raises(ValueError, match=r"fill_missing_bands needs bands="):
+        build_tokenizer("S2L2A", config=config, fill_missing_bands="mean")
+    with pytest.raises(ValueError, match=r"fill_missing_bands must be None or one of"):
+        build_tokenizer("S2L2A", config=config, bands=HLS_BANDS, fill_missing_bands="zeros")
+    with pytest.raises(ValueError, match=r"LULC tokenizer: bands can only be filled for raw image"):
+        build_tokenizer("LULC", config=tiny_config("LULC"), bands=["x"], fill_missing_bands="mean")
