@@ -8,7 +8,7 @@ chips and the blend sums of the output rows those chips touch, whatever the scen
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -187,12 +187,15 @@ class _Loop:
         right = self.xs[-1] - d + chip
         data = self.reader.read_rows(top, top + chip, left, right)
         pads = (max(0, -top), max(0, top + chip - height), max(0, -left), max(0, right - width))
-        strips, valid = {}, None
+        strips: dict[str, np.ndarray] = {}
+        valid: np.ndarray | None = None
         for name, strip in data.items():
             strip = reflect_pad_strip(strip, *pads)  # (C, chip, right - left)
             has = ~np.isnan(strip).all(axis=0)
             valid = has if valid is None else valid | has
             strips[name] = strip
+        if valid is None:
+            raise ValueError("the scene has no input modality")
         return strips, valid
 
     def _queue(self, chip: Chip, strips: dict[str, np.ndarray], valid: np.ndarray) -> None:
@@ -222,8 +225,8 @@ class _Loop:
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the model returned {got}; the engine expects (B, K, chip, chip) = {expected}")
-        out = out.detach().to("cpu", torch.float64 if self.dtype == np.float64 else torch.float32).numpy()
-        for p, o in zip(self.pending, out):
+        blocks = out.detach().to("cpu", torch.float64 if self.dtype == np.float64 else torch.float32).numpy()
+        for p, o in zip(self.pending, blocks):
             self.acc.add(o[:, d : d + core, d : d + core], p.chip.y, p.chip.x - self.x0, p.valid)
         self._tick(len(self.pending))
         self.pending = []
@@ -277,7 +280,7 @@ def rank_rows(height: int, rank: int, world_size: int) -> tuple[int, int]:
     return min(lo * BLOCK, height), min(hi * BLOCK, height)
 
 
-def infer_scene(predict: Predict, inputs: dict[str, str | os.PathLike], heads: Sequence[Head],
+def infer_scene(predict: Predict, inputs: Mapping[str, str | os.PathLike], heads: Sequence[Head],
                 tiling: TilingConfig = DEFAULT_TILING, *, bands: dict[str, int] | None = None,
                 device: str | torch.device = "cpu", fill: dict | None = None, overwrite: bool = False,
                 resume: bool = False, progress: Progress | None = None,

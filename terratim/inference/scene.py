@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import threading
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ class SceneReader:
         bands: ``{modality: expected band count}`` (a modality missing here is not checked).
     """
 
-    def __init__(self, inputs: dict[str, str | os.PathLike], bands: dict[str, int] | None = None) -> None:
+    def __init__(self, inputs: Mapping[str, str | os.PathLike], bands: dict[str, int] | None = None) -> None:
         if not inputs:
             raise ValueError("no inputs given; pass at least one MODALITY=path")
         self.paths = {name: Path(p) for name, p in inputs.items()}
