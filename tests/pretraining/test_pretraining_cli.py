@@ -97,27 +97,57 @@ def test_bad_sections_are_one_line_errors(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "a.safetensors").exists() and not (tmp_path / "b.safetensors").exists()
 
 
-def test_the_bundle_configs_convert_to_the_new_sections():
-    """The flat configs of the bundle's recipe are read as the new format with the same values."""
-    old = yaml.safe_load((CONFIGS / "sim_micro.yaml").read_text())
-    assert is_legacy_config("pretrain", old)
-    new = convert_legacy_config("pretrain", old)
-    assert new == {
-        "seed_everything": 0,
-        "model": {**old["model"], "tokenizers": old["tokenizers"], "masking": old["masking"],
-                  "loss_weighting": "mod", "lr": 2.0e-3, "weight_decay": 0.05, "warmup_steps": 50, "seed": 0},
-        "data": {**old["data"], "seed": 0},
-        "trainer": old["trainer"],
-        "output": old["output"],
+# The bundle's recipe as it was written in the earlier flat format (before pretraining moved to LightningCLI).
+FLAT_BUNDLE = {
+    "sim_micro.yaml": {
+        "model": {"architecture": {"dim": 64, "encoder_depth": 4, "decoder_depth": 2, "num_heads": 4,
+                                   "mlp_hidden": 256, "gated_mlp": False, "bias": True, "patch_size": 16,
+                                   "img_size": 64},
+                  "inputs": ["S1GRD", "DEM", "LULC"], "targets": ["LULC", "DEM"]},
+        "tokenizers": {"LULC": "terratim/assets/sim_micro/tokenizer_lulc.safetensors",
+                       "DEM": "terratim/assets/sim_micro/tokenizer_dem.safetensors"},
+        "masking": {"input_tokens": 24, "target_tokens": 16, "alpha": 0.5},
+        "loss_weighting": "mod",
+        "data": {"simulated": {"seed": 1, "count": 1024, "size": 64}, "batch_size": 32},
+        "optim": {"lr": 2.0e-3, "weight_decay": 0.05, "warmup_steps": 50},
+        "trainer": {"max_steps": 2000, "accelerator": "cpu", "devices": 1},
+        "seed": 0,
+        "output": "terratim/assets/sim_micro/terramind_sim_micro.safetensors",
         "export_dtype": "float16",
-    }  # fmt: skip
-    assert not is_legacy_config("pretrain", new)
-    for name in ("lulc", "dem"):
-        old = yaml.safe_load((CONFIGS / f"sim_micro_tokenizer_{name}.yaml").read_text())
-        new = convert_legacy_config("train-tokenizer", old)
-        spec = dict(old["tokenizer"])
-        assert new["model"] == {"modality": spec.pop("modality"), "architecture": spec, **old["optim"], "seed": 0}
-        assert new["trainer"] == old["trainer"] and new["output"] == old["output"]
+    },
+    "sim_micro_tokenizer_dem.yaml": {
+        "tokenizer": {"modality": "DEM", "enc_dim": 64, "enc_depth": 2, "enc_heads": 4,
+                      "unet": {"channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_ds": [],
+                               "num_groups": 8}},
+        "data": {"simulated": {"seed": 0, "count": 512, "size": 64}, "batch_size": 16},
+        "optim": {"lr": 1.0e-3, "weight_decay": 0.01, "warmup_steps": 50},
+        "trainer": {"max_steps": 150, "accelerator": "cpu", "devices": 1},
+        "seed": 0,
+        "output": "terratim/assets/sim_micro/tokenizer_dem.safetensors",
+        "export_dtype": "float16",
+    },
+    "sim_micro_tokenizer_lulc.yaml": {
+        "tokenizer": {"modality": "LULC", "enc_dim": 64, "enc_depth": 2, "enc_heads": 4, "decoder": "vit",
+                      "dec_dim": 64, "dec_depth": 2, "dec_heads": 4},
+        "data": {"simulated": {"seed": 0, "count": 512, "size": 64}, "batch_size": 16},
+        "optim": {"lr": 2.0e-3, "weight_decay": 0.01, "warmup_steps": 50},
+        "trainer": {"max_steps": 250, "accelerator": "cpu", "devices": 1},
+        "seed": 0,
+        "output": "terratim/assets/sim_micro/tokenizer_lulc.safetensors",
+        "export_dtype": "float16",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(FLAT_BUNDLE))
+def test_the_bundle_configs_are_the_conversion_of_their_flat_form(name):
+    """The shipped recipe configs are in the new format and equal the conversion of their earlier flat form."""
+    command = "pretrain" if name == "sim_micro.yaml" else "train-tokenizer"
+    old = FLAT_BUNDLE[name]
+    assert is_legacy_config(command, old)
+    shipped = yaml.safe_load((CONFIGS / name).read_text())
+    assert not is_legacy_config(command, shipped)
+    assert convert_legacy_config(command, old) == shipped
 
 
 def test_a_flat_config_trains_like_its_conversion(tmp_path, capsys):
