@@ -1,26 +1,33 @@
-"""Backbone throughput: images/s, ms per batch, FLOPs and peak memory per size and batch size.
+"""Backbone throughput, and the same-run ratio against TerraTorch's TerraMind when the reference is installed.
 
-    python benchmarks/bench_backbone.py                       # CPU, fp32, tiny+base, batch 1 and 8
+    python benchmarks/bench_backbone.py                       # CPU, fp32, tiny b1/b8, base b2/b8
+    python benchmarks/bench_backbone.py --reference-site DIR  # + TerraTorch 1.2.13 in this process
     python benchmarks/bench_backbone.py --device cuda --dtype bf16 --sizes tiny base --batch-sizes 8 64
 
-Inputs are S2L2A + S1GRD at 224 x 224 (392 tokens), as in the reference figures the issue quotes
-(2 CPU cores, fp32: tiny batch 8 0.437 s, base batch 8 4.46 s; H200 bf16: base batch 64 16.6 ms, tiny batch 8
-4.0 ms). The script prints our numbers next to those and the ratio; it asserts nothing.
+Inputs are S2L2A + S1GRD at 224 x 224 (392 tokens), random weights, eval mode, no_grad. With the reference
+(``pip install --no-deps --target DIR terratorch==1.2.13 timm einops diffusers``, or TERRATIM_REFERENCE_SITE=DIR;
+only its TerraMind model code is imported, see reference.py) both models run in alternation in this process,
+and the script prints each side's median and spread (min-max) over the repeats and the ratio of the medians
+(reference / terratim: above 1 means terratim is faster). ``--unfused`` adds terratim with its inference fast
+path off (terratim/layers/fused.py), to measure that path in the same run. The script asserts nothing.
 """
-
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import statistics
+import time
+from collections.abc import Callable, Mapping
 
 import torch
-from common import DTYPES, device_line, flops, timed
+from common import DTYPES, device_line, flops
 
 import terratim
+from terratim.layers import fused
 
-REFERENCE_SECONDS = {("cpu", "fp32", "tiny", 8): 0.437, ("cpu", "fp32", "base", 8): 4.46,
-                     ("cuda", "bf16", "base", 64): 0.0166, ("cuda", "bf16", "tiny", 8): 0.0040,
-                     ("cuda", "fp32", "tiny", 8): 0.0040}  # fmt: skip
+INPUTS = ("S2L2A", "S1GRD")
+DEFAULT_CASES = {"tiny": (1, 8), "base": (2, 8)}
 
 
 def make_inputs(batch: int, size: int, device: str) -> dict[str, torch.Tensor]:
@@ -35,41 +42,115 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
 
 
+def unfused(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with terratim's inference fast path (terratim/layers/fused.py) switched off while it runs."""
+
+    def call() -> object:
+        fused.ENABLED = False
+        try:
+            return fn()
+        finally:
+            fused.ENABLED = True
+
+    return call
+
+
+def alternate(fns: Mapping[str, Callable[[], object]], device: str, repeats: int, warmup: int,
+              dtype: str = "fp32") -> dict[str, list[float]]:  # fmt: skip
+    """Seconds of each ``fn`` over ``repeats`` rounds; each round runs every fn once, in turn (same-run
+    comparison: load from other processes hits all sides alike). no_grad, and autocast for bf16/fp16."""
+    autocast = torch.autocast(device.split(":")[0], dtype=DTYPES[dtype], enabled=dtype != "fp32")
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    with torch.no_grad(), autocast:
+        for round_index in range(warmup + repeats):
+            for name, fn in fns.items():
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                fn()
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                if round_index >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    return times
+
+
+def spread(seconds: list[float]) -> str:
+    """'median ms (min-max)'."""
+    return f"{statistics.median(seconds) * 1000:.1f} ({min(seconds) * 1000:.0f}-{max(seconds) * 1000:.0f})"
+
+
+def load_reference_register(site: str | None):  # noqa: ANN201 (a module of the reference)
+    """The reference's TerraMind register module, or None when no reference folder is given."""
+    if not (site or os.environ.get("TERRATIM_REFERENCE_SITE")):
+        return None
+    from reference import installed_version, load_reference, resolve_site
+
+    root = resolve_site(site)
+    register = load_reference(root)
+    print(f"reference: TerraTorch {installed_version(root)} (TerraMind model code only), same process")
+    return register
+
+
+def reference_backbone(register, size: str, img_size: int, device: str) -> torch.nn.Module:  # noqa: ANN001
+    from reference import build_reference
+
+    model, _ = build_reference(register, f"terramind_v1_{size}", None, modalities=list(INPUTS),
+                               merge_method="mean", img_size=img_size)  # fmt: skip
+    return model.to(device)
+
+
+def compare(size: str, batch: int, device: str = "cpu", dtype: str = "fp32", img_size: int = 224,
+            repeats: int = 5, warmup: int = 2, register=None, with_unfused: bool = False) -> dict[str, list[float]]:  # noqa: ANN001  # fmt: skip
+    """Seconds per batch of terratim (and the reference / unfused terratim when asked), run in alternation."""
+    model = terratim.build(f"terramind_v1_{size}", modalities=list(INPUTS), img_size=img_size).eval().to(device)
+    inputs = make_inputs(batch, img_size, device)
+    fns: dict[str, Callable[[], object]] = {"terratim": lambda: model(inputs)}
+    if with_unfused:
+        fns["terratim unfused"] = unfused(lambda: model(inputs))
+    if register is not None:
+        reference = reference_backbone(register, size, img_size, device).eval()
+        fns["reference"] = lambda: reference(dict(inputs))
+    return alternate(fns, device, repeats, warmup, dtype)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["tiny", "base"])
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, help="default: tiny 1 8, base 2 8")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--reference-site", help="folder with TerraTorch 1.2.13 (or TERRATIM_REFERENCE_SITE)")
+    parser.add_argument("--unfused", action="store_true", help="also time terratim without its fast path")
+    parser.add_argument("--flops", action="store_true", help="also count FLOPs (one extra call per case)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = False
-    device_kind = args.device.split(":")[0]
-    print(f"{device_line(args.device)}, {args.dtype}, S2L2A+S1GRD {args.img_size}x{args.img_size}, "
-          f"torch {torch.__version__}")
-    header = (f"{'size':<6}{'batch':>6}{'ms/batch':>11}{'images/s':>10}{'GFLOP/batch':>13}"
-              f"{'TFLOP/s':>9}{'peak MB':>9}{'reference':>11}{'speed-up':>9}")  # fmt: skip
-    print(header)
+    register = load_reference_register(args.reference_site)
+    print(f"{device_line(args.device)}, {args.dtype}, {'+'.join(INPUTS)} {args.img_size}x{args.img_size}, "
+          f"torch {torch.__version__}, median (min-max) of {args.repeats} alternating runs, ms per batch")
     for size in args.sizes:
-        model = terratim.build(f"terramind_v1_{size}", modalities=["S2L2A", "S1GRD"],
-                               img_size=args.img_size).eval().to(args.device)  # fmt: skip
-        if args.compile:
-            model = torch.compile(model)
-        for batch in args.batch_sizes:
-            if device_kind == "cuda":
+        for batch in args.batch_sizes or DEFAULT_CASES.get(size, (1, 8)):
+            if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            inputs = make_inputs(batch, args.img_size, args.device)
-            flop_count = flops(lambda: model(inputs))
-            median = timed(lambda: model(inputs), args.device, args.repeats, args.warmup, args.dtype)
-            reference = REFERENCE_SECONDS.get((device_kind, args.dtype, size, batch))
-            ref_text = f"{reference * 1000:.1f} ms" if reference else "-"
-            speedup = f"{reference / median:.2f}x" if reference else "-"
-            print(f"{size:<6}{batch:>6}{median * 1000:>11.1f}{batch / median:>10.1f}"
-                  f"{flop_count / 1e9:>13.1f}{flop_count / median / 1e12:>9.2f}{peak_memory_mb(args.device):>9.0f}"
-                  f"{ref_text:>11}{speedup:>9}")  # fmt: skip
+            times = compare(size, batch, args.device, args.dtype, args.img_size, args.repeats, args.warmup,
+                            register, args.unfused)  # fmt: skip
+            ours = statistics.median(times["terratim"])
+            line = f"{size:<5} b{batch:<3} terratim {spread(times['terratim'])}, {batch / ours:.1f} images/s"
+            for other in ("terratim unfused", "reference"):
+                if other in times:
+                    ratio = statistics.median(times[other]) / ours
+                    line += f" | {other} {spread(times[other])} -> {ratio:.2f}x"
+            if args.flops:
+                model = terratim.build(f"terramind_v1_{size}", modalities=list(INPUTS)).eval().to(args.device)
+                inputs = make_inputs(batch, args.img_size, args.device)
+                line += f" | {flops(lambda: model(inputs)) / 1e9:.1f} GFLOP"
+            print(line + f" | peak {peak_memory_mb(args.device):.0f} MB", flush=True)
 
 
 if __name__ == "__main__":

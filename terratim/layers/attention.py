@@ -44,11 +44,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj(self.mix(x, bias))
+
+    def mix(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention output before ``proj``: (B, N, D) -> (B, N, D)."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, Dh)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.proj(merge_heads(out))
+        return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
 
 
 class CrossAttention(nn.Module):
@@ -62,9 +65,12 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj(self.mix(x, context, bias))
+
+    def mix(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention output before ``proj``: (B, Nq, D) with context (B, Nk, D) -> (B, Nq, D)."""
         batch, tokens, dim = context.shape
         q = split_heads(self.q(x), self.num_heads)  # (B, H, Nq, Dh)
         kv = self.kv(context).view(batch, tokens, 2, self.num_heads, dim // self.num_heads)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, Nk, Dh)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.proj(merge_heads(out))
+        return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))

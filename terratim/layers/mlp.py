@@ -17,7 +17,11 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.hidden(x))
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """act(fc1(x)), the input of ``fc2``."""
+        return self.act(self.fc1(x))
 
 
 class SwiGLU(nn.Module):
@@ -30,4 +34,8 @@ class SwiGLU(nn.Module):
         self.fc3 = nn.Linear(dim, hidden, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.silu(self.fc1(x)) * self.fc3(x))
+        return self.fc2(self.hidden(x))
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """SiLU(fc1(x)) * fc3(x), the input of ``fc2``."""
+        return F.silu(self.fc1(x)) * self.fc3(x)

@@ -252,10 +252,17 @@ class TerraMindBackbone(TerraMind):
         parts = [layer[:, s.start : s.stop] for s in images]  # each (B, N, D)
         if self.merge_method == "concat":
             return self._concat(parts)
-        merged = parts[0]
-        for part in parts[1:]:  # pairwise, without stacking a (B, M, N, D) copy
-            merged = merged + part if self.merge_method == "mean" else torch.maximum(merged, part)
-        return merged / len(parts) if self.merge_method == "mean" and len(parts) > 1 else merged
+        if len(parts) == 1:
+            return parts[0]
+        if self.merge_method == "max":
+            merged = parts[0]
+            for part in parts[1:]:  # pairwise, without stacking a (B, M, N, D) copy
+                merged = torch.maximum(merged, part)
+            return merged
+        merged = parts[0] + parts[1]  # a new tensor, so the sum and mean go on in place (autograd allows it)
+        for part in parts[2:]:
+            merged.add_(part)
+        return merged.div_(len(parts))
 
     def _concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
         missing = self.out_channels[0] // self.config.dim - len(parts)

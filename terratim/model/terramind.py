@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from terratim import modalities as mods
 from terratim.layers import Attention, CrossAttention, Mlp, SwiGLU, layer_norm
+from terratim.layers.fused import add_linear, fast_path
 from terratim.model.config import TerraMindConfig
 from terratim.model.embeddings import (
     PatchEmbedding,
@@ -27,7 +28,7 @@ from terratim.model.embeddings import (
 )
 
 
-def make_mlp(config: TerraMindConfig) -> nn.Module:
+def make_mlp(config: TerraMindConfig) -> Mlp | SwiGLU:
     if config.gated_mlp:
         return SwiGLU(config.dim, config.mlp_hidden, bias=config.bias)
     return Mlp(config.dim, config.mlp_hidden, bias=config.bias)
@@ -44,6 +45,9 @@ class Block(nn.Module):
         self.mlp = make_mlp(config)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if fast_path(self.attn, self.mlp):  # inference: residuals folded into proj / fc2 (layers/fused.py)
+            x = add_linear(x, self.attn.proj, self.attn.mix(self.norm1(x), bias))
+            return add_linear(x, self.mlp.fc2, self.mlp.hidden(self.norm2(x)))
         x = x + self.attn(self.norm1(x), bias)
         return x + self.mlp(self.norm2(x))
 
@@ -69,6 +73,11 @@ class DecoderBlock(nn.Module):
         self_bias: torch.Tensor | None = None,
         cross_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if fast_path(self.self_attn, self.cross_attn, self.mlp):  # inference: see Block.forward
+            y = add_linear(y, self.self_attn.proj, self.self_attn.mix(self.norm1(y), self_bias))
+            mixed = self.cross_attn.mix(self.query_norm(y), self.context_norm(context), cross_bias)
+            y = add_linear(y, self.cross_attn.proj, mixed)
+            return add_linear(y, self.mlp.fc2, self.mlp.hidden(self.norm2(y)))
         y = y + self.self_attn(self.norm1(y), self_bias)
         y = y + self.cross_attn(self.query_norm(y), self.context_norm(context), cross_bias)
         return y + self.mlp(self.norm2(y))
@@ -176,11 +185,12 @@ class TerraMind(nn.Module):
         for key, value in inputs.items():
             x, emb = self.encoder_embeddings[key](value)
             xs.append(x)
-            embs.append(emb)
+            embs.append(emb[:1])  # (1, n, D): the terms are equal across the batch
             is_image = not isinstance(self.encoder_embeddings[key], SequenceEmbedding)
             spans.append(Span(key, start, start + x.shape[1], is_image))
             start += x.shape[1]
-        return torch.cat(xs, dim=1), torch.cat(embs, dim=1), spans
+        tokens = torch.cat(xs, dim=1)  # (B, N, D)
+        return tokens, torch.cat(embs, dim=1).expand_as(tokens), spans  # emb: a broadcast view, not B copies
 
     def run_encoder(
         self, tokens: torch.Tensor, bias: torch.Tensor | None = None, all_layers: bool = True
