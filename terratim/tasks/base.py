@@ -97,6 +97,9 @@ class BaseTask(pl.LightningModule):
     def configure_models(self) -> None:
         """Build ``self.model`` from ``model_args`` and freeze the parts the arguments name."""
         hp = self.hparams
+        if hp["freeze_backbone"] and hp["model_args"].get("peft_config") is not None:
+            raise ValueError("freeze_backbone would freeze the PEFT adapters too (PEFT already keeps the backbone's "
+                             "own weights fixed): set freeze_backbone: false with model_args.peft_config")  # fmt: skip
         self.model = build_model(hp["model_factory"], hp["model_args"], self.task)
         if hp["freeze_backbone"]:
             freeze(self.model.backbone)

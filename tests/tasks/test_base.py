@@ -80,3 +80,24 @@ def test_class_names_name_per_class_metrics():
     assert (task.num_classes, task.class_label(1)) == (2, "water")
     with pytest.raises(ValueError, match="3 class_names for 2 classes"):
         SemanticSegmentationTask(_args(num_classes=2), class_names=["a", "b", "c"])
+
+
+def test_freeze_backbone_keeps_backbone_weights_through_an_optimizer_step():
+    task = SemanticSegmentationTask(_args(num_classes=2), freeze_backbone=True, lr=0.1)
+    trainable = {name for name, p in task.named_parameters() if p.requires_grad}
+    assert trainable and not any(name.startswith("model.backbone.") for name in trainable)
+    assert any(name.startswith("model.decoder.") for name in trainable)
+    before = {k: v.clone() for k, v in task.state_dict().items()}
+    optimizer = task.configure_optimizers()
+    image = torch.randn(2, 2, 32, 32, generator=torch.Generator().manual_seed(0))
+    task.compute_loss(task({"S1GRD": image}), torch.randint(0, 2, (2, 32, 32))).backward()
+    optimizer.step()
+    after = task.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith("model.backbone."))
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if k.startswith("model.head."))
+
+
+def test_freeze_backbone_with_peft_is_refused():
+    peft = {"method": "LORA", "peft_config_kwargs": {"target_modules": ["qkv"], "r": 4}}
+    with pytest.raises(ValueError, match="freeze_backbone would freeze the PEFT adapters too"):
+        SemanticSegmentationTask(_args(num_classes=2, peft_config=peft), freeze_backbone=True)
