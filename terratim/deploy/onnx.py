@@ -103,16 +103,37 @@ def _output_text(task: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the graph
-def embed_with_tokens(net: Any, images: Mapping[str, torch.Tensor], token_ids: Mapping[str, torch.Tensor],
-                      grid: int) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:  # fmt: skip
-    """``net.embed`` of validated image inputs followed by token ids ``{key: (B, N)}`` on a ``grid`` x ``grid``
-    grid. The token part is embedded here with ``grid`` a Python int: the tracer cannot take a grid side
-    from a tensor's shape."""
+def keyed_images(net: Any, named: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Image inputs ``{name: (B, C, H, W)}`` keyed by the network's internal keys, in the given order.
+
+    The backbone's own input checks compare grids and batch sizes through Python sets and bools, which the
+    tracer cannot follow; in the exported model :class:`OnnxModel` (and the engine) check inputs against the
+    metadata instead, and this function refuses non-image inputs at export.
+    """
+    from terratim.model.embeddings import PatchEmbedding
+
+    keyed = {}
+    for name, value in net.as_input_dict(named).items():
+        key = net.inputs[name][0]
+        if not isinstance(net.encoder_embeddings[key], PatchEmbedding):
+            raise ValueError(f"input {name} is a token modality; export supports image inputs (patch embeddings) "
+                             "only")  # fmt: skip
+        keyed[key] = value
+    return keyed
+
+
+def embed_tokens(net: Any, images: Mapping[str, torch.Tensor], token_ids: Mapping[str, torch.Tensor],
+                 grid: int) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:  # fmt: skip
+    """``net.embed`` of image inputs followed by token ids ``{key: (B, N)}`` on a ``grid`` x ``grid`` grid:
+    (tokens (B, M, D), position + modality terms (B, M, D), spans). Every input holds ``grid * grid`` tokens;
+    span bounds are Python ints counted here (under the tracer ``net.embed``'s own bounds are shape tensors,
+    updated in place) and the token part is embedded with ``grid`` an int."""
     from terratim.model.terramind import Span
 
-    tokens, emb, traced = net.embed(images)  # (B, M, D) each
-    spans = [Span(s.key, int(s.start), int(s.stop), s.is_image) for s in traced]  # fixed by the tile size
-    start = int(tokens.shape[1])
+    tokens, emb, _ = net.embed(images)  # (B, M, D) each
+    size = grid * grid
+    spans = [Span(key, i * size, (i + 1) * size, True) for i, key in enumerate(images)]
+    start = len(images) * size
     parts, embs = [tokens], [emb]
     for key, ids in token_ids.items():
         table = net.encoder_embeddings[key]
@@ -122,6 +143,10 @@ def embed_with_tokens(net: Any, images: Mapping[str, torch.Tensor], token_ids: M
         spans.append(Span(key, start, start + grid * grid, True))
         start += grid * grid
     return torch.cat(parts, dim=1), torch.cat(embs, dim=1), spans
+
+
+def token_grid(net: Any, images: Mapping[str, torch.Tensor]) -> int:
+    return int(next(iter(images.values())).shape[-1]) // net.config.patch_size
 
 
 @torch.no_grad()
@@ -134,14 +159,14 @@ def imagine_argmax(backbone: Any, named: Mapping[str, torch.Tensor]) -> dict[str
     """
     gen = backbone.generator
     net = gen.network
-    keyed = net.keyed_inputs({n: v for n, v in named.items() if n in gen.user_inputs})
-    first = next(iter(keyed.values()))  # (B, C, H, W)
-    batch, grid = first.shape[0], int(first.shape[-1]) // net.config.patch_size
-    positions = torch.arange(grid * grid, device=first.device).expand(batch, -1)  # (B, N)
+    keyed = keyed_images(net, {n: v for n, v in named.items() if n in gen.user_inputs})
+    grid = token_grid(net, keyed)
+    batch = next(iter(keyed.values())).shape[0]
+    positions = torch.arange(grid * grid, device=next(iter(keyed.values())).device).expand(batch, -1)  # (B, N)
     imagined: dict[str, torch.Tensor] = {}
     finished: dict[str, torch.Tensor] = {}
     for name, key in gen.outputs.items():
-        tokens, emb, _ = embed_with_tokens(net, keyed, finished if gen.chain else {}, grid)
+        tokens, emb, _ = embed_tokens(net, keyed, finished if gen.chain else {}, grid)
         context = net.decoder_context(net.run_encoder(tokens + emb, None, all_layers=False)[0], emb)
         queries = net.image_queries(key, positions, grid)  # (B, N, D)
         ids = net.logits(key, net.run_decoder(queries, context)).argmax(dim=-1)  # (B, N)
@@ -149,34 +174,34 @@ def imagine_argmax(backbone: Any, named: Mapping[str, torch.Tensor]) -> dict[str
     return imagined
 
 
-class ImaginingBackbone(nn.Module):
-    """A TiM backbone's forward for export: argmax imagination, then inputs + imagined tokens encoded and merged
-    (as ``TerraMindTiM.forward`` does with ``temperature=0``, ``decoding_steps=1``)."""
+class TracingBackbone(nn.Module):
+    """A TerraMind backbone's forward in traceable form: inputs (plus, for TiM, tokens imagined by
+    :func:`imagine_argmax`) embedded, encoded and merged per layer, as ``TerraMindBackbone.forward`` does in eval
+    mode (and ``TerraMindTiM.forward`` with ``temperature=0``, ``decoding_steps=1``)."""
 
-    tim: Any
+    backbone: Any
 
-    def __init__(self, tim: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
-        self.tim = tim
+        self.backbone = backbone
 
     def forward(self, named: Mapping[str, torch.Tensor]) -> list[Any]:
-        tim = self.tim
-        imagined = imagine_argmax(tim, named)
-        given = {n: v for n, v in named.items() if n not in imagined}
-        images = tim.keyed_inputs(given)
-        grid = int(next(iter(images.values())).shape[-1]) // tim.config.patch_size
-        token_ids = {tim.inputs[n][0]: ids for n, ids in imagined.items()}
-        tokens, emb, spans = embed_with_tokens(tim, images, token_ids, grid)
-        return [tim.merge(layer, spans) for layer in tim.run_encoder(tokens + emb)]
+        net = self.backbone
+        imagined = imagine_argmax(net, named) if getattr(net, "generator", None) is not None else {}
+        images = keyed_images(net, {n: v for n, v in named.items() if n not in imagined})
+        token_ids = {net.inputs[n][0]: ids for n, ids in imagined.items()}
+        tokens, emb, spans = embed_tokens(net, images, token_ids, token_grid(net, images))
+        return [net.merge(layer, spans) for layer in net.run_encoder(tokens + emb)]
 
 
 def graph_model(model: Any) -> nn.Module:
-    """The task model to trace: ``model`` itself, or (TiM) the same parts around an :class:`ImaginingBackbone`."""
-    if getattr(model.backbone, "generator", None) is None:
-        return model
+    """The task model to trace: its parts around a :class:`TracingBackbone` (another backbone as it is)."""
+    from terratim.model.backbone import TerraMindBackbone
     from terratim.tasks.factory import EncoderDecoderModel
 
-    return EncoderDecoderModel(ImaginingBackbone(model.backbone), model.necks, model.decoder, model.head,
+    if not isinstance(model.backbone, TerraMindBackbone):
+        return model
+    return EncoderDecoderModel(TracingBackbone(model.backbone), model.necks, model.decoder, model.head,
                                model.pixel_wise, model.padding)  # fmt: skip
 
 

@@ -137,3 +137,27 @@ def test_bad_export_options_are_refused(tmp_path):
         export_task(task, DATA, tmp_path / "m.onnx", tile_size=60)
     with pytest.raises(ValueError, match="--quantize must be int8"):
         export_task(task, DATA, tmp_path / "m.onnx", tile_size=TILE, quantize="int4")
+
+
+@pytest.mark.parametrize("backbone", ["terramind_v1_tiny", "terramind_v1_tiny_tim"])
+def test_two_inputs_and_two_imagined_modalities(backbone, tmp_path):
+    """Several image inputs (and chained TiM modalities): token spans stay right in the traced graph."""
+    from terratim.tasks import SemanticSegmentationTask
+
+    args = {"backbone": backbone, "backbone_pretrained": False, "backbone_modalities": ["S2L2A", "S1GRD"],
+            "necks": [{"name": "SelectIndices", "indices": [11]}, {"name": "ReshapeTokensToImage"}],
+            "decoder": "FCNDecoder", "decoder_channels": 16, "num_classes": 4}  # fmt: skip
+    if backbone.endswith("_tim"):
+        args.update(backbone_tim_modalities=["LULC", "NDVI"], backbone_tim_temperature=0.0)
+    torch.manual_seed(0)
+    task = SemanticSegmentationTask(args).eval()
+    export_task(task, {"modalities": ["S2L2A", "S1GRD"]}, tmp_path / "two.onnx", tile_size=TILE)
+    model = OnnxModel(tmp_path / "two.onnx")
+    assert [s.name for s in model.card.inputs] == ["S2L2A", "S1GRD"]
+    raw = sample_inputs(model.card, 2, seed=4)
+    standardized = {s.name: (x - torch.tensor(s.mean).view(1, -1, 1, 1)) / torch.tensor(s.std).view(1, -1, 1, 1)
+                    for s, x in zip(model.card.inputs, raw)}  # fmt: skip
+    with torch.no_grad():
+        expected = task(standardized)
+    got = model({s.name: x for s, x in zip(model.card.inputs, raw)})
+    assert torch.allclose(got, expected, rtol=0, atol=TOLERANCE), (got - expected).abs().max()
