@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="fp32 (default), bf16 (autocast), auto (bf16 where the device has it natively)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -183,11 +185,13 @@ def generate(args: argparse.Namespace, files: dict[str, Path], targets: dict[str
     import torch
 
     from terratim.inference.scene import SceneReader
+    from terratim.precision import resolve_precision
 
     layout = band_layout(args, list(files))
     reader = SceneReader(dict(files), band_counts(files, layout))  # checks one grid, valid pixels
     try:
         model = build_model(args, list(files), list(targets), layout)
+        args.precision = resolve_precision(args.precision, args.device, report=True)
         info = reader.info
         generator = torch.Generator().manual_seed(args.seed)
         small = info.height == info.width and info.height <= args.chip and info.height % 16 == 0
@@ -208,13 +212,14 @@ def direct(model, reader, targets: dict, generator, args: argparse.Namespace) ->
     from terratim.data.geotiff import write_geotiff
     from terratim.inference.heads import hex_colormap
     from terratim.modalities import resolve
+    from terratim.precision import autocast
 
     arrays = reader.read_rows(0, reader.info.height)
     for name, array in arrays.items():
         if np.isnan(array).any():
             raise SystemExit(f"{name}: {reader.paths[name]} has nodata pixels; generation needs complete inputs")
     batch = {n: torch.from_numpy(a)[None].to(args.device) for n, a in arrays.items()}
-    with torch.no_grad():
+    with torch.no_grad(), autocast(args.precision, args.device):
         result = model(batch, generator=generator, outputs=list(targets))
     profile = reader.datasets[next(iter(arrays))].profile
     for name, path in targets.items():
@@ -232,13 +237,15 @@ def tiled(model, files: Mapping[str, Path], targets: dict, generator, args: argp
     """Chip the scene, generate per chip, blend (LULC logits before argmax), stream to disk."""
     from terratim.inference.adapters import generation_predictor
     from terratim.inference.engine import TilingConfig, infer_scene
+    from terratim.precision import with_precision
 
     predictor = generation_predictor(model, args.out / "generated.tif", generator=generator, timesteps=args.steps)
     for head, path in zip(predictor.heads, targets.values()):
         head.path = path
     read_given_bands(predictor, layout)
     tiling = TilingConfig(chip=args.chip, overlap=args.overlap, batch_size=args.batch_size)
-    infer_scene(predictor.predict, dict(files), predictor.heads, tiling, bands=predictor.bands, device=args.device,
+    predict = with_precision(predictor.predict, args.precision, args.device)
+    infer_scene(predict, dict(files), predictor.heads, tiling, bands=predictor.bands, device=args.device,
                 fill=predictor.fill, overwrite=args.overwrite)  # fmt: skip
 
 
