@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_cli_arguments(parser, temperature=0.0)
     parser.add_argument("--steps", type=int, default=10, help="diffusion steps for continuous modalities")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="fp32 (default), bf16 (autocast), auto (bf16 where the CPU has it natively)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -120,6 +122,7 @@ def imagine(args: argparse.Namespace, files: dict[str, Path], targets: dict[str,
     from terratim.generation.generate import decode_tokens
     from terratim.inference.heads import hex_colormap
     from terratim.modalities import resolve
+    from terratim.precision import precision_context
     from terratim.viz import save_panel
 
     layout = band_layout(args, list(files))
@@ -129,7 +132,7 @@ def imagine(args: argparse.Namespace, files: dict[str, Path], targets: dict[str,
                                 ckpt_path=args.ckpt, **band_options(args, layout)).eval()  # fmt: skip
     tokenizers = build_tokenizers(args, list(targets))
     generator = torch.Generator().manual_seed(args.seed)
-    with torch.no_grad():
+    with torch.no_grad(), precision_context(args.precision, "cpu"):
         ids = model.imagine(input_tensors(rasters, layout), generator, outputs=list(targets))
         images = decode_tokens(ids, tokenizers, timesteps=args.steps, generator=generator)
     profile = next(iter(rasters.values())).profile
