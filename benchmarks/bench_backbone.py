@@ -80,6 +80,14 @@ def spread(seconds: list[float]) -> str:
     return f"{statistics.median(seconds) * 1000:.1f} ({min(seconds) * 1000:.0f}-{max(seconds) * 1000:.0f})"
 
 
+def ratio_text(other: list[float], ours: list[float]) -> str:
+    """Ratio of medians, and the median (min-max) of the per-round ratios (robust to load that drifts between
+    rounds on a shared machine)."""
+    paired = sorted(o / t for o, t in zip(other, ours, strict=True))
+    return (f"{statistics.median(other) / statistics.median(ours):.2f}x "
+            f"(per round {statistics.median(paired):.2f}x, {paired[0]:.2f}-{paired[-1]:.2f})")  # fmt: skip
+
+
 def load_reference_register(site: str | None):  # noqa: ANN201 (a module of the reference)
     """The reference's TerraMind register module, or None when no reference folder is given."""
     if not (site or os.environ.get("TERRATIM_REFERENCE_SITE")):
@@ -144,8 +152,7 @@ def main() -> None:
             line = f"{size:<5} b{batch:<3} terratim {spread(times['terratim'])}, {batch / ours:.1f} images/s"
             for other in ("terratim unfused", "reference"):
                 if other in times:
-                    ratio = statistics.median(times[other]) / ours
-                    line += f" | {other} {spread(times[other])} -> {ratio:.2f}x"
+                    line += f" | {other} {spread(times[other])} -> {ratio_text(times[other], times['terratim'])}"
             if args.flops:
                 model = terratim.build(f"terramind_v1_{size}", modalities=list(INPUTS)).eval().to(args.device)
                 inputs = make_inputs(batch, args.img_size, args.device)

@@ -16,10 +16,9 @@ with FLOPs (the FLOP ratio says what the TiM / plain time ratio should be withou
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
-from bench_backbone import alternate, load_reference_register, spread, unfused
+from bench_backbone import alternate, load_reference_register, ratio_text, spread, unfused
 from common import device_line, flops, timed
 
 import terratim
@@ -102,11 +101,10 @@ def main() -> None:
     for size in args.sizes:
         times = compare(size, args.batch, args.inputs, args.tim, args.device, args.dtype, args.repeats,
                         args.warmup, register, args.unfused)  # fmt: skip
-        ours = statistics.median(times["terratim TiM"])
         line = f"{size:<5} b{args.batch:<3} terratim TiM {spread(times['terratim TiM'])}"
         for other in ("terratim plain", "terratim TiM unfused", "reference TiM"):
             if other in times:
-                line += f" | {other} {spread(times[other])} -> {statistics.median(times[other]) / ours:.2f}x"
+                line += f" | {other} {spread(times[other])} -> {ratio_text(times[other], times['terratim TiM'])}"
         print(line, flush=True)
         if args.breakdown:
             breakdown(size, args.batch, args.inputs, args.tim, args.device, args.dtype, args.repeats, args.warmup)
