@@ -180,6 +180,7 @@ def build(name: str, **kwargs: Any) -> nn.Module:
         name: a registry name such as ``terramind_v1_base`` (see :func:`list_models`).
         **kwargs: passed to the builder (``modalities``, ``pretrained``, ``ckpt_path``, ...).
     """
+    _known(name)  # loads the builder modules, so any registered name builds in a fresh process
     unknown = unknown_arguments(name, kwargs)
     if unknown:
         raise TypeError(f"{name}: unknown arguments {unknown}; it takes {sorted(parameters(name) or ())}")

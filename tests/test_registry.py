@@ -29,3 +29,16 @@ def test_build_refuses_unknown_arguments_and_names_the_accepted_ones():
 def test_unknown_name_lists_the_available_models():
     with pytest.raises(KeyError, match="available: .*terramind_v1_tiny"):
         registry.parameters("terramind_v9_tiny")
+
+
+def test_a_name_builds_without_arguments_in_a_fresh_interpreter():
+    """build() loads the builder modules itself, also when it is given no keyword arguments."""
+    import subprocess
+    import sys
+
+    code = "import terratim; print(type(terratim.build('terramind_v1_tokenizer_lulc', decoder=False)).__name__)"
+    code_bare = "import terratim; print(type(terratim.build('terramind_v1_tiny')).__name__)"
+    for source, expected in ((code, "ClassTokenizer"), (code_bare, "TerraMindBackbone")):
+        out = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == expected

@@ -6,7 +6,6 @@ import numpy as np
 import onnx
 import pytest
 import rasterio
-from task_models import save_task
 
 from terratim.cli import main as cli_main
 from terratim.deploy.onnx import onnx_predictor
@@ -15,6 +14,7 @@ from terratim.inference.engine import TilingConfig, infer_scene
 from terratim.inference.heads import Head
 
 from rasters import write_tif
+from task_models import save_task
 
 TILE, OVERLAP, DELTA = 64, 16, 4
 TOLERANCE = 1e-4

@@ -8,10 +8,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from task_models import CLASS_NAMES, build_task
 
 import terratim
 from terratim.deploy.onnx import OPSET, OnnxModel, export_task, imagine_argmax, read_card, sample_inputs
+
+from task_models import CLASS_NAMES, build_task
 
 TILE = 64
 DATA = {"modalities": ["S1GRD"], "no_data_replace": 0}
