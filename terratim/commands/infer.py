@@ -74,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     tiles.add_argument("--panel", type=int, default=2048,
                        help="columns done at a time; memory grows with it, not with the scene (0 = all)")  # fmt: skip
+    source.add_argument("--tim-sampling", action="store_true",
+                        help="a TiM task imagines with its trained sampling settings (random), not the most "
+                             "likely tokens in one pass (default: the same map every run, as --onnx)")  # fmt: skip
     output = parser.add_argument_group("output")
     output.add_argument("--confidence", action="store_true", help="add a confidence band (percent) to class maps")
     output.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
@@ -226,7 +229,8 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
             raise ValueError("a task model needs --ckpt (and no --model); -c/--config is optional, needed only for "
                              "a checkpoint from an older terratim")  # fmt: skip
         task, data_args = adapters.load_task_model(args.config, args.ckpt, device)
-        predictor = adapters.task_predictor(task, data_args, args.out, device, args.confidence, args.cog)
+        predictor = adapters.task_predictor(task, data_args, args.out, device, args.confidence, args.cog,
+                                            tim_sampling=args.tim_sampling)  # fmt: skip
         predictor.fingerprint["weights"] = file_record(args.ckpt, whole=True)
         _check_modalities(inputs, predictor.bands)
         return predictor

@@ -368,7 +368,7 @@ def load_task_model(config_path: Path | None, ckpt_path: Path,
 
 
 def task_predictor(task: Any, data_args: Mapping[str, Any], out: Path, device: str | torch.device = "cpu",
-                   confidence: bool = False, cog: bool = False) -> Predictor:  # fmt: skip
+                   confidence: bool = False, cog: bool = False, tim_sampling: bool = False) -> Predictor:  # fmt: skip
     """Adapter for a fine-tuned segmentation or regression task (inputs standardized as in training).
 
     Args:
@@ -378,6 +378,9 @@ def task_predictor(task: Any, data_args: Mapping[str, Any], out: Path, device: s
         device: where the model runs.
         confidence: add a confidence band to class maps.
         cog: write a Cloud-Optimized GeoTIFF.
+        tim_sampling: a TiM model imagines with the sampling settings it was trained with; by default it takes
+            the most likely tokens in one pass (temperature 0, one decoding step), so that a scene gives the same
+            map on every run and the same as its ONNX export.
     """
     from terratim.datamodules.multimodal import modality_stats
 
@@ -394,6 +397,7 @@ def task_predictor(task: Any, data_args: Mapping[str, Any], out: Path, device: s
     replace = data_args.get("no_data_replace")
     fill = {m: np.full_like(s[0], replace) if replace is not None else s[0] for m, s in stats.items()}
     standardize = _standardizer(stats, torch.device(device))
+    tims = count_tim_backbones(task) if tim_sampling else imagine_most_likely(task)
     if kind == "segmentation":
         n = task.num_classes
         names = tuple(task.class_names or [str(i) for i in range(n)])
@@ -409,7 +413,29 @@ def task_predictor(task: Any, data_args: Mapping[str, Any], out: Path, device: s
 
     bands = {m: len(s[0]) for m, s in stats.items()}
     standardization = {m: [s[0].tolist(), s[1].tolist()] for m, s in stats.items()}  # mean, std per band
-    return Predictor(predict, [head], bands, fill, {"task": type(task).__name__, "standardize": standardization})
+    record = {"task": type(task).__name__, "standardize": standardization}
+    if tims:
+        record["tim_imagination"] = "sampled" if tim_sampling else "most likely, one pass"
+    return Predictor(predict, [head], bands, fill, record)
+
+
+def _tim_backbones(model: torch.nn.Module) -> list:
+    from terratim.tim import TerraMindTiM
+
+    return [m for m in model.modules() if isinstance(m, TerraMindTiM)]
+
+
+def count_tim_backbones(model: torch.nn.Module) -> int:
+    """How many TiM backbones ``model`` holds."""
+    return len(_tim_backbones(model))
+
+
+def imagine_most_likely(model: torch.nn.Module) -> int:
+    """Set every TiM backbone inside ``model`` to imagine by one argmax pass (deterministic); returns how many."""
+    tims = _tim_backbones(model)
+    for tim in tims:
+        tim.generator.settings = tim.generator.settings.replace(temperature=0.0, decoding_steps=1)
+    return len(tims)
 
 
 # ------------------------------------------------------------------------------------------------ backbones

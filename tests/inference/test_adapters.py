@@ -221,3 +221,26 @@ def test_an_older_checkpoint_without_statistics_needs_the_config(tmp_path):
     ckpt = _trained_task_checkpoint(tmp_path, with_record=False)
     with pytest.raises(ValueError, match="does not carry its modalities.*-c/--config"):
         adapters.load_task_model(None, ckpt)
+
+
+@pytest.mark.parametrize("tim_sampling", [False, True])
+def test_tim_task_imagines_the_most_likely_tokens_unless_sampling_is_asked(tmp_path, tim_sampling):
+    """Scene inference with a TiM task is deterministic by default (argmax, one pass, as the ONNX export)."""
+    from task_models import build_task
+
+    task = build_task("segmentation", "terramind_v1_tiny_tim")
+    tim = task.model.backbone
+    tim.generator.settings = tim.generator.settings.replace(temperature=1.0, decoding_steps=4)
+    predictor = adapters.task_predictor(task, {"modalities": ["S1GRD"]}, tmp_path / "out.tif",
+                                        tim_sampling=tim_sampling)  # fmt: skip
+    settings = tim.generator.settings
+    if tim_sampling:
+        assert (settings.temperature, settings.decoding_steps) == (1.0, 4)
+        assert predictor.fingerprint["tim_imagination"] == "sampled"
+        return
+    assert (settings.temperature, settings.decoding_steps) == (0.0, 1)
+    assert predictor.fingerprint["tim_imagination"] == "most likely, one pass"
+    batch = {"S1GRD": torch.randn(2, 2, 64, 64, generator=torch.Generator().manual_seed(0)) * 4 - 14}
+    with torch.no_grad():
+        first, second = predictor.predict(batch), predictor.predict(batch)
+    assert torch.equal(first.argmax(1), second.argmax(1))  # the same computation twice: no sampling left
