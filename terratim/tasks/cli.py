@@ -115,8 +115,34 @@ class TerratimCLI(LightningCLI):
 
 def run_lightning_cli(argv: list[str]) -> int:
     """Run a LightningCLI subcommand (``argv[0]`` is ``fit``, ``validate``, ``test`` or ``predict``)."""
-    build_cli(argv)
+    build_cli(precision_to_trainer(argv))
     return 0
+
+
+# terratim's --precision choices -> Lightning's trainer precision
+TRAINER_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed"}
+
+
+def precision_to_trainer(argv: list[str]) -> list[str]:
+    """``--precision fp32|bf16|auto`` (as on ``infer``) of ``validate``/``test``/``predict`` -> ``--trainer.precision``;
+    ``auto`` takes bf16 where the device computes it natively and says so. Other arguments pass unchanged."""
+    out: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        if arg == "--precision" or arg.startswith("--precision="):
+            value = arg.split("=", 1)[1] if "=" in arg else next(rest, "")
+            if argv[:1] == ["fit"]:
+                raise ValueError("fit takes --trainer.precision (e.g. bf16-mixed); --precision fp32|bf16|auto is "
+                                 "for validate, test and predict")  # fmt: skip
+            import torch
+
+            from terratim.precision import resolve_precision
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            out.append(f"--trainer.precision={TRAINER_PRECISION[resolve_precision(value, device, report=True)]}")
+        else:
+            out.append(arg)
+    return out
 
 
 def build_cli(argv: list[str]) -> TerratimCLI:

@@ -214,3 +214,22 @@ def test_multi_label_scene_classification_fit_and_predict(flood_tree: Path, tmp_
     again = ["predict", "-c", str(config), f"--predict_output_dir={tmp_path / 'pred'}", "--predict_overwrite=true"]
     assert main(again) == 0
     assert len((tmp_path / "pred" / "predictions_rank0.csv").read_text().splitlines()) == 1 + len(IDS)
+
+
+def test_precision_option_maps_to_the_trainer_precision(monkeypatch, capsys):
+    from terratim import precision
+    from terratim.tasks.cli import precision_to_trainer
+
+    args = ["predict", "-c", "x.yaml", "--precision", "bf16", "--ckpt_path", "m.ckpt"]
+    assert precision_to_trainer(args) == ["predict", "-c", "x.yaml", "--trainer.precision=bf16-mixed",
+                                          "--ckpt_path", "m.ckpt"]  # fmt: skip
+    assert precision_to_trainer(["test", "--precision=fp32"]) == ["test", "--trainer.precision=32-true"]
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    assert precision_to_trainer(["validate", "--precision", "auto"]) == ["validate", "--trainer.precision=32-true"]
+    assert "precision auto -> fp32" in capsys.readouterr().out
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    assert precision_to_trainer(["predict", "--precision", "auto"]) == ["predict", "--trainer.precision=bf16-mixed"]
+    with pytest.raises(ValueError, match="--precision must be one of fp32, bf16, auto"):
+        precision_to_trainer(["predict", "--precision", "fp16"])
+    with pytest.raises(ValueError, match="fit takes --trainer.precision"):
+        precision_to_trainer(["fit", "--precision", "bf16"])
