@@ -19,10 +19,15 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from terratim.commands import add_modality_paths, modality_paths
 from terratim.commands.generate import add_band_arguments, band_layout, band_options, read_given_bands
 from terratim.generation.settings import GenerationSettings, add_cli_arguments, from_cli
+
+if TYPE_CHECKING:
+    from terratim.generation.generate import TerraMindGenerate
+    from terratim.model.backbone import TerraMindBackbone
 
 DEFAULT_CHIP = 224
 
@@ -88,11 +93,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
 
+def _generation_model(model: Any, name: str) -> TerraMindGenerate:
+    from terratim.generation.generate import TerraMindGenerate
+
+    if not isinstance(model, TerraMindGenerate):
+        raise ValueError(f"--model {name} is not a generation model (*_generate); it built a {type(model).__name__}")
+    return model
+
+
+def _backbone(model: Any, name: str) -> TerraMindBackbone:
+    from terratim.model.backbone import TerraMindBackbone
+
+    if not isinstance(model, TerraMindBackbone):
+        raise ValueError(f"--model {name} is not a TerraMind backbone; it built a {type(model).__name__}")
+    return model
+
+
 class ProgressReport:
     """Chips done / total with elapsed time and ETA: a rich bar on a terminal, a line per 10% otherwise."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.quiet, self.start, self.next_line, self.bar, self.task = quiet, time.monotonic(), 0.0, None, None
+        self.quiet, self.start, self.next_line = quiet, time.monotonic(), 0.0
+        self.bar: Any = None  # a rich Progress on a terminal
+        self.task: Any = None  # its task id
         if not quiet and sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
@@ -243,13 +266,14 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
         model = terratim.build(args.model, output_modalities=args.outputs, standardize=True, settings=settings,
                                **_model_kwargs(args, inputs), **band_options(args, layout)).to(device)  # fmt: skip
         generator = torch.Generator(device=device).manual_seed(args.seed)
-        predictor = adapters.generation_predictor(model.eval(), args.out, generator, args.confidence, args.cog,
+        model = _generation_model(model, args.model).eval()
+        predictor = adapters.generation_predictor(model, args.out, generator, args.confidence, args.cog,
                                                   args.timesteps)  # fmt: skip
         read_given_bands(predictor, layout)
         predictor.fingerprint["generation"] = dataclasses.asdict(settings)
     elif args.embeddings == "pixel":
         backbone = terratim.build(args.model, **_model_kwargs(args, inputs)).to(device).eval()
-        predictor = adapters.embedding_predictor(backbone, args.out, args.cog)
+        predictor = adapters.embedding_predictor(_backbone(backbone, args.model), args.out, args.cog)
     else:
         raise ValueError(f"--model {args.model}: use a *_generate model with --outputs, or a backbone with "
                          "--embeddings pixel|chip; fine-tuned models take -c/--config and --ckpt")  # fmt: skip
@@ -315,7 +339,8 @@ def _chip_embeddings(args: argparse.Namespace, inputs: dict[str, Path], tiling) 
     backbone = terratim.build(args.model, **_model_kwargs(args, inputs)).to(args.device).eval()
     progress = ProgressReport(args.quiet)
     try:
-        path = export_chip_embeddings(mean_token_embedder(backbone), inputs, args.out, tiling,
+        path = export_chip_embeddings(mean_token_embedder(_backbone(backbone, args.model)), dict(inputs), args.out,
+                                      tiling,
                                       bands={n: mods.resolve(n).num_bands for n in inputs},
                                       device=torch.device(args.device), overwrite=args.overwrite,
                                       fill={n: np.asarray(mods.resolve(n).mean, np.float32) for n in inputs},
