@@ -74,6 +74,7 @@ def __getattr__(name: str) -> Any:
 
 
 def tokenizer_path(modality: str) -> Path:
+    """The bundled tokenizer file of ``modality``."""
     return ASSETS / f"tokenizer_{modality.lower()}.safetensors"
 
 

@@ -1,0 +1,1 @@
+"""GeoTIFF reading and writing, datasets, transforms and the simulated Earth."""

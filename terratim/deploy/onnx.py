@@ -146,6 +146,7 @@ def embed_tokens(net: Any, images: Mapping[str, torch.Tensor], token_ids: Mappin
 
 
 def token_grid(net: Any, images: Mapping[str, torch.Tensor]) -> int:
+    """Tokens per side of the (square) images given to ``net``."""
     return int(next(iter(images.values())).shape[-1]) // net.config.patch_size
 
 

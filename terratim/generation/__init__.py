@@ -1,0 +1,1 @@
+"""Any-to-any generation: settings, schedules, sampling and the generation model around TerraMind."""

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3) -> nn.Sequential:
+    """Convolution (same padding, no bias), batch norm, ReLU."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
         nn.BatchNorm2d(cout),
