@@ -175,21 +175,62 @@ BandName = str | int
 
 
 def expand_band_list(bands: Sequence[Any], option: str) -> list[BandName]:
-    """Band names and integer placeholders, ``[first, last]`` ranges expanded (inclusive); a repeat is an error."""
+    """Band names and integer placeholders, ``[first, last]`` ranges expanded (inclusive), as TerraTorch's
+    ``dataset_bands`` / ``output_bands``; a band given twice (also as ``1`` and ``"1"``) is an error."""
     out: list[BandName] = []
     for item in bands:
         if isinstance(item, str | int) and not isinstance(item, bool):
             out.append(item)
-        elif isinstance(item, Sequence) and len(item) == 2 and all(isinstance(v, int) for v in item):
+        elif (isinstance(item, Sequence) and len(item) == 2
+              and all(isinstance(v, int) and not isinstance(v, bool) for v in item)):  # fmt: skip
             if item[1] < item[0]:
                 raise ValueError(f"{option}: range {list(item)} runs backwards; give [first, last] with first <= last")
             out.extend(range(item[0], item[1] + 1))
         else:
             raise ValueError(f"{option}: {item!r} is not a band name, an integer placeholder or a [first, last] range")
-    repeated = sorted({repr(b) for b in out if out.count(b) > 1})
-    if repeated:
-        raise ValueError(f"{option} names bands {', '.join(repeated)} more than once: {out}")
+    if len({str(b) for b in out}) != len(out):
+        repeated = sorted({repr(b) for b in out if [str(o) for o in out].count(str(b)) > 1})
+        raise ValueError(f"{option} names a band twice ({', '.join(repeated)}): {out}")
     return out
+
+
+def band_positions(
+    dataset_bands: Sequence[BandName], output_bands: Sequence[BandName], option: str = "output_bands"
+) -> list[int]:
+    """Positions of ``output_bands`` in ``dataset_bands`` (both expanded), matched by name (``1`` is ``"1"``)."""
+    names = [str(b) for b in dataset_bands]
+    missing = [b for b in output_bands if str(b) not in names]
+    if missing:
+        raise ValueError(f"{option} {missing} are not in dataset_bands {list(dataset_bands)}")
+    return [names.index(str(b)) for b in output_bands]
+
+
+def check_band_count(
+    where: str,
+    count: int,
+    dataset_bands: Sequence[BandName],
+    output_bands: Sequence[BandName],
+    indices: Sequence[int],
+    warned: set[int] | None = None,
+) -> None:
+    """A file of ``count`` bands read with ``dataset_bands`` positions counted from its first band (TerraTorch
+    does the same): an output band beyond the file's last band raises naming the file (``where``); any other
+    difference from ``dataset_bands`` warns, once per band count in ``warned`` when given."""
+    beyond = [b for b, i in zip(output_bands, indices, strict=True) if i >= count]
+    if beyond:
+        raise ValueError(
+            f"{where} has {count} bands, but dataset_bands lists {len(dataset_bands)} and puts output bands "
+            f"{beyond} beyond the file's last band"
+        )
+    if count != len(dataset_bands) and (warned is None or count not in warned):
+        warnings.warn(
+            f"{where} has {count} bands but dataset_bands lists {len(dataset_bands)} ({list(dataset_bands)}); "
+            f"output bands are taken at positions {list(indices)}",
+            UserWarning,
+            stacklevel=3,
+        )
+        if warned is not None:
+            warned.add(count)
 
 
 @dataclass(frozen=True)
@@ -213,34 +254,14 @@ class BandSelection:
         """Check and resolve the two lists (``output_bands`` None keeps every band)."""
         declared = expand_band_list(dataset_bands, f"dataset_bands of {modality}")
         wanted = expand_band_list(output_bands, f"output_bands of {modality}") if output_bands is not None else declared
-        missing = [b for b in wanted if b not in declared]
-        if missing:
-            raise ValueError(f"output_bands of {modality}: {missing} are not in its dataset_bands {declared}")
-        return cls(modality, tuple(declared), tuple(wanted), tuple(declared.index(b) for b in wanted))
+        indices = band_positions(declared, wanted, f"output_bands of {modality}")
+        return cls(modality, tuple(declared), tuple(wanted), tuple(indices))
 
     def select(self, data: np.ndarray, path: Path | str, warned: set[int] | None = None) -> np.ndarray:
-        """The output bands of a file's (bands, H, W) pixels.
-
-        A file whose band count differs from ``dataset_bands`` is read with band positions counted from its first
-        band (TerraTorch does the same): an output band beyond the file's last band raises naming the file, any
-        other difference warns (once per band count in ``warned``, when given).
-        """
-        count = data.shape[0]
-        beyond = [b for b, i in zip(self.output_bands, self.indices, strict=True) if i >= count]
-        if beyond:
-            raise ValueError(
-                f"{self.modality} file {path} has {count} bands, but dataset_bands lists {len(self.dataset_bands)} "
-                f"and puts output bands {beyond} beyond the file's last band"
-            )
-        if count != len(self.dataset_bands) and (warned is None or count not in warned):
-            warnings.warn(
-                f"{self.modality} file {path} has {count} bands but dataset_bands lists {len(self.dataset_bands)} "
-                f"({list(self.dataset_bands)}); output bands are taken at positions {list(self.indices)}",
-                UserWarning,
-                stacklevel=2,
-            )
-            if warned is not None:
-                warned.add(count)
+        """The output bands of a file's (bands, H, W) pixels (a band count other than ``dataset_bands``': see
+        :func:`check_band_count`)."""
+        where = f"{self.modality} file {path}"
+        check_band_count(where, data.shape[0], self.dataset_bands, self.output_bands, self.indices, warned)
         return data[list(self.indices)]
 
 

@@ -20,7 +20,7 @@ import glob
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ import numpy as np
 import rasterio
 from torch.utils.data import Dataset
 
+from terratim.data.datasets import band_positions, check_band_count, expand_band_list
 from terratim.data.geotiff import read_geotiff
 
 PixelTask = Literal["segmentation", "regression"]
@@ -37,23 +38,9 @@ BandSpec = str | int | Sequence[int]
 
 # ------------------------------------------------------------------------------------------------- bands
 def expand_bands(bands: Sequence[Any] | None, option: str = "dataset_bands") -> list[str | int] | None:
-    """Band identifiers with ``[first, last]`` ranges expanded (inclusive), as TerraTorch's band intervals."""
-    if bands is None:
-        return None
-    out: list[str | int] = []
-    for item in bands:
-        if isinstance(item, str | int) and not isinstance(item, bool):
-            out.append(item)
-        elif isinstance(item, Sequence) and len(item) == 2 and all(isinstance(v, int) for v in item):
-            first, last = int(item[0]), int(item[1])
-            if last < first:
-                raise ValueError(f"{option}: range {list(item)} runs backwards; give [first, last] with first <= last")
-            out.extend(range(first, last + 1))
-        else:
-            raise ValueError(f"{option}: {item!r} is not a band name, an integer or a [first, last] range")
-    if len(set(map(str, out))) != len(out):
-        raise ValueError(f"{option} names a band twice: {out}")
-    return out
+    """Band identifiers with ``[first, last]`` ranges expanded (inclusive), as TerraTorch's band intervals
+    (:func:`terratim.data.datasets.expand_band_list`, shared with the multimodal data)."""
+    return None if bands is None else expand_band_list(bands, option)
 
 
 def output_indices(
@@ -64,11 +51,7 @@ def output_indices(
         return None
     if dataset_bands is None:
         raise ValueError("output_bands needs dataset_bands, the names of the bands the files hold")
-    names = [str(b) for b in dataset_bands]
-    missing = [b for b in output_bands if str(b) not in names]
-    if missing:
-        raise ValueError(f"output_bands {missing} are not in dataset_bands {list(dataset_bands)}")
-    return [names.index(str(b)) for b in output_bands]
+    return band_positions(dataset_bands, output_bands)
 
 
 @dataclass(frozen=True)
@@ -86,16 +69,25 @@ class BandLayout:
     indices: tuple[int, ...] | None
     temporal: bool = False
     channel_major: bool = False
+    warned: set[int] = field(default_factory=set, compare=False, repr=False)  # band counts already warned about
+
+    def kept(self) -> tuple[int, ...] | None:
+        """Positions of the channels kept: ``indices``, else every band of ``dataset_bands`` (None: unnamed)."""
+        if self.indices is not None:
+            return self.indices
+        return tuple(range(len(self.dataset_bands))) if self.dataset_bands is not None else None
 
     def file_channels(self, file_bands: int, path: str | os.PathLike) -> int:
-        """Bands per date in a file of ``file_bands`` bands; raises naming the file when they do not fit."""
+        """Bands per date in a file of ``file_bands`` bands. A single-date file with another band count than
+        ``dataset_bands`` is read by position (:func:`~terratim.data.datasets.check_band_count`: a warning naming
+        the file, or an error when a kept band lies past its last band)."""
         per_date = len(self.dataset_bands) if self.dataset_bands is not None else None
         if not self.temporal:
-            if per_date is not None and file_bands != per_date:
-                raise ValueError(
-                    f"{path} has {file_bands} bands, but dataset_bands lists {per_date}: "
-                    f"{list(self.dataset_bands or ())}"
-                )
+            if self.dataset_bands is not None and per_date is not None and file_bands != per_date:
+                kept = self.kept() or ()
+                output = [self.dataset_bands[i] for i in kept]
+                check_band_count(str(path), file_bands, self.dataset_bands, output, kept, self.warned)
+                return per_date
             return file_bands
         if per_date is None:
             raise ValueError("expand_temporal_dimension needs dataset_bands, the bands of one date")
@@ -120,6 +112,8 @@ class BandLayout:
                 data = data.reshape(dates, per_date, *data.shape[1:]).swapaxes(0, 1)  # (T, C, H, W) -> (C, T, H, W)
         if self.indices is not None:
             data = data[list(self.indices)]
+        elif data.shape[0] != per_date:  # a single-date file with more bands than dataset_bands: keep those
+            data = data[:per_date]
         return np.ascontiguousarray(data)
 
 

@@ -188,8 +188,8 @@ def test_dataset_bands_count_differing_from_the_file(tmp_path: Path):
 @pytest.mark.parametrize(
     ("dataset_bands", "output_bands", "message"),
     [
-        ([0, "BLUE", 0], ["BLUE"], r"dataset_bands of S2L2A names bands 0 more than once"),
-        ([0, "BLUE"], ["RED"], r"output_bands of S2L2A: \['RED'\] are not in its dataset_bands \[0, 'BLUE'\]"),
+        ([0, "BLUE", 0], ["BLUE"], r"dataset_bands of S2L2A names a band twice \(0\)"),
+        ([0, "BLUE"], ["RED"], r"output_bands of S2L2A \['RED'\] are not in dataset_bands \[0, 'BLUE'\]"),
         ([0, [3, 1]], None, r"range \[3, 1\] runs backwards"),
         ([0, 1.5], None, r"1.5 is not a band name, an integer placeholder or a \[first, last\] range"),
         (None, ["BLUE"], r"output_bands of S2L2A needs dataset_bands of S2L2A"),

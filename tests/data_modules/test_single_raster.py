@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 
 from terratim.data.single_raster import band_layout, expand_bands, filter_by_split, read_split_entries
@@ -61,6 +62,8 @@ def test_band_lists_ranges_and_selection():
         band_layout(["BLUE"], ["NIR"])
     with pytest.raises(ValueError, match="dataset_bands names a band twice"):
         band_layout(["BLUE", "BLUE"], None)
+    with pytest.raises(ValueError, match="dataset_bands names a band twice"):
+        band_layout([1, "1"], None)  # one rule with the multimodal data: a band is its name
     with pytest.raises(ValueError, match="output_bands needs dataset_bands"):
         band_layout(None, ["BLUE"])
 
@@ -110,13 +113,29 @@ def test_label_nodata_needs_no_label_replace(tmp_path: Path):
         dm.datasets["val"][0]
 
 
+def test_band_count_mismatch_warns_naming_the_file_and_reads_by_position(tmp_path: Path):
+    """A 4-band file read with 3 dataset_bands (the rule the multimodal data follows too): one warning naming the
+    file, then bands 0..2 (or the selected ones) by position."""
+    root = _seg_tree(tmp_path)
+    for output_bands, kept in ((None, [0, 1, 2]), (["C", "A"], [2, 0])):
+        dm = _seg(root, dataset_bands=["A", "B", "C"], output_bands=output_bands, means=[0.0] * len(kept),
+                  stds=[1.0] * len(kept))  # fmt: skip
+        with pytest.warns(UserWarning, match=r"_img\.tif has 4 bands but dataset_bands lists 3"):
+            dm.setup("fit")
+        item = dm.datasets["val"][0]
+        with rasterio.open(item["meta"]["path"]) as src:
+            pixels = src.read().astype(np.float32)  # (4, H, W)
+        np.testing.assert_array_equal(item["image"]["image"][:, 1:, 1:], pixels[kept][:, 1:, 1:])
+
+
 def test_setup_errors_name_files_and_options(tmp_path: Path):
     root = _seg_tree(tmp_path)
     with pytest.raises(ValueError, match=r"_img\.tif gives 4 channels .* but means and stds have 2 values"):
         _seg(root, means=[1.0, 2.0], stds=[1.0, 1.0]).setup("fit")
-    with pytest.raises(ValueError, match=r"_img\.tif has 4 bands, but dataset_bands lists 3"):
-        _seg(root, dataset_bands=["A", "B", "C"], output_bands=["A", "B", "C", ], means=[1.0] * 3,
-             stds=[1.0] * 3).setup("fit")  # fmt: skip
+    with pytest.raises(ValueError, match=r"_img\.tif has 4 bands, but dataset_bands lists 5 and puts output bands "
+                                         r"\['E'\] beyond the file's last band"):  # fmt: skip
+        _seg(root, dataset_bands=["A", "B", "C", "D", "E"], output_bands=["A", "E"], means=[1.0] * 2,
+             stds=[1.0] * 2).setup("fit")  # fmt: skip
     (root / "labels" / "scene.v1.5_lbl.tif").unlink()
     with pytest.raises(FileNotFoundError, match=r"1 images have no label matching '\*_lbl\.tif', e\.g\. .*scene"):
         _seg(root).setup("fit")
