@@ -20,6 +20,7 @@ from rasterio.windows import Window
 import terratim.samples as samples
 from terratim.cli import main
 from terratim.data.geotiff import read_geotiff
+from terratim.modalities import LULC_COLORS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,12 +31,16 @@ def test_quickstart_fast_runs_every_step_on_the_packaged_chips(
     monkeypatch.chdir(tmp_path)  # an empty working directory: nothing is found relative to it
     assert main(["quickstart", "--fast", "--output", "out", "--threads", "2"]) == 0
     out = capsys.readouterr().out
-    assert "plain" in out and "tim" in out and "mIoU" in out and "skipping" not in out
+    assert "plain" in out and "TiM" in out and "oracle" in out and "mIoU" in out and "skipping" not in out
+    assert re.search(r"TiM − plain: [+-]\d+\.\d pp mIoU, 95 % t-interval", out) and "Why:" in out
     assert "2 torch threads" in out  # the table depends on the thread count, so it says which
     figure = tmp_path / "out" / "quickstart.png"
     assert figure.is_file() and figure.stat().st_size > 10_000
+    chip = samples.SEN1FLOODS11_CHIPS[0]
     imagined = sorted((tmp_path / "out" / "sen1floods11").glob("*_imagined_LULC.tif"))
-    assert [p.name for p in imagined] == [f"{samples.SEN1FLOODS11_CHIPS[0]}_imagined_LULC.tif"]
+    assert [p.name for p in imagined] == [f"{chip}_imagined_LULC.tif"]
+    png = tmp_path / "out" / "sen1floods11" / f"{chip}.png"
+    assert png.is_file() and png.stat().st_size > 10_000
     lulc = read_geotiff(imagined[0])
     label = read_geotiff(imagined[0].with_name(imagined[0].name.replace("imagined_LULC", "LabelHand")))
     packaged = read_geotiff(samples.sen1floods11_files()[0].label)
@@ -43,6 +48,45 @@ def test_quickstart_fast_runs_every_step_on_the_packaged_chips(
     np.testing.assert_array_equal(np.nan_to_num(label.data, nan=-1), np.nan_to_num(packaged.data, nan=-1))
     assert set(np.unique(lulc.data).tolist()) <= set(range(10))
     assert lulc.profile["crs"] == label.profile["crs"] and lulc.profile["transform"] == label.profile["transform"]
+    with rasterio.open(imagined[0]) as src:  # the LULC colour table of the modality record
+        table = src.colormap(1)
+    for cls, color in enumerate(LULC_COLORS):
+        assert table[cls][:3] == tuple(int(color[i : i + 2], 16) for i in (1, 3, 5)), cls
+
+
+def test_oracle_feeds_the_tokens_of_the_true_land_cover_to_the_tim_backbone() -> None:
+    """The oracle variant: the TiM backbone given the tokenizer's ids of the true map, which it does not imagine."""
+    import torch
+
+    from terratim.commands import quickstart
+
+    chips = quickstart.task_data(quickstart.TEST_WORLD_SEED, 2, 64)
+    task = quickstart.build_task("oracle", quickstart.FAST)
+    inputs = quickstart.model_inputs("oracle", task.model, chips, seed=0)
+    with torch.no_grad():
+        expected = quickstart.lulc_tokenizer().encode(chips.lulc)[1]
+    assert torch.equal(inputs["LULC"], expected) and inputs["LULC"].shape == (2, 4, 4)
+    calls = []
+    task.model.backbone.imagine = lambda *a, **k: calls.append(a)  # must not be called for a given TiM modality
+    with torch.no_grad():
+        task(inputs)
+    assert calls == []
+    del task.model.backbone.imagine  # the class's method again
+    imagined = quickstart.model_inputs("tim", task.model, chips, seed=0)["LULC"]
+    assert imagined.shape == expected.shape and set(imagined.unique().tolist()) <= set(range(4375))
+
+
+def test_paired_interval_is_the_student_t_interval_of_the_differences() -> None:
+    from terratim.commands import quickstart
+
+    runs = {"plain": [{"test/mIoU": v} for v in (0.50, 0.52, 0.55)],
+            "tim": [{"test/mIoU": v} for v in (0.53, 0.53, 0.59)]}  # fmt: skip
+    diffs = quickstart.paired_differences(runs)
+    assert diffs["tim"] == pytest.approx([3.0, 1.0, 4.0])
+    mean, half = quickstart.mean_interval(diffs["tim"])
+    sd = np.std([3.0, 1.0, 4.0], ddof=1)
+    assert mean == pytest.approx(8 / 3) and half == pytest.approx(4.303 * sd / np.sqrt(3), rel=1e-6)
+    assert quickstart.mean_interval([1.0]) == (1.0, 0.0)
 
 
 def test_quickstart_fits_the_package_task_and_scores_with_its_metrics() -> None:
@@ -53,15 +97,15 @@ def test_quickstart_fits_the_package_task_and_scores_with_its_metrics() -> None:
     from terratim.tasks import SemanticSegmentationTask
 
     settings = quickstart.FAST
-    s1, label = quickstart.task_data(100, settings.train_chips, settings.size)
-    task = quickstart.fine_tune("plain", 0, s1, label, settings, lambda: None)
+    train = quickstart.task_data(100, settings.train_chips, settings.size)
+    task = quickstart.fine_tune("plain", 0, train, settings, lambda: None)
     assert isinstance(task, SemanticSegmentationTask) and task.hparams["lr"] == settings.lr
-    test_s1, test_label = quickstart.task_data(quickstart.TEST_WORLD_SEED, 4, settings.size)
-    metrics, pred = quickstart.evaluate("plain", task, test_s1, test_label)
+    test = quickstart.task_data(quickstart.TEST_WORLD_SEED, 4, settings.size)
+    metrics, pred = quickstart.evaluate("plain", task, test)
     with torch.no_grad():
-        classes = task({"S1GRD": test_s1}).argmax(1)  # the same batch of 4 as the test loader's
+        classes = task({"S1GRD": test.s1}).argmax(1)  # the same batch of 4 as the test loader's
     assert torch.equal(pred, classes[:3])
-    ious = [((classes == k) & (test_label == k)).sum().double() / ((classes == k) | (test_label == k)).sum().double()
+    ious = [((classes == k) & (test.label == k)).sum().double() / ((classes == k) | (test.label == k)).sum().double()
             for k in (0, 1)]  # fmt: skip
     assert metrics["test/IoU_water"] == pytest.approx(ious[1].item(), rel=1e-6)  # float32 ratio of pixel counts
     assert metrics["test/mIoU"] == pytest.approx(sum(ious).item() / 2, rel=1e-6)
@@ -141,7 +185,8 @@ def test_wheel_install_runs_the_quickstart_from_an_empty_folder(tmp_path: Path) 
                          env=env, capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "skipping" not in run.stdout and "mIoU" in run.stdout
-    assert (empty / "out" / "quickstart.png").is_file()
+    assert (empty / "out" / "quickstart.png").is_file() and "TiM − plain" in run.stdout
     chip = samples.SEN1FLOODS11_CHIPS[0]
+    assert (empty / "out" / "sen1floods11" / f"{chip}.png").is_file()
     for name in (f"{chip}_imagined_LULC.tif", f"{chip}_LabelHand.tif"):
         assert read_geotiff(empty / "out" / "sen1floods11" / name).data.shape == (1, 128, 128)
