@@ -89,6 +89,19 @@ def test_paired_interval_is_the_student_t_interval_of_the_differences() -> None:
     assert quickstart.mean_interval([1.0]) == (1.0, 0.0)
 
 
+def test_the_reason_follows_the_oracle() -> None:
+    """No gain with a weak oracle blames the tokens; a strong oracle with a weak TiM blames the generator."""
+    from terratim.commands import quickstart
+
+    ceiling = quickstart.TokenCeiling(label_iou=0.6, flooded_iou=0.07)
+    weak = quickstart.why({"tim": [1.0, -1.0, 2.0, 0.0, 1.0], "oracle": [2.0, -2.0, 3.0, 1.0, 2.0]}, ceiling)
+    assert "4 x 4 LULC tokens" in weak and "IoU 0.60" in weak and "re-pretraining" in weak
+    strong = quickstart.why({"tim": [1.0, -1.0, 2.0, 0.0, 1.0], "oracle": [6.0, 7.0, 5.0, 6.5, 6.0]})
+    assert "the gap is the generator" in strong
+    assert "at least 2 pp" in quickstart.why({"tim": [4.0, 5.0, 4.5, 5.5, 4.0]})
+    assert "no interval" in quickstart.why({"tim": [4.0], "oracle": [5.0]})
+
+
 def test_quickstart_fits_the_package_task_and_scores_with_its_metrics() -> None:
     """The table's numbers are the segmentation task's torchmetrics, i.e. IoU over all held-out pixels."""
     import torch
