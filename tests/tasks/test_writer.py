@@ -88,3 +88,39 @@ def test_unnamed_classes_and_regression_maps():
 def test_class_names_must_match_the_class_count():
     with pytest.raises(ValueError, match="3 class_names for 2 classes"):
         task_class_scheme(SimpleNamespace(task="segmentation", num_classes=2, class_names=["a", "b", "c"]))
+
+
+def test_rgb_panel_stretches_the_chosen_channels():
+    """``rgb_indices`` pick the channels (default the first three), each stretched 2-98 percent to 0..255."""
+    from terratim.tasks.writer import rgb_panel
+
+    ramp = np.linspace(0.0, 1.0, 101, dtype=np.float32).reshape(1, 1, 101)
+    image = np.concatenate([ramp * 10, ramp * 20, ramp * 30, ramp * 40])  # (4, 1, 101)
+    image[0, 0, 0] = np.nan
+    rgb = rgb_panel(image, [3, 2, 1])
+    assert rgb.shape == (3, 1, 101)
+    np.testing.assert_allclose(rgb[:, 0, 50], 127.5, atol=1e-3)  # the median sits mid-range in every channel
+    assert (rgb[:, 0, -1] == 255.0).all() and (rgb[:, 0, 1] == 0.0).all()
+    assert np.isnan(rgb_panel(image)[0, 0, 0])  # default channels 0, 1, 2; nodata stays NaN (drawn black)
+    with pytest.raises(ValueError, match=r"rgb_indices \[0, 4, 1\] must name 3 \(or 1\) of the input's 4 channels"):
+        rgb_panel(image, [0, 4, 1])
+
+
+def test_tensor_input_is_unstandardized_per_channel_and_shows_the_last_date():
+    from terratim.tasks.writer import _raw
+
+    module = SimpleNamespace(means=np.array([10.0, 20.0], np.float32), stds=np.array([2.0, 4.0], np.float32))
+    series = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(1, 2, 3, 2, 2)  # (B, C, T, H, W)
+    raw = _raw(series, 0, module)["image"]
+    expected = series[0, :, -1].double() * torch.tensor([2.0, 4.0]).view(2, 1, 1) + torch.tensor([10.0, 20.0]).view(
+        2, 1, 1)  # fmt: skip
+    np.testing.assert_allclose(raw, expected.numpy(), rtol=1e-6)
+
+
+def test_existing_outputs_are_this_runs_files_only(tmp_path):
+    writer = GeoTiffPredictionWriter(str(tmp_path), png=True)
+    (tmp_path / "old_pred.tif").write_bytes(b"x")
+    (tmp_path / "a_panel.png").write_bytes(b"x")
+    assert writer.existing_outputs(["a", "b"], []) == [tmp_path / "a_panel.png"]
+    assert writer.existing_outputs(["b"], []) == []
+    assert writer.existing_outputs(None, []) == [tmp_path / "old_pred.tif"]  # ids unknown: any prediction counts
