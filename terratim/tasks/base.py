@@ -227,7 +227,12 @@ class BaseTask(pl.LightningModule):
     def inference_record(self) -> dict[str, Any]:
         """What inference needs besides the weights and hyper-parameters: the task class and, when the trainer
         has a data module with statistics, the input modalities, their bands, the per-band means and stds the
-        inputs were standardized with, and the nodata fill (``terratim infer --ckpt`` reads it, no YAML)."""
+        inputs were standardized with, and the nodata fill (``terratim infer --ckpt`` reads it, no YAML).
+
+        A multimodal data module gives its ``stats`` per modality; a single-raster one (one tensor, per-channel
+        ``means``/``stds``) is keyed by the model's first ``backbone_modalities`` entry with the bands the model
+        reads (``backbone_bands``), its ``constant_scale`` folded into the statistics (raw pixels in).
+        """
         record: dict[str, Any] = {"version": INFERENCE_RECORD_VERSION,
                                   "task_class": f"{type(self).__module__}.{type(self).__qualname__}"}  # fmt: skip
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
@@ -238,7 +243,38 @@ class BaseTask(pl.LightningModule):
             record["means"] = {m: [float(v) for v in mean] for m, (mean, _) in stats.items()}
             record["stds"] = {m: [float(v) for v in std] for m, (_, std) in stats.items()}
             record["no_data_replace"] = getattr(datamodule, "no_data_replace", None)
+        elif (single := self.single_raster_statistics(datamodule)) is not None:
+            record.update(single)
         return record
+
+    def single_raster_statistics(self, datamodule: Any) -> dict[str, Any] | None:
+        """The statistics part of the inference record for a data module with per-channel ``means``/``stds``
+        (None without them, or when the model names no ``backbone_modalities``).
+
+        The module computes ``(x * constant_scale - mean) / std``; the record holds the same map on raw pixels,
+        ``(x - mean / constant_scale) / (std / constant_scale)``, as inference reads raw scenes.
+        """
+        from terratim.modalities import resolve
+
+        means, stds = getattr(datamodule, "means", None), getattr(datamodule, "stds", None)
+        model_args = self.hparams["model_args"]
+        modalities = model_args.get("backbone_modalities") or []
+        if means is None or stds is None or not modalities or isinstance(modalities, str | Mapping):
+            return None
+        first = modalities[0]
+        name = resolve(first).name if isinstance(first, str) else str(first)
+        scale = float(getattr(datamodule, "constant_scale", 1.0))
+        if scale == 0:
+            return None  # every pixel scaled to 0: no raw-unit statistics exist
+        model_bands = model_args.get("backbone_bands") or {}
+        bands = model_bands.get(first) or model_bands.get(name)
+        return {
+            "modalities": [name],
+            "bands": {name: [str(b) for b in bands]} if bands else {},
+            "means": {name: [float(v) / scale for v in means]},
+            "stds": {name: [float(v) / scale for v in stds]},
+            "no_data_replace": getattr(datamodule, "no_data_replace", None),
+        }
 
     # --------------------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> Any:

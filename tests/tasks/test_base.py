@@ -101,3 +101,25 @@ def test_freeze_backbone_with_peft_is_refused():
     peft = {"method": "LORA", "peft_config_kwargs": {"target_modules": ["qkv"], "r": 4}}
     with pytest.raises(ValueError, match="freeze_backbone would freeze the PEFT adapters too"):
         SemanticSegmentationTask(_args(num_classes=2, peft_config=peft), freeze_backbone=True)
+
+
+def test_single_raster_statistics_are_recorded_per_model_modality_in_raw_units():
+    """A single-raster data module (per-channel means/stds, no modality names) is recorded under the model's first
+    ``backbone_modalities`` entry with its ``backbone_bands``; ``constant_scale`` is folded in, so the record
+    standardizes raw pixels as the module standardized scaled ones."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    owner = SimpleNamespace(hparams={"model_args": {"backbone_modalities": ["S2L2A", "S1GRD"],
+                                                    "backbone_bands": {"S2L2A": ["RED", "NIR_NARROW"]}}})  # fmt: skip
+    module = SimpleNamespace(means=np.array([2.0, 4.0]), stds=np.array([1.0, 2.0]), constant_scale=0.5,
+                             no_data_replace=0.0)  # fmt: skip
+    record = BaseTask.single_raster_statistics(owner, module)
+    assert record is not None and record["modalities"] == ["S2L2A"] and record["no_data_replace"] == 0.0
+    assert record["bands"] == {"S2L2A": ["RED", "NIR_NARROW"]}
+    raw = np.array([[3.0, 10.0], [-1.0, 0.5]])  # (pixels, channels)
+    expected = (raw * 0.5 - module.means) / module.stds
+    got = (raw - np.array(record["means"]["S2L2A"])) / np.array(record["stds"]["S2L2A"])
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert BaseTask.single_raster_statistics(owner, SimpleNamespace()) is None  # no statistics: nothing recorded

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+import yaml
 
 from terratim.tasks.cli import build_cli
 
@@ -187,3 +188,75 @@ def test_multitemporal_crop_batches(published_data: Path, tmp_path: Path, monkey
     train = dm.datasets["train"]
     empty = train[[s.sample_id for s in train.samples].index(EMPTY_CROP)]["mask"]
     assert (empty == -1).all()
+
+
+ONE_BATCH = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
+
+
+def _fit(config: str, out: Path) -> Path:
+    """One training step of ``config`` (tiny backbone); returns its checkpoint."""
+    build_cli(["fit", *_args(config, out), *ONE_BATCH])
+    (ckpt,) = out.rglob("*.ckpt")
+    return ckpt
+
+
+def test_single_raster_predict_png_panels_and_output_folder(published_data: Path, tmp_path: Path, monkeypatch):
+    """``--predict_png`` draws the single-raster input (a tensor, not a dict of modalities) as an RGB panel; an
+    unrelated earlier prediction in the output folder (TerraTorch's habit of ``--predict_output_dir /tmp``) is left
+    alone, while this run's own outputs are refused without ``--predict_overwrite``."""
+    monkeypatch.chdir(published_data)
+    config = "terramind_v1_base_burnscars.yaml"
+    ckpt = _fit(config, tmp_path / "fit")
+    out = tmp_path / "shared"
+    unrelated = write_tif(out / "another_scene_pred.tif", np.zeros((1, 4, 4), np.uint8))
+    before = unrelated.read_bytes()
+    predict = ["predict", *_args(config, tmp_path / "fit"), "--data.init_args.predict_data_root=hls_burn_scars/data",
+               f"--ckpt_path={ckpt}", f"--predict_output_dir={out}", "--predict_png=true"]  # fmt: skip
+    build_cli(predict)
+    for sid in BURN_IDS:
+        assert (out / f"{sid}_pred.tif").is_file() and (out / f"{sid}_panel.png").stat().st_size > 1000
+    assert unrelated.read_bytes() == before
+    with pytest.raises(FileExistsError, match=rf"already holds {2 * len(BURN_IDS)} of this run's outputs"):
+        build_cli(predict)
+    build_cli([*predict, "--predict_overwrite=true"])
+
+
+def test_multitemporal_predict_png_panel(published_data: Path, tmp_path: Path, monkeypatch):
+    """A (C, T, H, W) input draws its last date."""
+    monkeypatch.chdir(published_data)
+    config = "terramind_v1_base_multitemporal_crop.yaml"
+    ckpt = _fit(config, tmp_path / "fit")
+    out = tmp_path / "pred"
+    build_cli(["predict", *_args(config, tmp_path / "fit"), f"--ckpt_path={ckpt}", f"--predict_output_dir={out}",
+               "--predict_png=true"])  # fmt: skip
+    for sid in CROP_IDS["validation"]:
+        assert (out / f"{sid}_panel.png").stat().st_size > 1000
+
+
+def test_single_raster_checkpoint_infers_without_config(published_data: Path, tmp_path: Path, monkeypatch):
+    """A checkpoint fitted with a single-raster data module carries the config's means/stds keyed by the model's
+    input modality, with the bands it reads, so ``terratim infer --ckpt`` needs no ``-c``."""
+    from terratim.cli import main
+    from terratim.inference.adapters import load_task_model, task_predictor
+
+    monkeypatch.chdir(published_data)
+    config = "terramind_v1_base_burnscars.yaml"
+    ckpt = _fit(config, tmp_path / "fit")
+    record = torch.load(ckpt, map_location="cpu", weights_only=False)["terratim"]
+    data = yaml.safe_load((REFERENCE_CONFIGS / config).read_text())["data"]["init_args"]
+    model_args = yaml.safe_load((REFERENCE_CONFIGS / config).read_text())["model"]["init_args"]["model_args"]
+    assert record["modalities"] == ["S2L2A"] and record["bands"] == model_args["backbone_bands"]
+    assert record["no_data_replace"] == 0
+    task, data_args = load_task_model(None, ckpt)
+    predictor = task_predictor(task, data_args, tmp_path / "unused.tif")
+    assert predictor.bands == {"S2L2A": 6}
+    mean, std = predictor.fingerprint["standardize"]["S2L2A"]  # what infer records
+    np.testing.assert_allclose(mean, data["means"], rtol=1e-6)
+    np.testing.assert_allclose(std, data["stds"], rtol=1e-6)
+    pixels = np.random.default_rng(0).uniform(0.02, 0.3, (6, 48, 48)).astype(np.float32)
+    scene = write_tif(tmp_path / "scene.tif", pixels)
+    pred = tmp_path / "pred.tif"
+    assert main(["infer", "--ckpt", str(ckpt), "--input", f"S2L2A={scene}", "--out", str(pred), "--chip", "32",
+                 "--overlap", "16", "--quiet"]) == 0  # fmt: skip
+    with rasterio.open(pred) as src:
+        assert src.shape == (48, 48) and set(np.unique(src.read(1)).tolist()) <= {0, 1}
