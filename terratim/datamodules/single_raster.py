@@ -335,7 +335,8 @@ class GenericNonGeoSegmentationDataModule(_PixelwiseDataModule):
         predict_dataset_bands: ``dataset_bands`` of the predict files, if different.
         predict_output_bands: ``output_bands`` for prediction, if different.
         constant_scale: factor applied to the pixels before standardization.
-        rgb_indices: accepted for TerraTorch configs; prediction panels draw their own bands.
+        rgb_indices: the input channels drawn as red, green, blue in ``predict --predict_png`` panels (default the
+            first three; a series shows its last date).
         train_transform: list of transforms (``class_path`` dicts, albumentations or native); likewise val/test.
         predict_transform: transforms for prediction (default: ``test_transform``); must keep the geometry.
         expand_temporal_dimension: each file holds several dates of ``dataset_bands``; images become
