@@ -91,6 +91,7 @@ def ratio_text(other: list[float], ours: list[float]) -> str:
 def load_reference_register(site: str | None):  # noqa: ANN201 (a module of the reference)
     """The reference's TerraMind register module, or None when no reference folder is given."""
     if not (site or os.environ.get("TERRATIM_REFERENCE_SITE")):
+        print("no reference: pass --reference-site DIR or set TERRATIM_REFERENCE_SITE=DIR for same-run ratios")
         return None
     from reference import installed_version, load_reference, resolve_site
 
