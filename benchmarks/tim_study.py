@@ -21,10 +21,11 @@ Diagnostics on the same held-out chips:
 * label realism: isolated pixels (no 8-neighbour of the same label) and mean 8-connected water-component size of
   the simulated label vs real Sen1Floods11 hand labels, both as 64 px crops.
 
-Run (about 10 min on 2 busy cores per part)::
+Run (1 torch thread by default; one budget, 15 fine-tunings, took about 5 min on a shared 2-core box)::
 
-    python benchmarks/tim_study.py --world eval --part diagnostics
-    python benchmarks/tim_study.py --world eval --part finetune --threads 2
+    python benchmarks/tim_study.py --world dev --label-window 1 --budgets 8   # diagnosis, the label before the fix
+    python benchmarks/tim_study.py --world eval --part diagnostics --real <folder with LabelHand/>
+    python benchmarks/tim_study.py --world eval --part finetune --budgets 2   # then 8, then 32
 """
 
 from __future__ import annotations
