@@ -103,7 +103,8 @@ def test_builders_declare_their_parameters_and_refuse_others():
     assert {"output_modalities", "temperature", "token_schedule", "tokenizers"} <= generate
     assert "build_tokenizers_for_outputs" not in generate  # the builder sets it itself
     assert registry.parameters("terramind_sim_micro_tokenizer_dem") == {"pretrained", "ckpt_path", "decoder",
-                                                                        "config", "strict"}  # fmt: skip
+                                                                        "config", "strict", "bands",
+                                                                        "fill_missing_bands"}  # fmt: skip
     with pytest.raises(TypeError, match=r"terramind_sim_micro_tim: unknown arguments \['tim_modality'\]"):
         terratim.build("terramind_sim_micro_tim", pretrained=True, tim_modality=["LULC"])
     with pytest.raises(TypeError, match=r"unknown arguments \['modality'\]"):
