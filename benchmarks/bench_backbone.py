@@ -33,7 +33,7 @@ DEFAULT_CASES = {"tiny": (1, 8), "base": (2, 8)}
 def make_inputs(batch: int, size: int, device: str) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return {"S2L2A": torch.randn(batch, 12, size, size, generator=g).to(device),
-            "S1GRD": torch.randn(batch, 2, size, size, generator=g).to(device)}  # fmt: skip
+            "S1GRD": torch.randn(batch, 2, size, size, generator=g).to(device)}
 
 
 def peak_memory_mb(device: str) -> float:
@@ -56,7 +56,7 @@ def unfused(fn: Callable[[], object]) -> Callable[[], object]:
 
 
 def alternate(fns: Mapping[str, Callable[[], object]], device: str, repeats: int, warmup: int,
-              dtype: str = "fp32") -> dict[str, list[float]]:  # fmt: skip
+              dtype: str = "fp32") -> dict[str, list[float]]:
     """Seconds of each ``fn`` over ``repeats`` rounds; each round runs every fn once, in turn (same-run
     comparison: load from other processes hits all sides alike). no_grad, and autocast for bf16/fp16."""
     autocast = torch.autocast(device.split(":")[0], dtype=DTYPES[dtype], enabled=dtype != "fp32")
@@ -85,7 +85,7 @@ def ratio_text(other: list[float], ours: list[float]) -> str:
     rounds on a shared machine)."""
     paired = sorted(o / t for o, t in zip(other, ours, strict=True))
     return (f"{statistics.median(other) / statistics.median(ours):.2f}x "
-            f"(per round {statistics.median(paired):.2f}x, {paired[0]:.2f}-{paired[-1]:.2f})")  # fmt: skip
+            f"(per round {statistics.median(paired):.2f}x, {paired[0]:.2f}-{paired[-1]:.2f})")
 
 
 def load_reference_register(site: str | None):  # noqa: ANN201 (a module of the reference)
@@ -105,12 +105,12 @@ def reference_backbone(register, size: str, img_size: int, device: str) -> torch
     from reference import build_reference
 
     model, _ = build_reference(register, f"terramind_v1_{size}", None, modalities=list(INPUTS),
-                               merge_method="mean", img_size=img_size)  # fmt: skip
+                               merge_method="mean", img_size=img_size)
     return model.to(device)
 
 
 def compare(size: str, batch: int, device: str = "cpu", dtype: str = "fp32", img_size: int = 224,
-            repeats: int = 5, warmup: int = 2, register=None, with_unfused: bool = False) -> dict[str, list[float]]:  # noqa: ANN001  # fmt: skip
+            repeats: int = 5, warmup: int = 2, register=None, with_unfused: bool = False) -> dict[str, list[float]]:  # noqa: ANN001
     """Seconds per batch of terratim (and the reference / unfused terratim when asked), run in alternation."""
     model = terratim.build(f"terramind_v1_{size}", modalities=list(INPUTS), img_size=img_size).eval().to(device)
     inputs = make_inputs(batch, img_size, device)
@@ -148,7 +148,7 @@ def main() -> None:
             if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             times = compare(size, batch, args.device, args.dtype, args.img_size, args.repeats, args.warmup,
-                            register, args.unfused)  # fmt: skip
+                            register, args.unfused)
             ours = statistics.median(times["terratim"])
             line = f"{size:<5} b{batch:<3} terratim {spread(times['terratim'])}, {batch / ours:.1f} images/s"
             for other in ("terratim unfused", "reference"):

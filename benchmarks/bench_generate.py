@@ -43,18 +43,18 @@ def main() -> None:
         model = terratim.build(f"terramind_v1_{size}_generate", modalities=args.inputs, output_modalities=args.outputs,
                                decoding_steps=args.decoding_steps, temps=args.temperature, top_p=args.top_p,
                                timesteps=args.timesteps,
-                               build_tokenizers_for_outputs=args.decode).eval().to(args.device)  # fmt: skip
+                               build_tokenizers_for_outputs=args.decode).eval().to(args.device)
         for batch in args.batch_sizes:
             g = torch.Generator().manual_seed(0)
             x = {m: torch.randn(batch, terratim.resolve(m).num_bands, 224, 224, generator=g).to(args.device)
-                 for m in args.inputs}  # fmt: skip
+                 for m in args.inputs}
             tokens_s = timed(lambda: model.generate_tokens(x, torch.Generator().manual_seed(1)), args.device,
-                             args.repeats, args.warmup, args.dtype)  # fmt: skip
+                             args.repeats, args.warmup, args.dtype)
             gflop = flops(lambda: model.generate_tokens(x, torch.Generator().manual_seed(1))) / 1e9
             full = "-"
             if args.decode:
                 full_s = timed(lambda: model(x, generator=torch.Generator().manual_seed(1)), args.device, 1, 0,
-                               args.dtype)  # fmt: skip
+                               args.dtype)
                 full = f"{full_s:.2f}"
             ref = REFERENCE.get((kind, size, batch)) if args.dtype == "fp32" else None
             print(f"{size:<6}{batch:>6}{tokens_s:>10.3f}{gflop:>9.1f}{full:>9}"

@@ -33,7 +33,7 @@ def make_scene(path: Path, size: int) -> None:
 
     profile = {"driver": "GTiff", "count": 2, "height": size, "width": size, "dtype": "float32",
                "crs": "EPSG:32631", "transform": from_origin(600000, 5000000, 10, 10), "tiled": True,
-               "blockxsize": 256, "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER"}  # fmt: skip
+               "blockxsize": 256, "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
     rng = np.random.default_rng(0)
     cols = np.arange(size, dtype=np.float32)
     with rasterio.open(path, "w", **profile) as dst:
@@ -45,7 +45,7 @@ def make_scene(path: Path, size: int) -> None:
 
 
 def run_one(size: int, device: str, chip: int, overlap: int, batch_size: int, panel: int, steady: bool,
-            workdir: Path) -> dict:  # fmt: skip
+            workdir: Path) -> dict:
     """Time one scene in this process and report its peak RSS."""
     import torch
 
@@ -75,7 +75,7 @@ def run_one(size: int, device: str, chip: int, overlap: int, batch_size: int, pa
             "megapixels_per_s": round(size * size / seconds / 1e6, 3),
             "seconds_per_megapixel": round(seconds / (size * size / 1e6), 3),
             "peak_rss_mib": round(peak), "rss_before_run_mib": round(rss_before),
-            "output_mib": round(out.stat().st_size / 2**20, 1), "steady_heap": heap}  # fmt: skip
+            "output_mib": round(out.stat().st_size / 2**20, 1), "steady_heap": heap}
 
 
 def main() -> int:
@@ -87,7 +87,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--panel", type=int, default=2048, help="columns at a time (0 = whole width)")
     parser.add_argument("--glibc-default-heap", action="store_true",
-                        help="leave glibc's dynamic mmap threshold on (terratim infer turns it off)")  # fmt: skip
+                        help="leave glibc's dynamic mmap threshold on (terratim infer turns it off)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size, print JSON
     parser.add_argument("--make", type=int, help=argparse.SUPPRESS)  # internal: write one scene
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -97,24 +97,24 @@ def main() -> int:
         return 0
     if args.one:
         result = run_one(args.one, args.device, args.chip, args.overlap, args.batch_size, args.panel,
-                         not args.glibc_default_heap, args.workdir)  # fmt: skip
+                         not args.glibc_default_heap, args.workdir)
         print(json.dumps(result))
         return 0
     print(f"device={args.device} chip={args.chip} overlap={args.overlap} batch={args.batch_size} panel={args.panel} "
-          f"steady_heap={not args.glibc_default_heap}")  # fmt: skip
+          f"steady_heap={not args.glibc_default_heap}")
     print(f"{'size':>6} {'chips':>6} {'seconds':>8} {'Mpx/s':>7} {'s/Mpx':>6} {'peak RSS MiB':>13} {'out MiB':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             subprocess.run([sys.executable, __file__, "--make", str(size), "--workdir", tmp], check=True)
             cmd = [sys.executable, __file__, "--one", str(size), "--workdir", tmp, "--device", args.device,
                    "--chip", str(args.chip), "--overlap", str(args.overlap),
-                   "--batch-size", str(args.batch_size), "--panel", str(args.panel)]  # fmt: skip
+                   "--batch-size", str(args.batch_size), "--panel", str(args.panel)]
             cmd += ["--glibc-default-heap"] if args.glibc_default_heap else []
             line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             r = json.loads(line)
             print(f"{r['size']:>6} {r['chips']:>6} {r['seconds']:>8} {r['megapixels_per_s']:>7} "
                   f"{r['seconds_per_megapixel']:>6} {r['peak_rss_mib']:>13} {r['output_mib']:>8}",
-                  flush=True)  # fmt: skip
+                  flush=True)
             for name in (f"scene_{size}.tif", f"pred_{size}.tif"):
                 (Path(tmp) / name).unlink(missing_ok=True)
     return 0

@@ -29,7 +29,7 @@ def tim_settings(tim: list[str]) -> dict:
 
 
 def compare(size: str, batch: int, inputs: list[str], tim: list[str], device: str = "cpu", dtype: str = "fp32",
-            repeats: int = 5, warmup: int = 2, register=None, with_unfused: bool = False) -> dict[str, list[float]]:  # noqa: ANN001  # fmt: skip
+            repeats: int = 5, warmup: int = 2, register=None, with_unfused: bool = False) -> dict[str, list[float]]:  # noqa: ANN001
     """Seconds per batch of terratim's TiM (and plain backbone, reference, unfused TiM), run in alternation."""
     plain = terratim.build(f"terramind_v1_{size}", modalities=inputs).eval().to(device)
     model = terratim.build(f"terramind_v1_{size}_tim", modalities=inputs, **tim_settings(tim)).eval().to(device)
@@ -42,14 +42,14 @@ def compare(size: str, batch: int, inputs: list[str], tim: list[str], device: st
         from reference import build_reference
 
         reference, _ = build_reference(register, f"terramind_v1_{size}_tim", None, modalities=inputs,
-                                       **tim_settings(tim))  # fmt: skip
+                                       **tim_settings(tim))
         reference = reference.to(device).eval()
         fns["reference TiM"] = lambda: reference(dict(x))
     return alternate(fns, device, repeats, warmup, dtype)
 
 
 def breakdown(size: str, batch: int, inputs: list[str], tim: list[str], device: str, dtype: str,
-              repeats: int, warmup: int) -> None:  # fmt: skip
+              repeats: int, warmup: int) -> None:
     from terratim.generation.sampler import Sampler
 
     plain = terratim.build(f"terramind_v1_{size}", modalities=inputs).eval().to(device)
@@ -70,7 +70,7 @@ def breakdown(size: str, batch: int, inputs: list[str], tim: list[str], device: 
     genc_s, genc_f = run(lambda: sampler.context(keyed, {}))
     print(f"{size} breakdown: time TiM {tim_s * 1000:.1f} ms vs plain {plain_s * 1000:.1f} ms -> "
           f"{tim_s / plain_s:.2f}x; FLOPs {tim_f / 1e9:.1f} vs {plain_f / 1e9:.1f} GFLOP -> "
-          f"{tim_f / plain_f:.2f}x; time ratio / FLOP ratio = {(tim_s / plain_s) / (tim_f / plain_f):.2f}")  # fmt: skip
+          f"{tim_f / plain_f:.2f}x; time ratio / FLOP ratio = {(tim_s / plain_s) / (tim_f / plain_f):.2f}")
     print(f"  {'part':<34}{'ms':>9}{'GFLOP':>9}")
     print(f"  {'generator encoder':<34}{genc_s * 1000:>9.1f}{genc_f / 1e9:>9.1f}")
     print(f"  {'generator decoder (+ sampling)':<34}{(gen_s - genc_s) * 1000:>9.1f}{(gen_f - genc_f) / 1e9:>9.1f}")
@@ -100,7 +100,7 @@ def main() -> None:
           f"batch {args.batch}, 224 x 224, median (min-max) of {args.repeats} alternating runs, ms per batch")
     for size in args.sizes:
         times = compare(size, args.batch, args.inputs, args.tim, args.device, args.dtype, args.repeats,
-                        args.warmup, register, args.unfused)  # fmt: skip
+                        args.warmup, register, args.unfused)
         line = f"{size:<5} b{args.batch:<3} terratim TiM {spread(times['terratim TiM'])}"
         for other in ("terratim plain", "terratim TiM unfused", "reference TiM"):
             if other in times:

@@ -113,7 +113,7 @@ def main() -> None:
     per = args.batch
     print(f"{name}, {args.batch}x{channels}x{args.size}x{args.size}, device {device}"
           f" ({torch.get_num_threads()} CPU threads), torch {torch.__version__}; CPU: {cpu_model()}; "
-          f"private oneDNN operators usable: {onednn_ops_usable()}")  # fmt: skip
+          f"private oneDNN operators usable: {onednn_ops_usable()}")
     rows = []
     with torch.no_grad():
         wall, cpu, (codes, ids) = timed(lambda: tok.encode(x), device, args.repeat)
@@ -145,7 +145,7 @@ def main() -> None:
         best = {name: tuple(min(t) for t in zip(*times[name], strict=True)) for name in layouts}
         # paired ratios: each round times every layout back to back, so a ratio sees one state of the machine
         paired = {name: sorted(n[0] / o[0] for n, o in zip(times["nchw"], times[name], strict=True))
-                  for name in layouts}  # fmt: skip
+                  for name in layouts}
         diff = {name: float((outputs[name] - outputs["nchw"]).abs().max()) for name in layouts}
         set_path(decoder, True, True, False, True)  # the default; drops the cached weights: time the first call
         first_wall, first_cpu, _ = timed(step, device, 1, warmup=False)
@@ -186,7 +186,7 @@ def main() -> None:
         ratios = paired[name]
         print(f"  {labels[name].strip():<32} median {ratios[len(ratios) // 2]:.2f}x over {len(ratios)} rounds "
               f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}x); best times {best['nchw'][0] / best[name][0]:.2f}x wall, "
-              f"{best['nchw'][1] / best[name][1]:.2f}x CPU; max |difference| {diff[name]:.2e}")  # fmt: skip
+              f"{best['nchw'][1] / best[name][1]:.2f}x CPU; max |difference| {diff[name]:.2e}")
 
 
 if __name__ == "__main__":

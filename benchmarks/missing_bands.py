@@ -54,7 +54,7 @@ def fixture_file(name: str) -> Path:
     path = root / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the test suite once (it regenerates the parity weights) or "
-                                "pass --ckpt / --lulc-tokenizer / --pretrained")  # fmt: skip
+                                "pass --ckpt / --lulc-tokenizer / --pretrained")
     return path
 
 
@@ -113,7 +113,7 @@ def part_s2(args: argparse.Namespace) -> None:
     truth = torch.from_numpy(read_stack("LULC", names))[:, 0].long()  # (5, 224, 224)
     ckpt = None if args.pretrained else str(args.ckpt or fixture_file("tiny_v1_seed1001.pt"))
     common = dict(modalities=["S2L2A"], output_modalities=["LULC"], pretrained=args.pretrained, ckpt_path=ckpt,
-                  standardize=True, temperature=0.0, build_tokenizers_for_outputs=False)  # fmt: skip
+                  standardize=True, temperature=0.0, build_tokenizers_for_outputs=False)
     name = f"terramind_v1_{args.size}_generate"
     full_model = terratim.build(name, **common).eval()
     with warnings.catch_warnings():
@@ -124,7 +124,7 @@ def part_s2(args: argparse.Namespace) -> None:
         given = args.lulc_tokenizer or (None if args.pretrained else fixture_file("tokenizer_lulc_seed1006.pt"))
         tokenizer_path = None if given is None else str(given)
         tokenizer = terratim.build("terramind_v1_tokenizer_lulc", pretrained=args.pretrained,
-                                   ckpt_path=tokenizer_path).eval()  # fmt: skip
+                                   ckpt_path=tokenizer_path).eval()
     missing = list(terratim.MODALITIES["S2L2A"].missing_bands(HLS_BANDS))
     runs = {
         "12 bands": (full_model, raw),
@@ -146,7 +146,7 @@ def part_s2(args: argparse.Namespace) -> None:
     for label in runs:
         print(row(label, ids[label], maps[label], ids[reference], maps[reference], truth))
     print(f"majority-class accuracy of the labels: {majority_accuracy(truth):.3f}; the filled bands sit at mean "
-          f"|z| = {filled_distance('S2L2A', raw, missing):.2f} from their mean in these samples")  # fmt: skip
+          f"|z| = {filled_distance('S2L2A', raw, missing):.2f} from their mean in these samples")
 
 
 def part_sim_micro() -> None:
@@ -161,7 +161,7 @@ def part_sim_micro() -> None:
 
     s1, dem, truth = crops(s1), crops(dem), crops(truth[:, None])[:, 0]
     common = dict(modalities=["S1GRD", "DEM"], output_modalities=["LULC"], pretrained=True, standardize=True,
-                  temperature=0.0)  # fmt: skip
+                  temperature=0.0)
     full_model = terratim.build("terramind_sim_micro_generate", **common).eval()
     tokenizer = terratim.build("terramind_sim_micro_tokenizer_lulc", pretrained=True).eval()
     runs = {"VV + VH": (full_model, {})}
@@ -169,7 +169,7 @@ def part_sim_micro() -> None:
         warnings.simplefilter("ignore")
         for given in (["VV"], ["VH"]):
             model = terratim.build("terramind_sim_micro_generate", bands={"S1GRD": given}, fill_missing_bands="mean",
-                                   **common).eval()  # fmt: skip
+                                   **common).eval()
             runs[f"{given[0]} only, other filled"] = (model, {"S1GRD": bands_of("S1GRD", s1, given)})
     runs["no S1 (both at mean)"] = (full_model, {"S1GRD": at_mean("S1GRD", s1, ["VV", "VH"])})
     ids, maps = {}, {}
@@ -179,12 +179,12 @@ def part_sim_micro() -> None:
             ids[label] = model.generate_tokens(x, generator=torch.Generator().manual_seed(0))["LULC"]
             maps[label] = class_maps(ids[label], tokenizer)
     print(f"\nPart 2: terramind_sim_micro_generate (simulated-data weights); S1RTC-as-S1GRD + DEM -> LULC on "
-          f"{s1.shape[0]} crops of 64 x 64")  # fmt: skip
+          f"{s1.shape[0]} crops of 64 x 64")
     print("| input | token ids = VV+VH run | class map = VV+VH run | pixel accuracy vs LULC label |\n|---|---|---|---|")
     for label in runs:
         print(row(label, ids[label], maps[label], ids["VV + VH"], maps["VV + VH"], truth))
     print(f"majority-class accuracy of the labels: {majority_accuracy(truth):.3f}; VV sits at mean |z| = "
-          f"{filled_distance('S1GRD', s1, ['VV']):.2f}, VH at {filled_distance('S1GRD', s1, ['VH']):.2f}")  # fmt: skip
+          f"{filled_distance('S1GRD', s1, ['VV']):.2f}, VH at {filled_distance('S1GRD', s1, ['VH']):.2f}")
 
 
 def main() -> None:

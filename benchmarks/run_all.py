@@ -61,12 +61,12 @@ class Plan:
 
 
 QUICK = Plan(sizes=("tiny",), backbone_batches=(1, 2), tim_batches=(1,), generate_batches=(1,), decode_batch=1,
-             timesteps=1, scene_side=256, onnx_tile=64, onnx_batch=2, repeats=1, warmup=0)  # fmt: skip
+             timesteps=1, scene_side=256, onnx_tile=64, onnx_batch=2, repeats=1, warmup=0)
 
 
 # ------------------------------------------------------------------------------------------------ timing
 def alternate(fns: Mapping[str, Callable[[], object]], device: str, repeats: int,
-              warmup: int) -> dict[str, list[float]]:  # fmt: skip
+              warmup: int) -> dict[str, list[float]]:
     """Seconds of each fn over ``repeats`` rounds, every fn once per round in turn (same-run comparison)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     with torch.no_grad():
@@ -127,7 +127,7 @@ def header(device: str, reference_version: str | None) -> None:
         print(f"GPU: {torch.cuda.get_device_name()}")
     print(f"device {device}; native bf16: {native_bf16(device)}")
     print(f"reference: TerraTorch {reference_version} (TerraMind model code only), same process"
-          if reference_version else "reference: none (pass --reference-site DIR for same-run ratios)")  # fmt: skip
+          if reference_version else "reference: none (pass --reference-site DIR for same-run ratios)")
 
 
 def load_register(site: str | None) -> tuple[Any, str | None]:
@@ -154,15 +154,15 @@ def reference_model(register: Any, name: str, device: str, **kwargs: Any) -> tor
 def make_inputs(names: tuple[str, ...], batch: int, side: int, device: str) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     return {m: torch.randn(batch, terratim.resolve(m).num_bands, side, side, generator=generator).to(device)
-            for m in names}  # fmt: skip
+            for m in names}
 
 
 def compare_row(table: Table, case: str, ours: Callable[[], object], reference: Callable[[], object] | None,
-                device: str, plan: Plan) -> None:  # fmt: skip
+                device: str, plan: Plan) -> None:
     fns = {"terratim": ours} if reference is None else {"terratim": ours, "reference": reference}
     times = alternate(fns, device, plan.repeats, plan.warmup)
     table.row(case, spread(times["terratim"]), spread(times.get("reference")), ratio(times.get("reference"),
-                                                                                      times["terratim"]))  # fmt: skip
+                                                                                      times["terratim"]))
 
 
 SAME_RUN = ["case", "terratim s", "TerraTorch 1.2.13 s", "ratio (reference / terratim)"]
@@ -174,7 +174,7 @@ def backbone_section(device: str, plan: Plan, register: Any) -> None:
     for size in plan.sizes:
         ours = terratim.build(f"terramind_v1_{size}", modalities=list(INPUTS)).eval().to(device)
         reference = reference_model(register, f"terramind_v1_{size}", device, modalities=list(INPUTS),
-                                    merge_method="mean")  # fmt: skip
+                                    merge_method="mean")
         for batch in plan.backbone_batches:
             x = make_inputs(INPUTS, batch, 224, device)
             ref = (lambda r=reference, x=x: r(dict(x))) if reference is not None else None
@@ -186,9 +186,9 @@ def tim_section(device: str, plan: Plan, register: Any) -> None:
     table = Table("TiM (imagines LULC; default sampling; fp32)", SAME_RUN)
     for size in plan.sizes:
         ours = terratim.build(f"terramind_v1_{size}_tim", modalities=list(INPUTS),
-                              tim_modalities=["LULC"]).eval().to(device)  # fmt: skip
+                              tim_modalities=["LULC"]).eval().to(device)
         reference = reference_model(register, f"terramind_v1_{size}_tim", device, modalities=list(INPUTS),
-                                    tim_modalities=["LULC"])  # fmt: skip
+                                    tim_modalities=["LULC"])
         for batch in plan.tim_batches:
             x = make_inputs(INPUTS, batch, 224, device)
             generator = torch.Generator(device=device).manual_seed(0)
@@ -202,7 +202,7 @@ def generate_section(device: str, plan: Plan, register: Any) -> None:
     for size in plan.sizes:
         name = f"terramind_v1_{size}_generate"
         ours = terratim.build(name, modalities=["S2L2A"], output_modalities=["LULC"],
-                              build_tokenizers_for_outputs=False).eval().to(device)  # fmt: skip
+                              build_tokenizers_for_outputs=False).eval().to(device)
         reference = reference_model(register, name, device, modalities=["S2L2A"], output_modalities=["LULC"])
         for batch in plan.generate_batches:
             x = make_inputs(("S2L2A",), batch, 224, device)
@@ -215,7 +215,7 @@ def generate_section(device: str, plan: Plan, register: Any) -> None:
 
 def tokenizer_section(device: str, plan: Plan) -> None:
     table = Table(f"Tokenizer decode (random weights; diffusion {plan.timesteps} steps; terratim only: the "
-                  "reference's tokenizers are not loaded)", ["case", "terratim s", "per image s"])  # fmt: skip
+                  "reference's tokenizers are not loaded)", ["case", "terratim s", "per image s"])
     for modality, batch in (("LULC", plan.decode_batch), ("S2L2A", 1)):
         terratim.list_models()  # registers the tokenizer builders (terratim.build alone does not, yet)
         tokenizer = terratim.build(f"terramind_v1_tokenizer_{modality.lower()}").eval().to(device)
@@ -223,7 +223,7 @@ def tokenizer_section(device: str, plan: Plan) -> None:
         with torch.no_grad():
             _, ids = tokenizer.encode(image)
         times = alternate({"decode": lambda t=tokenizer, i=ids: t.decode_tokens(i, timesteps=plan.timesteps)},
-                          device, plan.repeats, plan.warmup)["decode"]  # fmt: skip
+                          device, plan.repeats, plan.warmup)["decode"]
         table.row(f"{modality} b{batch}", spread(times), f"{statistics.median(times) / batch:.4g}")
         del tokenizer
 
@@ -234,17 +234,17 @@ def scene_section(device: str, plan: Plan) -> None:
     from terratim.inference.engine import TilingConfig, infer_scene
 
     table = Table("Scene inference (tiny segmentation task, S1GRD, chip 224, overlap 32, batch 16; terratim "
-                  "only)", ["scene", "terratim s", "megapixels / s"])  # fmt: skip
+                  "only)", ["scene", "terratim s", "megapixels / s"])
     task = _segmentation_task("terramind_v1_tiny").to(device)
     with tempfile.TemporaryDirectory() as tmp:
         scene = _write_scene(Path(tmp) / "scene.tif", plan.scene_side)
         predictor = task_predictor(task, {"modalities": ["S1GRD"], "no_data_replace": 0}, Path(tmp) / "p.tif",
-                                   device)  # fmt: skip
+                                   device)
         times = []
         for _ in range(max(plan.repeats // 2, 1)):
             start = time.perf_counter()
             infer_scene(predictor.predict, {"S1GRD": scene}, predictor.heads, TilingConfig(), bands=predictor.bands,
-                        device=device, fill=predictor.fill, overwrite=True)  # fmt: skip
+                        device=device, fill=predictor.fill, overwrite=True)
             times.append(time.perf_counter() - start)
     side = plan.scene_side
     table.row(f"{side} x {side}", spread(times), f"{side * side / 1e6 / statistics.median(times):.3g}")
@@ -255,7 +255,7 @@ def bf16_section(device: str, plan: Plan) -> None:
     from terratim.precision import autocast
 
     table = Table("bf16 (autocast) against fp32, terratim", ["case", "fp32 s", "bf16 s", "speed-up (fp32 / bf16)",
-                                                             "max rel. diff, last layer"])  # fmt: skip
+                                                             "max rel. diff, last layer"])
     for size in plan.sizes:
         for kind in ("backbone", "TiM"):
             name = f"terramind_v1_{size}" + ("_tim" if kind == "TiM" else "")
@@ -273,7 +273,7 @@ def bf16_section(device: str, plan: Plan) -> None:
                 a, b = model(x)[-1].double(), bf16()[-1].double()
             diff = float((a - b).abs().max() / a.abs().max())
             table.row(f"{kind} {size} b{batch}", spread(times["fp32"]), spread(times["bf16"]),
-                      ratio(times["fp32"], times["bf16"]), f"{diff:.2e}")  # fmt: skip
+                      ratio(times["fp32"], times["bf16"]), f"{diff:.2e}")
             del model
 
 
@@ -287,7 +287,7 @@ def onnx_section(device: str, plan: Plan) -> None:
     table = Table(f"ONNX (tiny segmentation task, S1GRD, tile {plan.onnx_tile}, batch {plan.onnx_batch}; "
                   f"onnxruntime CPU, {torch.get_num_threads()} threads)",
                   ["case", "eager s", "onnxruntime s", "speed-up (eager / onnx)", "max abs diff",
-                   "class agreement"])  # fmt: skip
+                   "class agreement"])
     for backbone in ("terramind_v1_tiny", "terramind_v1_tiny_tim"):
         task = _segmentation_task(backbone)
         with tempfile.TemporaryDirectory() as tmp:
@@ -295,13 +295,13 @@ def onnx_section(device: str, plan: Plan) -> None:
             for quantize in (None, "int8"):
                 path = Path(tmp) / f"{quantize or 'fp32'}.onnx"
                 export_task(task, {"modalities": ["S1GRD"], "no_data_replace": 0}, path, plan.onnx_tile,
-                            quantize=quantize)  # fmt: skip
+                            quantize=quantize)
                 models[quantize or "fp32"] = OnnxModel(path, threads=torch.get_num_threads())
             card = models["fp32"].card
             raw = sample_inputs(card, plan.onnx_batch, seed=3)[0]
             spec = card.inputs[0]
             standardized = {"S1GRD": (raw - torch.tensor(spec.mean).view(1, -1, 1, 1))
-                            / torch.tensor(spec.std).view(1, -1, 1, 1)}  # fmt: skip
+                            / torch.tensor(spec.std).view(1, -1, 1, 1)}
             fns = {"eager": lambda: task(standardized)}
             fns.update({k: (lambda m=m: m({"S1GRD": raw})) for k, m in models.items()})
             times = alternate(fns, device, plan.repeats, plan.warmup)
@@ -312,7 +312,7 @@ def onnx_section(device: str, plan: Plan) -> None:
                 agreement = float((out.argmax(1) == eager.argmax(1)).float().mean())
                 table.row(f"{backbone.removeprefix('terramind_v1_')} {kind}", spread(times["eager"]),
                           spread(times[kind]), ratio(times["eager"], times[kind]),
-                          f"{float((out - eager).abs().max()):.2e}", f"{agreement:.2%}")  # fmt: skip
+                          f"{float((out - eager).abs().max()):.2e}", f"{agreement:.2%}")
 
 
 def _tokenizer_input(modality: str, batch: int, device: str) -> torch.Tensor:
@@ -329,7 +329,7 @@ def _segmentation_task(backbone: str) -> Any:
 
     model_args = {"backbone": backbone, "backbone_pretrained": False, "backbone_modalities": ["S1GRD"],
                   "necks": [{"name": "SelectIndices", "indices": [-1]}, {"name": "ReshapeTokensToImage"}],
-                  "decoder": "FCNDecoder", "decoder_channels": 64, "num_classes": 10}  # fmt: skip
+                  "decoder": "FCNDecoder", "decoder_channels": 64, "num_classes": 10}
     if backbone.endswith("_tim"):
         model_args.update(backbone_tim_modalities=["LULC"], backbone_tim_temperature=0.0)
     torch.manual_seed(0)
@@ -345,7 +345,7 @@ def _write_scene(path: Path, side: int) -> Path:
     data = np.stack([base, base - 7]).astype(np.float32)  # (2, side, side), VV and VH in dB
     profile = {"driver": "GTiff", "count": 2, "height": side, "width": side, "dtype": "float32",
                "crs": "EPSG:32631", "transform": from_origin(600000, 5000000, 10, 10), "tiled": True,
-               "blockxsize": 256, "blockysize": 256}  # fmt: skip
+               "blockxsize": 256, "blockysize": 256}
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path

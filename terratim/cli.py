@@ -97,8 +97,9 @@ def dispatch(argv: list[str]) -> int:
     if argv and argv[0] in ARGV_COMMANDS:
         return int(importlib.import_module(COMMANDS[argv[0]][0]).run_argv(argv[1:]) or 0)
     parser = argparse.ArgumentParser(prog="terratim", description="TerraMind and Thinking-in-Modalities.")
-    parser.add_argument("--debug", action="store_true",
-                        help=f"show the traceback of every error (also: {DEBUG_ENV}=1); must come first")  # fmt: skip
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show the traceback of every error (also: {DEBUG_ENV}=1); must come first"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in LIGHTNING_COMMANDS:
         subparsers.add_parser(name, help=f"Lightning {name} from a YAML config (-c config.yaml)", add_help=False)

@@ -23,10 +23,11 @@ from typing import Any, Literal
 ModalityKind = Literal["image", "tokens", "sequence"]
 FILL_METHODS = ("mean",)  # how absent pretrained bands may be filled (fill_missing_bands=...)
 
+# fmt: off
 S2L2A_BANDS = (
     "COASTAL_AEROSOL", "BLUE", "GREEN", "RED", "RED_EDGE_1", "RED_EDGE_2", "RED_EDGE_3",
     "NIR_BROAD", "NIR_NARROW", "WATER_VAPOR", "SWIR_1", "SWIR_2",
-)  # fmt: skip
+)
 S2L1C_BANDS = S2L2A_BANDS[:10] + ("CIRRUS",) + S2L2A_BANDS[10:]
 
 # Sentinel-2 band ids, so users may say "B04" instead of "RED".
@@ -34,7 +35,7 @@ SENTINEL2_BAND_IDS = {
     "B01": "COASTAL_AEROSOL", "B02": "BLUE", "B03": "GREEN", "B04": "RED", "B05": "RED_EDGE_1",
     "B06": "RED_EDGE_2", "B07": "RED_EDGE_3", "B08": "NIR_BROAD", "B8A": "NIR_NARROW", "B09": "WATER_VAPOR",
     "B10": "CIRRUS", "B11": "SWIR_1", "B12": "SWIR_2",
-}  # fmt: skip
+}
 
 FSQ_LEVELS_IMAGE = (8, 8, 8, 6, 5)  # vocabulary 15,360
 FSQ_LEVELS_LULC = (7, 5, 5, 5, 5)  # vocabulary 4,375
@@ -43,11 +44,12 @@ FSQ_LEVELS_LULC = (7, 5, 5, 5, 5)  # vocabulary 4,375
 LULC_CLASSES = (
     "no data", "water", "trees", "flooded vegetation", "crops", "built area", "bare ground", "snow/ice",
     "clouds", "rangeland",
-)  # fmt: skip
+)
 LULC_COLORS = (
     "#000000", "#1f5fd1", "#1b6e2a", "#7fd37f", "#f2d541", "#e377c2", "#8c564b", "#9edae5", "#f4f4f4",
     "#ff9f1c",
-)  # fmt: skip
+)
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,9 @@ class Modality:
         self.missing_bands(given)  # checks the names
         index = [self.band_index(b) for b in given]
         if x.ndim < 3 or x.shape[-3] != len(index):
-            raise ValueError(f"{self.name}: expected {len(index)} bands ({', '.join(given)}) on axis -3, got shape "
-                             f"{tuple(x.shape)}")  # fmt: skip
+            raise ValueError(
+                f"{self.name}: expected {len(index)} bands ({', '.join(given)}) on axis -3, got shape {tuple(x.shape)}"
+            )
         planes = []
         for band in range(self.num_bands):
             if band in index:
@@ -178,9 +181,13 @@ def check_fill_method(value: Any) -> str | None:
 def warn_filled_bands(name: str, missing: Sequence[str]) -> None:
     """Warn that ``missing`` bands of modality ``name`` are filled with their pretraining mean."""
     if missing:
-        warnings.warn(f"{name}: bands {', '.join(missing)} are missing and filled with their pretraining mean (0 "
-                      "after standardization); the model was pretrained on real values for them, so results "
-                      "degrade", UserWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"{name}: bands {', '.join(missing)} are missing and filled with their pretraining mean (0 "
+            "after standardization); the model was pretrained on real values for them, so results "
+            "degrade",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _full_like(x: Any, value: float) -> Any:
@@ -240,10 +247,11 @@ def _tok_repo(mod: str) -> str:
     return f"ibm-esa-geospatial/TerraMind-1.0-Tokenizer-{mod}"
 
 
+# fmt: off
 _S2L2A_MEAN = (1390.458, 1503.317, 1718.197, 1853.91, 2199.1, 2779.975, 2987.011, 3083.234, 3132.22,
-               3162.988, 2424.884, 1857.648)  # fmt: skip
+               3162.988, 2424.884, 1857.648)
 _S2L2A_STD = (2106.761, 2141.107, 2038.973, 2134.138, 2085.321, 1889.926, 1820.257, 1871.918, 1753.829,
-              1797.379, 1434.261, 1334.311)  # fmt: skip
+              1797.379, 1434.261, 1334.311)
 
 MODALITIES: dict[str, Modality] = {
     m.name: m
@@ -301,6 +309,7 @@ MODALITIES: dict[str, Modality] = {
         ),
     )
 }
+# fmt: on
 
 # Explicit aliases (lower-case). Canonical names and internal checkpoint keys are accepted too.
 ALIASES: dict[str, str] = {

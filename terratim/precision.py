@@ -104,8 +104,9 @@ def precision_context(precision: str, device: str | torch.device = "cpu", report
         yield chosen
 
 
-def with_precision(predict: Callable[..., torch.Tensor], precision: str,
-                   device: str | torch.device = "cpu") -> Callable[..., torch.Tensor]:  # fmt: skip
+def with_precision(
+    predict: Callable[..., torch.Tensor], precision: str, device: str | torch.device = "cpu"
+) -> Callable[..., torch.Tensor]:
     """``predict`` run under the resolved ``precision``, its tensor output returned as float32."""
     if precision == "fp32":
         return predict

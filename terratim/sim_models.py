@@ -101,8 +101,13 @@ def _architecture(checkpoint: str | None, img_size: int | None) -> tuple[TerraMi
     return architecture, img_size or architecture.img_size
 
 
-def build_sim_tokenizer(modality: str, pretrained: bool = True, ckpt_path: str | os.PathLike | None = None,
-                        decoder: bool = True, **kwargs: Any) -> nn.Module:  # fmt: skip
+def build_sim_tokenizer(
+    modality: str,
+    pretrained: bool = True,
+    ckpt_path: str | os.PathLike | None = None,
+    decoder: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
     """A tokenizer of the bundled model (architecture from the ``.json`` next to the weights), read once.
 
     ``decoder=False`` builds it encode-only (the token inputs of a backbone or TiM model).
@@ -113,8 +118,9 @@ def build_sim_tokenizer(modality: str, pretrained: bool = True, ckpt_path: str |
     return build_tokenizer(modality, ckpt_path=path, decoder=decoder, **kwargs)
 
 
-def _default_tokenizers(decoded: list[str], encoded: list[str],
-                        given: Mapping[str, nn.Module] | None) -> dict[str, nn.Module]:  # fmt: skip
+def _default_tokenizers(
+    decoded: list[str], encoded: list[str], given: Mapping[str, nn.Module] | None
+) -> dict[str, nn.Module]:
     """``given`` completed with the bundled tokenizer of every name in ``decoded`` (built with its decoder) and
     ``encoded`` (encode-only) that it lacks."""
     tokenizers = dict(given or {})
@@ -162,8 +168,9 @@ def check_outputs(model: str, checkpoint: str | None, outputs: Any) -> None:
 
 
 @register("terramind_sim_micro", parameters=BACKBONE_PARAMETERS)
-def terramind_sim_micro(pretrained: bool = False, ckpt_path: str | os.PathLike | None = None,
-                        img_size: int | None = None, **kwargs: Any) -> nn.Module:  # fmt: skip
+def terramind_sim_micro(
+    pretrained: bool = False, ckpt_path: str | os.PathLike | None = None, img_size: int | None = None, **kwargs: Any
+) -> nn.Module:
     """Small TerraMind pretrained on simulated data (bundled): backbone."""
     checkpoint = _checkpoint(pretrained, ckpt_path)
     architecture, img_size = _architecture(checkpoint, img_size)
@@ -172,27 +179,42 @@ def terramind_sim_micro(pretrained: bool = False, ckpt_path: str | os.PathLike |
 
 @register("terramind_sim_micro_generate", parameters=GENERATE_PARAMETERS)
 def terramind_sim_micro_generate(
-    modalities: Any = ("S1GRD",), output_modalities: Any = ("LULC",), pretrained: bool = False,
-    ckpt_path: str | os.PathLike | None = None, img_size: int | None = None,
-    tokenizers: Mapping[str, nn.Module] | None = None, **kwargs: Any,
-) -> nn.Module:  # fmt: skip
+    modalities: Any = ("S1GRD",),
+    output_modalities: Any = ("LULC",),
+    pretrained: bool = False,
+    ckpt_path: str | os.PathLike | None = None,
+    img_size: int | None = None,
+    tokenizers: Mapping[str, nn.Module] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Small TerraMind pretrained on simulated data (bundled): any-to-any generation."""
     checkpoint = _checkpoint(pretrained, ckpt_path)
     architecture, img_size = _architecture(checkpoint, img_size)
     check_outputs("terramind_sim_micro_generate", checkpoint, output_modalities)
     if pretrained:
         tokenizers = _default_tokenizers(list(output_modalities), _token_inputs(modalities), tokenizers)
-    return build_generate(architecture, list(modalities), list(output_modalities), img_size=img_size,
-                          ckpt_path=checkpoint, tokenizers=tokenizers, build_tokenizers_for_outputs=False,
-                          **kwargs)  # fmt: skip
+    return build_generate(
+        architecture,
+        list(modalities),
+        list(output_modalities),
+        img_size=img_size,
+        ckpt_path=checkpoint,
+        tokenizers=tokenizers,
+        build_tokenizers_for_outputs=False,
+        **kwargs,
+    )
 
 
 @register("terramind_sim_micro_tim", parameters=TIM_PARAMETERS)
 def terramind_sim_micro_tim(
-    modalities: Any = ("S1GRD",), tim_modalities: Any = ("LULC",), pretrained: bool = False,
-    ckpt_path: str | os.PathLike | None = None, img_size: int | None = None,
-    tokenizers: Mapping[str, nn.Module] | None = None, **kwargs: Any,
-) -> nn.Module:  # fmt: skip
+    modalities: Any = ("S1GRD",),
+    tim_modalities: Any = ("LULC",),
+    pretrained: bool = False,
+    ckpt_path: str | os.PathLike | None = None,
+    img_size: int | None = None,
+    tokenizers: Mapping[str, nn.Module] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Small TerraMind pretrained on simulated data (bundled): Thinking-in-Modalities backbone."""
     checkpoint = _checkpoint(pretrained, ckpt_path)
     architecture, img_size = _architecture(checkpoint, img_size)
@@ -201,8 +223,15 @@ def terramind_sim_micro_tim(
     check_outputs("terramind_sim_micro_tim", checkpoint, imagined)
     if pretrained:
         tokenizers = _default_tokenizers([], _token_inputs(modalities), tokenizers)
-    return build_tim(architecture, list(modalities), list(tim_modalities), img_size=img_size, ckpt_path=checkpoint,
-                     tokenizers=tokenizers, **kwargs)  # fmt: skip
+    return build_tim(
+        architecture,
+        list(modalities),
+        list(tim_modalities),
+        img_size=img_size,
+        ckpt_path=checkpoint,
+        tokenizers=tokenizers,
+        **kwargs,
+    )
 
 
 def _register_tokenizers() -> None:

@@ -95,8 +95,12 @@ class TerraMindTiM(TerraMindBackbone):
         """
         return self._imagine(self.with_all_bands(x), generator, outputs)
 
-    def _imagine(self, named: Mapping[str, torch.Tensor], generator: torch.Generator | None,
-                 outputs: Sequence[str] | str | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    def _imagine(
+        self,
+        named: Mapping[str, torch.Tensor],
+        generator: torch.Generator | None,
+        outputs: Sequence[str] | str | None = None,
+    ) -> dict[str, torch.Tensor]:
         """:meth:`imagine` for named inputs that already hold every pretrained band."""
         given = {n: v for n, v in named.items() if n in self.generator.user_inputs}
         if not given:
@@ -157,21 +161,29 @@ def build_tim(
             "the missing ones with their pretraining mean (results degrade), or use the plain backbone with bands=..."
         )
     if any(isinstance(m, Mapping) for m in modalities):
-        raise ValueError("TiM inputs must be pretrained modalities: the frozen generator has no embedding for "
-                         "new modalities. Use the plain backbone for new modalities.")  # fmt: skip
+        raise ValueError(
+            "TiM inputs must be pretrained modalities: the frozen generator has no embedding for "
+            "new modalities. Use the plain backbone for new modalities."
+        )
     if not tim_modalities:
         raise ValueError("tim_modalities is empty; name at least one modality to imagine, e.g. ['LULC']")
     input_bands = input_band_fill(modalities, bands, fill_missing_bands)
     input_names = {mods.resolve(m).name for m in modalities}
     to_imagine = [m for m in tim_modalities if mods.resolve(m).name not in input_names]
-    generator = build_generate(size, modalities, to_imagine or tim_modalities[:1], settings=tim_settings,
-                               img_size=img_size, pretrained=False, build_tokenizers_for_outputs=False,
-                               tokenizers=tokenizers)  # fmt: skip
+    generator = build_generate(
+        size,
+        modalities,
+        to_imagine or tim_modalities[:1],
+        settings=tim_settings,
+        img_size=img_size,
+        pretrained=False,
+        build_tokenizers_for_outputs=False,
+        tokenizers=tokenizers,
+    )
     if not to_imagine:
         generator.outputs = {}
     config = size_config(size).with_(img_size=img_size)
-    model = TerraMindTiM(config, modalities, tim_modalities, generator, merge_method, modality_drop_rate,
-                         input_bands)  # fmt: skip
+    model = TerraMindTiM(config, modalities, tim_modalities, generator, merge_method, modality_drop_rate, input_bands)
     loaded = terramind_state_dict(size, pretrained, ckpt_path)
     if loaded is not None:
         state, source = loaded
@@ -183,5 +195,8 @@ def build_tim(
     return model
 
 
-register_sizes("terramind_v1_{size}_tim", build_tim,
-               "TerraMind v1 {size} with Thinking-in-Modalities (imagines e.g. LULC, then encodes).")
+register_sizes(
+    "terramind_v1_{size}_tim",
+    build_tim,
+    "TerraMind v1 {size} with Thinking-in-Modalities (imagines e.g. LULC, then encodes).",
+)

@@ -104,7 +104,10 @@ def hub_file(repo_id: str, filename: str) -> Path:
             f"could not get {filename} from the Hugging Face hub repo {repo_id} ({_first_line(err)}). "
             f"Download it where there is network (https://huggingface.co/{repo_id}) and pass the local file: "
             f"in Python {python_call}; or fill the hub cache and set HF_HUB_OFFLINE=1.",
-            repo_id, filename, weights, modality,
+            repo_id,
+            filename,
+            weights,
+            modality,
         ) from err
 
 
@@ -162,8 +165,11 @@ class LoadReport:
 
     def describe(self, limit: int = 12) -> str:
         parts = []
-        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected),
-                            ("shape mismatches", self.mismatched)):  # fmt: skip
+        for title, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("shape mismatches", self.mismatched),
+        ):
             if keys:
                 shown = "\n    ".join(keys[:limit])
                 more = f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else ""
@@ -196,8 +202,11 @@ def convert_state_dict(
     for key, tensor in file_state.items():
         name = prefix + key
         weight_name = name[: -len("bias")] + "weight"
-        if name not in model_state and key.endswith(".bias") and weight_name in model_state and keep(
-            key[: -len("bias")] + "weight"
+        if (
+            name not in model_state
+            and key.endswith(".bias")
+            and weight_name in model_state
+            and keep(key[: -len("bias")] + "weight")
         ):
             if not is_zero_norm_bias(key, tensor):
                 report.unexpected.append(f"{key} (the model's layer has no bias, the file's is non-zero)")
@@ -208,9 +217,7 @@ def convert_state_dict(
         if name not in model_state:
             report.unexpected.append(key)
         elif model_state[name].shape != tensor.shape:
-            report.mismatched.append(
-                f"{key}: file {tuple(tensor.shape)} vs model {tuple(model_state[name].shape)}"
-            )
+            report.mismatched.append(f"{key}: file {tuple(tensor.shape)} vs model {tuple(model_state[name].shape)}")
         else:
             converted[name] = tensor
     return converted, report
@@ -240,8 +247,9 @@ def load_into(
     return report
 
 
-def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
-                     config: CheckpointConfig | dict | None = None) -> None:  # fmt: skip
+def save_safetensors(
+    state: dict[str, torch.Tensor], path: str | os.PathLike, config: CheckpointConfig | dict | None = None
+) -> None:
     """Write a state dict as safetensors (tied tensors stored once per name) and an optional JSON config
     (a :class:`~terratim.model.config.CheckpointConfig` for TerraMind files, a plain dict for tokenizers)."""
     from safetensors.torch import save_file
@@ -297,8 +305,9 @@ def terramind_architecture(size: str | TerraMindConfig | None, ckpt_path: str | 
     return saved.architecture
 
 
-def terramind_state_dict(size: str | TerraMindConfig | None, pretrained: bool,
-                         ckpt_path: str | None) -> tuple[dict, str] | None:  # fmt: skip
+def terramind_state_dict(
+    size: str | TerraMindConfig | None, pretrained: bool, ckpt_path: str | None
+) -> tuple[dict, str] | None:
     """The official-layout state dict to load, from ``ckpt_path`` or the hub; None for random init.
 
     A ``ckpt_path`` with a JSON config must agree with ``size`` (see :func:`terramind_architecture`).
@@ -345,8 +354,9 @@ def load_weights(
     converted, report = convert_state_dict(state, root, prefix=prefix, keep=keep)
     net_keys = {prefix + k for k in network.state_dict()}
     expected_missing = {k for k in root.state_dict() if k not in net_keys}
-    expected_missing |= {prefix + k for k in network.state_dict()
-                         if k.startswith(network.nested_prefixes) or k == "missing_mod_token"}  # fmt: skip
+    expected_missing |= {
+        prefix + k for k in network.state_dict() if k.startswith(network.nested_prefixes) or k == "missing_mod_token"
+    }
     for key, embedding in network.encoder_embeddings.items():
         if key not in mods.KEY_OWNERS:  # a new modality
             expected_missing |= {f"{prefix}encoder_embeddings.{key}.{n}" for n in embedding.state_dict()}

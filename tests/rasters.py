@@ -36,7 +36,7 @@ def write_tif(
     path.parent.mkdir(parents=True, exist_ok=True)
     count, height, width = data.shape
     profile = {"driver": "GTiff", "count": count, "height": height, "width": width, "dtype": data.dtype.name,
-               "crs": crs, "transform": transform, "nodata": nodata}  # fmt: skip
+               "crs": crs, "transform": transform, "nodata": nodata}
     if tiled:
         profile.update(tiled=True, blockxsize=TILE, blockysize=TILE, compress="deflate")
     with rasterio.open(path, "w", **profile) as dst:

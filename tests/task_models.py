@@ -11,7 +11,7 @@ from terratim.datamodules.multimodal import modality_stats
 
 CLASS_NAMES = ["land", "water", "cloud"]
 TASK_CLASSES = {"segmentation": "SemanticSegmentationTask", "regression": "PixelwiseRegressionTask",
-                "classification": "ClassificationTask"}  # fmt: skip
+                "classification": "ClassificationTask"}
 
 
 def model_args(kind: str, backbone: str) -> dict:
@@ -21,7 +21,7 @@ def model_args(kind: str, backbone: str) -> dict:
         args.update(decoder="IdentityDecoder", num_classes=3)
     else:
         args.update(necks=[{"name": "SelectIndices", "indices": [11]}, {"name": "ReshapeTokensToImage"}],
-                    decoder="FCNDecoder", decoder_channels=16)  # fmt: skip
+                    decoder="FCNDecoder", decoder_channels=16)
         if kind == "segmentation":
             args["num_classes"] = 3
     if backbone.endswith("_tim"):
@@ -44,11 +44,11 @@ def inference_record(task) -> dict:
     mean, std = modality_stats("S1GRD")
     return {"version": 1, "task_class": f"{type(task).__module__}.{type(task).__qualname__}",
             "modalities": ["S1GRD"], "bands": {}, "means": {"S1GRD": mean.tolist()},
-            "stds": {"S1GRD": std.tolist()}, "no_data_replace": 0}  # fmt: skip
+            "stds": {"S1GRD": std.tolist()}, "no_data_replace": 0}
 
 
 def save_task(folder: Path, kind: str = "segmentation", backbone: str = "terramind_v1_tiny",
-              record: bool = True) -> tuple[Path, Path]:  # fmt: skip
+              record: bool = True) -> tuple[Path, Path]:
     """(config.yaml, model.ckpt) of a tiny task; ``record=False`` leaves out the checkpoint's inference record."""
     task = build_task(kind, backbone)
     checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}
@@ -61,7 +61,7 @@ def save_task(folder: Path, kind: str = "segmentation", backbone: str = "terrami
         init_args["class_names"] = CLASS_NAMES
     config = {"model": {"class_path": f"terratim.tasks.{TASK_CLASSES[kind]}", "init_args": init_args},
               "data": {"class_path": "terratim.datamodules.GenericMultiModalDataModule",
-                       "init_args": {"modalities": ["S1GRD"], "no_data_replace": 0}}}  # fmt: skip
+                       "init_args": {"modalities": ["S1GRD"], "no_data_replace": 0}}}
     config_path = folder / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     return config_path, ckpt

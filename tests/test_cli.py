@@ -105,7 +105,7 @@ def _offline(*args, **kwargs):
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache and outgoing traffic "
-                                  "has been disabled.\nTo enable hf.co look-ups, set HF_HUB_OFFLINE=0.")  # fmt: skip
+                                  "has been disabled.\nTo enable hf.co look-ups, set HF_HUB_OFFLINE=0.")
 
 
 def test_hub_error_names_the_command_option(monkeypatch, capsys):
@@ -149,6 +149,6 @@ def test_real_entry_point_prints_no_traceback(tmp_path):
     assert plain.returncode == 2
     assert len(plain.stderr.splitlines()) == 1 and "Traceback" not in plain.stderr
     debug = subprocess.run([*command[:3], "--debug", *command[3:]], capture_output=True, text=True, env=env,
-                           timeout=120)  # fmt: skip
+                           timeout=120)
     assert debug.returncode == 1
     assert "Traceback (most recent call last)" in debug.stderr and "unknown modality 'foo'" in debug.stderr

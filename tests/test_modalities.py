@@ -9,7 +9,7 @@ from terratim import modalities as mods
 
 @pytest.mark.parametrize("name,canonical", [("S2L2A", "S2L2A"), ("s2l2a", "S2L2A"), ("RGB", "S2RGB"),
                                             ("s2rgb", "S2RGB"), ("Location", "COORDS"), ("coordinates", "COORDS"),
-                                            ("untok_sen1grd@224", "S1GRD"), ("tok_lulc@224", "LULC")])  # fmt: skip
+                                            ("untok_sen1grd@224", "S1GRD"), ("tok_lulc@224", "LULC")])
 def test_resolve_exact_names_and_aliases(name, canonical):
     assert mods.resolve(name).name == canonical
 

@@ -26,7 +26,7 @@ def test_imagined_tokens_and_every_layer_match_the_reference(parity):
     assert torch.equal(states["LULC"].ids, io["output.tim_tokens.tok_lulc@224"])
     spec = entry["outputs"]["tim_logits_step0.tok_lulc@224"]
     assert_close(states["LULC"].first_logits[:, :32], io["output.tim_logits_step0.tok_lulc@224"],
-                 spec["tolerance"], "tim logits")  # fmt: skip
+                 spec["tolerance"], "tim logits")
     with torch.no_grad():
         layers = model(inputs)
     assert len(layers) == 12
@@ -136,7 +136,7 @@ def test_missing_bands_filled_equal_the_full_input_with_zeros(tiny_checkpoint):
     s2 = terratim.MODALITIES["S2L2A"]
     with pytest.warns(UserWarning, match="S2L2A: bands COASTAL_AEROSOL, .* are missing .* results degrade"):
         filled = tim(tiny_checkpoint, modalities=["S2L2A"], tim_temps=0.0, bands={"S2L2A": HLS_BANDS},
-                     fill_missing_bands="mean")  # fmt: skip
+                     fill_missing_bands="mean")
     full = tim(tiny_checkpoint, modalities=["S2L2A"], tim_temps=0.0)
     z = torch.randn(1, 12, 32, 32, generator=torch.Generator().manual_seed(4))
     z[:, [s2.band_index(b) for b in s2.missing_bands(HLS_BANDS)]] = 0.0

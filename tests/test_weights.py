@@ -33,7 +33,7 @@ def _offline_download(repo_id, filename):
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache and outgoing traffic has "
-                                  "been disabled.\nTo enable hf.co look-ups, set HF_HUB_OFFLINE=0.")  # fmt: skip
+                                  "been disabled.\nTo enable hf.co look-ups, set HF_HUB_OFFLINE=0.")
 
 
 def test_offline_hub_error_says_what_the_file_is_and_the_python_call(monkeypatch):
@@ -52,7 +52,7 @@ def test_offline_hub_error_says_what_the_file_is_and_the_python_call(monkeypatch
         build_tokenizer("LULC", pretrained=True)
     assert (tokenizer_error.value.weights, tokenizer_error.value.modality) == ("tokenizer", "LULC")
     assert ("in Python terratim.build('terramind_v1_tokenizer_lulc', "
-            "ckpt_path='/path/to/TerraMind_Tokenizer_LULC.pt')") in str(tokenizer_error.value)  # fmt: skip
+            "ckpt_path='/path/to/TerraMind_Tokenizer_LULC.pt')") in str(tokenizer_error.value)
 
 
 def test_hub_download_goes_through_the_hub_cache(monkeypatch, tmp_path, tiny_checkpoint):
@@ -76,7 +76,7 @@ def test_missing_file_and_garbage_file(tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(weights.CheckpointError, match=r"garbage.pt is not a readable PyTorch checkpoint \("
-                       r"weights_only load: Unsupported operand \d+\)$"):  # fmt: skip
+                       r"weights_only load: Unsupported operand \d+\)$"):
         weights.read_state_dict(garbage)
     bad_safetensors = tmp_path / "garbage.safetensors"
     bad_safetensors.write_bytes(b"not a checkpoint")
@@ -113,6 +113,6 @@ def test_file_without_json_needs_a_size_name(tmp_path, tiny_checkpoint):
 def test_unreadable_old_config_says_to_rerun_convert(tmp_path, tiny_state):
     st_path = tmp_path / "old.safetensors"
     weights.save_safetensors({"encoder_norm.weight": tiny_state["encoder_norm.weight"]}, st_path,
-                             config={"size": "tiny"})  # fmt: skip
+                             config={"size": "tiny"})
     with pytest.raises(ValueError, match="re-run `terratim convert`"):
         terratim.build("terramind_v1_tiny", modalities=["S1GRD"], ckpt_path=str(st_path))

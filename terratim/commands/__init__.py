@@ -1,4 +1,10 @@
-"""Subcommands of the ``terratim`` CLI (see :mod:`terratim.cli`) and what they share."""
+"""Subcommands of the ``terratim`` CLI (see :mod:`terratim.cli`) and what they share.
+
+Each ``commands/<name>.py`` has ``add_arguments(parser)``, which declares its options on an argparse parser, and
+``run(args) -> int``, which does the work and returns the exit status (LightningCLI commands take the raw
+command line instead: ``run_argv(argv) -> int``). User errors are raised as exceptions with one-line messages;
+:mod:`terratim.cli` prints them and exits with status 2.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,9 @@ from pathlib import Path
 
 def add_modality_paths(parser: argparse.ArgumentParser, *flags: str, help: str, required: bool = False) -> None:
     """A repeatable ``MODALITY=PATH`` option (``flags`` e.g. ``"--input", "-i"``), parsed by :func:`modality_paths`."""
-    parser.add_argument(*flags, action="append", required=required, metavar="MODALITY=PATH", help=help,
-                        default=None if required else [])  # fmt: skip
+    parser.add_argument(
+        *flags, action="append", required=required, metavar="MODALITY=PATH", help=help, default=None if required else []
+    )
 
 
 def modality_paths(items: list[str], what: str = "--input") -> dict[str, Path]:

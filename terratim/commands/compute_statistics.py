@@ -219,17 +219,28 @@ def compute(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="file, folder or glob; NAME=INPUT: files of a modality (keys the output)")  # fmt: skip
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="file, folder or glob; NAME=INPUT: files of a modality (keys the output)",
+    )
     parser.add_argument("--glob", default="*.tif", help="file pattern inside folders (default *.tif; ** recurses)")
     parser.add_argument("--modality", help="key the output by this modality name (inputs without NAME=)")
     parser.add_argument("--nodata", type=float, help="a pixel value to leave out besides each file's nodata and NaN")
     parser.add_argument("--window", type=int, default=1024, help="window side in pixels read at a time (1024)")
     parser.add_argument("--time-steps", type=int, help="files stack this many dates: statistics per band over dates")
-    parser.add_argument("--temporal-channel-major", action="store_true",
-                        help="with --time-steps: the dates of each band are adjacent (b1t1, b1t2, ...)")  # fmt: skip
-    parser.add_argument("--constant-scale", type=float, default=1.0,
-                        help="factor applied to the pixels first, as the data modules' constant_scale")  # fmt: skip
+    parser.add_argument(
+        "--temporal-channel-major",
+        action="store_true",
+        help="with --time-steps: the dates of each band are adjacent (b1t1, b1t2, ...)",
+    )
+    parser.add_argument(
+        "--constant-scale",
+        type=float,
+        default=1.0,
+        help="factor applied to the pixels first, as the data modules' constant_scale",
+    )
     parser.add_argument("--output", help="also write the YAML to this file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
@@ -238,8 +249,16 @@ def run(args: argparse.Namespace) -> int:
     from terratim.data.geotiff import check_writable
 
     output = check_writable(args.output, args.overwrite) if args.output else None
-    stats, counts = compute(args.inputs, args.glob, args.modality, args.nodata, args.window, args.time_steps,
-                            args.temporal_channel_major, args.constant_scale)  # fmt: skip
+    stats, counts = compute(
+        args.inputs,
+        args.glob,
+        args.modality,
+        args.nodata,
+        args.window,
+        args.time_steps,
+        args.temporal_channel_major,
+        args.constant_scale,
+    )
     text = to_yaml(stats, counts)
     print(text, end="")
     if output is not None:

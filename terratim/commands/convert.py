@@ -9,8 +9,9 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="official-layout .pt (e.g. TerraMind_v1_base.pt)")
     parser.add_argument("dst", help="output .safetensors (a .json config is written next to it)")
-    parser.add_argument("--size", choices=["tiny", "small", "base", "large"],
-                        help="model size (default: inferred from the file)")  # fmt: skip
+    parser.add_argument(
+        "--size", choices=["tiny", "small", "base", "large"], help="model size (default: inferred from the file)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 

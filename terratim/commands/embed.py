@@ -10,16 +10,21 @@ from terratim.commands import add_modality_paths, modality_paths
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="terramind_v1_tiny", help="backbone name (default terramind_v1_tiny)")
-    add_modality_paths(parser, "--input",
-                       help="GeoTIFF per modality (repeatable); default: bundled TerraMesh S2L2A + S1RTC")  # fmt: skip
+    add_modality_paths(
+        parser, "--input", help="GeoTIFF per modality (repeatable); default: bundled TerraMesh S2L2A + S1RTC"
+    )
     parser.add_argument("--ckpt", help="official-layout .pt or .safetensors checkpoint")
     parser.add_argument("--pretrained", action="store_true", help="download official weights from the hub")
     parser.add_argument("--merge", default="mean", choices=["mean", "max", "concat"], help="modality merge")
     parser.add_argument("--out", help="write the last layer's embedding as .npy")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--repeat", type=int, default=3, help="timed forward passes")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
-                        help="fp32 (default), bf16 (autocast), auto (bf16 where the CPU has it natively)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="fp32 (default), bf16 (autocast), auto (bf16 where the CPU has it natively)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
     files = modality_paths(args.input) or {m: terramesh_file(m) for m in ("S2L2A", "S1RTC")}
     out = check_writable(args.out, args.overwrite) if args.out else None
     inputs = raster_tensors(read_modality_rasters(files))  # {name: (1, C, H, W)}, standardized
-    model = terratim.build(args.model, modalities=list(inputs), merge_method=args.merge,
-                           pretrained=args.pretrained, ckpt_path=args.ckpt).eval()  # fmt: skip
+    model = terratim.build(
+        args.model, modalities=list(inputs), merge_method=args.merge, pretrained=args.pretrained, ckpt_path=args.ckpt
+    ).eval()
     weights = args.ckpt or ("official (hub)" if args.pretrained else "random initialisation")
     print(f"model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {weights})")
     for name, path in files.items():

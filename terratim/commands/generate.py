@@ -31,15 +31,18 @@ from terratim.generation.settings import add_cli_arguments, from_cli
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_modality_paths(parser, "--input", "-i", required=True,
-                       help="input GeoTIFF per modality (repeat for several; co-registered)")  # fmt: skip
-    parser.add_argument("--output", required=True,
-                        help="modalities to generate, comma separated, in this order (e.g. LULC,DEM)")  # fmt: skip
+    add_modality_paths(
+        parser, "--input", "-i", required=True, help="input GeoTIFF per modality (repeat for several; co-registered)"
+    )
+    parser.add_argument(
+        "--output", required=True, help="modalities to generate, comma separated, in this order (e.g. LULC,DEM)"
+    )
     parser.add_argument("--model", default="terramind_v1_tiny_generate", help="a *_generate registry model")
     parser.add_argument("--ckpt", help="TerraMind weights (.pt official layout or .safetensors)")
     parser.add_argument("--pretrained", action="store_true", help="official weights from the Hugging Face hub")
-    add_modality_paths(parser, "--tokenizer",
-                       help="tokenizer weights per output (default: official, with --pretrained)")  # fmt: skip
+    add_modality_paths(
+        parser, "--tokenizer", help="tokenizer weights per output (default: official, with --pretrained)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--steps", type=int, default=10, help="diffusion (DDIM) steps for continuous outputs")
     add_band_arguments(parser)
@@ -49,19 +52,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
-                        help="fp32 (default), bf16 (autocast), auto (bf16 where the device has it natively)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="fp32 (default), bf16 (autocast), auto (bf16 where the device has it natively)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
 def add_band_arguments(parser: argparse.ArgumentParser | Any) -> None:
     """``--bands MODALITY=B1,B2,...`` (repeatable) and ``--fill-missing-bands``, read by :func:`band_layout`."""
-    parser.add_argument("--bands", action="append", default=[], metavar="MODALITY=BAND,BAND,...",
-                        help="the bands an input file holds, in order, when it lacks pretrained bands (e.g. "
-                             "S2L2A=BLUE,GREEN,RED,NIR_NARROW,SWIR_1,SWIR_2); needs --fill-missing-bands")  # fmt: skip
-    parser.add_argument("--fill-missing-bands", action="store_true",
-                        help="fill the pretrained bands missing from --bands with their pretraining mean (0 after "
-                             "standardization); warns, since results degrade")  # fmt: skip
+    parser.add_argument(
+        "--bands",
+        action="append",
+        default=[],
+        metavar="MODALITY=BAND,BAND,...",
+        help="the bands an input file holds, in order, when it lacks pretrained bands (e.g. "
+        "S2L2A=BLUE,GREEN,RED,NIR_NARROW,SWIR_1,SWIR_2); needs --fill-missing-bands",
+    )
+    parser.add_argument(
+        "--fill-missing-bands",
+        action="store_true",
+        help="fill the pretrained bands missing from --bands with their pretraining mean (0 after "
+        "standardization); warns, since results degrade",
+    )
 
 
 def band_layout(args: argparse.Namespace, inputs: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -102,26 +117,41 @@ def band_counts(files: Mapping[str, Path], layout: Mapping[str, Sequence[str]]) 
             raise FileNotFoundError(f"{name} input {path} does not exist")
         with rasterio.open(path) as dataset:
             if dataset.count != counts[name]:
-                raise ValueError(f"{name} input {path} has {dataset.count} bands, expected {counts[name]}; for a "
-                                 f"file lacking pretrained bands pass --bands {name}=BAND,... (the bands it holds) "
-                                 "and --fill-missing-bands")  # fmt: skip
+                raise ValueError(
+                    f"{name} input {path} has {dataset.count} bands, expected {counts[name]}; for a "
+                    f"file lacking pretrained bands pass --bands {name}=BAND,... (the bands it holds) "
+                    "and --fill-missing-bands"
+                )
     return counts
 
 
-def build_model(args: argparse.Namespace, inputs: list[str], outputs: list[str],
-                layout: Mapping[str, Sequence[str]] | None = None):  # fmt: skip
+def build_model(
+    args: argparse.Namespace, inputs: list[str], outputs: list[str], layout: Mapping[str, Sequence[str]] | None = None
+):
     import terratim
 
-    tokenizers = {name: terratim.build(f"terramind_v1_tokenizer_{name.lower()}", ckpt_path=path)
-                  for name, path in modality_paths(args.tokenizer, "--tokenizer").items()}  # fmt: skip
+    tokenizers = {
+        name: terratim.build(f"terramind_v1_tokenizer_{name.lower()}", ckpt_path=path)
+        for name, path in modality_paths(args.tokenizer, "--tokenizer").items()
+    }
     if not args.pretrained:
         missing = [n for n in outputs if n not in tokenizers]
         if missing:
-            raise SystemExit(f"no tokenizer weights for {missing}: pass --pretrained (official weights) or "
-                             f"--tokenizer {missing[0]}=PATH")  # fmt: skip
-    model = terratim.build(args.model, modalities=inputs, output_modalities=outputs, pretrained=args.pretrained,
-                           ckpt_path=args.ckpt, settings=from_cli(args, timesteps=args.steps), standardize=True,
-                           tokenizers=tokenizers, **band_options(args, layout))  # fmt: skip
+            raise SystemExit(
+                f"no tokenizer weights for {missing}: pass --pretrained (official weights) or "
+                f"--tokenizer {missing[0]}=PATH"
+            )
+    model = terratim.build(
+        args.model,
+        modalities=inputs,
+        output_modalities=outputs,
+        pretrained=args.pretrained,
+        ckpt_path=args.ckpt,
+        settings=from_cli(args, timesteps=args.steps),
+        standardize=True,
+        tokenizers=tokenizers,
+        **band_options(args, layout),
+    )
     return model.eval().to(args.device)
 
 
@@ -226,14 +256,25 @@ def direct(model, reader, targets: dict, generator, args: argparse.Namespace) ->
         image = result[name][0].float().cpu().numpy()
         modality = resolve(name)
         if modality.is_categorical:
-            write_geotiff(path, image.argmax(0).astype(np.uint8), like=profile, overwrite=args.overwrite,
-                          colormap=hex_colormap(modality.colors))  # fmt: skip
+            write_geotiff(
+                path,
+                image.argmax(0).astype(np.uint8),
+                like=profile,
+                overwrite=args.overwrite,
+                colormap=hex_colormap(modality.colors),
+            )
         else:
             write_geotiff(path, image.astype(np.float32), like=profile, overwrite=args.overwrite)
 
 
-def tiled(model, files: Mapping[str, Path], targets: dict, generator, args: argparse.Namespace,
-          layout: Mapping[str, Sequence[str]]) -> None:  # fmt: skip
+def tiled(
+    model,
+    files: Mapping[str, Path],
+    targets: dict,
+    generator,
+    args: argparse.Namespace,
+    layout: Mapping[str, Sequence[str]],
+) -> None:
     """Chip the scene, generate per chip, blend (LULC logits before argmax), stream to disk."""
     from terratim.inference.adapters import generation_predictor
     from terratim.inference.engine import TilingConfig, infer_scene
@@ -245,8 +286,16 @@ def tiled(model, files: Mapping[str, Path], targets: dict, generator, args: argp
     read_given_bands(predictor, layout)
     tiling = TilingConfig(chip=args.chip, overlap=args.overlap, batch_size=args.batch_size)
     predict = with_precision(predictor.predict, args.precision, args.device)
-    infer_scene(predict, dict(files), predictor.heads, tiling, bands=predictor.bands, device=args.device,
-                fill=predictor.fill, overwrite=args.overwrite)  # fmt: skip
+    infer_scene(
+        predict,
+        dict(files),
+        predictor.heads,
+        tiling,
+        bands=predictor.bands,
+        device=args.device,
+        fill=predictor.fill,
+        overwrite=args.overwrite,
+    )
 
 
 def read_given_bands(predictor, layout: Mapping[str, Sequence[str]]) -> None:
@@ -262,8 +311,13 @@ def read_given_bands(predictor, layout: Mapping[str, Sequence[str]]) -> None:
         predictor.fingerprint["bands"] = {n: list(b) for n, b in layout.items()}
 
 
-def write_panel(files: Mapping[str, Path], targets: dict, path: Path,
-                layout: Mapping[str, Sequence[str]] | None = None, max_side: int = 1024) -> None:  # fmt: skip
+def write_panel(
+    files: Mapping[str, Path],
+    targets: dict,
+    path: Path,
+    layout: Mapping[str, Sequence[str]] | None = None,
+    max_side: int = 1024,
+) -> None:
     """PNG with every input and output, decimated to at most ``max_side`` pixels (inputs lacking bands are shown
     with the filled bands at their mean)."""
     from terratim.data.geotiff import read_geotiff

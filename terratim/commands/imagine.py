@@ -23,10 +23,16 @@ from terratim.generation.settings import add_cli_arguments, from_cli
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_modality_paths(parser, "--input", "-i", required=True,
-                       help="input GeoTIFF per modality (square, side a multiple of 16)")  # fmt: skip
-    parser.add_argument("--tim", "--output", dest="tim", default="LULC",
-                        help="modalities to imagine, comma separated, in this order (default LULC)")  # fmt: skip
+    add_modality_paths(
+        parser, "--input", "-i", required=True, help="input GeoTIFF per modality (square, side a multiple of 16)"
+    )
+    parser.add_argument(
+        "--tim",
+        "--output",
+        dest="tim",
+        default="LULC",
+        help="modalities to imagine, comma separated, in this order (default LULC)",
+    )
     parser.add_argument("--model", default="terramind_v1_tiny_tim", help="a *_tim registry model")
     parser.add_argument("--ckpt", help="TerraMind weights (.pt official layout or .safetensors)")
     parser.add_argument("--pretrained", action="store_true", help="official weights from the Hugging Face hub")
@@ -36,8 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_cli_arguments(parser, temperature=0.0)
     parser.add_argument("--steps", type=int, default=10, help="diffusion steps for continuous modalities")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
-                        help="fp32 (default), bf16 (autocast), auto (bf16 where the CPU has it natively)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="fp32 (default), bf16 (autocast), auto (bf16 where the CPU has it natively)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -71,8 +81,10 @@ def build_tokenizers(args: argparse.Namespace, names: list[str]) -> dict:
     """Tokenizers to decode ``names``: ``--tokenizer`` files, then (``--pretrained``) the model's own."""
     import terratim
 
-    tokenizers = {name: terratim.build(f"terramind_v1_tokenizer_{name.lower()}", ckpt_path=path)
-                  for name, path in modality_paths(args.tokenizer, "--tokenizer").items()}  # fmt: skip
+    tokenizers = {
+        name: terratim.build(f"terramind_v1_tokenizer_{name.lower()}", ckpt_path=path)
+        for name, path in modality_paths(args.tokenizer, "--tokenizer").items()
+    }
     missing = [n for n in names if n not in tokenizers]
     if missing and not args.pretrained:
         raise SystemExit(f"no tokenizer for {missing}: pass --pretrained or --tokenizer {missing[0]}=PATH")
@@ -127,17 +139,25 @@ def imagine(args: argparse.Namespace, files: dict[str, Path], targets: dict[str,
 
     layout = band_layout(args, list(files))
     rasters = read_inputs(files, layout)
-    model: Any = terratim.build(args.model, modalities=list(files), tim_modalities=list(targets),
-                                tim_settings=from_cli(args, timesteps=args.steps), pretrained=args.pretrained,
-                                ckpt_path=args.ckpt, **band_options(args, layout)).eval()  # fmt: skip
+    model: Any = terratim.build(
+        args.model,
+        modalities=list(files),
+        tim_modalities=list(targets),
+        tim_settings=from_cli(args, timesteps=args.steps),
+        pretrained=args.pretrained,
+        ckpt_path=args.ckpt,
+        **band_options(args, layout),
+    ).eval()
     tokenizers = build_tokenizers(args, list(targets))
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad(), precision_context(args.precision, "cpu"):
         ids = model.imagine(input_tensors(rasters, layout), generator, outputs=list(targets))
         images = decode_tokens(ids, tokenizers, timesteps=args.steps, generator=generator)
     profile = next(iter(rasters.values())).profile
-    panels = [(f"input {n}", n, resolve(n).fill_bands(r.data, layout[n], standardized=False) if n in layout
-               else r.data) for n, r in rasters.items()]  # fmt: skip
+    panels = [
+        (f"input {n}", n, resolve(n).fill_bands(r.data, layout[n], standardized=False) if n in layout else r.data)
+        for n, r in rasters.items()
+    ]
     for name, path in targets.items():
         image = images[name][0].float().numpy()
         modality = resolve(name)

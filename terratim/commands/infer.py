@@ -33,8 +33,13 @@ DEFAULT_CHIP = 224
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_modality_paths(parser, "--input", "-i", required=True,
-                       help="a co-registered input GeoTIFF/COG per modality (repeat for several)")  # fmt: skip
+    add_modality_paths(
+        parser,
+        "--input",
+        "-i",
+        required=True,
+        help="a co-registered input GeoTIFF/COG per modality (repeat for several)",
+    )
     parser.add_argument(
         "--out",
         "-o",
@@ -43,16 +48,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output GeoTIFF (.parquet for --embeddings chip); several outputs get _<NAME>",
     )
     source = parser.add_argument_group("model (a fine-tuned task, or a registry model)")
-    config_help = ("optional: the `terratim fit` config of the task model; every value it gives must match --ckpt. "
-                   "Needed only for checkpoints from a terratim that did not store the task and its data "
-                   "statistics in the checkpoint")  # fmt: skip
-    ckpt_help = ("the task model's Lightning checkpoint; it wins for the model (model_args, modalities, class "
-                 "names): a config that disagrees with it or has an unknown key is refused")  # fmt: skip
+    config_help = (
+        "optional: the `terratim fit` config of the task model; every value it gives must match --ckpt. "
+        "Needed only for checkpoints from a terratim that did not store the task and its data "
+        "statistics in the checkpoint"
+    )
+    ckpt_help = (
+        "the task model's Lightning checkpoint; it wins for the model (model_args, modalities, class "
+        "names): a config that disagrees with it or has an unknown key is refused"
+    )
     source.add_argument("-c", "--config", type=Path, help=config_help)
     source.add_argument("--ckpt", type=Path, help=ckpt_help)
     source.add_argument("--model", help="a registry model: *_generate for generation, a backbone for embeddings")
-    source.add_argument("--onnx", type=Path,
-                        help="a model from `terratim export`, run with onnxruntime (no -c/--ckpt/--model)")  # fmt: skip
+    source.add_argument(
+        "--onnx", type=Path, help="a model from `terratim export`, run with onnxruntime (no -c/--ckpt/--model)"
+    )
     source.add_argument("--outputs", nargs="+", help="modalities to generate (with a *_generate model)")
     source.add_argument("--pretrained", action="store_true", help="load the official weights of --model")
     source.add_argument("--model-ckpt", type=Path, help="local weights for --model (.pt or .safetensors)")
@@ -66,8 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_band_arguments(source)
     add_cli_arguments(parser.add_argument_group("generation (with a *_generate --model)"))
     tiles = parser.add_argument_group("tiling")
-    tiles.add_argument("--chip", type=int, default=DEFAULT_CHIP,
-                       help="chip side in pixels (default 224; an --onnx model's tile size)")  # fmt: skip
+    tiles.add_argument(
+        "--chip", type=int, default=DEFAULT_CHIP, help="chip side in pixels (default 224; an --onnx model's tile size)"
+    )
     tiles.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring chips (default 32)")
     tiles.add_argument("--delta", type=int, default=8, help="margin cropped off each chip output (default 8)")
     tiles.add_argument("--batch-size", type=int, default=16, help="chips per forward pass (default 16)")
@@ -77,19 +88,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="cosine",
         help="raised-cosine weights (reference, default) or plain averaging",
     )
-    tiles.add_argument("--panel", type=int, default=2048,
-                       help="columns done at a time; memory grows with it, not with the scene (0 = all)")  # fmt: skip
-    source.add_argument("--tim-sampling", action="store_true",
-                        help="a TiM task imagines with its trained sampling settings (random), not the most "
-                             "likely tokens in one pass (default: the same map every run, as --onnx)")  # fmt: skip
+    tiles.add_argument(
+        "--panel",
+        type=int,
+        default=2048,
+        help="columns done at a time; memory grows with it, not with the scene (0 = all)",
+    )
+    source.add_argument(
+        "--tim-sampling",
+        action="store_true",
+        help="a TiM task imagines with its trained sampling settings (random), not the most "
+        "likely tokens in one pass (default: the same map every run, as --onnx)",
+    )
     output = parser.add_argument_group("output")
     output.add_argument("--confidence", action="store_true", help="add a confidence band (percent) to class maps")
     output.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
     output.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     output.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
-                        help="fp32 (default), bf16 (autocast), auto (bf16 where the device has it natively)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="fp32 (default), bf16 (autocast), auto (bf16 where the device has it natively)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
 
@@ -119,8 +141,15 @@ class ProgressReport:
         if not quiet and sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-            self.bar = Progress("chips", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), "ETA",
-                                TimeRemainingColumn(), transient=False)  # fmt: skip
+            self.bar = Progress(
+                "chips",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                "ETA",
+                TimeRemainingColumn(),
+                transient=False,
+            )
             self.bar.start()
 
     def __call__(self, done: int, total: int) -> None:
@@ -167,8 +196,9 @@ def _interrupt_note(args: argparse.Namespace, outputs: list[Path]) -> str:
     for path in kept:
         state = json.loads(progress_path(path).read_text())
         panels = len(state["fingerprint"]["panels"])
-        lines.append(f"  {partial_path(path)}: panel {state['panel'] + 1} of {panels}, rows up to "
-                     f"{state['rows_done']} done")  # fmt: skip
+        lines.append(
+            f"  {partial_path(path)}: panel {state['panel'] + 1} of {panels}, rows up to {state['rows_done']} done"
+        )
     lines += ["Continue (same inputs, model and settings) with:", "  " + resume_command(args)]
     return "\n".join(lines)
 
@@ -214,9 +244,19 @@ def _run(args: argparse.Namespace, outputs: list[Path]) -> int:
     outputs += [head.path for head in predictor.heads]
     progress = ProgressReport(args.quiet)
     try:
-        paths = infer_scene(predict, inputs, predictor.heads, tiling, bands=predictor.bands,
-                            device=torch.device(args.device), fill=predictor.fill, overwrite=args.overwrite,
-                            resume=args.resume, progress=progress, fingerprint=predictor.fingerprint)  # fmt: skip
+        paths = infer_scene(
+            predict,
+            inputs,
+            predictor.heads,
+            tiling,
+            bands=predictor.bands,
+            device=torch.device(args.device),
+            fill=predictor.fill,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            progress=progress,
+            fingerprint=predictor.fingerprint,
+        )
     finally:
         progress.close()
     for path in paths:
@@ -243,17 +283,22 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
     if args.onnx is not None:
         return _onnx_predictor(args, inputs)
     if settings != GenerationSettings() and not (args.model or "").endswith("_generate"):
-        raise ValueError("the generation options (--timesteps, --scheme, --temperature, --top-k, ...) apply only to "
-                         "a *_generate --model")  # fmt: skip
+        raise ValueError(
+            "the generation options (--timesteps, --scheme, --temperature, --top-k, ...) apply only to "
+            "a *_generate --model"
+        )
     if (args.bands or args.fill_missing_bands) and not (args.model or "").endswith("_generate"):
         raise ValueError("--bands and --fill-missing-bands apply only to a *_generate --model")
     if args.config is not None or args.ckpt is not None:
         if args.ckpt is None or args.model is not None:
-            raise ValueError("a task model needs --ckpt (and no --model); -c/--config is optional, needed only for "
-                             "a checkpoint from an older terratim")  # fmt: skip
+            raise ValueError(
+                "a task model needs --ckpt (and no --model); -c/--config is optional, needed only for "
+                "a checkpoint from an older terratim"
+            )
         task, data_args = adapters.load_task_model(args.config, args.ckpt, device)
-        predictor = adapters.task_predictor(task, data_args, args.out, device, args.confidence, args.cog,
-                                            tim_sampling=args.tim_sampling)  # fmt: skip
+        predictor = adapters.task_predictor(
+            task, data_args, args.out, device, args.confidence, args.cog, tim_sampling=args.tim_sampling
+        )
         predictor.fingerprint["weights"] = file_record(args.ckpt, whole=True)
         _check_modalities(inputs, predictor.bands)
         return predictor
@@ -263,20 +308,27 @@ def _predictor(args: argparse.Namespace, inputs: dict[str, Path]):
         if not args.outputs:
             raise ValueError(f"--model {args.model} generates: name what with --outputs (e.g. --outputs LULC)")
         layout = band_layout(args, list(inputs))
-        model = terratim.build(args.model, output_modalities=args.outputs, standardize=True, settings=settings,
-                               **_model_kwargs(args, inputs), **band_options(args, layout)).to(device)  # fmt: skip
+        model = terratim.build(
+            args.model,
+            output_modalities=args.outputs,
+            standardize=True,
+            settings=settings,
+            **_model_kwargs(args, inputs),
+            **band_options(args, layout),
+        ).to(device)
         generator = torch.Generator(device=device).manual_seed(args.seed)
         model = _generation_model(model, args.model).eval()
-        predictor = adapters.generation_predictor(model, args.out, generator, args.confidence, args.cog,
-                                                  args.timesteps)  # fmt: skip
+        predictor = adapters.generation_predictor(model, args.out, generator, args.confidence, args.cog, args.timesteps)
         read_given_bands(predictor, layout)
         predictor.fingerprint["generation"] = dataclasses.asdict(settings)
     elif args.embeddings == "pixel":
         backbone = terratim.build(args.model, **_model_kwargs(args, inputs)).to(device).eval()
         predictor = adapters.embedding_predictor(_backbone(backbone, args.model), args.out, args.cog)
     else:
-        raise ValueError(f"--model {args.model}: use a *_generate model with --outputs, or a backbone with "
-                         "--embeddings pixel|chip; fine-tuned models take -c/--config and --ckpt")  # fmt: skip
+        raise ValueError(
+            f"--model {args.model}: use a *_generate model with --outputs, or a backbone with "
+            "--embeddings pixel|chip; fine-tuned models take -c/--config and --ckpt"
+        )
     predictor.fingerprint.update(model=args.model, seed=args.seed, pretrained=args.pretrained, timesteps=args.timesteps)
     if args.model_ckpt is not None:
         predictor.fingerprint["weights"] = file_record(args.model_ckpt, whole=True)
@@ -291,8 +343,9 @@ def _chip(args: argparse.Namespace) -> int:
 
     tile = read_card(args.onnx).tile_size
     if args.chip not in (tile, DEFAULT_CHIP):
-        raise ValueError(f"--chip {args.chip}: {args.onnx} was exported for {tile} px tiles; leave --chip out or "
-                         f"pass --chip {tile}")  # fmt: skip
+        raise ValueError(
+            f"--chip {args.chip}: {args.onnx} was exported for {tile} px tiles; leave --chip out or pass --chip {tile}"
+        )
     return tile
 
 
@@ -322,8 +375,10 @@ def _with_precision(args: argparse.Namespace, predictor):
 
 def _check_modalities(inputs: dict[str, Path], wanted: dict[str, int]) -> None:
     if set(inputs) != set(wanted):
-        raise ValueError(f"the model takes {sorted(wanted)} (as its checkpoint says), but --input gave "
-                         f"{sorted(inputs)}; pass one --input MODALITY=PATH per modality")  # fmt: skip
+        raise ValueError(
+            f"the model takes {sorted(wanted)} (as its checkpoint says), but --input gave "
+            f"{sorted(inputs)}; pass one --input MODALITY=PATH per modality"
+        )
 
 
 def _chip_embeddings(args: argparse.Namespace, inputs: dict[str, Path], tiling) -> int:
@@ -339,12 +394,17 @@ def _chip_embeddings(args: argparse.Namespace, inputs: dict[str, Path], tiling) 
     backbone = terratim.build(args.model, **_model_kwargs(args, inputs)).to(args.device).eval()
     progress = ProgressReport(args.quiet)
     try:
-        path = export_chip_embeddings(mean_token_embedder(_backbone(backbone, args.model)), dict(inputs), args.out,
-                                      tiling,
-                                      bands={n: mods.resolve(n).num_bands for n in inputs},
-                                      device=torch.device(args.device), overwrite=args.overwrite,
-                                      fill={n: np.asarray(mods.resolve(n).mean, np.float32) for n in inputs},
-                                      progress=progress)  # fmt: skip
+        path = export_chip_embeddings(
+            mean_token_embedder(_backbone(backbone, args.model)),
+            dict(inputs),
+            args.out,
+            tiling,
+            bands={n: mods.resolve(n).num_bands for n in inputs},
+            device=torch.device(args.device),
+            overwrite=args.overwrite,
+            fill={n: np.asarray(mods.resolve(n).mean, np.float32) for n in inputs},
+            progress=progress,
+        )
     finally:
         progress.close()
     print(f"wrote {path}")

@@ -23,8 +23,11 @@ def run(args: argparse.Namespace) -> int:
     print("Models (terratim.build(name, ...)):")
     for name, text in describe_models().items():
         print(f"  {name:<36} {text}")
-    print("\nModalities (names are exact, case-insensitive; aliases: "
-          + ", ".join(f"{a.upper()}={c}" for a, c in mods.ALIASES.items()) + "):")  # fmt: skip
+    print(
+        "\nModalities (names are exact, case-insensitive; aliases: "
+        + ", ".join(f"{a.upper()}={c}" for a, c in mods.ALIASES.items())
+        + "):"
+    )
     for m in mods.MODALITIES.values():
         generated = "generatable" if m.token_key else "input only"
         print(f"  {m.name:<7} {m.kind:<8} {m.num_bands:>2} bands  {generated:<11} {m.description}")

@@ -17,15 +17,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="GeoTIFF of that modality (side a multiple of 32)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps (default 10; the reference's 50 for parity)")
-    parser.add_argument("--model", help="registered tokenizer name (default terramind_v1_tokenizer_<mod>); offline, "
-                        "the bundled terramind_sim_micro_tokenizer_{dem,lulc} with --pretrained")
+    parser.add_argument(
+        "--model",
+        help="registered tokenizer name (default terramind_v1_tokenizer_<mod>); offline, "
+        "the bundled terramind_sim_micro_tokenizer_{dem,lulc} with --pretrained",
+    )
     parser.add_argument("--ckpt", help="official TerraMind_Tokenizer_<MOD>.pt or a converted .safetensors")
     parser.add_argument("--pretrained", action="store_true", help="download the official tokenizer from the hub")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
-    parser.add_argument("--no-clip", action="store_true",
-                        help="do not clip predicted x0 to [-1, 1] standardized units (the reference clips, which "
-                             "bounds every output to mean +- 1 std)")  # fmt: skip
+    parser.add_argument(
+        "--no-clip",
+        action="store_true",
+        help="do not clip predicted x0 to [-1, 1] standardized units (the reference clips, which "
+        "bounds every output to mean +- 1 std)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -86,8 +92,10 @@ def _reconstruct(args: argparse.Namespace, modality, data):
         score = f"mean absolute error {float(error.mean()) if error.size else float('nan'):.4g} {modality.units}"
     elapsed = time.perf_counter() - start
     steps = "" if modality.is_categorical else f", {args.steps} DDIM steps"
-    report = (f"{modality.name} tokenizer ({weights}) on {args.device}: {tuple(data.shape)} -> "
-              f"{data.shape[1] // 16}x{data.shape[2] // 16} tokens{steps}, {elapsed:.1f} s; {score}")  # fmt: skip
+    report = (
+        f"{modality.name} tokenizer ({weights}) on {args.device}: {tuple(data.shape)} -> "
+        f"{data.shape[1] // 16}x{data.shape[2] // 16} tokens{steps}, {elapsed:.1f} s; {score}"
+    )
     return recon, report
 
 
@@ -106,5 +114,8 @@ def _write(args: argparse.Namespace, modality, raster, recon, tif, png) -> None:
         caption = f"reconstruction ({args.steps} DDIM steps)"
     pretrained = "bundled weights" if (args.model or "").startswith("terramind_sim_") else "official weights"
     weights = Path(args.ckpt).name if args.ckpt else (pretrained if args.pretrained else "random weights")
-    save_panel(png, [("input", modality.name, raster.data), (caption, modality.name, recon)],
-               title=f"{modality.name} tokenizer: {raster.path.name} ({weights})")  # fmt: skip
+    save_panel(
+        png,
+        [("input", modality.name, raster.data), (caption, modality.name, recon)],
+        title=f"{modality.name} tokenizer: {raster.path.name} ({weights})",
+    )

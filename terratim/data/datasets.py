@@ -181,8 +181,11 @@ def expand_band_list(bands: Sequence[Any], option: str) -> list[BandName]:
     for item in bands:
         if isinstance(item, str | int) and not isinstance(item, bool):
             out.append(item)
-        elif (isinstance(item, Sequence) and len(item) == 2
-              and all(isinstance(v, int) and not isinstance(v, bool) for v in item)):  # fmt: skip
+        elif (
+            isinstance(item, Sequence)
+            and len(item) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in item)
+        ):
             if item[1] < item[0]:
                 raise ValueError(f"{option}: range {list(item)} runs backwards; give [first, last] with first <= last")
             out.extend(range(item[0], item[1] + 1))

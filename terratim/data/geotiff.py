@@ -143,8 +143,14 @@ def write_geotiff(
     if data.ndim == 2:
         data = data[None]
     count, height, width = data.shape
-    profile = {"driver": "GTiff", "count": count, "height": height, "width": width, "dtype": data.dtype.name,
-               "compress": "deflate"}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "count": count,
+        "height": height,
+        "width": width,
+        "dtype": data.dtype.name,
+        "compress": "deflate",
+    }
     if height >= 256 and width >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     if like is not None:
@@ -261,8 +267,10 @@ def check_same_grid(sources: dict) -> Grid:
 def no_valid_pixel_error(path: str | os.PathLike, what: str) -> ValueError:
     """The one error for an input whose every pixel is nodata or NaN."""
     label = f"{what} input" if what else "input"
-    return ValueError(f"{label} {path} has no valid pixel: every pixel is nodata or NaN in every band; check the "
-                      "file, its nodata value and the window you cut")  # fmt: skip
+    return ValueError(
+        f"{label} {path} has no valid pixel: every pixel is nodata or NaN in every band; check the "
+        "file, its nodata value and the window you cut"
+    )
 
 
 def _six(transform: Any) -> tuple[float, ...] | None:

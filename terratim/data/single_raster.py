@@ -364,9 +364,13 @@ class SingleRasterDataset(Dataset):
             )
         image = np.where(finite, data, fill).astype(np.float32)
         valid = np.asarray(finite.reshape(-1, *data.shape[-2:]).all(axis=0))  # (H, W)
-        meta: dict[str, Any] = {"sample_id": sample.sample_id, "crs": raster.profile.get("crs"),
-                "transform": raster.profile.get("transform"), "nodata": raster.profile.get("nodata"),
-                "path": str(sample.image)}  # fmt: skip
+        meta: dict[str, Any] = {
+            "sample_id": sample.sample_id,
+            "crs": raster.profile.get("crs"),
+            "transform": raster.profile.get("transform"),
+            "nodata": raster.profile.get("nodata"),
+            "path": str(sample.image),
+        }
         return image, valid, meta
 
     def read_label(self, sample: RasterSample, size: tuple[int, ...]) -> np.ndarray:

@@ -24,12 +24,37 @@ from terratim.datamodules.single_raster import _PixelwiseDataModule
 BAND_NAMES = ("BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2")
 TIME_STEPS = 3
 # Per-band statistics of the dataset's training chips in reflectance x 10000, as TerraTorch publishes them.
-MEANS = {"BLUE": 494.905781, "GREEN": 815.239594, "RED": 924.335066, "NIR_NARROW": 2968.881459,
-         "SWIR_1": 2634.621962, "SWIR_2": 1739.579917}  # fmt: skip
-STDS = {"BLUE": 284.925432, "GREEN": 357.84876, "RED": 575.566823, "NIR_NARROW": 896.601013,
-        "SWIR_1": 951.900334, "SWIR_2": 921.407808}  # fmt: skip
-CLASS_NAMES = ("Natural Vegetation", "Forest", "Corn", "Soybeans", "Wetlands", "Developed / Barren", "Open Water",
-               "Winter Wheat", "Alfalfa", "Fallow / Idle Cropland", "Cotton", "Sorghum", "Other")  # fmt: skip
+MEANS = {
+    "BLUE": 494.905781,
+    "GREEN": 815.239594,
+    "RED": 924.335066,
+    "NIR_NARROW": 2968.881459,
+    "SWIR_1": 2634.621962,
+    "SWIR_2": 1739.579917,
+}
+STDS = {
+    "BLUE": 284.925432,
+    "GREEN": 357.84876,
+    "RED": 575.566823,
+    "NIR_NARROW": 896.601013,
+    "SWIR_1": 951.900334,
+    "SWIR_2": 921.407808,
+}
+CLASS_NAMES = (
+    "Natural Vegetation",
+    "Forest",
+    "Corn",
+    "Soybeans",
+    "Wetlands",
+    "Developed / Barren",
+    "Open Water",
+    "Winter Wheat",
+    "Alfalfa",
+    "Fallow / Idle Cropland",
+    "Cotton",
+    "Sorghum",
+    "Other",
+)
 FOLDERS = {"train": "training", "val": "validation", "test": "validation", "predict": "validation"}
 
 
@@ -121,7 +146,7 @@ class MultiTemporalCropClassificationDataModule(_PixelwiseDataModule):
                 "val": val_transform,
                 "test": test_transform,
                 "predict": predict_transform,
-            },  # fmt: skip
+            },
             expand_temporal_dimension=expand_temporal_dimension,
             temporal_channel_major=temporal_channel_major and expand_temporal_dimension,
             no_data_replace=no_data_replace,

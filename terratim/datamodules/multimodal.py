@@ -216,8 +216,10 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
         for m, sel in self.band_selections.items():
             placeholders = [b for b in sel.output_bands if not isinstance(b, str)]
             if placeholders and _lookup(means, m) is None:
-                raise ValueError(f"output_bands of {m} include unnamed bands {placeholders}, which have no pretraining "
-                                 f"statistics: give means and stds of {m}")  # fmt: skip
+                raise ValueError(
+                    f"output_bands of {m} include unnamed bands {placeholders}, which have no pretraining "
+                    f"statistics: give means and stds of {m}"
+                )
         self.stats = {m: modality_stats(m, self.bands.get(m), means, stds) for m in self.modalities}
         self.allow_substring_file_names = allow_substring_file_names
         self.no_data_replace, self.no_label_replace = no_data_replace, no_label_replace
@@ -317,7 +319,10 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         wanted: dict[str, tuple[Split, ...]] = {
-            "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("predict",),
         }
         for split in wanted.get(stage, SPLITS) if stage else SPLITS:
             optional = (stage == "fit" and split == "val") or stage is None

@@ -41,8 +41,12 @@ from terratim.data.transforms import build_transforms
 
 Split = Literal["train", "val", "test", "predict"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test", "predict")
-STAGE_SPLITS: dict[str, tuple[Split, ...]] = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
-                                              "predict": ("predict",)}  # fmt: skip
+STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("predict",),
+}
 Bands = list[int | str | list[int]] | None
 
 
@@ -395,18 +399,41 @@ class GenericNonGeoSegmentationDataModule(_PixelwiseDataModule):
         check_stackability: bool = True,
     ) -> None:
         super().__init__(
-            batch_size, num_workers, means, stds, train_data_root, val_data_root, test_data_root, predict_data_root,
-            img_grep, label_grep, train_label_data_root, val_label_data_root, test_label_data_root, train_split,
-            val_split, test_split, predict_split, dataset_bands=dataset_bands, output_bands=output_bands,
-            predict_dataset_bands=predict_dataset_bands, predict_output_bands=predict_output_bands,
-            constant_scale=constant_scale, rgb_indices=rgb_indices,
+            batch_size,
+            num_workers,
+            means,
+            stds,
+            train_data_root,
+            val_data_root,
+            test_data_root,
+            predict_data_root,
+            img_grep,
+            label_grep,
+            train_label_data_root,
+            val_label_data_root,
+            test_label_data_root,
+            train_split,
+            val_split,
+            test_split,
+            predict_split,
+            dataset_bands=dataset_bands,
+            output_bands=output_bands,
+            predict_dataset_bands=predict_dataset_bands,
+            predict_output_bands=predict_output_bands,
+            constant_scale=constant_scale,
+            rgb_indices=rgb_indices,
             transforms=_split_transforms(train_transform, val_transform, test_transform, predict_transform),
-            expand_temporal_dimension=expand_temporal_dimension, temporal_channel_major=temporal_channel_major,
-            no_data_replace=no_data_replace, no_label_replace=no_label_replace, reduce_zero_label=reduce_zero_label,
+            expand_temporal_dimension=expand_temporal_dimension,
+            temporal_channel_major=temporal_channel_major,
+            no_data_replace=no_data_replace,
+            no_label_replace=no_label_replace,
+            reduce_zero_label=reduce_zero_label,
             ignore_split_file_extensions=ignore_split_file_extensions,
-            allow_substring_split_file=allow_substring_split_file, drop_last=drop_last, pin_memory=pin_memory,
+            allow_substring_split_file=allow_substring_split_file,
+            drop_last=drop_last,
+            pin_memory=pin_memory,
             check_stackability=check_stackability,
-        )  # fmt: skip
+        )
         if num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
         self.num_classes = num_classes
@@ -462,18 +489,41 @@ class GenericNonGeoPixelwiseRegressionDataModule(_PixelwiseDataModule):
         check_stackability: bool = True,
     ) -> None:
         super().__init__(
-            batch_size, num_workers, means, stds, train_data_root, val_data_root, test_data_root, predict_data_root,
-            img_grep, label_grep, train_label_data_root, val_label_data_root, test_label_data_root, train_split,
-            val_split, test_split, predict_split, dataset_bands=dataset_bands, output_bands=output_bands,
-            predict_dataset_bands=predict_dataset_bands, predict_output_bands=predict_output_bands,
-            constant_scale=constant_scale, rgb_indices=rgb_indices,
+            batch_size,
+            num_workers,
+            means,
+            stds,
+            train_data_root,
+            val_data_root,
+            test_data_root,
+            predict_data_root,
+            img_grep,
+            label_grep,
+            train_label_data_root,
+            val_label_data_root,
+            test_label_data_root,
+            train_split,
+            val_split,
+            test_split,
+            predict_split,
+            dataset_bands=dataset_bands,
+            output_bands=output_bands,
+            predict_dataset_bands=predict_dataset_bands,
+            predict_output_bands=predict_output_bands,
+            constant_scale=constant_scale,
+            rgb_indices=rgb_indices,
             transforms=_split_transforms(train_transform, val_transform, test_transform, predict_transform),
-            expand_temporal_dimension=expand_temporal_dimension, temporal_channel_major=temporal_channel_major,
-            no_data_replace=no_data_replace, no_label_replace=no_label_replace, reduce_zero_label=reduce_zero_label,
+            expand_temporal_dimension=expand_temporal_dimension,
+            temporal_channel_major=temporal_channel_major,
+            no_data_replace=no_data_replace,
+            no_label_replace=no_label_replace,
+            reduce_zero_label=reduce_zero_label,
             ignore_split_file_extensions=ignore_split_file_extensions,
-            allow_substring_split_file=allow_substring_split_file, drop_last=drop_last, pin_memory=pin_memory,
+            allow_substring_split_file=allow_substring_split_file,
+            drop_last=drop_last,
+            pin_memory=pin_memory,
             check_stackability=check_stackability,
-        )  # fmt: skip
+        )
 
 
 class GenericNonGeoClassificationDataModule(SingleRasterDataModule):
@@ -524,15 +574,28 @@ class GenericNonGeoClassificationDataModule(SingleRasterDataModule):
         roots = {"train": train_data_root, "val": val_data_root, "test": test_data_root, "predict": predict_data_root}
         splits = {"train": train_split, "val": val_split, "test": test_split, "predict": predict_split}
         super().__init__(
-            batch_size, num_workers, means, stds, roots, splits, dataset_bands=dataset_bands,
-            output_bands=output_bands, predict_dataset_bands=predict_dataset_bands,
-            predict_output_bands=predict_output_bands, constant_scale=constant_scale, rgb_indices=rgb_indices,
+            batch_size,
+            num_workers,
+            means,
+            stds,
+            roots,
+            splits,
+            dataset_bands=dataset_bands,
+            output_bands=output_bands,
+            predict_dataset_bands=predict_dataset_bands,
+            predict_output_bands=predict_output_bands,
+            constant_scale=constant_scale,
+            rgb_indices=rgb_indices,
             transforms=_split_transforms(train_transform, val_transform, test_transform, predict_transform),
-            expand_temporal_dimension=expand_temporal_dimension, temporal_channel_major=temporal_channel_major,
-            no_data_replace=no_data_replace, ignore_split_file_extensions=ignore_split_file_extensions,
-            allow_substring_split_file=allow_substring_split_file, drop_last=drop_last, pin_memory=pin_memory,
+            expand_temporal_dimension=expand_temporal_dimension,
+            temporal_channel_major=temporal_channel_major,
+            no_data_replace=no_data_replace,
+            ignore_split_file_extensions=ignore_split_file_extensions,
+            allow_substring_split_file=allow_substring_split_file,
+            drop_last=drop_last,
+            pin_memory=pin_memory,
             check_stackability=check_stackability,
-        )  # fmt: skip
+        )
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2 for classification, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:

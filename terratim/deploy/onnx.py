@@ -31,9 +31,21 @@ from terratim import modalities as mods
 
 OPSET = 18
 FORMAT = "1"  # of the metadata layout below
-METADATA_KEYS = ("terratim_format", "terratim_version", "task", "inputs", "class_names", "class_colors",
-                 "tile_size", "patch_size", "opset", "standardization", "tim", "quantization",
-                 "output")  # fmt: skip
+METADATA_KEYS = (
+    "terratim_format",
+    "terratim_version",
+    "task",
+    "inputs",
+    "class_names",
+    "class_colors",
+    "tile_size",
+    "patch_size",
+    "opset",
+    "standardization",
+    "tim",
+    "quantization",
+    "output",
+)
 TASKS = ("segmentation", "regression", "classification")
 IMAGINATION = "argmax, one decoding pass (deterministic)"
 
@@ -70,26 +82,44 @@ class ModelCard:
         """ONNX ``metadata_props``: strings, JSON for structured values."""
         import terratim
 
-        return {"terratim_format": FORMAT, "terratim_version": terratim.__version__, "task": self.task,
-                "inputs": json.dumps([s.to_json() for s in self.inputs]),
-                "class_names": json.dumps(self.class_names), "class_colors": json.dumps(self.class_colors),
-                "tile_size": str(self.tile_size), "patch_size": str(self.patch_size), "opset": str(self.opset),
-                "standardization": "in the graph: inputs are raw units, (x - mean) / std per band",
-                "tim": json.dumps(self.tim), "quantization": self.quantization,
-                "output": _output_text(self.task)}  # fmt: skip
+        return {
+            "terratim_format": FORMAT,
+            "terratim_version": terratim.__version__,
+            "task": self.task,
+            "inputs": json.dumps([s.to_json() for s in self.inputs]),
+            "class_names": json.dumps(self.class_names),
+            "class_colors": json.dumps(self.class_colors),
+            "tile_size": str(self.tile_size),
+            "patch_size": str(self.patch_size),
+            "opset": str(self.opset),
+            "standardization": "in the graph: inputs are raw units, (x - mean) / std per band",
+            "tim": json.dumps(self.tim),
+            "quantization": self.quantization,
+            "output": _output_text(self.task),
+        }
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], path: Path) -> ModelCard:
         if props.get("terratim_format") != FORMAT:
-            raise ValueError(f"{path} has no terratim metadata (metadata_props terratim_format={FORMAT!r} missing); "
-                             "export the model with `terratim export`")  # fmt: skip
+            raise ValueError(
+                f"{path} has no terratim metadata (metadata_props terratim_format={FORMAT!r} missing); "
+                "export the model with `terratim export`"
+            )
         missing = [k for k in METADATA_KEYS if k not in props]
         if missing:
             raise ValueError(f"{path}: terratim metadata is incomplete, missing {missing}; export it again")
         inputs = [InputSpec(**spec) for spec in json.loads(props["inputs"])]
-        return cls(props["task"], inputs, int(props["tile_size"]), int(props["patch_size"]),
-                   json.loads(props["class_names"]), json.loads(props["class_colors"]), int(props["opset"]),
-                   json.loads(props["tim"]), props["quantization"])  # fmt: skip
+        return cls(
+            props["task"],
+            inputs,
+            int(props["tile_size"]),
+            int(props["patch_size"]),
+            json.loads(props["class_names"]),
+            json.loads(props["class_colors"]),
+            int(props["opset"]),
+            json.loads(props["tim"]),
+            props["quantization"],
+        )
 
     @property
     def bands(self) -> dict[str, int]:
@@ -97,9 +127,11 @@ class ModelCard:
 
 
 def _output_text(task: str) -> str:
-    return {"segmentation": "output: logits (B, classes, tile, tile)",
-            "regression": "output: values (B, 1, tile, tile)",
-            "classification": "output: logits (B, classes)"}[task]  # fmt: skip
+    return {
+        "segmentation": "output: logits (B, classes, tile, tile)",
+        "regression": "output: values (B, 1, tile, tile)",
+        "classification": "output: logits (B, classes)",
+    }[task]
 
 
 # ------------------------------------------------------------------------------------------------ the graph
@@ -116,14 +148,14 @@ def keyed_images(net: Any, named: Mapping[str, torch.Tensor]) -> dict[str, torch
     for name, value in net.as_input_dict(named).items():
         key = net.inputs[name][0]
         if not isinstance(net.encoder_embeddings[key], PatchEmbedding):
-            raise ValueError(f"input {name} is a token modality; export supports image inputs (patch embeddings) "
-                             "only")  # fmt: skip
+            raise ValueError(f"input {name} is a token modality; export supports image inputs (patch embeddings) only")
         keyed[key] = value
     return keyed
 
 
-def embed_tokens(net: Any, images: Mapping[str, torch.Tensor], token_ids: Mapping[str, torch.Tensor],
-                 grid: int) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:  # fmt: skip
+def embed_tokens(
+    net: Any, images: Mapping[str, torch.Tensor], token_ids: Mapping[str, torch.Tensor], grid: int
+) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
     """``net.embed`` of image inputs followed by token ids ``{key: (B, N)}`` on a ``grid`` x ``grid`` grid:
     (tokens (B, M, D), position + modality terms (B, M, D), spans). Every input holds ``grid * grid`` tokens;
     span bounds are Python ints counted here (under the tracer ``net.embed``'s own bounds are shape tensors,
@@ -202,8 +234,9 @@ def graph_model(model: Any) -> nn.Module:
 
     if not isinstance(model.backbone, TerraMindBackbone):
         return model
-    return EncoderDecoderModel(TracingBackbone(model.backbone), model.necks, model.decoder, model.head,
-                               model.pixel_wise, model.padding)  # fmt: skip
+    return EncoderDecoderModel(
+        TracingBackbone(model.backbone), model.necks, model.decoder, model.head, model.pixel_wise, model.padding
+    )
 
 
 def check_tim_exportable(backbone: Any) -> dict[str, Any]:
@@ -215,12 +248,19 @@ def check_tim_exportable(backbone: Any) -> dict[str, Any]:
     if sequences:
         raise ValueError(f"TiM modalities {sequences} are sequences; only image TiM modalities can be exported")
     if gen.settings.cfg_scale != 1.0:
-        raise ValueError(f"the TiM backbone uses classifier-free guidance (tim_cfg_scale={gen.settings.cfg_scale}); "
-                         "export supports tim_cfg_scale=1 only")  # fmt: skip
+        raise ValueError(
+            f"the TiM backbone uses classifier-free guidance (tim_cfg_scale={gen.settings.cfg_scale}); "
+            "export supports tim_cfg_scale=1 only"
+        )
     settings = gen.settings
-    return {"modalities": list(backbone.tim_modalities), "imagined": list(gen.outputs), "imagination": IMAGINATION,
-            "chain": bool(settings.chain), "checkpoint_temperature": settings.temperature,
-            "checkpoint_decoding_steps": settings.decoding_steps}  # fmt: skip
+    return {
+        "modalities": list(backbone.tim_modalities),
+        "imagined": list(gen.outputs),
+        "imagination": IMAGINATION,
+        "chain": bool(settings.chain),
+        "checkpoint_temperature": settings.temperature,
+        "checkpoint_decoding_steps": settings.decoding_steps,
+    }
 
 
 class ExportableTask(nn.Module):
@@ -236,8 +276,10 @@ class ExportableTask(nn.Module):
 
     def standardized(self, raw: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """``{name: (B, C, H, W)}`` with ``(x - mean) / std`` per band."""
-        return {n: (x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}")
-                for i, (n, x) in enumerate(zip(self.names, raw))}  # fmt: skip
+        return {
+            n: (x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}")
+            for i, (n, x) in enumerate(zip(self.names, raw))
+        }
 
     def forward(self, *raw: torch.Tensor) -> torch.Tensor:
         out = self.model(self.standardized(raw))
@@ -286,8 +328,14 @@ def sample_inputs(card: ModelCard, batch: int = 1, seed: int = 0) -> list[torch.
 
 
 # ------------------------------------------------------------------------------------------------ export
-def export_task(task: Any, data_args: Mapping[str, Any], out: Path, tile_size: int = 224,
-                opset: int = OPSET, quantize: str | None = None) -> dict[str, Any]:  # fmt: skip
+def export_task(
+    task: Any,
+    data_args: Mapping[str, Any],
+    out: Path,
+    tile_size: int = 224,
+    opset: int = OPSET,
+    quantize: str | None = None,
+) -> dict[str, Any]:
     """Write ``task`` (a loaded fine-tuned task) to ``out`` as ONNX with its metadata; returns a check report.
 
     The report compares onnxruntime with PyTorch on random raw inputs (batch 2): ``max_abs_diff`` of the
@@ -325,9 +373,16 @@ def _trace_to_onnx(wrapper: ExportableTask, card: ModelCard, path: Path, opset: 
     dynamic = {n: {0: "batch"} for n in [*names, "output"]}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about the model's input checks (constant here)
-        torch.onnx.export(wrapper, tuple(sample_inputs(card)), str(path), input_names=names,
-                          output_names=["output"], dynamic_axes=dynamic, opset_version=opset,
-                          dynamo=False)  # fmt: skip
+        torch.onnx.export(
+            wrapper,
+            tuple(sample_inputs(card)),
+            str(path),
+            input_names=names,
+            output_names=["output"],
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            dynamo=False,
+        )
 
 
 def _quantize_int8(source: Path, target: Path) -> None:
@@ -411,14 +466,18 @@ class OnnxModel:
         wanted = self.card.bands
         names = {_canonical(n): n for n in given}
         if set(names) != set(wanted):
-            raise ValueError(f"{self.path.name} takes {sorted(wanted)} (its metadata says), but got {sorted(given)}; "
-                             "pass one --input MODALITY=PATH per modality")  # fmt: skip
+            raise ValueError(
+                f"{self.path.name} takes {sorted(wanted)} (its metadata says), but got {sorted(given)}; "
+                "pass one --input MODALITY=PATH per modality"
+            )
         for name, original in names.items():
             shape = getattr(given[original], "shape", None)
             if shape is not None and (len(shape) != 4 or shape[1] != wanted[name]):
                 bands = ", ".join(self.card.inputs[list(wanted).index(name)].bands)
-                raise ValueError(f"{name}: {self.path.name} expects (B, {wanted[name]}, H, W) with bands {bands}; "
-                                 f"got shape {tuple(shape)}")  # fmt: skip
+                raise ValueError(
+                    f"{name}: {self.path.name} expects (B, {wanted[name]}, H, W) with bands {bands}; "
+                    f"got shape {tuple(shape)}"
+                )
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         self.check_inputs(batch)
@@ -426,8 +485,10 @@ class OnnxModel:
         tile = self.card.tile_size
         first = next(iter(named.values()))
         if tuple(first.shape[-2:]) != (tile, tile):
-            raise ValueError(f"{self.path.name} was exported for {tile} x {tile} tiles; got "
-                             f"{tuple(first.shape[-2:])} (use --chip {tile})")  # fmt: skip
+            raise ValueError(
+                f"{self.path.name} was exported for {tile} x {tile} tiles; got "
+                f"{tuple(first.shape[-2:])} (use --chip {tile})"
+            )
         arrays = [named[s.name].detach().to("cpu", torch.float32).numpy() for s in self.card.inputs]
         return torch.from_numpy(run_session(self.session, self.card, arrays))
 
@@ -440,8 +501,14 @@ def _canonical(name: str) -> str:
         return name
 
 
-def onnx_predictor(path: str | Path, out: Path, device: str | torch.device = "cpu", confidence: bool = False,
-                   cog: bool = False, threads: int | None = None) -> Any:  # fmt: skip
+def onnx_predictor(
+    path: str | Path,
+    out: Path,
+    device: str | torch.device = "cpu",
+    confidence: bool = False,
+    cog: bool = False,
+    threads: int | None = None,
+) -> Any:
     """A :class:`~terratim.inference.adapters.Predictor` running an exported segmentation or regression model."""
     from terratim.inference.adapters import Predictor
     from terratim.inference.fingerprint import file_record
@@ -450,13 +517,16 @@ def onnx_predictor(path: str | Path, out: Path, device: str | torch.device = "cp
     model = OnnxModel(path, device, threads)
     card = model.card
     if card.task == "segmentation":
-        head = Head(out, len(card.class_names), "classes", tuple(card.class_names), tuple(card.class_colors),
-                    confidence, cog)  # fmt: skip
+        head = Head(
+            out, len(card.class_names), "classes", tuple(card.class_names), tuple(card.class_colors), confidence, cog
+        )
     elif card.task == "regression":
         head = Head(out, 1, names=("value",), cog=cog)
     else:
-        raise ValueError(f"{model.path.name} is a {card.task} model: it does not predict pixels; tiled inference "
-                         "needs a segmentation or regression model")  # fmt: skip
+        raise ValueError(
+            f"{model.path.name} is a {card.task} model: it does not predict pixels; tiled inference "
+            "needs a segmentation or regression model"
+        )
     fill = {s.name: np.asarray(s.fill, np.float32) for s in card.inputs}
     fingerprint = {"onnx": file_record(model.path, whole=True), "task": card.task}
     return Predictor(model, [head], card.bands, fill, fingerprint)

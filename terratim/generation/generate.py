@@ -29,8 +29,9 @@ from terratim.registry import register_sizes
 from terratim.weights import load_weights, terramind_state_dict
 
 
-def input_band_fill(inputs: Sequence[str], bands: Mapping[str, Sequence[str]] | None,
-                    fill_missing_bands: str | None) -> dict[str, tuple[str, ...]]:  # fmt: skip
+def input_band_fill(
+    inputs: Sequence[str], bands: Mapping[str, Sequence[str]] | None, fill_missing_bands: str | None
+) -> dict[str, tuple[str, ...]]:
     """``{input modality: bands the input holds}`` for inputs given with fewer (or reordered) pretrained bands.
 
     Without ``fill_missing_bands`` an input lacking pretrained bands raises (the default); with ``"mean"`` the
@@ -39,8 +40,10 @@ def input_band_fill(inputs: Sequence[str], bands: Mapping[str, Sequence[str]] | 
     fill = mods.check_fill_method(fill_missing_bands)
     if not bands:
         if fill is not None:
-            raise ValueError("fill_missing_bands needs bands={modality: [the bands the input holds]}, e.g. "
-                             "bands={'S2L2A': ['BLUE', 'GREEN', 'RED', 'NIR_NARROW', 'SWIR_1', 'SWIR_2']}")  # fmt: skip
+            raise ValueError(
+                "fill_missing_bands needs bands={modality: [the bands the input holds]}, e.g. "
+                "bands={'S2L2A': ['BLUE', 'GREEN', 'RED', 'NIR_NARROW', 'SWIR_1', 'SWIR_2']}"
+            )
         return {}
     if not isinstance(bands, Mapping):
         raise TypeError(f"bands must be a dict {{modality: [band names]}}, got {type(bands).__name__}")
@@ -54,9 +57,11 @@ def input_band_fill(inputs: Sequence[str], bands: Mapping[str, Sequence[str]] | 
             raise ValueError(f"bands: {modality.name} is not a raw image modality; bands apply to {names}")
         missing = modality.missing_bands(given)  # a band the modality lacks raises, naming its bands
         if missing and fill is None:
-            raise ValueError(f"{modality.name}: pretrained bands {list(missing)} are missing and generation needs "
-                             "every pretrained band; pass fill_missing_bands='mean' to fill them with their "
-                             "pretraining mean (results degrade)")  # fmt: skip
+            raise ValueError(
+                f"{modality.name}: pretrained bands {list(missing)} are missing and generation needs "
+                "every pretrained band; pass fill_missing_bands='mean' to fill them with their "
+                "pretraining mean (results degrade)"
+            )
         mods.warn_filled_bands(modality.name, missing)
         layout[modality.name] = tuple(given)
     return layout
@@ -73,8 +78,10 @@ def output_keys(output_modalities: Sequence[str], inputs: Mapping[str, tuple[str
         key = mods.token_key(name)
         canonical = mods.resolve(name).name
         if key in input_keys or canonical in input_modalities:
-            raise ValueError(f"{canonical} is both an input and an output; it is already given, remove it from "
-                             "output_modalities (or from modalities)")  # fmt: skip
+            raise ValueError(
+                f"{canonical} is both an input and an output; it is already given, remove it from "
+                "output_modalities (or from modalities)"
+            )
         outputs[canonical] = key
     return outputs
 
@@ -169,8 +176,10 @@ class TerraMindGenerate(nn.Module):
             except (KeyError, TypeError):
                 raise ValueError(f"unknown output {name!r}; this model generates {available}") from None
             if canonical not in self.outputs:
-                raise ValueError(f"{canonical} is not an output of this model; available outputs: {available} "
-                                 "(build with output_modalities=[...] to generate others)")  # fmt: skip
+                raise ValueError(
+                    f"{canonical} is not an output of this model; available outputs: {available} "
+                    "(build with output_modalities=[...] to generate others)"
+                )
             if canonical in chosen:
                 raise ValueError(f"output {canonical} is named twice; available outputs: {available}")
             chosen[canonical] = self.outputs[canonical]
@@ -184,23 +193,28 @@ class TerraMindGenerate(nn.Module):
             records.append(Target(key, 4 if sequence else num_image_tokens, self.settings, sequence))
         return records
 
-    def _prepared(self, x: Mapping[str, torch.Tensor] | torch.Tensor,
-                  standardize: bool | None) -> dict[str, torch.Tensor]:  # fmt: skip
+    def _prepared(
+        self, x: Mapping[str, torch.Tensor] | torch.Tensor, standardize: bool | None
+    ) -> dict[str, torch.Tensor]:
         named = self.network.as_input_dict(x)
         unknown = [n for n in named if n not in self.user_inputs]
         if unknown:
             raise KeyError(f"{unknown} are not inputs of this model; it takes {self.user_inputs}")
         for name, given in self.input_bands.items():
             if name in named and (named[name].dim() < 3 or named[name].shape[-3] != len(given)):
-                raise ValueError(f"{name}: this model takes the {len(given)} bands {', '.join(given)} (the other "
-                                 f"pretrained bands are filled), got shape {tuple(named[name].shape)}")  # fmt: skip
+                raise ValueError(
+                    f"{name}: this model takes the {len(given)} bands {', '.join(given)} (the other "
+                    f"pretrained bands are filled), got shape {tuple(named[name].shape)}"
+                )
         if self.standardize if standardize is None else standardize:
             named = self._standardize_inputs(named)
         named = self._fill_bands(named)
         for name, value in named.items():
             if value.dim() == 4 and value.shape[-1] != value.shape[-2]:
-                raise ValueError(f"{name}: generation needs square inputs, got {tuple(value.shape[-2:])}; "
-                                 "use tiled generation (terratim generate) for other shapes")  # fmt: skip
+                raise ValueError(
+                    f"{name}: generation needs square inputs, got {tuple(value.shape[-2:])}; "
+                    "use tiled generation (terratim generate) for other shapes"
+                )
         return self.network.keyed_inputs(named)
 
     @torch.no_grad()
@@ -252,8 +266,14 @@ class TerraMindGenerate(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Token ids -> pixels: LULC logits (B, 10, H, W), continuous modalities (B, C, H, W), coords (B, 2)."""
         physical = self.standardize if standardize is None else standardize
-        return decode_tokens(tokens, dict(self.tokenizers), timesteps or self.settings.timesteps,
-                             generator, physical_units=physical, offset=self.offset)  # fmt: skip
+        return decode_tokens(
+            tokens,
+            dict(self.tokenizers),
+            timesteps or self.settings.timesteps,
+            generator,
+            physical_units=physical,
+            offset=self.offset,
+        )
 
     def forward(
         self,
@@ -296,9 +316,11 @@ def decode_tokens(
     for name, ids in tokens.items():
         modality = mods.resolve(name)
         if modality.name not in tokenizers:
-            raise ValueError(f"no {modality.name} tokenizer to decode its tokens; pass tokenizers={{'{modality.name}':"
-                             f" terratim.build('terramind_v1_tokenizer_{modality.name.lower()}', ...)}} "
-                             "or build with pretrained=True")  # fmt: skip
+            raise ValueError(
+                f"no {modality.name} tokenizer to decode its tokens; pass tokenizers={{'{modality.name}':"
+                f" terratim.build('terramind_v1_tokenizer_{modality.name.lower()}', ...)}} "
+                "or build with pretrained=True"
+            )
         tokenizer: Any = tokenizers[modality.name]
         if modality.kind == "sequence":
             out[modality.name] = tokenizer.decode(ids)
@@ -325,8 +347,9 @@ def build_tokenizers(names: Sequence[str], pretrained: bool, decoder: bool = Tru
 
                 tokenizers[modality.name] = CoordsTokenizer.pretrained()
         elif modality.tokenizer_file is not None:
-            tokenizers[modality.name] = build(f"terramind_v1_tokenizer_{modality.name.lower()}",
-                                              pretrained=pretrained, decoder=decoder)  # fmt: skip
+            tokenizers[modality.name] = build(
+                f"terramind_v1_tokenizer_{modality.name.lower()}", pretrained=pretrained, decoder=decoder
+            )
     return tokenizers
 
 
@@ -362,8 +385,9 @@ def build_generate(
     config = size_config(size).with_(img_size=img_size)
     inputs = parse_modalities(modalities)
     outputs = output_keys(output_modalities, inputs)
-    network = TerraMindBackbone(config, modalities, merge_method=None, token_inputs=outputs,
-                                decoder_keys=list(outputs.values()))  # fmt: skip
+    network = TerraMindBackbone(
+        config, modalities, merge_method=None, token_inputs=outputs, decoder_keys=list(outputs.values())
+    )
     loaded = terramind_state_dict(size, pretrained, ckpt_path)
     if loaded is not None:
         load_weights(network, network, *loaded)
@@ -380,5 +404,8 @@ def build_generate(
     return TerraMindGenerate(network, outputs, settings, standardize, offset, output_tokenizers, input_bands)
 
 
-register_sizes("terramind_v1_{size}_generate", build_generate,
-               "TerraMind v1 {size} any-to-any generation (encoder-decoder + tokenizers).")
+register_sizes(
+    "terramind_v1_{size}_generate",
+    build_generate,
+    "TerraMind v1 {size} any-to-any generation (encoder-decoder + tokenizers).",
+)

@@ -97,8 +97,11 @@ class Sampler:
         for span in spans:
             seen = visible.get(span.key)
             hidden = ~seen.decoded if seen is not None and span.key not in inputs else None
-            masks.append(hidden if hidden is not None else torch.zeros(x.shape[0], span.stop - span.start,
-                                                                        dtype=torch.bool, device=x.device))
+            masks.append(
+                hidden
+                if hidden is not None
+                else torch.zeros(x.shape[0], span.stop - span.start, dtype=torch.bool, device=x.device)
+            )
         mask = torch.cat(masks, dim=1) if masks else None  # (B, N), True = hidden
         bias = key_padding_bias(mask, x.dtype) if mask is not None and bool(mask.any()) else None
         encoded = net.run_encoder(x + emb, bias, all_layers=False)[0]
@@ -120,8 +123,16 @@ class Sampler:
             logits = uncond + cfg_scale * (logits - uncond)
         return logits  # (B, n, V)
 
-    def roar_step(self, target: Target, state: TargetState, count: int, temperature: float, ctx, bias,
-                  generator: torch.Generator | None) -> None:  # fmt: skip
+    def roar_step(
+        self,
+        target: Target,
+        state: TargetState,
+        count: int,
+        temperature: float,
+        ctx,
+        bias,
+        generator: torch.Generator | None,
+    ) -> None:
         """Decode ``count`` random not-yet-decoded positions (one random order shared by the batch)."""
         remaining = (~state.decoded[0]).nonzero()[:, 0]  # (R,)
         order = remaining[torch.randperm(len(remaining), generator=generator).to(remaining.device)]
@@ -135,8 +146,16 @@ class Sampler:
         state.orders.append(positions)
         self._record(state, logits, positions.expand(batch, -1))
 
-    def maskgit_step(self, target: Target, state: TargetState, count: int, temperature: float, ctx, bias,
-                     generator: torch.Generator | None) -> None:  # fmt: skip
+    def maskgit_step(
+        self,
+        target: Target,
+        state: TargetState,
+        count: int,
+        temperature: float,
+        ctx,
+        bias,
+        generator: torch.Generator | None,
+    ) -> None:
         """Sample every remaining position; keep the ``count`` most confident per sample."""
         batch = state.ids.shape[0]
         remaining = (~state.decoded).nonzero()[:, 1].view(batch, -1)  # (B, R), same R for all rows
@@ -210,8 +229,9 @@ class Sampler:
             finished[target.key] = state
         return finished
 
-    def _decode_image(self, target: Target, state: TargetState, inputs, conditions,
-                      generator: torch.Generator | None) -> None:  # fmt: skip
+    def _decode_image(
+        self, target: Target, state: TargetState, inputs, conditions, generator: torch.Generator | None
+    ) -> None:
         counts = target.counts()
         temps = temperature_schedule(target.settings.temperature_schedule, target.settings.temperature, counts)
         step = self.roar_step if target.scheme == "roar" else self.maskgit_step

@@ -99,16 +99,19 @@ def _integer(name: str, value: Any, low: int) -> None:
 def _check_top_k(value: Any) -> None:
     fraction = isinstance(value, float) and 0 < value < 1
     if not _is_number(value) or value < 0 or not (fraction or float(value).is_integer()):
-        raise ValueError(f"generation option top_k must be an integer >= 0 (0 = off) or a fraction in (0, 1); "
-                         f"got {value!r}")  # fmt: skip
+        raise ValueError(
+            f"generation option top_k must be an integer >= 0 (0 = off) or a fraction in (0, 1); got {value!r}"
+        )
 
 
 def _check_temperature_schedule(value: Any) -> None:
     try:
         temperature_schedule(str(value), 1.0, [1, 1])
     except ValueError:
-        raise ValueError(f"generation option temperature_schedule must be constant, linear or onex:MIN:POWER "
-                         f"(two numbers, e.g. onex:0.5:1); got {value!r}") from None  # fmt: skip
+        raise ValueError(
+            f"generation option temperature_schedule must be constant, linear or onex:MIN:POWER "
+            f"(two numbers, e.g. onex:0.5:1); got {value!r}"
+        ) from None
 
 
 def _field_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -118,8 +121,7 @@ def _field_options(options: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in options.items():
         field = ALIASES.get(name, name)
         if field in fields:
-            raise TypeError(f"generation options {given_as[field]} and {name} name the same setting; give only "
-                            f"{field}")  # fmt: skip
+            raise TypeError(f"generation options {given_as[field]} and {name} name the same setting; give only {field}")
         fields[field], given_as[field] = value, name
     return fields
 
@@ -175,16 +177,23 @@ def add_cli_arguments(parser: argparse.ArgumentParser | Any, temperature: float 
     add = parser.add_argument
     add("--scheme", choices=IMAGE_SCHEMES, help=f"image token decoding order (default {default.scheme})")
     add("--decoding-steps", type=int, help=f"token decoding steps (default {default.decoding_steps} = one pass)")
-    add("--temperature", type=float, default=temperature,
-        help=f"sampling temperature, 0 = argmax (default {temperature_default})")
+    add(
+        "--temperature",
+        type=float,
+        default=temperature,
+        help=f"sampling temperature, 0 = argmax (default {temperature_default})",
+    )
     add("--top-k", type=_top_k, help="keep the k most likely tokens (0 = off, default; a value < 1 is a fraction)")
     add("--top-p", type=float, help=f"nucleus threshold (0 or 1 = off; default {default.top_p})")
     add("--token-schedule", choices=tuple(TOKEN_SCHEDULES), help="tokens per decoding step (default linear)")
     add("--temperature-schedule", help="temperature per step: constant (default), linear or onex:MIN:POWER")
     add("--cfg-scale", type=float, help="classifier-free guidance scale (default 1 = off)")
-    add("--independent-outputs", action="store_true",
+    add(
+        "--independent-outputs",
+        action="store_true",
         help="generate every output from the inputs alone (default: each output is conditioned on the outputs "
-             "generated before it, as TerraTorch 1.2.13 does)")  # fmt: skip
+        "generated before it, as TerraTorch 1.2.13 does)",
+    )
 
 
 def from_cli(args: argparse.Namespace, timesteps: int | None = None) -> GenerationSettings:

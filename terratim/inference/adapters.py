@@ -34,8 +34,19 @@ if TYPE_CHECKING:
     from terratim.generation.generate import TerraMindGenerate
     from terratim.model.backbone import TerraMindBackbone
 
-DEFAULT_COLORS = ("#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-                  "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
+DEFAULT_COLORS = (
+    "#000000",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 
 @dataclass
@@ -58,9 +69,13 @@ def output_paths(out: Path, names: Sequence[str]) -> dict[str, Path]:
 
 
 def _standardizer(stats: Mapping[str, tuple[np.ndarray, np.ndarray]], device: torch.device):
-    tables = {m: (torch.as_tensor(mean, dtype=torch.float32, device=device),
-                  torch.as_tensor(std, dtype=torch.float32, device=device))
-              for m, (mean, std) in stats.items()}  # fmt: skip
+    tables = {
+        m: (
+            torch.as_tensor(mean, dtype=torch.float32, device=device),
+            torch.as_tensor(std, dtype=torch.float32, device=device),
+        )
+        for m, (mean, std) in stats.items()
+    }
 
     def standardize(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {m: mods.normalize(x, *tables[m], m) if m in tables else x for m, x in batch.items()}
@@ -69,9 +84,14 @@ def _standardizer(stats: Mapping[str, tuple[np.ndarray, np.ndarray]], device: to
 
 
 # ------------------------------------------------------------------------------------------------ generation
-def generation_predictor(model: TerraMindGenerate, out: Path, generator: torch.Generator | None = None,
-                         confidence: bool = False, cog: bool = False,
-                         timesteps: int | None = None) -> Predictor:  # fmt: skip
+def generation_predictor(
+    model: TerraMindGenerate,
+    out: Path,
+    generator: torch.Generator | None = None,
+    confidence: bool = False,
+    cog: bool = False,
+    timesteps: int | None = None,
+) -> Predictor:
     """Adapter for a ``terramind_v1_*_generate`` model (raw-unit inputs; standardized inside).
 
     Args:
@@ -91,8 +111,17 @@ def generation_predictor(model: TerraMindGenerate, out: Path, generator: torch.G
     for name in outputs:
         modality = mods.resolve(name)
         if modality.is_categorical:
-            heads.append(Head(paths[name], len(modality.classes), confidence=confidence, cog=cog, kind="classes",
-                              names=modality.classes, colors=modality.colors))  # fmt: skip
+            heads.append(
+                Head(
+                    paths[name],
+                    len(modality.classes),
+                    confidence=confidence,
+                    cog=cog,
+                    kind="classes",
+                    names=modality.classes,
+                    colors=modality.colors,
+                )
+            )
         else:
             heads.append(Head(paths[name], modality.num_bands, names=modality.bands, cog=cog))
 
@@ -140,16 +169,29 @@ def _load_checkpoint(path: Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors vary by torch version
-        raise ValueError(f"{path} is not a Lightning checkpoint that loads without running pickled code: "
-                         f"{err}") from err  # fmt: skip
+        raise ValueError(
+            f"{path} is not a Lightning checkpoint that loads without running pickled code: {err}"
+        ) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path} has no 'state_dict'; pass the checkpoint written by `terratim fit`")
     return checkpoint
 
 
 # Task arguments that shape training only: not compared with the checkpoint (their names are still checked).
-TRAINING_ONLY = {"loss", "ignore_index", "class_weights", "freeze_backbone", "freeze_decoder", "freeze_head", "lr",
-                 "optimizer", "optimizer_hparams", "scheduler", "scheduler_hparams", "plot_on_val"}  # fmt: skip
+TRAINING_ONLY = {
+    "loss",
+    "ignore_index",
+    "class_weights",
+    "freeze_backbone",
+    "freeze_decoder",
+    "freeze_head",
+    "lr",
+    "optimizer",
+    "optimizer_hparams",
+    "scheduler",
+    "scheduler_hparams",
+    "plot_on_val",
+}
 # model_args naming where the backbone's starting weights came from: the checkpoint's weights replace them.
 WEIGHT_SOURCES = {"backbone_pretrained", "backbone_ckpt_path"}
 
@@ -197,19 +239,27 @@ def _show(value: Any) -> str:
 def _model_mismatches(config_args: Mapping[str, Any], saved: Mapping[str, Any], task_class: type) -> list[str]:
     """How the config's ``model.init_args`` disagrees with the checkpoint's saved hyper-parameters."""
     where = "model.init_args"
-    problems = _unknown_keys(config_args, _accepted(task_class) or set(config_args), where,
-                             f"an argument of {task_class.__name__}")  # fmt: skip
+    problems = _unknown_keys(
+        config_args, _accepted(task_class) or set(config_args), where, f"an argument of {task_class.__name__}"
+    )
     for key in sorted(set(config_args) & set(saved) - TRAINING_ONLY - {"model_args"}):
         if not _same(config_args[key], saved[key]):
-            problems.append(f"{where}.{key} is {_show(config_args[key])} in the config, "
-                            f"{_show(saved[key])} in the checkpoint")  # fmt: skip
+            problems.append(
+                f"{where}.{key} is {_show(config_args[key])} in the config, {_show(saved[key])} in the checkpoint"
+            )
     given, trained = dict(config_args.get("model_args") or {}), dict(saved.get("model_args") or {})
-    problems += _unknown_keys({k: v for k, v in given.items() if k not in WEIGHT_SOURCES},
-                              set(trained), f"{where}.model_args", "in the checkpoint's model_args")  # fmt: skip
+    problems += _unknown_keys(
+        {k: v for k, v in given.items() if k not in WEIGHT_SOURCES},
+        set(trained),
+        f"{where}.model_args",
+        "in the checkpoint's model_args",
+    )
     for key in sorted(set(given) & set(trained) - WEIGHT_SOURCES):
         if not _same(given[key], trained[key]):
-            problems.append(f"{where}.model_args.{key} is {_show(given[key])} in the config, "
-                            f"{_show(trained[key])} in the checkpoint")  # fmt: skip
+            problems.append(
+                f"{where}.model_args.{key} is {_show(given[key])} in the config, "
+                f"{_show(trained[key])} in the checkpoint"
+            )
     return problems
 
 
@@ -223,8 +273,9 @@ def _model_modalities(task: Any) -> list[str] | None:
     return [name for name in inputs if name not in imagined]
 
 
-def _data_args(config: Mapping[str, Any], checkpoint: Mapping[str, Any], task: Any,
-               model_args: Mapping[str, Any]) -> tuple[dict, list[str]]:  # fmt: skip
+def _data_args(
+    config: Mapping[str, Any], checkpoint: Mapping[str, Any], task: Any, model_args: Mapping[str, Any]
+) -> tuple[dict, list[str]]:
     """The data arguments inference uses (modalities from the model, statistics from the checkpoint when it
     saved its data module's hyper-parameters, else from the config) and how the config disagrees with them."""
     section = config.get("data") or {}
@@ -241,22 +292,28 @@ def _data_args(config: Mapping[str, Any], checkpoint: Mapping[str, Any], task: A
     saved = {k: v for k, v in dict(checkpoint.get("datamodule_hyper_parameters") or {}).items() if k[:1] != "_"}
     for key in sorted(set(saved) & {"means", "stds", "bands", "no_data_replace", "modalities"}):
         if key in given and not _same(given[key], saved[key]):
-            problems.append(f"data.init_args.{key} is {_show(given[key])} in the config, {_show(saved[key])} "
-                            "in the checkpoint")  # fmt: skip
+            problems.append(
+                f"data.init_args.{key} is {_show(given[key])} in the config, {_show(saved[key])} in the checkpoint"
+            )
         data[key] = saved[key]
     modalities = _model_modalities(task)
     if modalities is not None:
-        if "modalities" in data and not _same(sorted(mods.resolve(m).name for m in data["modalities"]),
-                                              sorted(modalities)):  # fmt: skip
-            problems.append(f"data.init_args.modalities is {_show(list(data['modalities']))} in the config, but "
-                            f"the checkpoint's model takes {_show(modalities)}")  # fmt: skip
+        if "modalities" in data and not _same(
+            sorted(mods.resolve(m).name for m in data["modalities"]), sorted(modalities)
+        ):
+            problems.append(
+                f"data.init_args.modalities is {_show(list(data['modalities']))} in the config, but "
+                f"the checkpoint's model takes {_show(modalities)}"
+            )
         data["modalities"] = modalities
     trained_bands = model_args.get("backbone_bands") or {}
     for name, bands in (data.get("bands") or {}).items():
         if name in trained_bands and not _same(list(bands), list(trained_bands[name])):
             trained = _show(list(trained_bands[name]))
-            problems.append(f"data.init_args.bands.{name} is {_show(list(bands))} in the config, {trained} in the "
-                            "checkpoint (model_args.backbone_bands)")  # fmt: skip
+            problems.append(
+                f"data.init_args.bands.{name} is {_show(list(bands))} in the config, {trained} in the "
+                "checkpoint (model_args.backbone_bands)"
+            )
     return data, problems
 
 
@@ -280,9 +337,11 @@ def _inference_record(checkpoint: Mapping[str, Any], ckpt_path: Path, needed: bo
     if isinstance(record, Mapping) and record.get("modalities"):
         return dict(record)
     if needed:
-        raise ValueError(f"{ckpt_path} does not carry its modalities and normalization statistics (written by an "
-                         "older terratim, or trained without a data module); pass the `terratim fit` config with "
-                         "-c/--config")  # fmt: skip
+        raise ValueError(
+            f"{ckpt_path} does not carry its modalities and normalization statistics (written by an "
+            "older terratim, or trained without a data module); pass the `terratim fit` config with "
+            "-c/--config"
+        )
     return {}
 
 
@@ -302,8 +361,10 @@ def _statistics_mismatches(data: dict, record: Mapping[str, Any]) -> list[str]:
             data[key] = record[key]
     problems = []
     if data.get("no_data_replace") != record.get("no_data_replace"):
-        problems.append(f"data.init_args.no_data_replace is {_show(data.get('no_data_replace'))} in the config, "
-                        f"{_show(record.get('no_data_replace'))} in the checkpoint")  # fmt: skip
+        problems.append(
+            f"data.init_args.no_data_replace is {_show(data.get('no_data_replace'))} in the config, "
+            f"{_show(record.get('no_data_replace'))} in the checkpoint"
+        )
     for m in record["modalities"]:
         try:
             mean, std = modality_stats(m, (data.get("bands") or {}).get(m), data.get("means"), data.get("stds"))
@@ -313,14 +374,15 @@ def _statistics_mismatches(data: dict, record: Mapping[str, Any]) -> list[str]:
         trained = np.asarray(record["means"][m], np.float32), np.asarray(record["stds"][m], np.float32)
         same = mean.shape == trained[0].shape and np.allclose(mean, trained[0], rtol=1e-6, atol=0)
         if not (same and np.allclose(std, trained[1], rtol=1e-6, atol=0)):
-            problems.append(f"the config standardizes {m} with means {_show(mean.tolist())} and stds "
-                            f"{_show(std.tolist())}, the checkpoint was trained with {_show(record['means'][m])} "
-                            f"and {_show(record['stds'][m])}")  # fmt: skip
+            problems.append(
+                f"the config standardizes {m} with means {_show(mean.tolist())} and stds "
+                f"{_show(std.tolist())}, the checkpoint was trained with {_show(record['means'][m])} "
+                f"and {_show(record['stds'][m])}"
+            )
     return problems
 
 
-def load_task_model(config_path: Path | None, ckpt_path: Path,
-                    device: str | torch.device = "cpu") -> tuple[Any, dict]:  # fmt: skip
+def load_task_model(config_path: Path | None, ckpt_path: Path, device: str | torch.device = "cpu") -> tuple[Any, dict]:
     """The Lightning task from a fine-tuning checkpoint (and optionally its config), without downloading
     backbone weights.
 
@@ -346,8 +408,9 @@ def load_task_model(config_path: Path | None, ckpt_path: Path,
     problems = []
     saved_class = saved.get("_class_path")
     if saved_class and saved_class.rsplit(".", 1)[-1] != task_class.__name__:
-        problems.append(f"model.class_path is {config['model']['class_path']} in the config, {saved_class} in the "
-                        "checkpoint")  # fmt: skip
+        problems.append(
+            f"model.class_path is {config['model']['class_path']} in the config, {saved_class} in the checkpoint"
+        )
     saved = {k: v for k, v in saved.items() if not k.startswith("_")}  # LightningCLI's _class_path etc.
     problems += _model_mismatches(config_args, saved, task_class) if saved else []
     hparams = saved or config_args
@@ -356,19 +419,29 @@ def load_task_model(config_path: Path | None, ckpt_path: Path,
     model_args.pop("backbone_ckpt_path", None)
     if not problems:
         task = task_class(**{**hparams, "model_args": model_args})
-        data, problems = _data_args(config, checkpoint if config_path is not None else {}, task,
-                                    hparams.get("model_args", {}))  # fmt: skip
+        data, problems = _data_args(
+            config, checkpoint if config_path is not None else {}, task, hparams.get("model_args", {})
+        )
         if record and config_path is not None:
             problems += _statistics_mismatches(data, record)
     if problems:
-        raise ValueError(f"{config_path} does not match {ckpt_path} (the checkpoint wins for the model; fix the "
-                         f"config or use the one it was trained with): {'; '.join(problems)}")  # fmt: skip
+        raise ValueError(
+            f"{config_path} does not match {ckpt_path} (the checkpoint wins for the model; fix the "
+            f"config or use the one it was trained with): {'; '.join(problems)}"
+        )
     task.load_state_dict(checkpoint["state_dict"], strict=True)
     return task.eval().to(device), data
 
 
-def task_predictor(task: Any, data_args: Mapping[str, Any], out: Path, device: str | torch.device = "cpu",
-                   confidence: bool = False, cog: bool = False, tim_sampling: bool = False) -> Predictor:  # fmt: skip
+def task_predictor(
+    task: Any,
+    data_args: Mapping[str, Any],
+    out: Path,
+    device: str | torch.device = "cpu",
+    confidence: bool = False,
+    cog: bool = False,
+    tim_sampling: bool = False,
+) -> Predictor:
     """Adapter for a fine-tuned segmentation or regression task (inputs standardized as in training).
 
     Args:
@@ -386,14 +459,15 @@ def task_predictor(task: Any, data_args: Mapping[str, Any], out: Path, device: s
 
     kind = getattr(task, "task", None)
     if kind not in ("segmentation", "regression"):
-        raise ValueError(f"{type(task).__name__} ({kind}) does not predict pixels; tiled inference needs a "
-                         "segmentation or regression task")  # fmt: skip
+        raise ValueError(
+            f"{type(task).__name__} ({kind}) does not predict pixels; tiled inference needs a "
+            "segmentation or regression task"
+        )
     modalities = list(data_args.get("modalities") or [])
     if not modalities:
         raise ValueError("the config's data.init_args has no modalities")
     band_names = data_args.get("bands") or {}
-    stats = {m: modality_stats(m, band_names.get(m), data_args.get("means"), data_args.get("stds"))
-             for m in modalities}  # fmt: skip
+    stats = {m: modality_stats(m, band_names.get(m), data_args.get("means"), data_args.get("stds")) for m in modalities}
     replace = data_args.get("no_data_replace")
     fill = {m: np.full_like(s[0], replace) if replace is not None else s[0] for m, s in stats.items()}
     standardize = _standardizer(stats, torch.device(device))
@@ -460,5 +534,10 @@ def embedding_predictor(backbone: TerraMindBackbone, out: Path, cog: bool = Fals
 
     head = Head(out, dim, names=tuple(f"emb_{i}" for i in range(dim)), cog=cog)
     bands = {n: mods.resolve(n).num_bands for n in inputs}
-    return Predictor(predict, [head], bands, {n: s[0].astype(np.float32) for n, s in stats.items()},
-                     {"backbone": type(backbone).__name__})  # fmt: skip
+    return Predictor(
+        predict,
+        [head],
+        bands,
+        {n: s[0].astype(np.float32) for n, s in stats.items()},
+        {"backbone": type(backbone).__name__},
+    )

@@ -44,12 +44,23 @@ def part_path(path: Path, rank: int, world_size: int) -> Path:
     return path.with_name(f"{path.name}.part{rank}of{world_size}.tif")
 
 
-def infer_scene_distributed(predict: Predict, inputs: dict[str, str | os.PathLike], heads: Sequence[Head],
-                            tiling: TilingConfig = DEFAULT_TILING, *, rank: int, world_size: int,
-                            barrier: Callable[[], None], bands: dict[str, int] | None = None,
-                            device: str | torch.device = "cpu", fill: dict | None = None, overwrite: bool = False,
-                            resume: bool = False, progress: Progress | None = None,
-                            fingerprint: dict | None = None) -> list[Path]:  # fmt: skip
+def infer_scene_distributed(
+    predict: Predict,
+    inputs: dict[str, str | os.PathLike],
+    heads: Sequence[Head],
+    tiling: TilingConfig = DEFAULT_TILING,
+    *,
+    rank: int,
+    world_size: int,
+    barrier: Callable[[], None],
+    bands: dict[str, int] | None = None,
+    device: str | torch.device = "cpu",
+    fill: dict | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: Progress | None = None,
+    fingerprint: dict | None = None,
+) -> list[Path]:
     """Run this rank's share of a scene; rank 0 then assembles one output per head.
 
     Every rank must call this with the same arguments (apart from ``progress``). Arguments as in
@@ -81,8 +92,9 @@ def infer_scene_distributed(predict: Predict, inputs: dict[str, str | os.PathLik
 def _check_part(part: Path, overwrite: bool, resume: bool) -> None:
     leftovers = [p for p in (part, progress_path(part)) if p.exists()]
     if leftovers and not (overwrite or resume):
-        raise FileExistsError(f"an unfinished run left {part}; pass --resume to continue it "
-                              "or --overwrite to start again")  # fmt: skip
+        raise FileExistsError(
+            f"an unfinished run left {part}; pass --resume to continue it or --overwrite to start again"
+        )
     if overwrite and not resume:
         for leftover in leftovers:
             leftover.unlink()

@@ -67,10 +67,18 @@ def mean_token_embedder(backbone: TerraMindBackbone) -> Embed:
     return embed
 
 
-def export_chip_embeddings(embed: Embed, inputs: dict[str, str | os.PathLike], out: str | os.PathLike,
-                           tiling: TilingConfig = DEFAULT_TILING, *, bands: dict[str, int] | None = None,
-                           device: str | torch.device = "cpu", fill: dict | None = None, overwrite: bool = False,
-                           progress: Callable[[int, int], None] | None = None) -> Path:  # fmt: skip
+def export_chip_embeddings(
+    embed: Embed,
+    inputs: dict[str, str | os.PathLike],
+    out: str | os.PathLike,
+    tiling: TilingConfig = DEFAULT_TILING,
+    *,
+    bands: dict[str, int] | None = None,
+    device: str | torch.device = "cpu",
+    fill: dict | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Embed every chip of a scene and write a GeoParquet file.
 
     Columns: ``chip_row``, ``chip_col`` (grid indices), ``row_off``, ``col_off``, ``height``, ``width`` (the
@@ -99,9 +107,14 @@ def export_chip_embeddings(embed: Embed, inputs: dict[str, str | os.PathLike], o
     return out
 
 
-def iter_chip_embeddings(embed: Embed, reader: SceneReader, tiling: TilingConfig = DEFAULT_TILING,
-                         device: str | torch.device = "cpu", fill: dict | None = None,
-                         progress: Callable[[int, int], None] | None = None) -> Iterator[list[dict]]:  # fmt: skip
+def iter_chip_embeddings(
+    embed: Embed,
+    reader: SceneReader,
+    tiling: TilingConfig = DEFAULT_TILING,
+    device: str | torch.device = "cpu",
+    fill: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[list[dict]]:
     """Table rows (see :func:`export_chip_embeddings`), one batch of chips at a time, panel by panel."""
     grid = tiling.grid(reader.info.height, reader.info.width)
     done = 0
@@ -114,8 +127,9 @@ def iter_chip_embeddings(embed: Embed, reader: SceneReader, tiling: TilingConfig
                 progress(done, len(grid))
 
 
-def _embed_chip_row(embed: Embed, reader: SceneReader, grid, r: int, cols: list[tuple[int, int]], batch_size: int,
-                    device, fill: dict) -> Iterator[list[dict]]:  # fmt: skip
+def _embed_chip_row(
+    embed: Embed, reader: SceneReader, grid, r: int, cols: list[tuple[int, int]], batch_size: int, device, fill: dict
+) -> Iterator[list[dict]]:
     """Rows of the table for the chips of chip row ``r`` in columns ``cols``, one batch at a time."""
     if not cols:
         return
@@ -143,8 +157,16 @@ def _row(chip_row: int, chip_col: int, left: int, top: int, size: int, info, vec
     r0, c0 = max(top, 0), max(left, 0)
     r1, c1 = min(top + size, info.height), min(left + size, info.width)
     box = chip_footprint(info.transform, r0, c0, r1, c1)
-    return {"chip_row": chip_row, "chip_col": chip_col, "row_off": r0, "col_off": c0, "height": r1 - r0,
-            "width": c1 - c0, "embedding": vector.tolist(), "geometry": polygon_wkb(*box)}  # fmt: skip
+    return {
+        "chip_row": chip_row,
+        "chip_col": chip_col,
+        "row_off": r0,
+        "col_off": c0,
+        "height": r1 - r0,
+        "width": c1 - c0,
+        "embedding": vector.tolist(),
+        "geometry": polygon_wkb(*box),
+    }
 
 
 def _schema(pa, crs):

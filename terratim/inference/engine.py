@@ -86,9 +86,15 @@ class SceneEngine:
             :func:`~terratim.inference.fingerprint.file_record` of the checkpoint, statistics).
     """
 
-    def __init__(self, predict: Predict, heads: Sequence[Head], tiling: TilingConfig = DEFAULT_TILING,
-                 device: str | torch.device = "cpu", fill: dict[str, float | Sequence[float]] | None = None,
-                 fingerprint: dict | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        predict: Predict,
+        heads: Sequence[Head],
+        tiling: TilingConfig = DEFAULT_TILING,
+        device: str | torch.device = "cpu",
+        fill: dict[str, float | Sequence[float]] | None = None,
+        fingerprint: dict | None = None,
+    ) -> None:
         self.predict, self.heads, self.tiling = predict, list(heads), tiling
         self.device = torch.device(device)
         self.fill = fill or {}
@@ -103,12 +109,24 @@ class SceneEngine:
             inputs = {n: file_record(p) for n, p in reader.paths.items()}
             heads = [[str(h.path), h.channels, h.kind, h.confidence] for h in self.heads]
             fill = {n: np.asarray(v, np.float64).tolist() for n, v in sorted(self.fill.items())}
-            self._fingerprint = {"format": FORMAT, "inputs": inputs, "tiling": asdict(self.tiling), "heads": heads,
-                                 "fill": fill, **self.extra}  # fmt: skip
+            self._fingerprint = {
+                "format": FORMAT,
+                "inputs": inputs,
+                "tiling": asdict(self.tiling),
+                "heads": heads,
+                "fill": fill,
+                **self.extra,
+            }
         return self._fingerprint
 
-    def run(self, reader: SceneReader, resume: bool = False, rows: tuple[int, int] | None = None,
-            targets: Sequence[Path] | None = None, progress: Progress | None = None) -> list[SceneWriter]:  # fmt: skip
+    def run(
+        self,
+        reader: SceneReader,
+        resume: bool = False,
+        rows: tuple[int, int] | None = None,
+        targets: Sequence[Path] | None = None,
+        progress: Progress | None = None,
+    ) -> list[SceneWriter]:
         """Predict output rows ``rows`` (default all) and write them; returns the writers (complete).
 
         The columns are done panel by panel (``tiling.panel`` wide), each panel top to bottom, so memory depends
@@ -128,10 +146,11 @@ class SceneEngine:
         panels = panel_ranges(info.width, self.tiling.panel)
         fingerprint = self.fingerprint(reader)
         writers = [
-            SceneWriter(h.output_band(), info, fingerprint, panels, resume, (start, stop),
-                        targets[i] if targets else None)
+            SceneWriter(
+                h.output_band(), info, fingerprint, panels, resume, (start, stop), targets[i] if targets else None
+            )
             for i, h in enumerate(self.heads)
-        ]  # fmt: skip
+        ]
         todo = []  # (panel, chip rows, chip columns) still to do
         for p, (col0, col1) in enumerate(panels):
             first = min(w.first_row(p) for w in writers)
@@ -151,8 +170,15 @@ class SceneEngine:
 class _Loop:
     """State of one pass over a scene: chips in flight, progress, the blend accumulator of the current panel."""
 
-    def __init__(self, engine: SceneEngine, reader: SceneReader, grid: ChipGrid, writers: list[SceneWriter],
-                 progress: Progress | None, total: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        engine: SceneEngine,
+        reader: SceneReader,
+        grid: ChipGrid,
+        writers: list[SceneWriter],
+        progress: Progress | None,
+        total: int,
+    ) -> None:
         self.engine, self.reader, self.grid, self.writers = engine, reader, grid, writers
         self.progress, self.total, self.done = progress, total, 0
         self.pending: list[_Pending] = []
@@ -217,8 +243,10 @@ class _Loop:
         if not self.pending:
             return
         engine, d, core = self.engine, self.grid.delta, self.grid.core
-        batch = {n: torch.from_numpy(np.stack([p.inputs[n] for p in self.pending])).to(engine.device)
-                 for n in self.pending[0].inputs}  # fmt: skip
+        batch = {
+            n: torch.from_numpy(np.stack([p.inputs[n] for p in self.pending])).to(engine.device)
+            for n in self.pending[0].inputs
+        }
         with torch.inference_mode():
             out = engine.predict(batch)
         expected = (len(self.pending), engine.channels, self.grid.chip, self.grid.chip)
@@ -280,11 +308,20 @@ def rank_rows(height: int, rank: int, world_size: int) -> tuple[int, int]:
     return min(lo * BLOCK, height), min(hi * BLOCK, height)
 
 
-def infer_scene(predict: Predict, inputs: Mapping[str, str | os.PathLike], heads: Sequence[Head],
-                tiling: TilingConfig = DEFAULT_TILING, *, bands: dict[str, int] | None = None,
-                device: str | torch.device = "cpu", fill: dict | None = None, overwrite: bool = False,
-                resume: bool = False, progress: Progress | None = None,
-                fingerprint: dict | None = None) -> list[Path]:  # fmt: skip
+def infer_scene(
+    predict: Predict,
+    inputs: Mapping[str, str | os.PathLike],
+    heads: Sequence[Head],
+    tiling: TilingConfig = DEFAULT_TILING,
+    *,
+    bands: dict[str, int] | None = None,
+    device: str | torch.device = "cpu",
+    fill: dict | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: Progress | None = None,
+    fingerprint: dict | None = None,
+) -> list[Path]:
     """Run a model over a scene and write every head's output (single process).
 
     Args:

@@ -26,8 +26,13 @@ SAMPLE = 16 * 2**10
 CHUNK = 2**20
 
 
-def sampled_digest(path: str | os.PathLike, whole_below: int = WHOLE_BELOW, samples: int = SAMPLES,
-                   sample: int = SAMPLE, edge: int = EDGE) -> str:  # fmt: skip
+def sampled_digest(
+    path: str | os.PathLike,
+    whole_below: int = WHOLE_BELOW,
+    samples: int = SAMPLES,
+    sample: int = SAMPLE,
+    edge: int = EDGE,
+) -> str:
     """SHA-256 of ``path``: the whole file when smaller than ``whole_below``, else its edges and spread samples.
 
     The sampled form hashes the size, the first and last ``edge`` bytes and ``samples`` blocks of ``sample``
@@ -91,8 +96,10 @@ def describe_changes(old: dict, new: dict) -> list[str]:
     """Sentences naming what differs between a recorded fingerprint ``old`` and the current one ``new``."""
     old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
     if old.get("format") != new.get("format"):
-        return [f"the progress file was written by another terratim version (fingerprint format "
-                f"{old.get('format', 1)}, now {new.get('format')}), which did not record input contents"]  # fmt: skip
+        return [
+            f"the progress file was written by another terratim version (fingerprint format "
+            f"{old.get('format', 1)}, now {new.get('format')}), which did not record input contents"
+        ]
     changes = []
     files: dict[tuple[str, ...], str] = {
         ("inputs", n): f"the {n} input" for n in {**old.get("inputs", {}), **new.get("inputs", {})}

@@ -60,8 +60,9 @@ class Head:
             descriptions = ("class",) + (("confidence_percent",) if self.confidence else ())
             tags = {f"CLASS_{i}": name for i, name in enumerate(self.names)}
             colormap = hex_colormap(self.colors) if self.colors else None
-            return OutputBand(self.path, len(descriptions), "uint8", CLASS_NODATA, colormap, descriptions,
-                              self.cog, tags)  # fmt: skip
+            return OutputBand(
+                self.path, len(descriptions), "uint8", CLASS_NODATA, colormap, descriptions, self.cog, tags
+            )
         names = self.names or tuple(f"band_{i + 1}" for i in range(self.channels))
         return OutputBand(self.path, self.channels, "float32", float("nan"), None, names, self.cog)
 

@@ -78,8 +78,10 @@ class SceneReader:
             try:
                 data = ds.read(window=window, masked=True)
             except Exception as err:
-                raise ValueError(f"{name} input {self.paths[name]} could not be read at rows {start}-{stop} "
-                                 f"(corrupt or truncated GeoTIFF?): {err}") from err  # fmt: skip
+                raise ValueError(
+                    f"{name} input {self.paths[name]} could not be read at rows {start}-{stop} "
+                    f"(corrupt or truncated GeoTIFF?): {err}"
+                ) from err
             out[name] = np.ma.filled(data.astype(np.float32), np.nan)
         return out
 
@@ -203,9 +205,16 @@ class SceneWriter:
         target: file to write (default: ``partial_path(spec.path)``).
     """
 
-    def __init__(self, spec: OutputBand, info: SceneInfo, fingerprint: dict,
-                 panels: list[tuple[int, int]] | None = None, resume: bool = False,
-                 rows: tuple[int, int] | None = None, target: Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        spec: OutputBand,
+        info: SceneInfo,
+        fingerprint: dict,
+        panels: list[tuple[int, int]] | None = None,
+        resume: bool = False,
+        rows: tuple[int, int] | None = None,
+        target: Path | None = None,
+    ) -> None:
         self.spec, self.info = spec, info
         self.panels = panels or [(0, info.width)]
         self.start, self.stop = rows if rows is not None else (0, info.height)
@@ -228,13 +237,17 @@ class SceneWriter:
             state = json.loads(self.progress.read_text())
             recorded, panel, rows_done = state["fingerprint"], int(state["panel"]), int(state["rows_done"])
         except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"cannot resume {self.spec.path}: {self.progress} is unreadable ({err}); rerun "
-                             "without --resume and with --overwrite to start again") from err  # fmt: skip
+            raise ValueError(
+                f"cannot resume {self.spec.path}: {self.progress} is unreadable ({err}); rerun "
+                "without --resume and with --overwrite to start again"
+            ) from err
         if recorded != json.loads(json.dumps(self.fingerprint)):
             changes = describe_changes(recorded, self.fingerprint) or ["the recorded settings differ"]
-            raise ValueError(f"cannot resume {self.spec.path}: since the interrupted run, {'; '.join(changes)}. "
-                             f"To start again, rerun without --resume and with --overwrite (this discards "
-                             f"{self.target.name} and {self.progress.name})")  # fmt: skip
+            raise ValueError(
+                f"cannot resume {self.spec.path}: since the interrupted run, {'; '.join(changes)}. "
+                f"To start again, rerun without --resume and with --overwrite (this discards "
+                f"{self.target.name} and {self.progress.name})"
+            )
         return panel, rows_done
 
     def _save_progress(self) -> None:
@@ -246,10 +259,21 @@ class SceneWriter:
     def _create(self) -> None:
         height = self.stop - self.start
         transform = self.info.transform @ Affine.translation(0, self.start) if self.info.transform else None
-        profile = {"driver": "GTiff", "count": self.spec.count, "height": height, "width": self.info.width,
-                   "dtype": self.spec.dtype, "nodata": self.spec.nodata, "compress": "deflate", "tiled": True,
-                   "blockxsize": BLOCK, "blockysize": BLOCK, "BIGTIFF": "IF_SAFER", "crs": self.info.crs,
-                   "transform": transform}  # fmt: skip
+        profile = {
+            "driver": "GTiff",
+            "count": self.spec.count,
+            "height": height,
+            "width": self.info.width,
+            "dtype": self.spec.dtype,
+            "nodata": self.spec.nodata,
+            "compress": "deflate",
+            "tiled": True,
+            "blockxsize": BLOCK,
+            "blockysize": BLOCK,
+            "BIGTIFF": "IF_SAFER",
+            "crs": self.info.crs,
+            "transform": transform,
+        }
         if self.spec.dtype.startswith("float"):
             profile["predictor"] = 3
         self.target.parent.mkdir(parents=True, exist_ok=True)
@@ -328,8 +352,9 @@ def check_output(path: Path, overwrite: bool, resume: bool) -> None:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     if (partial.exists() or progress.exists()) and not (overwrite or resume):
-        raise FileExistsError(f"an unfinished run left {partial}; pass --resume to continue it "
-                              "or --overwrite to start again")  # fmt: skip
+        raise FileExistsError(
+            f"an unfinished run left {partial}; pass --resume to continue it or --overwrite to start again"
+        )
     if overwrite and not resume:
         for leftover in (partial, progress):
             leftover.unlink(missing_ok=True)

@@ -192,8 +192,9 @@ class BlendAccumulator:
         dtype: sum dtype; float64 keeps identity exact.
     """
 
-    def __init__(self, channels: int, width: int, weights: np.ndarray, start_row: int = 0,
-                 dtype: np.dtype | type = np.float64) -> None:  # fmt: skip
+    def __init__(
+        self, channels: int, width: int, weights: np.ndarray, start_row: int = 0, dtype: np.dtype | type = np.float64
+    ) -> None:
         self.channels, self.width, self.weights = channels, width, weights.astype(dtype)
         self.core = weights.shape[0]
         self.base = start_row

@@ -6,6 +6,13 @@ from terratim.layers.norm import layer_norm
 from terratim.layers.position import resize_table, sincos_1d, sincos_2d
 
 __all__ = [
-    "Attention", "CrossAttention", "Mlp", "SwiGLU", "key_padding_bias", "layer_norm", "resize_table",
-    "sincos_1d", "sincos_2d",
-]  # fmt: skip
+    "Attention",
+    "CrossAttention",
+    "Mlp",
+    "SwiGLU",
+    "key_padding_bias",
+    "layer_norm",
+    "resize_table",
+    "sincos_1d",
+    "sincos_2d",
+]

@@ -28,8 +28,12 @@ def fast_path(*modules: nn.Module) -> bool:
     """Whether inference shortcuts may bypass ``modules``' calls: enabled, no autograd, tracing or hooks."""
     if not ENABLED or torch.is_grad_enabled():
         return False
-    if (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or torch.onnx.is_in_onnx_export()):
+    if (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    ):
         return False
     return without_hooks(*modules)
 

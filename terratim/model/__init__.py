@@ -1,0 +1,1 @@
+"""The TerraMind network: size table, embeddings, the encoder-decoder and the backbone."""

@@ -146,9 +146,7 @@ class TerraMindBackbone(TerraMind):
         if x.shape[1] != embedding.num_channels:
             bands = self.band_names.get(name) or self._default_bands(name)
             listed = f" ({', '.join(bands)})" if bands else ""
-            raise ValueError(
-                f"{name}: expected {embedding.num_channels} bands{listed}, got {x.shape[1]} channels"
-            )
+            raise ValueError(f"{name}: expected {embedding.num_channels} bands{listed}, got {x.shape[1]} channels")
         patch = self.config.patch_size
         if x.shape[-2] % patch or x.shape[-1] % patch:
             raise ValueError(
@@ -176,8 +174,9 @@ class TerraMindBackbone(TerraMind):
             )
         if isinstance(embedding, (TokenEmbedding, SequenceEmbedding)):
             if x.numel() and (int(x.min()) < 0 or int(x.max()) >= embedding.vocab_size):
-                raise ValueError(f"{name}: token ids must lie in [0, {embedding.vocab_size}), "
-                                 f"got [{int(x.min())}, {int(x.max())}]")  # fmt: skip
+                raise ValueError(
+                    f"{name}: token ids must lie in [0, {embedding.vocab_size}), got [{int(x.min())}, {int(x.max())}]"
+                )
         return x
 
     def attach_tokenizer(self, name: str, tokenizer: Any) -> None:
@@ -326,8 +325,11 @@ class TerraMindBackbone(TerraMind):
             except ValueError:
                 unknown.append(band)
         if unknown:
-            warnings.warn(f"{name}: bands {unknown} are not pretrained {name} bands "
-                          f"({list(modality.bands)}); their patch weights start untrained", stacklevel=3)  # fmt: skip
+            warnings.warn(
+                f"{name}: bands {unknown} are not pretrained {name} bands "
+                f"({list(modality.bands)}); their patch weights start untrained",
+                stacklevel=3,
+            )
         old.proj = new_proj
         old.num_channels = len(bands)
         self.band_names[name] = tuple(bands)

@@ -67,15 +67,19 @@ class TerraMindConfig:
 
 
 SIZES: dict[str, TerraMindConfig] = {
-    "tiny": TerraMindConfig(dim=192, encoder_depth=12, decoder_depth=4, num_heads=3, mlp_hidden=768,
-                            gated_mlp=False, bias=True),
-    "small": TerraMindConfig(dim=384, encoder_depth=12, decoder_depth=6, num_heads=6, mlp_hidden=1536,
-                             gated_mlp=False, bias=True),
-    "base": TerraMindConfig(dim=768, encoder_depth=12, decoder_depth=12, num_heads=12, mlp_hidden=2048,
-                            gated_mlp=True, bias=False),
-    "large": TerraMindConfig(dim=1024, encoder_depth=24, decoder_depth=24, num_heads=16, mlp_hidden=2730,
-                             gated_mlp=True, bias=False),
-}  # fmt: skip
+    "tiny": TerraMindConfig(
+        dim=192, encoder_depth=12, decoder_depth=4, num_heads=3, mlp_hidden=768, gated_mlp=False, bias=True
+    ),
+    "small": TerraMindConfig(
+        dim=384, encoder_depth=12, decoder_depth=6, num_heads=6, mlp_hidden=1536, gated_mlp=False, bias=True
+    ),
+    "base": TerraMindConfig(
+        dim=768, encoder_depth=12, decoder_depth=12, num_heads=12, mlp_hidden=2048, gated_mlp=True, bias=False
+    ),
+    "large": TerraMindConfig(
+        dim=1024, encoder_depth=24, decoder_depth=24, num_heads=16, mlp_hidden=2730, gated_mlp=True, bias=False
+    ),
+}
 
 
 def size_config(size: str | TerraMindConfig) -> TerraMindConfig:
@@ -112,9 +116,14 @@ class CheckpointConfig:
     version: int = CHECKPOINT_VERSION
 
     def to_dict(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "version": self.version, "size": self.size,
-                "architecture": self.architecture.to_dict(), "modality_keys": list(self.modality_keys),
-                "metadata": dict(self.metadata)}  # fmt: skip
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": self.version,
+            "size": self.size,
+            "architecture": self.architecture.to_dict(),
+            "modality_keys": list(self.modality_keys),
+            "metadata": dict(self.metadata),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "the config") -> CheckpointConfig:
@@ -125,15 +134,27 @@ class CheckpointConfig:
         if data.get("format") == CHECKPOINT_FORMAT:
             version = data.get("version")
             if not isinstance(version, int) or version > CHECKPOINT_VERSION:
-                raise ValueError(f"{source}: config version {version!r} is not one this terratim reads "
-                                 f"(up to {CHECKPOINT_VERSION}); upgrade terratim")  # fmt: skip
-            return cls(TerraMindConfig.from_dict(data["architecture"], source), data.get("size"),
-                       tuple(data.get("modality_keys") or ()), dict(data.get("metadata") or {}))  # fmt: skip
+                raise ValueError(
+                    f"{source}: config version {version!r} is not one this terratim reads "
+                    f"(up to {CHECKPOINT_VERSION}); upgrade terratim"
+                )
+            return cls(
+                TerraMindConfig.from_dict(data["architecture"], source),
+                data.get("size"),
+                tuple(data.get("modality_keys") or ()),
+                dict(data.get("metadata") or {}),
+            )
         if data.get("format") == _CONVERT_V1:
-            return cls(TerraMindConfig.from_dict(data["architecture"], source), data.get("size"),
-                       tuple(data.get("modality_keys") or ()), {"source": data.get("source")})  # fmt: skip
+            return cls(
+                TerraMindConfig.from_dict(data["architecture"], source),
+                data.get("size"),
+                tuple(data.get("modality_keys") or ()),
+                {"source": data.get("source")},
+            )
         if "terramind" in data and "format" not in data:
             metadata = {k: data[k] for k in ("inputs", "targets", "masking") if k in data}
             return cls(TerraMindConfig.from_dict(data["terramind"], source), None, (), metadata)
-        raise ValueError(f"{source} is not a terratim TerraMind config (no 'format': {CHECKPOINT_FORMAT!r}); "
-                         "re-run `terratim convert` on the original .pt to write one")  # fmt: skip
+        raise ValueError(
+            f"{source} is not a terratim TerraMind config (no 'format': {CHECKPOINT_FORMAT!r}); "
+            "re-run `terratim convert` on the original .pt to write one"
+        )

@@ -29,6 +29,7 @@ from terratim.model.embeddings import (
 
 
 def make_mlp(config: TerraMindConfig) -> Mlp | SwiGLU:
+    """The feed-forward layer of a size: GELU MLP (tiny, small) or bias-free SwiGLU (base, large)."""
     if config.gated_mlp:
         return SwiGLU(config.dim, config.mlp_hidden, bias=config.bias)
     return Mlp(config.dim, config.mlp_hidden, bias=config.bias)
@@ -61,8 +62,7 @@ class DecoderBlock(nn.Module):
         self.self_attn = Attention(config.dim, config.num_heads, qkv_bias=config.bias, proj_bias=config.bias)
         self.query_norm = layer_norm(config.dim)
         self.context_norm = layer_norm(config.dim)
-        self.cross_attn = CrossAttention(config.dim, config.num_heads, qkv_bias=config.bias,
-                                         proj_bias=config.bias)  # fmt: skip
+        self.cross_attn = CrossAttention(config.dim, config.num_heads, qkv_bias=config.bias, proj_bias=config.bias)
         self.norm2 = layer_norm(config.dim)
         self.mlp = make_mlp(config)
 
@@ -106,6 +106,7 @@ def encoder_embedding(key: str, config: TerraMindConfig, channels: int | None = 
 
 
 def decoder_embedding(key: str, config: TerraMindConfig) -> nn.Module:
+    """The decoder-side embedding (queries and tied logits) of target domain ``key``."""
     modality = mods.key_modality(key)
     if modality.kind == "sequence":
         return SequenceDecoderEmbedding(modality.vocab_size, config.dim, config.max_sequence_length)

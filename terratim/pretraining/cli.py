@@ -31,10 +31,14 @@ from terratim.tasks.cli import ConfigError, original_error
 
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 # Top-level keys only the earlier flat format has, per command.
-LEGACY_KEYS = {"pretrain": {"tokenizers", "masking", "loss_weighting", "optim", "seed"},
-               "train-tokenizer": {"tokenizer", "optim", "seed"}}  # fmt: skip
-DESCRIPTIONS = {"pretrain": "Masked multimodal pretraining of TerraMind (docs/pretraining.md).",
-                "train-tokenizer": "Train an FSQ-VAE tokenizer (docs/pretraining.md)."}  # fmt: skip
+LEGACY_KEYS = {
+    "pretrain": {"tokenizers", "masking", "loss_weighting", "optim", "seed"},
+    "train-tokenizer": {"tokenizer", "optim", "seed"},
+}
+DESCRIPTIONS = {
+    "pretrain": "Masked multimodal pretraining of TerraMind (docs/pretraining.md).",
+    "train-tokenizer": "Train an FSQ-VAE tokenizer (docs/pretraining.md).",
+}
 LEGACY_NOTICE = {
     "pretrain": "tokenizers, masking, loss_weighting and optim.{lr,weight_decay,warmup_steps} are now model.<key>",
     "train-tokenizer": "tokenizer.modality is now model.modality, the other tokenizer.<key> "
@@ -86,8 +90,9 @@ class PretrainingCLI(LightningCLI):
         return self.output_path
 
 
-def run_training(command: str, model_class: type[pl.LightningModule], argv: list[str],
-                 default_output: str) -> tuple[PretrainingCLI, Path]:  # fmt: skip
+def run_training(
+    command: str, model_class: type[pl.LightningModule], argv: list[str], default_output: str
+) -> tuple[PretrainingCLI, Path]:
     """Parse ``argv`` (the arguments after ``terratim <command>``), train and export; returns the CLI object and
     the weights file written."""
     argv = legacy_arguments(command, argv)
@@ -112,9 +117,16 @@ def trainer_defaults() -> dict[str, Any]:
     """A short run without logger or checkpoints; a progress bar on a terminal, else the loss every
     ``log_every_n_steps`` steps (for logs and CI)."""
     interactive = sys.stdout.isatty()
-    defaults: dict[str, Any] = {"max_steps": 1000, "accelerator": "auto", "devices": 1, "logger": False,
-                                "enable_checkpointing": False, "enable_progress_bar": interactive,
-                                "enable_model_summary": False, "log_every_n_steps": 50}  # fmt: skip
+    defaults: dict[str, Any] = {
+        "max_steps": 1000,
+        "accelerator": "auto",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": interactive,
+        "enable_model_summary": False,
+        "log_every_n_steps": 50,
+    }
     if not interactive:
         defaults["callbacks"] = [PrintLoss()]
     return defaults
@@ -202,9 +214,11 @@ def _converted_if_legacy(command: str, path: str) -> str:
     config = yaml.safe_load(Path(path).read_text())
     if not isinstance(config, dict) or not is_legacy_config(command, config):
         return path
-    print(f"terratim {command}: {path} is in the old flat format, read as the new one: {LEGACY_NOTICE[command]}, "
-          "seed is seed_everything (+ model.seed, data.seed); --print_config prints the converted config",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"terratim {command}: {path} is in the old flat format, read as the new one: {LEGACY_NOTICE[command]}, "
+        "seed is seed_everything (+ model.seed, data.seed); --print_config prints the converted config",
+        file=sys.stderr,
+    )
     return yaml.safe_dump(convert_legacy_config(command, config), sort_keys=False)
 
 
@@ -217,11 +231,13 @@ class PrintLoss(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step, every = trainer.global_step, max(1, int(getattr(trainer, "log_every_n_steps", 50)))
         if step % every == 0 or step == trainer.max_steps:
             loss = trainer.callback_metrics.get("train/loss")
             shown = f"{float(loss):.4f}" if loss is not None else "n/a"
-            print(f"step {step}/{trainer.max_steps} loss {shown} ({time.perf_counter() - self.start:.0f} s)",
-                  flush=True)  # fmt: skip
+            print(
+                f"step {step}/{trainer.max_steps} loss {shown} ({time.perf_counter() - self.start:.0f} s)", flush=True
+            )

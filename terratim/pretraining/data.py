@@ -29,8 +29,9 @@ def to_model_units(name: str, array: np.ndarray) -> torch.Tensor:
         ids = np.nan_to_num(array[0], nan=0.0)
         return torch.from_numpy(ids.astype(np.int64))
     if array.shape[0] != modality.num_bands:
-        raise ValueError(f"{modality.name}: expected {modality.num_bands} bands {list(modality.bands)}, "
-                         f"got {array.shape[0]}")  # fmt: skip
+        raise ValueError(
+            f"{modality.name}: expected {modality.num_bands} bands {list(modality.bands)}, got {array.shape[0]}"
+        )
     z = modality.standardize(array.astype(np.float32))
     return torch.from_numpy(np.nan_to_num(z, nan=0.0))
 
@@ -196,5 +197,11 @@ class PretrainingDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.dataset is None:
             raise RuntimeError("PretrainingDataModule.setup() has not run")
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed))  # fmt: skip
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )

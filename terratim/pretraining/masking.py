@@ -144,8 +144,9 @@ def select_tokens(
         )
     rng = _numpy_rng(generator)
     # Targets first, then inputs among the positions their modality has left: always feasible given the check.
-    out_counts = sample_budgets(batch, len(out_keys), config.target_tokens, np.array(list(target_sizes.values())),
-                                config.alpha, rng)  # fmt: skip
+    out_counts = sample_budgets(
+        batch, len(out_keys), config.target_tokens, np.array(list(target_sizes.values())), config.alpha, rng
+    )
     taken = np.zeros((batch, len(in_keys)), dtype=np.int64)
     for i, key in enumerate(in_keys):
         for j, out_key in enumerate(out_keys):
@@ -160,8 +161,11 @@ def select_tokens(
             size = next(n for k, n in (*input_sizes.items(), *target_sizes.items()) if source[k] == mod)
             perms[mod] = rng.permutation(size)
         input_index.append(_gather_positions(in_keys, input_sizes, in_counts[b], perms, source, None))
-        target_index.append(_gather_positions(out_keys, target_sizes, out_counts[b], perms, source,
-                                              _used(in_keys, in_counts[b], source)))  # fmt: skip
+        target_index.append(
+            _gather_positions(
+                out_keys, target_sizes, out_counts[b], perms, source, _used(in_keys, in_counts[b], source)
+            )
+        )
     return Selection(
         torch.as_tensor(np.stack(input_index)),
         torch.as_tensor(np.stack(target_index)),

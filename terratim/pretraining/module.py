@@ -146,8 +146,10 @@ class MaskedPretraining(pl.LightningModule):
             next(iter(inputs.values())).shape[0],
             {key: self._tokens_per_image(x) for key, x in inputs.items()},
             {key: x[0].numel() for key, x in targets.items()},
-            source, self.masking, generator,
-        )  # fmt: skip
+            source,
+            self.masking,
+            generator,
+        )
         return masked_modeling_loss(self.network, inputs, targets, selection, self.weighting)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -167,11 +169,16 @@ class MaskedPretraining(pl.LightningModule):
             if not param.requires_grad:
                 continue
             (no_decay if param.ndim < 2 or "mod_emb" in name or name == "mask_token" else decay).append(param)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)  # fmt: skip
-        return {"optimizer": optimizer,
-                "lr_scheduler": warmup_cosine_schedule(optimizer, self.warmup_steps,
-                                                       schedule_length(self.max_steps, self.trainer))}  # fmt: skip
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.lr,
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": warmup_cosine_schedule(
+                optimizer, self.warmup_steps, schedule_length(self.max_steps, self.trainer)
+            ),
+        }
 
     def load_network(self, path: str | os.PathLike) -> None:
         """Start from a checkpoint in the official layout (to continue pretraining); every key must fit."""

@@ -114,9 +114,12 @@ class TokenizerTraining(pl.LightningModule):
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = torch.optim.AdamW(self.tokenizer.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        return {"optimizer": optimizer,
-                "lr_scheduler": warmup_cosine_schedule(optimizer, self.warmup_steps,
-                                                       schedule_length(self.max_steps, self.trainer))}  # fmt: skip
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": warmup_cosine_schedule(
+                optimizer, self.warmup_steps, schedule_length(self.max_steps, self.trainer)
+            ),
+        }
 
     def export(self, path: str | os.PathLike) -> Path:
         """Write the tokenizer as ``.safetensors`` + ``.json`` (what ``build_tokenizer(ckpt_path=...)`` reads)."""

@@ -15,9 +15,16 @@ TERRAMESH_SAMPLE_ID = "38D_378R_2_3"
 SEN1FLOODS11_SAMPLE = Path(__file__).parent / "sen1floods11"
 # The chips shipped in SEN1FLOODS11_SAMPLE (128 x 128 crops, S1Hand + LabelHand each); see its PROVENANCE.txt.
 SEN1FLOODS11_CHIPS = (
-    "Ghana_97059", "India_900498", "Mekong_333434", "Nigeria_812045", "Pakistan_849790", "Somalia_699062",
-    "Spain_6860600", "Spain_7370579", "Sri-Lanka_534068",
-)  # fmt: skip
+    "Ghana_97059",
+    "India_900498",
+    "Mekong_333434",
+    "Nigeria_812045",
+    "Pakistan_849790",
+    "Somalia_699062",
+    "Spain_6860600",
+    "Spain_7370579",
+    "Sri-Lanka_534068",
+)
 
 
 def terramesh_file(modality: str) -> Path:
@@ -42,8 +49,10 @@ def sen1floods11_files(root: Path | None = None) -> list[FloodChip]:
     """Every chip of :data:`SEN1FLOODS11_CHIPS` under ``root`` (default :data:`SEN1FLOODS11_SAMPLE`); a missing
     file is an error, never a skipped chip."""
     root = SEN1FLOODS11_SAMPLE if root is None else Path(root)
-    chips = [FloodChip(name, root / "S1Hand" / f"{name}_S1Hand.tif", root / "LabelHand" / f"{name}_LabelHand.tif")
-             for name in SEN1FLOODS11_CHIPS]  # fmt: skip
+    chips = [
+        FloodChip(name, root / "S1Hand" / f"{name}_S1Hand.tif", root / "LabelHand" / f"{name}_LabelHand.tif")
+        for name in SEN1FLOODS11_CHIPS
+    ]
     missing = [str(path) for chip in chips for path in (chip.s1, chip.label) if not path.is_file()]
     if missing:
         raise FileNotFoundError(

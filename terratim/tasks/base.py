@@ -98,8 +98,10 @@ class BaseTask(pl.LightningModule):
         """Build ``self.model`` from ``model_args`` and freeze the parts the arguments name."""
         hp = self.hparams
         if hp["freeze_backbone"] and hp["model_args"].get("peft_config") is not None:
-            raise ValueError("freeze_backbone would freeze the PEFT adapters too (PEFT already keeps the backbone's "
-                             "own weights fixed): set freeze_backbone: false with model_args.peft_config")  # fmt: skip
+            raise ValueError(
+                "freeze_backbone would freeze the PEFT adapters too (PEFT already keeps the backbone's "
+                "own weights fixed): set freeze_backbone: false with model_args.peft_config"
+            )
         self.model = build_model(hp["model_factory"], hp["model_args"], self.task)
         if hp["freeze_backbone"]:
             freeze(self.model.backbone)
@@ -233,8 +235,10 @@ class BaseTask(pl.LightningModule):
         ``means``/``stds``) is keyed by the model's first ``backbone_modalities`` entry with the bands the model
         reads (``backbone_bands``), its ``constant_scale`` folded into the statistics (raw pixels in).
         """
-        record: dict[str, Any] = {"version": INFERENCE_RECORD_VERSION,
-                                  "task_class": f"{type(self).__module__}.{type(self).__qualname__}"}  # fmt: skip
+        record: dict[str, Any] = {
+            "version": INFERENCE_RECORD_VERSION,
+            "task_class": f"{type(self).__module__}.{type(self).__qualname__}",
+        }
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         stats = getattr(datamodule, "stats", None)
         if isinstance(stats, Mapping) and stats:

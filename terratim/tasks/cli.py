@@ -132,8 +132,10 @@ def precision_to_trainer(argv: list[str]) -> list[str]:
         if arg == "--precision" or arg.startswith("--precision="):
             value = arg.split("=", 1)[1] if "=" in arg else next(rest, "")
             if argv[:1] == ["fit"]:
-                raise ValueError("fit takes --trainer.precision (e.g. bf16-mixed); --precision fp32|bf16|auto is "
-                                 "for validate, test and predict")  # fmt: skip
+                raise ValueError(
+                    "fit takes --trainer.precision (e.g. bf16-mixed); --precision fp32|bf16|auto is "
+                    "for validate, test and predict"
+                )
             import torch
 
             from terratim.precision import resolve_precision

@@ -97,8 +97,10 @@ def _method_classes(method: str) -> tuple[type, type]:
         raise ImportError("model_args.peft_config needs the peft package: pip install peft") from err
     tuners = {str(getattr(k, "value", k)): v for k, v in PEFT_TYPE_TO_TUNER_MAPPING.items()}
     if method not in tuners:
-        raise ValueError(f"model_args.peft_config.method: unknown or unsupported PEFT method {method!r}; expected "
-                         f"one of {', '.join(sorted(tuners))} (LORA is the tested one)")  # fmt: skip
+        raise ValueError(
+            f"model_args.peft_config.method: unknown or unsupported PEFT method {method!r}; expected "
+            f"one of {', '.join(sorted(tuners))} (LORA is the tested one)"
+        )
     configs = {str(getattr(k, "value", k)): v for k, v in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
     return configs[method], tuners[method]
 
@@ -106,8 +108,9 @@ def _method_classes(method: str) -> tuple[type, type]:
 def parse_peft_config(peft_config: Mapping[str, Any]) -> PeftSettings:
     """Check a TerraTorch-style ``peft_config`` (keys, method, option names) and return its settings."""
     if not isinstance(peft_config, Mapping):
-        raise ValueError(f"model_args.peft_config must be a mapping with {', '.join(PEFT_CONFIG_KEYS)}, "
-                         f"got {peft_config!r}")  # fmt: skip
+        raise ValueError(
+            f"model_args.peft_config must be a mapping with {', '.join(PEFT_CONFIG_KEYS)}, got {peft_config!r}"
+        )
     unknown = sorted(set(peft_config) - set(PEFT_CONFIG_KEYS))
     if unknown:
         raise ValueError(f"model_args.peft_config: unknown keys {unknown}; expected {', '.join(PEFT_CONFIG_KEYS)}")
@@ -116,15 +119,13 @@ def parse_peft_config(peft_config: Mapping[str, Any]) -> PeftSettings:
         raise ValueError(f"model_args.peft_config.method must name a PEFT method (e.g. LORA), got {method!r}")
     replace = peft_config.get("replace_qkv")
     if replace is not None and (not isinstance(replace, str) or not replace):
-        raise ValueError(f"model_args.peft_config.replace_qkv must be a module name suffix (e.g. qkv), got "
-                         f"{replace!r}")  # fmt: skip
+        raise ValueError(f"model_args.peft_config.replace_qkv must be a module name suffix (e.g. qkv), got {replace!r}")
     options = dict(peft_config.get("peft_config_kwargs") or {})
     config_class, _ = _method_classes(method.upper())
     fields = {f.name for f in dataclasses.fields(config_class)} - {"peft_type"}
     bad = sorted(set(options) - fields)
     if bad:
-        raise ValueError(f"model_args.peft_config.peft_config_kwargs: {bad} are not options of "
-                         f"{config_class.__name__}")  # fmt: skip
+        raise ValueError(f"model_args.peft_config.peft_config_kwargs: {bad} are not options of {config_class.__name__}")
     return PeftSettings(method.upper(), replace, options)
 
 
@@ -135,8 +136,10 @@ def _build_method_config(settings: PeftSettings) -> Any:
     except (TypeError, ValueError) as err:
         raise ValueError(f"model_args.peft_config.peft_config_kwargs: {str(err).splitlines()[0]}") from err
     if hasattr(config, "target_modules") and config.target_modules is None:
-        raise ValueError("model_args.peft_config.peft_config_kwargs needs target_modules, e.g. [qkv.q_linear, "
-                         "qkv.v_linear, mlp.fc1, mlp.fc2] with replace_qkv: qkv")  # fmt: skip
+        raise ValueError(
+            "model_args.peft_config.peft_config_kwargs needs target_modules, e.g. [qkv.q_linear, "
+            "qkv.v_linear, mlp.fc1, mlp.fc2] with replace_qkv: qkv"
+        )
     return config
 
 
@@ -151,8 +154,9 @@ def replace_qkv(module: nn.Module, suffix: str) -> int:
         parent = module.get_submodule(parent_name)
         target = getattr(parent, child)
         if type(target) is not nn.Linear:
-            raise ValueError(f"model_args.peft_config.replace_qkv: {name} is a {type(target).__name__}, not a "
-                             "fused qkv nn.Linear")  # fmt: skip
+            raise ValueError(
+                f"model_args.peft_config.replace_qkv: {name} is a {type(target).__name__}, not a fused qkv nn.Linear"
+            )
         setattr(parent, child, SplitQKV(target))
     return len(names)
 
@@ -179,14 +183,18 @@ def check_targets(module: nn.Module, target_modules: Any) -> None:
     names = [name for name, _ in module.named_modules() if name]
     if isinstance(target_modules, str):
         if target_modules != "all-linear" and not any(re.fullmatch(target_modules, n) for n in names):
-            raise ValueError(f"model_args.peft_config.peft_config_kwargs.target_modules: {target_modules!r} "
-                             "matches no module of the backbone")  # fmt: skip
+            raise ValueError(
+                f"model_args.peft_config.peft_config_kwargs.target_modules: {target_modules!r} "
+                "matches no module of the backbone"
+            )
         return
     for target in sorted(target_modules or ()):
         if not any(n == target or n.endswith(f".{target}") for n in names):
             suffixes = ", ".join(_linear_suffixes(module))
-            raise ValueError(f"model_args.peft_config.peft_config_kwargs.target_modules: {target!r} matches no "
-                             f"module of the backbone; its Linear layers end in {suffixes}")  # fmt: skip
+            raise ValueError(
+                f"model_args.peft_config.peft_config_kwargs.target_modules: {target!r} matches no "
+                f"module of the backbone; its Linear layers end in {suffixes}"
+            )
 
 
 @contextmanager
@@ -278,8 +286,10 @@ def apply_peft(model: nn.Module, peft_config: Mapping[str, Any]) -> nn.Module:
     backbone = peft_backbone(model.get_submodule("backbone"), peft_config)
     model.backbone = backbone
     trainable, total = count_parameters(model)
-    report(f"PEFT {parse_peft_config(peft_config).method}: {trainable:,} trainable of {total:,} parameters "
-           f"({count_parameters(backbone)[0]:,} in the backbone)")  # fmt: skip
+    report(
+        f"PEFT {parse_peft_config(peft_config).method}: {trainable:,} trainable of {total:,} parameters "
+        f"({count_parameters(backbone)[0]:,} in the backbone)"
+    )
     return model
 
 

@@ -53,21 +53,28 @@ class TemporalSettings:
         if self.subset_lengths is not None:
             self._check_subsets(self.subset_lengths)
         elif self.pooling == "diff" and self.n_timestamps not in (None, 2):
-            raise ValueError(f"{OPTION}pooling 'diff' needs 2 dates, got {OPTION}n_timestamps={self.n_timestamps}; "
-                             f"give {OPTION}subset_lengths to split the dates into two groups")  # fmt: skip
+            raise ValueError(
+                f"{OPTION}pooling 'diff' needs 2 dates, got {OPTION}n_timestamps={self.n_timestamps}; "
+                f"give {OPTION}subset_lengths to split the dates into two groups"
+            )
         if self.pooling == "concat" and self.groups is None:
-            raise ValueError(f"{OPTION}pooling 'concat' needs {OPTION}n_timestamps (the dates per chip) "
-                             "to know the decoder's input channels")  # fmt: skip
+            raise ValueError(
+                f"{OPTION}pooling 'concat' needs {OPTION}n_timestamps (the dates per chip) "
+                "to know the decoder's input channels"
+            )
 
     def _check_subsets(self, lengths: Sequence[int]) -> None:
         if not lengths or any(not isinstance(n, int) or n < 1 for n in lengths):
             raise ValueError(f"{OPTION}subset_lengths must be a non-empty list of positive integers, got {lengths!r}")
         if self.pooling == "diff" and len(lengths) != 2:
-            raise ValueError(f"{OPTION}pooling 'diff' needs exactly 2 subsets in {OPTION}subset_lengths, "
-                             f"got {list(lengths)}")  # fmt: skip
+            raise ValueError(
+                f"{OPTION}pooling 'diff' needs exactly 2 subsets in {OPTION}subset_lengths, got {list(lengths)}"
+            )
         if self.n_timestamps is not None and sum(lengths) != self.n_timestamps:
-            raise ValueError(f"{OPTION}subset_lengths {list(lengths)} sum to {sum(lengths)}, "
-                             f"but {OPTION}n_timestamps is {self.n_timestamps}")  # fmt: skip
+            raise ValueError(
+                f"{OPTION}subset_lengths {list(lengths)} sum to {sum(lengths)}, "
+                f"but {OPTION}n_timestamps is {self.n_timestamps}"
+            )
 
     @property
     def groups(self) -> int | None:
@@ -92,8 +99,10 @@ def split_temporal_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], Te
     unknown = sorted(set(temporal) - known)
     if unknown:
         hint = " (use backbone_temporal_pooling: concat)" if "concat" in unknown else ""
-        raise ValueError(f"model_args {[OPTION + k for k in unknown]} not supported; expected "
-                         f"{[OPTION + k for k in sorted(known)]}{hint}")  # fmt: skip
+        raise ValueError(
+            f"model_args {[OPTION + k for k in unknown]} not supported; expected "
+            f"{[OPTION + k for k in sorted(known)]}{hint}"
+        )
     subsets = temporal.get("subset_lengths")
     settings = TemporalSettings(
         pooling=temporal.get("pooling", "mean"),
@@ -109,8 +118,10 @@ def fold_dates(x: Tensor | Mapping[str, Tensor]) -> tuple[Tensor | dict[str, Ten
     shapes = {name: tuple(v.shape) for name, v in named.items()}
     bad = {name: s for name, s in shapes.items() if len(s) != 5}
     if bad:
-        raise ValueError(f"backbone_use_temporal: expected (B, C, T, H, W) inputs, got shapes {bad}; "
-                         "stack the dates along dimension 2")  # fmt: skip
+        raise ValueError(
+            f"backbone_use_temporal: expected (B, C, T, H, W) inputs, got shapes {bad}; "
+            "stack the dates along dimension 2"
+        )
     if len({(s[0], s[2]) for s in shapes.values()}) > 1:
         raise ValueError(f"backbone_use_temporal: all inputs need the same batch size and dates, got {shapes}")
     b, _, t = next(iter(shapes.values()))[:3]
@@ -150,14 +161,18 @@ class TemporalBackbone(nn.Module):
         """Dates must match ``subset_lengths``, or ``n_timestamps`` for ``concat`` (other poolings take any T)."""
         subsets = self.settings.subset_lengths
         if subsets is not None and t != sum(subsets):
-            raise ValueError(f"{OPTION}subset_lengths {list(subsets)} cover {sum(subsets)} dates, "
-                             f"but the input has {t}")  # fmt: skip
+            raise ValueError(
+                f"{OPTION}subset_lengths {list(subsets)} cover {sum(subsets)} dates, but the input has {t}"
+            )
         if self.settings.pooling == "concat" and subsets is None and t != self.settings.n_timestamps:
-            raise ValueError(f"{OPTION}n_timestamps is {self.settings.n_timestamps} (pooling 'concat'), "
-                             f"but the input has {t} dates")  # fmt: skip
+            raise ValueError(
+                f"{OPTION}n_timestamps is {self.settings.n_timestamps} (pooling 'concat'), but the input has {t} dates"
+            )
         if self.settings.pooling == "diff" and self.settings.subset_lengths is None and t != 2:
-            raise ValueError(f"{OPTION}pooling 'diff' needs 2 dates, but the input has {t}; "
-                             f"give {OPTION}subset_lengths to split them into two groups")  # fmt: skip
+            raise ValueError(
+                f"{OPTION}pooling 'diff' needs 2 dates, but the input has {t}; "
+                f"give {OPTION}subset_lengths to split them into two groups"
+            )
 
     def _pool_layer(self, feature: Any, b: int, t: int) -> Any:
         if isinstance(feature, Mapping):
@@ -196,8 +211,10 @@ def apply_temporal(backbone: nn.Module, settings: TemporalSettings | None) -> nn
     if settings is None:
         return backbone
     if settings.pooling == "keep":
-        raise ValueError(f"{OPTION}pooling 'keep' returns (B, T, N, D) per layer, which the necks and decoders "
-                         "cannot take; use concat, mean, max or diff")  # fmt: skip
+        raise ValueError(
+            f"{OPTION}pooling 'keep' returns (B, T, N, D) per layer, which the necks and decoders "
+            "cannot take; use concat, mean, max or diff"
+        )
     if not getattr(backbone, "out_channels", None):
         raise ValueError("backbone_use_temporal: the backbone has no out_channels list; cannot wire the necks")
     return TemporalBackbone(backbone, settings)

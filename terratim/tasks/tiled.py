@@ -56,8 +56,9 @@ class TiledInferenceParameters:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(params) - known - {"crop", "stride", *IGNORED})
         if unknown:
-            raise ValueError(f"tiled_inference_parameters: unknown keys {unknown}; accepted: {sorted(known)}, "
-                             "crop, stride")  # fmt: skip
+            raise ValueError(
+                f"tiled_inference_parameters: unknown keys {unknown}; accepted: {sorted(known)}, crop, stride"
+            )
         values = {k: v for k, v in params.items() if k in known}
         for axis in ("h", "w"):
             for what in ("crop", "stride"):
@@ -71,11 +72,14 @@ class TiledInferenceParameters:
         for axis in ("h", "w"):
             crop, stride = getattr(self, f"{axis}_crop"), getattr(self, f"{axis}_stride")
             if not (isinstance(crop, int) and isinstance(stride, int) and 0 < stride <= crop):
-                raise ValueError(f"tiled_inference_parameters: {axis}_stride ({stride}) must be a positive integer "
-                                 f"no larger than {axis}_crop ({crop}), or pixels would be missed")  # fmt: skip
+                raise ValueError(
+                    f"tiled_inference_parameters: {axis}_stride ({stride}) must be a positive integer "
+                    f"no larger than {axis}_crop ({crop}), or pixels would be missed"
+                )
         if self.delta < 0 or self.batch_size < 1:
-            raise ValueError(f"tiled_inference_parameters: delta ({self.delta}) must be >= 0 and batch_size "
-                             f"({self.batch_size}) >= 1")  # fmt: skip
+            raise ValueError(
+                f"tiled_inference_parameters: delta ({self.delta}) must be >= 0 and batch_size ({self.batch_size}) >= 1"
+            )
         if self.padding != "reflect":
             raise ValueError(f"tiled_inference_parameters: padding {self.padding!r} is not supported; use 'reflect'")
 
@@ -97,8 +101,10 @@ class TiledInferenceParameters:
         d = self.margin
         for axis, size, crop in (("h", height, self.h_crop), ("w", width, self.w_crop)):
             if size + 2 * d < crop:
-                raise ValueError(f"tiled_inference_parameters: {axis}_crop {crop} is larger than the image "
-                                 f"({height} x {width} pixels) plus the {d}-pixel margin on both sides")  # fmt: skip
+                raise ValueError(
+                    f"tiled_inference_parameters: {axis}_crop {crop} is larger than the image "
+                    f"({height} x {width} pixels) plus the {d}-pixel margin on both sides"
+                )
         rows = ChipGrid(height, height, self.h_crop, self.h_stride, d).row_offsets
         cols = ChipGrid(width, width, self.w_crop, self.w_stride, d).col_offsets
         return rows, cols

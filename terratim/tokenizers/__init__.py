@@ -15,7 +15,21 @@ from terratim.tokenizers.model import (
 from terratim.tokenizers.unet import DiffusionUNet, UNetConfig
 
 __all__ = [
-    "FSQ", "ClassTokenizer", "CoordsTokenizer", "DDIMSampler", "DiffusionTokenizer", "DiffusionUNet", "FSQTokenizer",
-    "TokenizerConfig", "UNetConfig", "build_tokenizer", "destandardize", "load_tokenizer_weights", "save_tokenizer",
-    "standardize", "trailing_timesteps", "write_coords_vocab", "zero_terminal_snr_alphas_cumprod",
-]  # fmt: skip
+    "FSQ",
+    "ClassTokenizer",
+    "CoordsTokenizer",
+    "DDIMSampler",
+    "DiffusionTokenizer",
+    "DiffusionUNet",
+    "FSQTokenizer",
+    "TokenizerConfig",
+    "UNetConfig",
+    "build_tokenizer",
+    "destandardize",
+    "load_tokenizer_weights",
+    "save_tokenizer",
+    "standardize",
+    "trailing_timesteps",
+    "write_coords_vocab",
+    "zero_terminal_snr_alphas_cumprod",
+]

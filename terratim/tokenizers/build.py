@@ -93,8 +93,10 @@ def build_tokenizer(
         model.check_fillable()
         missing = mod.missing_bands(bands)
         if missing and fill_missing_bands is None:
-            raise ValueError(f"{mod.name}: pretrained bands {list(missing)} are missing; pass fill_missing_bands="
-                             "'mean' to fill them with their pretraining mean (results degrade)")  # fmt: skip
+            raise ValueError(
+                f"{mod.name}: pretrained bands {list(missing)} are missing; pass fill_missing_bands="
+                "'mean' to fill them with their pretraining mean (results degrade)"
+            )
         model.fill_missing_bands(bands, fill_missing_bands or "mean")
     return model.eval()
 
@@ -102,8 +104,10 @@ def build_tokenizer(
 def save_tokenizer(model: FSQTokenizer, path: str | os.PathLike) -> Path:
     """Write all weights (the decoder included) as ``.safetensors`` with the config as ``.json`` beside it."""
     if not model.has_decoder:
-        raise ValueError(f"this {model.modality.name} tokenizer was built without its decoder (decoder=False); "
-                         "build it with decoder=True to save a complete tokenizer file")  # fmt: skip
+        raise ValueError(
+            f"this {model.modality.name} tokenizer was built without its decoder (decoder=False); "
+            "build it with decoder=True to save a complete tokenizer file"
+        )
     path = Path(path)
     save_safetensors(model.state_dict(), path, config=model.config.to_dict())
     return path

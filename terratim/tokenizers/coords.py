@@ -127,8 +127,10 @@ class CoordsTokenizer(nn.Module):
         encodings = self.tokenizer.encode_batch(self.texts(coords), add_special_tokens=True)
         lengths = {len(e.ids) for e in encodings}
         if len(lengths) != 1:
-            raise ValueError(f"coordinate texts encoded to different lengths {sorted(lengths)}: the vocabulary "
-                             "lacks some lat=/lon= tokens")  # fmt: skip
+            raise ValueError(
+                f"coordinate texts encoded to different lengths {sorted(lengths)}: the vocabulary "
+                "lacks some lat=/lon= tokens"
+            )
         return torch.tensor([e.ids for e in encodings], dtype=torch.int64, device=coords.device)
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:

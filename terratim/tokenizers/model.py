@@ -110,9 +110,13 @@ class FSQTokenizer(nn.Module):
         self.config = config
         self.modality = resolve(config.modality)
         self.encoder = ViTEncoder(
-            config.in_channels, config.enc_dim, config.enc_depth, config.enc_heads, config.patch_size,
+            config.in_channels,
+            config.enc_dim,
+            config.enc_depth,
+            config.enc_heads,
+            config.patch_size,
             config.pos_grid,
-        )  # fmt: skip
+        )
         self.quant_proj = nn.Conv2d(config.enc_dim, len(config.fsq_levels), 1)
         self.quantizer = FSQ(config.fsq_levels)
         parts = self.make_decoder_side() if decoder else dict.fromkeys(self.decoder_parts)
@@ -230,8 +234,9 @@ class FSQTokenizer(nn.Module):
             raise ValueError(f"{self.modality.name} token ids must have shape (B, h, w), got {tuple(ids.shape)}")
         return self.quantizer.ids_to_codes(ids.to(self.quant_proj.weight.device))
 
-    def decode_tokens(self, ids: torch.Tensor, image_size: int | tuple[int, int] | None = None,
-                      **kwargs: Any) -> torch.Tensor:  # fmt: skip
+    def decode_tokens(
+        self, ids: torch.Tensor, image_size: int | tuple[int, int] | None = None, **kwargs: Any
+    ) -> torch.Tensor:
         """Token ids (B, h, w) -> decoded image; see :meth:`decode_codes` for the options."""
         return self.decode_codes(self.codes_from_ids(ids), image_size=image_size, **kwargs)
 
@@ -282,8 +287,9 @@ class DiffusionTokenizer(FSQTokenizer):
         device = self.quant_proj.weight.device
         if noise is not None:
             if tuple(noise.shape) != tuple(shape):
-                raise ValueError(f"{self.modality.name}: starting noise must have shape {shape}, got "
-                                 f"{tuple(noise.shape)}")  # fmt: skip
+                raise ValueError(
+                    f"{self.modality.name}: starting noise must have shape {shape}, got {tuple(noise.shape)}"
+                )
             return noise.to(device=device, dtype=torch.float32)
         draw_on = generator.device if generator is not None else torch.device("cpu")
         return torch.randn(shape, generator=generator, device=draw_on).to(device)
@@ -320,12 +326,24 @@ class DiffusionTokenizer(FSQTokenizer):
         finally:
             release_scratch()  # the Winograd work buffers live for one decode
 
-    def forward(self, x: torch.Tensor, timesteps: int = DEFAULT_STEPS, noise: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, clip: bool = True) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: int = DEFAULT_STEPS,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        clip: bool = True,
+    ) -> torch.Tensor:
         """Reconstruction: encode, then decode the codes at the input's size."""
         codes, _ = self.encode(x)
-        return self.decode_codes(codes, image_size=(x.shape[-2], x.shape[-1]), timesteps=timesteps, noise=noise,
-                                 generator=generator, clip=clip)  # fmt: skip
+        return self.decode_codes(
+            codes,
+            image_size=(x.shape[-2], x.shape[-1]),
+            timesteps=timesteps,
+            noise=noise,
+            generator=generator,
+            clip=clip,
+        )
 
 
 class ClassTokenizer(FSQTokenizer):
@@ -346,14 +364,17 @@ class ClassTokenizer(FSQTokenizer):
         post_quant_proj = nn.Conv2d(len(self.config.fsq_levels), self.config.dec_dim, 1)  # created first, as before
         return {"post_quant_proj": post_quant_proj, "decoder": self.make_decoder()}
 
-    def decode_codes(self, codes: torch.Tensor, image_size: int | tuple[int, int] | None = None,
-                     **ignored: Any) -> torch.Tensor:  # fmt: skip
+    def decode_codes(
+        self, codes: torch.Tensor, image_size: int | tuple[int, int] | None = None, **ignored: Any
+    ) -> torch.Tensor:
         """Codes (B, d, h, w) -> class logits (B, classes, 16h, 16w). Sampling options are accepted and unused."""
         size = self._image_size(codes, image_size)
         native = (codes.shape[-2] * self.config.patch_size, codes.shape[-1] * self.config.patch_size)
         if size != native:
-            raise ValueError(f"{self.modality.name}: the ViT decoder outputs {native[0]}x{native[1]} for "
-                             f"{codes.shape[-2]}x{codes.shape[-1]} tokens, not {size[0]}x{size[1]}")  # fmt: skip
+            raise ValueError(
+                f"{self.modality.name}: the ViT decoder outputs {native[0]}x{native[1]} for "
+                f"{codes.shape[-2]}x{codes.shape[-1]} tokens, not {size[0]}x{size[1]}"
+            )
         decoder, post_quant_proj = self.require_decoder(), self.post_quant_proj
         assert post_quant_proj is not None  # built with the decoder
         return decoder(post_quant_proj(codes.to(post_quant_proj.weight)))

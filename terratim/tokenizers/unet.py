@@ -160,19 +160,29 @@ class Conv2d(nn.Conv2d):
     def _winograd(self, x: torch.Tensor) -> Winograd3x3 | None:
         """The Winograd algorithm for this call (:data:`WINOGRAD_BY_SIZE`), or None for oneDNN / PyTorch."""
         if not (
-            self.winograd and self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
-            and self.dilation == (1, 1) and self.groups == 1 and self._packable(x)
-        ):  # fmt: skip
+            self.winograd
+            and self.kernel_size == (3, 3)
+            and self.stride == (1, 1)
+            and self.padding == (1, 1)
+            and self.dilation == (1, 1)
+            and self.groups == 1
+            and self._packable(x)
+        ):
             return None
         return next((w for size, w in WINOGRAD_BY_SIZE if min(x.shape[-2:]) >= size), None)
 
     def _packable(self, x: torch.Tensor) -> bool:
         return (
-            self.packing and x.device.type == "cpu" and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not _cpu_autocast_enabled() and self.padding_mode == "zeros"
-            and isinstance(self.padding, tuple) and x.is_contiguous(memory_format=torch.channels_last)
-        )  # fmt: skip
+            self.packing
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and not torch.is_grad_enabled()
+            and not _cpu_autocast_enabled()
+            and self.padding_mode == "zeros"
+            and isinstance(self.padding, tuple)
+            and x.is_contiguous(memory_format=torch.channels_last)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_fused(x)
@@ -225,13 +235,24 @@ class Conv2d(nn.Conv2d):
     def _forward_unfused(self, x: torch.Tensor) -> torch.Tensor:
         if not (self._packable(x) and self.private_ops and onednn_ops_usable()):
             return super().forward(x)  # public F.conv2d
-        packed = self._cached_weight(("onednn", *x.shape), lambda weight: torch.ops.mkldnn._reorder_convolution_weight(
-            weight, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape)
-        ))  # fmt: skip
+        packed = self._cached_weight(
+            ("onednn", *x.shape),
+            lambda weight: torch.ops.mkldnn._reorder_convolution_weight(
+                weight, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape)
+            ),
+        )
         return torch.ops.mkldnn._convolution_pointwise(
-            x, packed, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
-            "none", [], "",
-        )  # fmt: skip
+            x,
+            packed,
+            self.bias,
+            list(self.padding),
+            list(self.stride),
+            list(self.dilation),
+            self.groups,
+            "none",
+            [],
+            "",
+        )
 
 
 class ResBlock(nn.Module):
@@ -244,9 +265,11 @@ class ResBlock(nn.Module):
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            GroupNorm32(groups, out_channels), nn.SiLU(), nn.Dropout(0.0),
+            GroupNorm32(groups, out_channels),
+            nn.SiLU(),
+            nn.Dropout(0.0),
             Conv2d(out_channels, out_channels, 3, padding=1),
-        )  # fmt: skip
+        )
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(cast(torch.Tensor, self.out_conv.bias))
         self.skip_connection = Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()

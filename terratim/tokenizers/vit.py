@@ -63,9 +63,14 @@ class ViTEncoder(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, dim: int = 768, depth: int = 12, num_heads: int = 12, patch_size: int = 16,
+        self,
+        in_channels: int,
+        dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        patch_size: int = 16,
         pos_grid: int = 16,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.patch_size = patch_size
@@ -102,9 +107,14 @@ class ViTDecoder(nn.Module):
     """
 
     def __init__(
-        self, out_channels: int, dim: int = 768, depth: int = 12, num_heads: int = 12, patch_size: int = 16,
+        self,
+        out_channels: int,
+        dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        patch_size: int = 16,
         pos_grid: int = 16,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.out_channels = out_channels
         self.patch_size = patch_size

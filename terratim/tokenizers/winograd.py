@@ -163,8 +163,14 @@ class Winograd3x3:
         if residual is not None and exact_tiles:
             residual_tiles = residual.permute(0, 2, 3, 1).view(out.shape)
         for rows in bands:
-            self._band(padded, rows, weight_u, bias_total, out[:, rows], None if residual_tiles is None
-                       else residual_tiles[:, rows])  # fmt: skip
+            self._band(
+                padded,
+                rows,
+                weight_u,
+                bias_total,
+                out[:, rows],
+                None if residual_tiles is None else residual_tiles[:, rows],
+            )
         out = out.view(batch, m * tiles_h, m * tiles_w, out_channels)[:, :height, :width].permute(0, 3, 1, 2)
         out = out.contiguous(memory_format=torch.channels_last)  # copies only when H or W is not a multiple of m
         return residual + out if residual is not None and residual_tiles is None else out
@@ -194,7 +200,7 @@ class Winograd3x3:
             kernels.input(x.permute(0, 2, 3, 1).contiguous(), self.tile, rows, v)  # a view when channels-last
             prod = torch.bmm(  # (a^2, T, C_out); bmm reads the tile-major v at no extra cost
                 v.transpose(0, 1), weight_u, out=_SCRATCH.get(x, "prod", (self.alpha**2, tiles, out_channels))
-            )  # fmt: skip
+            )
             kernels.output(prod, self.tile, rows, bias, residual, out)
         return out.permute(0, 3, 1, 2)
 
@@ -217,17 +223,20 @@ class Winograd3x3:
         b_t, a_t = self.input_transform.to(padded.device), self.output_transform.to(padded.device)
         sb, sy, sx, sc = padded.stride()
         d = scratch(padded, "tiles", (alpha, alpha, batch, band, tiles_w, channels))
-        d.copy_(padded[:, m * rows.start :].as_strided(  # d[i, j, b, t, s, c] = padded[b, m t + i, m s + j, c]
-            d.shape, (sy, sx, sb, m * sy, m * sx, sc), padded.storage_offset() + m * rows.start * sy
-        ))  # fmt: skip
+        d.copy_(
+            padded[:, m * rows.start :].as_strided(  # d[i, j, b, t, s, c] = padded[b, m t + i, m s + j, c]
+                d.shape, (sy, sx, sb, m * sy, m * sx, sc), padded.storage_offset() + m * rows.start * sy
+            )
+        )
         rows_t = torch.mm(b_t, d.view(alpha, -1), out=scratch(padded, "rows", (alpha, d.numel() // alpha)))  # B^T d
         v = torch.matmul(  # (a, a, T C_in) = B^T d B: matmul broadcasts over the first axis
             b_t, rows_t.view(alpha, alpha, -1), out=scratch(padded, "v", (alpha, alpha, tiles * channels))
         )
         prod = torch.bmm(  # (a^2, T, C_out)
-            v.view(alpha * alpha, tiles, channels), weight_u,
+            v.view(alpha * alpha, tiles, channels),
+            weight_u,
             out=scratch(padded, "prod", (alpha**2, tiles, out_channels)),
-        )  # fmt: skip
+        )
         if bias is not None:
             prod[self.bias_slot].view(batch, band * tiles_w, out_channels).add_(bias.view(-1, 1, out_channels))
         y = torch.mm(a_t, prod.view(alpha, -1), out=scratch(padded, "y_rows", (m, prod.numel() // alpha)))  # A^T M

@@ -234,8 +234,9 @@ def _compile(source: str, compiler: str, flags: tuple[str, ...], target: Path) -
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
         c_file, so_file = Path(work) / "winograd.c", Path(work) / target.name
         c_file.write_text(source)
-        subprocess.run([compiler, *flags, "-o", str(so_file), str(c_file)], check=True, capture_output=True,
-                       text=True, timeout=300)  # fmt: skip
+        subprocess.run(
+            [compiler, *flags, "-o", str(so_file), str(c_file)], check=True, capture_output=True, text=True, timeout=300
+        )
         os.replace(so_file, target)
 
 
@@ -249,8 +250,20 @@ class WinogradKernels:
         self._input = library.winograd_input
         self._input.argtypes = [pointer, size, size, size, size, size, size, size, pointer, ctypes.c_int]
         self._output = library.winograd_output
-        self._output.argtypes = [pointer, size, size, size, size, size, size, size, pointer, pointer, pointer,
-                                 ctypes.c_int]  # fmt: skip
+        self._output.argtypes = [
+            pointer,
+            size,
+            size,
+            size,
+            size,
+            size,
+            size,
+            size,
+            pointer,
+            pointer,
+            pointer,
+            ctypes.c_int,
+        ]
         self._input.restype = self._output.restype = ctypes.c_int
 
     def input(self, x: torch.Tensor, tile: int, rows: slice, v: torch.Tensor) -> None:
@@ -264,8 +277,9 @@ class WinogradKernels:
         _check(v, "transformed input")
         if tuple(v.shape) != shape:
             raise ValueError(f"Winograd input buffer must have shape {shape}, got {tuple(v.shape)}")
-        status = self._input(x.data_ptr(), batch, height, width, channels, tile, rows.start, band, v.data_ptr(),
-                             torch.get_num_threads())  # fmt: skip
+        status = self._input(
+            x.data_ptr(), batch, height, width, channels, tile, rows.start, band, v.data_ptr(), torch.get_num_threads()
+        )
         if status:
             raise ValueError(f"no compiled Winograd kernel for tile {tile} (have {TILES})")
 
@@ -293,18 +307,29 @@ class WinogradKernels:
             if tuple(extra.shape) != shape:
                 raise ValueError(f"Winograd {name} must have shape {shape}, got {tuple(extra.shape)}")
         status = self._output(
-            prod.data_ptr(), batch, height, width, channels, tile, rows.start, band,
-            None if bias is None else bias.data_ptr(), None if residual is None else residual.data_ptr(),
-            out.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
+            prod.data_ptr(),
+            batch,
+            height,
+            width,
+            channels,
+            tile,
+            rows.start,
+            band,
+            None if bias is None else bias.data_ptr(),
+            None if residual is None else residual.data_ptr(),
+            out.data_ptr(),
+            torch.get_num_threads(),
+        )
         if status:
             raise ValueError(f"no compiled Winograd kernel for tile {tile} (have {TILES})")
 
 
 def _check(tensor: torch.Tensor, name: str) -> None:
     if tensor.device.type != "cpu" or tensor.dtype != torch.float32 or not tensor.is_contiguous():
-        raise ValueError(f"Winograd kernels need a contiguous float32 CPU {name}, got {tensor.dtype} on "
-                         f"{tensor.device}, contiguous={tensor.is_contiguous()}")  # fmt: skip
+        raise ValueError(
+            f"Winograd kernels need a contiguous float32 CPU {name}, got {tensor.dtype} on "
+            f"{tensor.device}, contiguous={tensor.is_contiguous()}"
+        )
 
 
 class KernelBuildError(RuntimeError):
@@ -341,8 +366,10 @@ def build_kernels() -> Path:
     """
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
-        raise KernelBuildError(f"no C compiler {compiler!r} on PATH (set CC to one); the decoder keeps the "
-                               f"portable eager Winograd transforms")  # fmt: skip
+        raise KernelBuildError(
+            f"no C compiler {compiler!r} on PATH (set CC to one); the decoder keeps the "
+            f"portable eager Winograd transforms"
+        )
     target = kernel_path()
     if target.exists():
         return target
@@ -351,8 +378,9 @@ def build_kernels() -> Path:
         _compile(kernel_source(), compiler, FLAGS, target)
     except (OSError, subprocess.SubprocessError) as error:
         detail = (getattr(error, "stderr", "") or str(error)).strip()
-        raise KernelBuildError(f"building the Winograd kernels into {target} with {compiler!r} failed: "
-                               f"{detail}") from error  # fmt: skip
+        raise KernelBuildError(
+            f"building the Winograd kernels into {target} with {compiler!r} failed: {detail}"
+        ) from error
     return target
 
 
@@ -365,15 +393,19 @@ def load_kernels(build: bool = False) -> WinogradKernels | None:
         LOG.warning("%s", error)
         return None
     if not path.exists():
-        LOG.warning("the compiled Winograd kernels are not built on this machine (%s missing): build them once "
-                    "with terratim.tokenizers.winograd_kernels.build_kernels() or set_optimized(native=True); "
-                    "the decoder keeps the eager transforms", path)  # fmt: skip
+        LOG.warning(
+            "the compiled Winograd kernels are not built on this machine (%s missing): build them once "
+            "with terratim.tokenizers.winograd_kernels.build_kernels() or set_optimized(native=True); "
+            "the decoder keeps the eager transforms",
+            path,
+        )
         return None
     try:
         kernels = _open(path)
     except OSError as error:
-        LOG.warning("the compiled Winograd kernels at %s do not load (%s); the decoder keeps the eager "
-                    "transforms", path, error)  # fmt: skip
+        LOG.warning(
+            "the compiled Winograd kernels at %s do not load (%s); the decoder keeps the eager transforms", path, error
+        )
         return None
     global _LOADED
     _LOADED = kernels

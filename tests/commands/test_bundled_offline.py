@@ -51,7 +51,7 @@ def test_generate_lulc_with_the_bundled_model(tmp_path, sim_files, size):
     out = tmp_path / "gen"
     assert main(["generate", "--model", "terramind_sim_micro_generate", "--pretrained", "--input",
                  f"S1GRD={sim_files[size]['S1GRD']}", "--output", "LULC", "--out", str(out), "--chip", "64",
-                 "--temperature", "0"]) == 0  # fmt: skip
+                 "--temperature", "0"]) == 0
     with rasterio.open(out / "LULC.tif") as lulc:
         classes = lulc.read(1)
         assert classes.shape == (size, size) and lulc.dtypes[0] == "uint8"
@@ -63,11 +63,11 @@ def test_generate_dem_is_refused_with_what_the_bundle_can_generate(tmp_path, sim
     out = tmp_path / "gen"
     with pytest.raises(ValueError, match=r"cannot generate DEM: .*It can generate: LULC$"):
         main(["generate", "--model", "terramind_sim_micro_generate", "--pretrained", "--input",
-              f"S1GRD={sim_files[64]['S1GRD']}", "--output", "DEM", "--out", str(out)])  # fmt: skip
+              f"S1GRD={sim_files[64]['S1GRD']}", "--output", "DEM", "--out", str(out)])
     assert not out.exists()  # the failed run left no folder behind
     with pytest.raises(ValueError, match=r"terramind_sim_micro_tim cannot generate DEM"):
         main(["imagine", "--model", "terramind_sim_micro_tim", "--pretrained", "--input",
-              f"S1GRD={sim_files[64]['S1GRD']}", "--tim", "DEM", "--out", str(out)])  # fmt: skip
+              f"S1GRD={sim_files[64]['S1GRD']}", "--tim", "DEM", "--out", str(out)])
     assert not out.exists()
 
 
@@ -76,14 +76,14 @@ def test_bundled_generator_reads_dem_and_lulc_inputs(tmp_path, sim_files):
     out = tmp_path / "gen"
     assert main(["generate", "--model", "terramind_sim_micro_generate", "--pretrained", "--input",
                  f"S1GRD={files['S1GRD']}", "--input", f"DEM={files['DEM']}", "--output", "LULC",
-                 "--out", str(out)]) == 0  # fmt: skip
+                 "--out", str(out)]) == 0
     assert (out / "LULC.tif").is_file()
 
 
 def test_imagine_uses_the_bundled_lulc_tokenizer(tmp_path, sim_files):
     out = tmp_path / "tim"
     assert main(["imagine", "--model", "terramind_sim_micro_tim", "--pretrained", "--input",
-                 f"S1GRD={sim_files[64]['S1GRD']}", "--out", str(out)]) == 0  # fmt: skip
+                 f"S1GRD={sim_files[64]['S1GRD']}", "--out", str(out)]) == 0
     with rasterio.open(out / "imagined_LULC.tif") as lulc:
         assert lulc.read(1).shape == (64, 64) and lulc.read(1).max() < 10
     assert (out / "imagined.png").is_file()
@@ -92,7 +92,7 @@ def test_imagine_uses_the_bundled_lulc_tokenizer(tmp_path, sim_files):
 def test_embed_with_the_bundled_backbone(tmp_path, sim_files, capsys):
     out = tmp_path / "emb.npy"
     assert main(["embed", "--model", "terramind_sim_micro", "--pretrained", "--input",
-                 f"S1GRD={sim_files[64]['S1GRD']}", "--repeat", "1", "--out", str(out)]) == 0  # fmt: skip
+                 f"S1GRD={sim_files[64]['S1GRD']}", "--repeat", "1", "--out", str(out)]) == 0
     assert np.load(out).shape == (1, 16, 64) and np.isfinite(np.load(out)).all()
     assert "4 layer outputs" in capsys.readouterr().out
 
@@ -111,12 +111,12 @@ def test_independent_outputs_reaches_the_model(tmp_path, sim_files, monkeypatch)
     for flags, chained in (([], True), (["--independent-outputs"], False)):
         out = tmp_path / f"gen{chained}"
         assert main(["generate", "--model", "terramind_sim_micro_generate", "--pretrained", "--input", s1,
-                     "--output", "LULC", "--out", str(out), *flags]) == 0  # fmt: skip
+                     "--output", "LULC", "--out", str(out), *flags]) == 0
         generators = [m for m in built if isinstance(m, TerraMindGenerate)]
         assert generators[-1].chain is chained
         out = tmp_path / f"tim{chained}"
         assert main(["imagine", "--model", "terramind_sim_micro_tim", "--pretrained", "--input", s1,
-                     "--out", str(out), *flags]) == 0  # fmt: skip
+                     "--out", str(out), *flags]) == 0
         assert built[-2].generator.chain is chained  # the TiM model, built before its LULC tokenizer
 
 
@@ -135,7 +135,7 @@ def test_failed_tiled_generation_leaves_no_partial_files_or_folders(tmp_path, si
     with pytest.raises(RuntimeError, match="simulated"):
         main(["generate", "--model", "terramind_sim_micro_generate", "--pretrained", "--input",
               f"S1GRD={sim_files[128]['S1GRD']}", "--output", "LULC", "--out", str(out), "--chip", "64",
-              "--batch-size", "1"])  # fmt: skip
+              "--batch-size", "1"])
     assert len(calls) == 2
     assert list(tmp_path.iterdir()) == []  # neither partial files nor the folders this run made
 

@@ -112,7 +112,7 @@ def test_output_file_feeds_a_data_module(tmp_path: Path, capsys):
     capsys.readouterr()
     assert main(args, report_errors=True) == 2  # never overwrites
     assert capsys.readouterr().err.strip() == (f"terratim compute-statistics: error: {out} exists; pass --overwrite "
-                                               "(overwrite=True) to replace it")  # fmt: skip
+                                               "(overwrite=True) to replace it")
 
 
 def test_bad_inputs_name_what_is_wrong(tmp_path: Path):

@@ -54,7 +54,7 @@ def scene_logits(predictor, scene, out) -> np.ndarray:
 
 def infer_cli(model_args: list[str], scene, out) -> np.ndarray:
     args = ["infer", *model_args, "--input", f"S1GRD={scene}", "--out", str(out), "--overlap", str(OVERLAP),
-            "--delta", str(DELTA), "--batch-size", "4", "--quiet"]  # fmt: skip
+            "--delta", str(DELTA), "--batch-size", "4", "--quiet"]
     assert main(args) == 0
     with rasterio.open(out) as dst:
         return dst.read(1), dst.crs, dst.transform
@@ -71,7 +71,7 @@ def test_infer_onnx_equals_pytorch_over_a_scene(exported, scene, tmp_path):
 
     onnx_map, crs, transform = infer_cli(["--onnx", str(path)], scene, tmp_path / "onnx.tif")
     torch_map, torch_crs, torch_transform = infer_cli(["--ckpt", str(ckpt), "--chip", str(TILE)], scene,
-                                                      tmp_path / "torch.tif")  # fmt: skip
+                                                      tmp_path / "torch.tif")
     assert (crs, transform) == (torch_crs, torch_transform) and onnx_map.shape == torch_map.shape == (150, 170)
     top2 = np.sort(np.nan_to_num(torch_logits), axis=0)[-2:]
     clear = (top2[1] - top2[0] > 1e-3) & ~nodata[0]  # not a near-tie
@@ -116,18 +116,18 @@ def test_infer_onnx_refuses_bad_input(exported, scene, tmp_path, capsys):
     del bare.metadata_props[:]
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     err = one_line_error(["infer", "--onnx", str(tmp_path / "bare.onnx"), "--input", f"S1GRD={scene}", "--out",
-                          str(tmp_path / "b.tif")], capsys)  # fmt: skip
+                          str(tmp_path / "b.tif")], capsys)
     assert "has no terratim metadata" in err
     s2 = write_tif(tmp_path / "s2.tif", np.zeros((12, 150, 170), np.float32))
     assert "takes ['S1GRD']" in one_line_error([*base, "--input", f"S2L2A={s2}"], capsys)
     three = write_tif(tmp_path / "s1_3.tif", np.zeros((3, 150, 170), np.float32))
     assert "3 bands" in one_line_error([*base, "--input", f"S1GRD={three}"], capsys)
     assert "exported for 64 px tiles" in one_line_error([*base, "--input", f"S1GRD={scene}", "--chip", "128"],
-                                                        capsys)  # fmt: skip
+                                                        capsys)
     assert "leave out -c/--config, --ckpt" in one_line_error([*base, "--input", f"S1GRD={scene}", "--ckpt", "x"],
-                                                             capsys)  # fmt: skip
+                                                             capsys)
     assert "an ONNX model runs as exported" in one_line_error([*base, "--input", f"S1GRD={scene}", "--precision",
-                                                               "bf16"], capsys)  # fmt: skip
+                                                               "bf16"], capsys)
 
 
 def test_a_classification_model_does_not_tile(tmp_path, scene, capsys):
@@ -135,5 +135,5 @@ def test_a_classification_model_does_not_tile(tmp_path, scene, capsys):
     out = tmp_path / "cls.onnx"
     assert main(["export", "--ckpt", str(ckpt), "--out", str(out), "--tile", str(TILE)]) == 0
     err = one_line_error(["infer", "--onnx", str(out), "--input", f"S1GRD={scene}", "--out", str(tmp_path / "c.tif")],
-                         capsys)  # fmt: skip
+                         capsys)
     assert "classification model: it does not predict pixels" in err

@@ -93,7 +93,7 @@ def record_settings(monkeypatch) -> list:
 
 SAMPLING_FLAGS = ["--scheme", "maskgit", "--decoding-steps", "3", "--temperature", "0.5", "--top-k", "0.25",
                   "--top-p", "0.9", "--token-schedule", "cosine", "--temperature-schedule", "onex:0.1:2",
-                  "--cfg-scale", "1.5", "--independent-outputs"]  # fmt: skip
+                  "--cfg-scale", "1.5", "--independent-outputs"]
 SAMPLING_SETTINGS = dict(scheme="maskgit", decoding_steps=3, temperature=0.5, top_k=0.25, top_p=0.9,
                          token_schedule="cosine", temperature_schedule="onex:0.1:2", cfg_scale=1.5, chain=False)
 
@@ -103,7 +103,7 @@ def test_sampling_flags_reach_the_model(tmp_path, tiny_checkpoint, tokenizers, m
 
     seen = record_settings(monkeypatch)
     common = ["generate", "--input", f"S2L2A={S2}", "--output", "LULC", "--ckpt", str(tiny_checkpoint),
-              "--tokenizer", f"LULC={tokenizers['LULC']}", "--out", str(tmp_path / "gen")]  # fmt: skip
+              "--tokenizer", f"LULC={tokenizers['LULC']}", "--out", str(tmp_path / "gen")]
     with pytest.raises(Recorded):
         main([*common, *SAMPLING_FLAGS, "--steps", "2"])
     with pytest.raises(Recorded):
@@ -120,7 +120,7 @@ def test_infer_takes_the_sampling_flags_for_generation_models_only(tmp_path, tin
     common = ["infer", "--input", f"S1GRD={S1_512}", "--out", str(tmp_path / "o.tif"), "--quiet"]
     with pytest.raises(ZeroDivisionError):
         main([*common, "--model", "terramind_v1_tiny_generate", "--outputs", "LULC", *SAMPLING_FLAGS,
-              "--timesteps", "4"])  # fmt: skip
+              "--timesteps", "4"])
     assert built == [GenerationSettings(**SAMPLING_SETTINGS, timesteps=4)]
     with pytest.raises(ValueError, match="generation options .* apply only to a \\*_generate --model"):
         main([*common, "--model", "terramind_v1_tiny", "--embeddings", "pixel", "--temperature", "0"])
@@ -159,20 +159,20 @@ def test_output_order_maps_to_the_per_call_outputs(tmp_path, tiny_checkpoint, to
     with pytest.raises(Recorded):
         main(["generate", "--input", f"S2L2A={S2}", "--output", "dem,LULC", "--ckpt", str(tiny_checkpoint),
               "--tokenizer", f"LULC={tokenizers['LULC']}", "--tokenizer", f"DEM={tokenizers['DEM']}",
-              "--out", str(tmp_path / "gen")])  # fmt: skip
+              "--out", str(tmp_path / "gen")])
     assert seen == [(["DEM", "LULC"], ["DEM", "LULC"])]
     with pytest.raises(ValueError, match=r"--output names \['LULC'\] more than once"):
         main(["generate", "--input", f"S2L2A={S2}", "--output", "LULC,lulc", "--ckpt", str(tiny_checkpoint),
-              "--out", str(tmp_path / "gen")])  # fmt: skip
+              "--out", str(tmp_path / "gen")])
 
 
 def test_missing_bands_filled_give_the_map_of_the_mean_filled_file(tmp_path, tiny_checkpoint, tokenizers):
     hls, mean_filled = hls_and_mean_filled(tmp_path)
     common = ["generate", "--output", "LULC", "--ckpt", str(tiny_checkpoint), "--tokenizer",
-              f"LULC={tokenizers['LULC']}", "--temperature", "0"]  # fmt: skip
+              f"LULC={tokenizers['LULC']}", "--temperature", "0"]
     with pytest.warns(UserWarning, match="S2L2A: bands COASTAL_AEROSOL, .* filled with their pretraining mean"):
         assert main([*common, "--input", f"S2L2A={hls}", "--out", str(tmp_path / "hls"),
-                     "--bands", f"S2L2A={','.join(HLS_BANDS)}", "--fill-missing-bands"]) == 0  # fmt: skip
+                     "--bands", f"S2L2A={','.join(HLS_BANDS)}", "--fill-missing-bands"]) == 0
     assert main([*common, "--input", f"S2L2A={mean_filled}", "--out", str(tmp_path / "full")]) == 0
     with rasterio.open(tmp_path / "hls" / "LULC.tif") as a, rasterio.open(tmp_path / "full" / "LULC.tif") as b:
         assert np.array_equal(a.read(1), b.read(1))  # class maps from the same computation
@@ -186,12 +186,12 @@ def test_missing_bands_filled_give_the_map_of_the_mean_filled_file(tmp_path, tin
      r"S2L2A has no band 'B10'; pretrained bands are \['COASTAL_AEROSOL', 'BLUE'"),
     (["--fill-missing-bands"], r"--fill-missing-bands needs --bands"),
     (["--bands", "S2L2A"], r"--bands 'S2L2A': expected MODALITY=BAND,BAND"),
-])  # fmt: skip
+])
 def test_bad_band_options_fail_before_any_output(tmp_path, tiny_checkpoint, flags, message):
     hls, _ = hls_and_mean_filled(tmp_path)
     with pytest.raises(ValueError, match=message):
         main(["generate", "--input", f"S2L2A={hls}", "--output", "LULC", "--ckpt", str(tiny_checkpoint),
-              "--pretrained", "--out", str(tmp_path / "gen"), *flags])  # fmt: skip
+              "--pretrained", "--out", str(tmp_path / "gen"), *flags])
     assert not (tmp_path / "gen").exists()
 
 

@@ -24,7 +24,7 @@ def errors_raise(monkeypatch):
 @pytest.fixture(scope="module")
 def lulc_tokenizer(tmp_path_factory):
     config = TokenizerConfig.for_modality("LULC", enc_dim=64, enc_depth=1, enc_heads=2, dec_dim=64, dec_depth=1,
-                                          dec_heads=2)  # fmt: skip
+                                          dec_heads=2)
     tokenizer = terratim.build("terramind_v1_tokenizer_lulc", config=config)
     return save_tokenizer(tokenizer, tmp_path_factory.mktemp("tok") / "lulc.safetensors")
 
@@ -53,17 +53,17 @@ def test_sampling_flags_reach_the_tim_generator(tmp_path, tiny_checkpoint, lulc_
     seen = []
     monkeypatch.setattr(TerraMindGenerate, "generate_tokens", lambda self, *a, **k: seen.append(self.settings) or {})
     common = ["imagine", "--input", f"S1RTC={S1}", "--ckpt", str(tiny_checkpoint), "--tokenizer",
-              f"LULC={lulc_tokenizer}", "--out", str(tmp_path)]  # fmt: skip
+              f"LULC={lulc_tokenizer}", "--out", str(tmp_path)]
     flags = ["--scheme", "maskgit", "--decoding-steps", "2", "--temperature", "0.7", "--top-k", "5", "--top-p", "0.5",
              "--token-schedule", "cosine", "--temperature-schedule", "linear", "--cfg-scale", "2",
-             "--independent-outputs", "--steps", "3"]  # fmt: skip
+             "--independent-outputs", "--steps", "3"]
     for args in ([*common, *flags], common):
         with pytest.raises(KeyError):  # no tokens come back from the patched generator
             main(args)
     assert seen == [GenerationSettings(scheme="maskgit", decoding_steps=2, temperature=0.7, top_k=5, top_p=0.5,
                                        token_schedule="cosine", temperature_schedule="linear", cfg_scale=2.0,
                                        chain=False, timesteps=3),
-                    GenerationSettings(temperature=0.0, timesteps=10)]  # fmt: skip
+                    GenerationSettings(temperature=0.0, timesteps=10)]
 
 
 S2 = Path(__file__).parents[1] / "data" / "terramesh_examples" / "S2L2A" / "38D_378R_2_3.tif"
@@ -75,11 +75,11 @@ def test_output_is_an_alias_of_tim_and_keeps_its_order(tmp_path, tiny_checkpoint
 
     seen = []
     monkeypatch.setattr(TerraMindGenerate, "generate_tokens",
-                        lambda self, *a, **k: seen.append((list(self.outputs), k.get("outputs"))) or {})  # fmt: skip
+                        lambda self, *a, **k: seen.append((list(self.outputs), k.get("outputs"))) or {})
     monkeypatch.setattr("terratim.commands.imagine.build_tokenizers", lambda args, names: {})
     with pytest.raises(KeyError):  # no tokens come back from the patched generator
         main(["imagine", "--input", f"S1RTC={S1}", "--output", "ndvi,LULC", "--ckpt", str(tiny_checkpoint),
-              "--out", str(tmp_path)])  # fmt: skip
+              "--out", str(tmp_path)])
     assert seen == [(["NDVI", "LULC"], ["NDVI", "LULC"])]
 
 
@@ -99,7 +99,7 @@ def test_imagine_fills_missing_bands_like_a_mean_filled_file(tmp_path, tiny_chec
     common = ["imagine", "--tim", "LULC", "--ckpt", str(tiny_checkpoint), "--tokenizer", f"LULC={lulc_tokenizer}"]
     with pytest.warns(UserWarning, match="S2L2A: bands COASTAL_AEROSOL, .* results degrade"):
         assert main([*common, "--input", f"S2L2A={tmp_path / 'hls.tif'}", "--out", str(tmp_path / "a"),
-                     "--bands", f"S2L2A={','.join(HLS_BANDS)}", "--fill-missing-bands"]) == 0  # fmt: skip
+                     "--bands", f"S2L2A={','.join(HLS_BANDS)}", "--fill-missing-bands"]) == 0
     assert main([*common, "--input", f"S2L2A={tmp_path / 'full.tif'}", "--out", str(tmp_path / "b")]) == 0
     with rasterio.open(tmp_path / "a" / "imagined_LULC.tif") as a, \
             rasterio.open(tmp_path / "b" / "imagined_LULC.tif") as b:

@@ -37,7 +37,7 @@ def save_task(tmp_path, backbone: str):
 
     model_args = {"backbone": backbone, "backbone_pretrained": False, "backbone_modalities": ["S1GRD"],
                   "necks": [{"name": "SelectIndices", "indices": [11]}, {"name": "ReshapeTokensToImage"}],
-                  "decoder": "FCNDecoder", "decoder_channels": 16, "num_classes": 3}  # fmt: skip
+                  "decoder": "FCNDecoder", "decoder_channels": 16, "num_classes": 3}
     if backbone.endswith("_tim"):
         model_args["backbone_tim_modalities"] = ["LULC"]
     torch.manual_seed(0)
@@ -47,7 +47,7 @@ def save_task(tmp_path, backbone: str):
     config = {"model": {"class_path": "terratim.tasks.SemanticSegmentationTask",
                         "init_args": {"model_args": model_args, "class_names": ["land", "water", "cloud"]}},
               "data": {"class_path": "terratim.datamodules.GenericMultiModalDataModule",
-                       "init_args": {"modalities": ["S1GRD"], "no_data_replace": 0}}}  # fmt: skip
+                       "init_args": {"modalities": ["S1GRD"], "no_data_replace": 0}}}
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     return config_path, ckpt
@@ -64,7 +64,7 @@ def test_task_model_writes_a_georeferenced_class_map(s1_scene, task_files, tmp_p
     config, ckpt, backbone = task_files
     out = tmp_path / "pred.tif"
     args = ["infer", "-c", str(config), "--ckpt", str(ckpt), "--input", f"S1GRD={scene}", "--out", str(out),
-            "--chip", "224", "--overlap", "32", "--batch-size", "4", "--confidence"]  # fmt: skip
+            "--chip", "224", "--overlap", "32", "--batch-size", "4", "--confidence"]
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "chips 4/4 (100%)" in captured.err and "ETA" in captured.err and f"wrote {out}" in captured.out
@@ -85,7 +85,7 @@ def test_generate_lulc_through_the_cli(s1_scene, tmp_path, monkeypatch):
 
     build = terratim.build
     small = dataclasses.replace(TokenizerConfig.for_modality("LULC"), enc_dim=32, enc_depth=1, enc_heads=2,
-                                dec_dim=32, dec_depth=1, dec_heads=2)  # fmt: skip
+                                dec_dim=32, dec_depth=1, dec_heads=2)
 
     def build_small(name, **kwargs):  # the real model, with a small random LULC tokenizer to keep CI fast
         return build(name, tokenizers={"LULC": build_tokenizer("LULC", config=small)}, **kwargs)
@@ -94,7 +94,7 @@ def test_generate_lulc_through_the_cli(s1_scene, tmp_path, monkeypatch):
     scene, data = s1_scene
     out = tmp_path / "lulc.tif"
     assert main(["infer", "--model", "terramind_v1_tiny_generate", "--outputs", "LULC", "--input",
-                 f"S1GRD={scene}", "--out", str(out), "--batch-size", "4", "--quiet"]) == 0  # fmt: skip
+                 f"S1GRD={scene}", "--out", str(out), "--batch-size", "4", "--quiet"]) == 0
     with rasterio.open(out) as dst:
         lulc = dst.read(1)
         assert dst.transform == TRANSFORM and dst.dtypes == ("uint8",) and dst.nodata == 255
@@ -116,7 +116,7 @@ def test_bad_input_is_explained(s1_scene, tmp_path, capsys, make_args, message):
     scene, _ = s1_scene
     other = write_tif(tmp_path / "s2.tif", np.zeros((12, 260, 301), np.float32))
     args = ["infer", "--model", "terramind_v1_tiny", "--embeddings", "pixel", "--out", str(tmp_path / "o.tif"),
-            *make_args(scene, other, tmp_path)]  # fmt: skip
+            *make_args(scene, other, tmp_path)]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("terratim infer: error:")
@@ -135,7 +135,7 @@ def test_chip_embeddings_through_the_cli(s1_scene, tmp_path, capsys):
     scene, _ = s1_scene
     out = tmp_path / "emb.parquet"
     rc = main(["infer", "--model", "terramind_v1_tiny", "--embeddings", "chip", "--input", f"S1GRD={scene}",
-               "--out", str(out), "--quiet"])  # fmt: skip
+               "--out", str(out), "--quiet"])
     try:
         import pyarrow.parquet as pq
     except ImportError:  # GeoParquet is optional: the error names the package to install
@@ -169,13 +169,13 @@ def interrupted_run(tmp_path, monkeypatch, capsys):
     data = np.random.default_rng(1).normal(-12.0, 4.0, (2, 600, 260)).astype(np.float32)
     scene = write_tif(tmp_path / "tall.tif", data)
     common = ["infer", "-c", str(config), "--ckpt", str(ckpt), "--input", f"S1GRD={scene}", "--batch-size", "2",
-              "--quiet"]  # fmt: skip
+              "--quiet"]
     out = tmp_path / "resumed.tif"
     with monkeypatch.context() as patch:
         interrupt_batch(patch, 4)  # one batch per chip row; rows 0-2 are done, so output rows 0-255 are on disk
         assert main([*common, "--out", str(out)]) == 130
     return {"common": common, "out": out, "scene": scene, "data": data, "ckpt": ckpt, "config": config,
-            "err": capsys.readouterr().err}  # fmt: skip
+            "err": capsys.readouterr().err}
 
 
 def test_ctrl_c_says_how_to_resume_and_exits_130(interrupted_run):
@@ -190,7 +190,7 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(interrupted_run):
     command = command.strip()
     config, ckpt, scene = (interrupted_run[k] for k in ("config", "ckpt", "scene"))
     assert command == (f"terratim infer --input S1GRD={scene} --out {out} --config {config} --ckpt {ckpt} "
-                       "--batch-size 2 --quiet --resume")  # fmt: skip
+                       "--batch-size 2 --quiet --resume")
 
 
 def test_resume_after_an_interruption_matches_a_clean_run(interrupted_run, tmp_path, capsys):
@@ -231,11 +231,11 @@ def test_an_all_nodata_input_is_an_error_and_writes_nothing(tmp_path, capsys):
     scene = write_tif(tmp_path / "empty.tif", np.full((2, 260, 300), np.nan, np.float32), nodata=np.nan)
     out = tmp_path / "o.tif"
     args = ["infer", "--model", "terramind_v1_tiny", "--embeddings", "pixel", "--input", f"S1GRD={scene}",
-            "--out", str(out), "--quiet"]  # fmt: skip
+            "--out", str(out), "--quiet"]
     assert main(args) == 2
     err = capsys.readouterr().err
     expected = (f"S1GRD input {scene} has no valid pixel: every pixel is nodata or NaN in every band; check the "
-                "file, its nodata value and the window you cut")  # fmt: skip
+                "file, its nodata value and the window you cut")
     assert err == f"terratim infer: error: {expected}\n"
     assert list(tmp_path.iterdir()) == [scene]  # no output, no partial, no progress file
 
@@ -248,7 +248,7 @@ def edit_config(path, change) -> None:
 
 def infer_task(config, ckpt, scene, out) -> int:
     return main(["infer", "-c", str(config), "--ckpt", str(ckpt), "--input", f"S1GRD={scene}", "--out", str(out),
-                 "--batch-size", "4", "--quiet"])  # fmt: skip
+                 "--batch-size", "4", "--quiet"])
 
 
 def test_a_config_that_contradicts_the_checkpoint_is_refused_naming_both_values(s1_scene, tmp_path, capsys):
@@ -267,7 +267,7 @@ def test_a_config_that_contradicts_the_checkpoint_is_refused_naming_both_values(
     assert infer_task(config, ckpt, s1_scene[0], tmp_path / "o.tif") == 2
     err = capsys.readouterr().err
     assert 'data.init_args.modalities is ["S1GRD", "S2L1C"] in the config, but the checkpoint\'s model takes ' \
-        '["S1GRD"]' in err  # fmt: skip
+        '["S1GRD"]' in err
     assert "--input gave" not in err and "not a modality of this model" not in err
 
 
@@ -282,7 +282,7 @@ def test_a_config_that_contradicts_the_checkpoint_is_refused_naming_both_values(
         (lambda m, d: d.update(mean={"S1GRD": [0.0, 0.0]}),
          "data.init_args.mean is not an argument of GenericMultiModalDataModule (did you mean means?)"),
     ],
-)  # fmt: skip
+)
 def test_a_typo_in_the_config_is_an_error(s1_scene, tmp_path, capsys, typo, message):
     config, ckpt = save_task(tmp_path, "terramind_v1_tiny")
     edit_config(config, typo)

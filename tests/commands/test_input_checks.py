@@ -45,7 +45,7 @@ def test_imagine_and_embed_refuse_an_all_nan_input(tmp_path):
     s1 = _write(tmp_path / "s1.tif", 2, 64)
     with pytest.raises(ValueError, match=NO_VALID_PIXEL.format(file="s1.tif")):
         main(["imagine", "--model", "terramind_sim_micro_tim", "--pretrained", "--input", f"S1GRD={s1}",
-              "--out", str(tmp_path / "out")])  # fmt: skip
+              "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match=NO_VALID_PIXEL.format(file="s1.tif")):
         main(["embed", "--model", "terramind_sim_micro", "--pretrained", "--input", f"S1GRD={s1}"])
@@ -55,7 +55,7 @@ def test_imagine_and_embed_refuse_an_all_nan_input(tmp_path):
 def test_reconstruct_refuses_an_all_nan_input(tmp_path, modality, capsys):
     source = _write(tmp_path / "empty.tif", 1, 64)
     argv = ["reconstruct", "--modality", modality, "--input", str(source), "--out", str(tmp_path / "out"),
-            "--ckpt", str(tokenizer_path(modality)), "--steps", "1"]  # fmt: skip
+            "--ckpt", str(tokenizer_path(modality)), "--steps", "1"]
     with pytest.raises(ValueError, match=f"{modality} " + NO_VALID_PIXEL.format(file="empty.tif")):
         main(argv)
     assert "nan" not in capsys.readouterr().out
@@ -67,7 +67,7 @@ def test_reconstruct_keeps_masking_a_partly_nodata_input(tmp_path, capsys):
     data[:, :32] = np.nan  # top half nodata
     source = write_geotiff(tmp_path / "half.tif", data, like=UTM)
     assert main(["reconstruct", "--modality", "DEM", "--input", str(source), "--out", str(tmp_path / "out"),
-                 "--ckpt", str(tokenizer_path("DEM")), "--steps", "1"]) == 0  # fmt: skip
+                 "--ckpt", str(tokenizer_path("DEM")), "--steps", "1"]) == 0
     assert "mean absolute error nan" not in capsys.readouterr().out
     from terratim.data.geotiff import read_geotiff
 
@@ -79,7 +79,7 @@ def _misregistered(tmp_path):
     """S2L2A in UTM 36S and S1GRD in geographic coordinates, same pixel size."""
     s2 = _write(tmp_path / "s2_utm.tif", 12, 64, valid=True)
     s1 = _write(tmp_path / "s1_wgs84.tif", 2, 64, valid=True,
-                like={"crs": CRS.from_epsg(4326), "transform": from_origin(33.0, -9.0, 1e-4, 1e-4)})  # fmt: skip
+                like={"crs": CRS.from_epsg(4326), "transform": from_origin(33.0, -9.0, 1e-4, 1e-4)})
     return s2, s1
 
 
@@ -99,5 +99,5 @@ def test_generate_refuses_inputs_on_different_grids(tmp_path):
     s2, s1 = _misregistered(tmp_path)
     with pytest.raises(ValueError, match=MISREGISTERED):
         main(["generate", "--input", f"S2L2A={s2}", "--input", f"S1GRD={s1}", "--output", "LULC",
-              "--out", str(tmp_path / "out")])  # fmt: skip
+              "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()

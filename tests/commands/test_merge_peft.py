@@ -16,7 +16,7 @@ from terratim.tasks.cli import build_cli
 REPO = Path(__file__).resolve().parents[2]
 QUICK = REPO / "configs" / "quick_sen1floods11_sim_micro.yaml"
 LORA = ('{"method": "LORA", "replace_qkv": "qkv", "peft_config_kwargs": {"target_modules": '
-        '["qkv.q_linear", "qkv.v_linear", "mlp.fc1", "mlp.fc2"], "r": 4, "lora_alpha": 8}}')  # fmt: skip
+        '["qkv.q_linear", "qkv.v_linear", "mlp.fc1", "mlp.fc2"], "r": 4, "lora_alpha": 8}}')
 
 
 def run_args(folder: Path) -> list[str]:
@@ -87,5 +87,5 @@ def test_merge_peft_refuses_a_checkpoint_without_adapters(lora_fit: Path, tmp_pa
     assert main(["merge-peft", "--ckpt", str(plain), "--out", str(tmp_path / "again.ckpt")], report_errors=True) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line == (f"terratim merge-peft: error: {plain} has no model_args.peft_config: it is not a PEFT fine-tune, "
-                    "nothing to merge")  # fmt: skip
+                    "nothing to merge")
     assert not (tmp_path / "again.ckpt").exists()

@@ -17,7 +17,7 @@ SAMPLE = "38D_378R_2_3"
 TINY = dict(
     enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2,
     unet={"channels": 32, "channel_mult": (1, 1, 2, 2), "num_res_blocks": 1, "attention_ds": (4, 8)},
-)  # fmt: skip
+)
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ def test_reconstruct_writes_georeferenced_tif_and_png(tmp_path, modality, capsys
     source = EXAMPLES / modality / f"{SAMPLE}.tif"
     out = tmp_path / "out"
     argv = ["reconstruct", "--modality", modality.lower(), "--input", str(source), "--out", str(out),
-            "--steps", "2", "--ckpt", str(_checkpoint(tmp_path, modality))]  # fmt: skip
+            "--steps", "2", "--ckpt", str(_checkpoint(tmp_path, modality))]
     assert main(argv) == 0
     tif = out / f"{SAMPLE}_{modality}_reconstruction.tif"
     png = out / f"{SAMPLE}_{modality}_reconstruction.png"
@@ -75,4 +75,4 @@ def test_reconstruct_bad_arguments(tmp_path):
         main(["reconstruct", "--modality", "nope", "--input", dem, "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="has 1 bands, expected 2"):
         main(["reconstruct", "--modality", "S1GRD", "--input", dem, "--out", str(tmp_path),
-              "--ckpt", str(_checkpoint(tmp_path, "S1GRD"))])  # fmt: skip
+              "--ckpt", str(_checkpoint(tmp_path, "S1GRD"))])

@@ -42,7 +42,7 @@ def _pretrain_config(tmp_path, **extra) -> str:
         "data": {"simulated": {"seed": 0, "count": 4, "size": 64}, "batch_size": 2},
         "trainer": {"max_steps": 1, "accelerator": "cpu", "devices": 1},
         **extra,
-    }  # fmt: skip
+    }
     path = tmp_path / "pretrain.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -52,7 +52,7 @@ def _tokenizer_config(tmp_path, **extra) -> str:
     config = {"model": {"modality": "LULC", "architecture": {"enc_dim": 32, "enc_depth": 1, "enc_heads": 2,
                                                              "dec_dim": 32, "dec_depth": 1, "dec_heads": 2}},
               "data": {"simulated": {"seed": 0, "count": 4, "size": 64}, "batch_size": 2},
-              "trainer": {"max_steps": 1, "accelerator": "cpu", "devices": 1}, **extra}  # fmt: skip
+              "trainer": {"max_steps": 1, "accelerator": "cpu", "devices": 1}, **extra}
     path = tmp_path / "tokenizer.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)

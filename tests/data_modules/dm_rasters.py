@@ -10,7 +10,7 @@ from rasters import write_tif
 
 
 def make_sample(root: Path, sid: str, size: int = 16, s2_bands: int = 12, s1_size: int | None = None,
-                label: np.ndarray | None = None, seed: int = 0) -> None:  # fmt: skip
+                label: np.ndarray | None = None, seed: int = 0) -> None:
     """``root/{S2L2A,S1GRD,label}/<sid>_*.tif``; S1 has one nodata pixel, the label one nodata pixel."""
     rng = np.random.default_rng(seed)
     s2 = rng.integers(0, 4000, (s2_bands, size, size)).astype(np.uint16)
@@ -28,7 +28,7 @@ def module_args(root: Path, **kwargs) -> dict:
     """GenericMultiModalDataModule arguments for a tree written by make_sample (all splits on the same data)."""
     roots = {"S2L2A": str(root / "S2L2A"), "S1GRD": str(root / "S1GRD")}
     args = {"modalities": ["S2L2A", "S1GRD"], "batch_size": 2, "num_classes": 3,
-            "image_grep": {"S2L2A": "*_s2.tif", "S1GRD": "*_s1.tif"}, "label_grep": "*_mask.tif"}  # fmt: skip
+            "image_grep": {"S2L2A": "*_s2.tif", "S1GRD": "*_s1.tif"}, "label_grep": "*_mask.tif"}
     for split in ("train", "val", "test"):
         args[f"{split}_data_root"] = roots
         args[f"{split}_label_data_root"] = str(root / "label")

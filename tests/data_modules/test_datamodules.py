@@ -44,13 +44,13 @@ def test_explicit_stats_with_extra_keys_and_no_data_replace(tree: Path):
     assert torch.allclose(batch["image"]["S1GRD"][:, :, 0, 0], torch.tensor([[5.0, 5.0]] * 2))  # (0 - m) / s
     with pytest.raises(ValueError, match="S1GRD: means/stds have 3/3 values, expected 2"):
         GenericMultiModalDataModule(**module_args(tree, means={**means, "S1GRD": [1, 2, 3]},
-                                                  stds={**stds, "S1GRD": [1, 2, 3]}))  # fmt: skip
+                                                  stds={**stds, "S1GRD": [1, 2, 3]}))
 
 
 def test_terratorch_rgb_preview_arguments_are_accepted_and_change_nothing(tree: Path):
     plain = _first_batch(GenericMultiModalDataModule(**module_args(tree, train_transform=None)), "val")
     dm = GenericMultiModalDataModule(**module_args(tree, train_transform=None, rgb_modality="S2L2A",
-                                                   rgb_indices=[3, 2, 1]))  # fmt: skip
+                                                   rgb_indices=[3, 2, 1]))
     with_rgb = _first_batch(dm, "val")
     for name in ("S2L2A", "S1GRD"):
         assert torch.equal(with_rgb["image"][name], plain["image"][name])  # same files, same arithmetic
@@ -85,7 +85,7 @@ def test_split_file_naming_a_missing_sample(tree: Path):
     split.write_text("a_1\nzz_9\n")
     dm = GenericMultiModalDataModule(**module_args(tree, train_split=str(split)))
     with pytest.raises(FileNotFoundError, match=r"sample 'zz_9' \(from split file .*split.txt\) has no file for "
-                                                r"S2L2A, S1GRD, label; searched S2L2A: .*zz_9_s2.tif"):  # fmt: skip
+                                                r"S2L2A, S1GRD, label; searched S2L2A: .*zz_9_s2.tif"):
         dm.setup("fit")
     dm = GenericMultiModalDataModule(**module_args(tree, train_split=str(split), missing="skip"))
     with pytest.warns(UserWarning, match="skipped 1 of 2 samples"):
@@ -159,7 +159,7 @@ def _placeholder_tree(root: Path, file_bands: int = 7) -> dict:
     return {"modalities": ["S2L2A"], "batch_size": 1, "num_classes": 2, "data_root": str(root),
             "label_data_root": str(root), "img_grep": {"S2L2A": "*input.tif"}, "label_grep": "*label.tif",
             "dataset_bands": {"S2L2A": PLACEHOLDER_BANDS}, "output_bands": {"S2L2A": ["RED", "BLUE", "GREEN"]},
-            "means": means, "stds": stds}  # fmt: skip
+            "means": means, "stds": stds}
 
 
 def test_dataset_bands_with_placeholders_select_output_bands(tmp_path: Path):
@@ -181,7 +181,7 @@ def test_dataset_bands_count_differing_from_the_file(tmp_path: Path):
     args = _placeholder_tree(tmp_path, file_bands=2)  # RED (position 3) and GREEN (2) are not in the file
     ds = GenericMultiModalDataModule(**args).make_dataset("val")
     with pytest.raises(ValueError, match=r"S2L2A file .*x_1_input.tif has 2 bands, but dataset_bands lists 7 and "
-                                         r"puts output bands \['RED', 'GREEN'\] beyond"):  # fmt: skip
+                                         r"puts output bands \['RED', 'GREEN'\] beyond"):
         ds[0]
 
 

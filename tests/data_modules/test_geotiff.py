@@ -41,7 +41,7 @@ def test_same_grid_passes_and_returns_it(tmp_path):
     [({"crs": CRS.from_epsg(4326)}, "CRS EPSG:4326 vs EPSG:32736"),
      ({"transform": from_origin(500100, 9000000, 10, 10)}, "transform"),
      ({"height": 31}, "size 31x32 vs 32x32")],
-)  # fmt: skip
+)
 def test_grid_mismatch_names_both_files_the_modality_and_what_differs(tmp_path, change, phrase):
     a = _raster(tmp_path / "s2.tif", np.zeros((1, 32, 32), np.float32))
     b = _raster(tmp_path / "s1.tif", np.zeros((1, 32, 32), np.float32), **change)
@@ -55,7 +55,7 @@ def test_grid_mismatch_names_both_files_the_modality_and_what_differs(tmp_path, 
 def test_same_grid_accepts_profiles_and_open_datasets(tmp_path):
     a = write_geotiff(tmp_path / "a.tif", np.zeros((1, 32, 32), np.float32), like=UTM)
     b = write_geotiff(tmp_path / "b.tif", np.zeros((1, 32, 32), np.float32),
-                      like={**UTM, "crs": CRS.from_epsg(4326)})  # fmt: skip
+                      like={**UTM, "crs": CRS.from_epsg(4326)})
     with rasterio.open(a) as ds_a, rasterio.open(b) as ds_b:
         check_same_grid({"S2L2A": ds_a, "DEM": (a, dict(ds_a.profile))})
         with pytest.raises(ValueError, match=r"DEM \(.*b\.tif\) and S2L2A"):
@@ -70,7 +70,7 @@ def test_no_valid_pixel_is_refused_from_memory_and_from_a_dataset(tmp_path):
     with rasterio.open(path) as ds, pytest.raises(ValueError, match=r"S1GRD input .*empty\.tif has no valid pixel"):
         require_valid_pixels(ds, "S1GRD")
     nodata = write_geotiff(tmp_path / "nodata.tif", np.full((1, 32, 32), -9999, np.float32), like=UTM,
-                           nodata=-9999)  # fmt: skip
+                           nodata=-9999)
     with pytest.raises(ValueError, match="no valid pixel"):
         require_valid_pixels(read_geotiff(nodata), "DEM")
 
@@ -119,7 +119,7 @@ def test_modality_rasters_are_checked_and_image_modalities_standardized(tmp_path
     s1 = np.stack([np.full((32, 32), -12.0), np.full((32, 32), -20.0)]).astype(np.float32)
     lulc = np.arange(32 * 32, dtype=np.uint8).reshape(1, 32, 32) % 10
     files = {"S1GRD": write_geotiff(tmp_path / "s1.tif", s1, like=UTM),
-             "LULC": write_geotiff(tmp_path / "lulc.tif", lulc, like=UTM)}  # fmt: skip
+             "LULC": write_geotiff(tmp_path / "lulc.tif", lulc, like=UTM)}
     tensors = raster_tensors(read_modality_rasters(files))
     assert list(tensors) == ["S1GRD", "LULC"]
     s1grd = mods.resolve("S1GRD")
@@ -137,6 +137,6 @@ def test_modality_rasters_refuse_wrong_band_count_and_other_grids(tmp_path):
     with pytest.raises(ValueError, match=r"S1GRD file .*three\.tif has 3 bands, expected 2"):
         read_modality_rasters({"S1GRD": three})
     dem = write_geotiff(tmp_path / "dem.tif", np.zeros((1, 32, 32), np.float32),
-                        like={**UTM, "crs": CRS.from_epsg(4326)})  # fmt: skip
+                        like={**UTM, "crs": CRS.from_epsg(4326)})
     with pytest.raises(ValueError, match="not co-registered"):
         read_modality_rasters({"S1GRD": s1, "DEM": dem})

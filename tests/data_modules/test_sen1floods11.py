@@ -24,7 +24,7 @@ def test_s1_chips_batch_with_crops(tmp_path: Path):
     split = tmp_path / "chips.txt"
     split.write_text("\n".join(CHIPS))
     dm = Sen1Floods11DataModule(str(ROOT), modalities=["S1GRD"], batch_size=3, crop_size=64,
-                                split_files={"train": str(split), "val": str(split)})  # fmt: skip
+                                split_files={"train": str(split), "val": str(split)})
     dm.setup("fit")
     assert len(dm.datasets["train"]) == len(CHIPS) == 9
     batch = next(iter(dm.train_dataloader()))

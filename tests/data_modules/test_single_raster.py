@@ -44,7 +44,7 @@ def _seg(root: Path, **kwargs) -> GenericNonGeoSegmentationDataModule:
     args = dict(batch_size=2, num_workers=0, means=[100.0, 200.0, 300.0, 400.0], stds=[10.0, 20.0, 30.0, 40.0],
                 num_classes=3, train_data_root=str(root / "data"), train_label_data_root=str(root / "labels"),
                 val_data_root=str(root / "data"), val_label_data_root=str(root / "labels"),
-                img_grep="*_img.tif", label_grep="*_lbl.tif", no_label_replace=-1)  # fmt: skip
+                img_grep="*_img.tif", label_grep="*_lbl.tif", no_label_replace=-1)
     args.update(kwargs)
     return GenericNonGeoSegmentationDataModule(**args)
 
@@ -81,7 +81,7 @@ def test_segmentation_batch_standardized_nodata_labels(tmp_path: Path):
     root = _seg_tree(tmp_path)
     dm = _seg(root, output_bands=[2, 0], dataset_bands=[[0, 3]], means=[300.0, 100.0], stds=[30.0, 10.0],
               no_data_replace=50, constant_scale=2.0, reduce_zero_label=True,
-              train_split=str(root / "train.txt"))  # fmt: skip
+              train_split=str(root / "train.txt"))
     dm.setup("fit")
     assert [s.sample_id for s in dm.datasets["train"].samples] == ["scene.v1.4", "scene.v1.5"]
     batch = _batch(dm)
@@ -119,7 +119,7 @@ def test_band_count_mismatch_warns_naming_the_file_and_reads_by_position(tmp_pat
     root = _seg_tree(tmp_path)
     for output_bands, kept in ((None, [0, 1, 2]), (["C", "A"], [2, 0])):
         dm = _seg(root, dataset_bands=["A", "B", "C"], output_bands=output_bands, means=[0.0] * len(kept),
-                  stds=[1.0] * len(kept))  # fmt: skip
+                  stds=[1.0] * len(kept))
         with pytest.warns(UserWarning, match=r"_img\.tif has 4 bands but dataset_bands lists 3"):
             dm.setup("fit")
         item = dm.datasets["val"][0]
@@ -133,9 +133,9 @@ def test_setup_errors_name_files_and_options(tmp_path: Path):
     with pytest.raises(ValueError, match=r"_img\.tif gives 4 channels .* but means and stds have 2 values"):
         _seg(root, means=[1.0, 2.0], stds=[1.0, 1.0]).setup("fit")
     with pytest.raises(ValueError, match=r"_img\.tif has 4 bands, but dataset_bands lists 5 and puts output bands "
-                                         r"\['E'\] beyond the file's last band"):  # fmt: skip
+                                         r"\['E'\] beyond the file's last band"):
         _seg(root, dataset_bands=["A", "B", "C", "D", "E"], output_bands=["A", "E"], means=[1.0] * 2,
-             stds=[1.0] * 2).setup("fit")  # fmt: skip
+             stds=[1.0] * 2).setup("fit")
     (root / "labels" / "scene.v1.5_lbl.tif").unlink()
     with pytest.raises(FileNotFoundError, match=r"1 images have no label matching '\*_lbl\.tif', e\.g\. .*scene"):
         _seg(root).setup("fit")
@@ -156,7 +156,7 @@ def test_expand_temporal_dimension_time_major_and_channel_major(tmp_path: Path):
         dm = GenericNonGeoSegmentationDataModule(1, 0, means=[0.0, 0.0], stds=[1.0, 1.0], num_classes=2,
                                                  predict_data_root=str(tmp_path / folder), img_grep="*_img.tif",
                                                  dataset_bands=["RED", "NIR"], expand_temporal_dimension=True,
-                                                 temporal_channel_major=major)  # fmt: skip
+                                                 temporal_channel_major=major)
         batch = _batch(dm, "predict")
         assert batch["image"].shape == (1, 2, 3, 4, 4) and "mask" not in batch
         np.testing.assert_array_equal(batch["image"][0, :, :, 0, 0].numpy(), want)
@@ -173,11 +173,11 @@ def test_flatten_unflatten_follow_terratorch_order():
             np.testing.assert_array_equal(flattened[t * 6 + c], image[c, t])
     for kwargs in ({"n_timesteps": 3}, {"n_channels": 6}):
         unflat = build_transforms([{"class_path": "terratim.data.transforms.UnflattenTemporalFromChannels",
-                                    "init_args": kwargs}])  # fmt: skip
+                                    "init_args": kwargs}])
         np.testing.assert_array_equal(unflat(sample)["image"]["image"], image)
     with pytest.raises(ValueError, match="18 channels do not split by n_timesteps 4"):
         build_transforms([{"class_path": "terratim.datasets.transforms.UnflattenTemporalFromChannels",
-                           "init_args": {"n_timesteps": 4}}])(sample)  # fmt: skip
+                           "init_args": {"n_timesteps": 4}}])(sample)
     with pytest.raises(ValueError, match="needs n_timesteps or n_channels"):
         build_transforms([{"class_path": "terratim.datasets.transforms.UnflattenTemporalFromChannels"}])
 
@@ -192,7 +192,7 @@ def test_albumentations_on_time_series_needs_flattening():
     wrapped = build_transforms([{"class_path": "terratim.datasets.transforms.FlattenTemporalIntoChannels"},
                                 A.RandomBrightnessContrast(p=1.0),
                                 {"class_path": "terratim.datasets.transforms.UnflattenTemporalFromChannels",
-                                 "init_args": {"n_timesteps": 3}}])  # fmt: skip
+                                 "init_args": {"n_timesteps": 3}}])
     out = wrapped({"image": {"image": image}, "mask": np.zeros((8, 8), np.int64)})
     assert out["image"]["image"].shape == (2, 3, 8, 8)
 
@@ -206,7 +206,7 @@ def test_regression_keeps_target_nodata_as_nan(tmp_path: Path):
         write_tif(tmp_path / "y" / f"{sid}.tif", target, nodata=-9999)
     dm = GenericNonGeoPixelwiseRegressionDataModule(2, 0, means=[0.0, 0.0], stds=[1.0, 1.0],
                                                     val_data_root=str(tmp_path / "x"),
-                                                    val_label_data_root=str(tmp_path / "y"))  # fmt: skip
+                                                    val_label_data_root=str(tmp_path / "y"))
     dm.setup("validate")
     batch = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
     assert batch["mask"].dtype == torch.float32 and torch.isnan(batch["mask"][:, 0, 0]).all()
@@ -227,7 +227,7 @@ def test_classification_image_folders(tmp_path: Path):
     root = _class_tree(tmp_path)
     dm = GenericNonGeoClassificationDataModule(8, 0, means=[50.0] * 3, stds=[20.0] * 3, num_classes=2,
                                                train_data_root=str(root / "train"),
-                                               predict_data_root=str(root / "predict"))  # fmt: skip
+                                               predict_data_root=str(root / "predict"))
     dm.setup("fit")
     batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert batch["image"].shape == (5, 3, 16, 16) and batch["mask"].dtype == torch.int64
@@ -238,7 +238,7 @@ def test_classification_image_folders(tmp_path: Path):
     assert "mask" not in predict and len(predict["meta"]) == 2
     with pytest.raises(ValueError, match=r"has 2 class folders \['forest', 'water'\], but num_classes is 3"):
         GenericNonGeoClassificationDataModule(8, 0, means=[50.0] * 3, stds=[20.0] * 3, num_classes=3,
-                                              train_data_root=str(root / "train")).setup("fit")  # fmt: skip
+                                              train_data_root=str(root / "train")).setup("fit")
 
 
 def test_classification_config_fit_by_short_class_name(tmp_path: Path, monkeypatch):
@@ -291,14 +291,14 @@ def test_multi_temporal_crop_arguments(tmp_path: Path):
     assert batch["image"].shape == (2, 2, 3, 8, 8) and int(batch["mask"].min()) >= -1
     np.testing.assert_allclose(dm.means, [924.335066, 2968.881459], rtol=1e-6)
     flat = MultiTemporalCropClassificationDataModule(str(root), batch_size=1, expand_temporal_dimension=False,
-                                                     bands=["RED", "NIR_NARROW"])  # fmt: skip
+                                                     bands=["RED", "NIR_NARROW"])
     flat_batch = _batch(flat, "test")  # test (and predict) read the validation chips
     assert flat_batch["image"].shape == (1, 6, 8, 8) and flat_batch["meta"][0]["sample_id"] == "chip_2"
     assert int(flat_batch["mask"].min()) >= -1 and int(flat_batch["mask"].max()) <= 12
     with pytest.raises(ValueError, match=r"chip_2\.mask\.tif has values \[13\] outside the 13 classes"):
         _batch(MultiTemporalCropClassificationDataModule(str(root), batch_size=1, reduce_zero_label=False), "test")
     stacked = _batch(MultiTemporalCropClassificationDataModule(str(root), batch_size=1, bands=["RED", "NIR_NARROW"]),
-                     "test")["image"][0]  # fmt: skip
+                     "test")["image"][0]
     torch.testing.assert_close(flat_batch["image"][0].view(3, 2, 8, 8).transpose(0, 1), stacked)  # date by date
     with pytest.raises(ValueError, match=r"bands \['NIR'\] are not bands of this dataset"):
         MultiTemporalCropClassificationDataModule(str(root), bands=["NIR"])
@@ -333,7 +333,7 @@ def test_unrelated_names_pair_in_sorted_order_with_a_warning(tmp_path: Path):
         write_tif(tmp_path / "y" / f"lab{i}.tif", np.full((1, 4, 4), i, np.uint8))
     dm = GenericNonGeoSegmentationDataModule(2, 0, means=[0.0], stds=[1.0], num_classes=2,
                                              val_data_root=str(tmp_path / "x"),
-                                             val_label_data_root=str(tmp_path / "y"))  # fmt: skip
+                                             val_label_data_root=str(tmp_path / "y"))
     with pytest.warns(UserWarning, match="pairing 2 images and labels in sorted order"):
         dm.setup("validate")
     batch = next(iter(dm.val_dataloader()))
@@ -344,5 +344,5 @@ def test_statistics_from_a_plain_text_file(tmp_path: Path):
     (tmp_path / "means.txt").write_text("1.5\n2.5\n")
     (tmp_path / "stds.txt").write_text("0.5 0.25\n")
     dm = GenericNonGeoSegmentationDataModule(1, 0, means=str(tmp_path / "means.txt"), stds=str(tmp_path / "stds.txt"),
-                                             num_classes=2)  # fmt: skip
+                                             num_classes=2)
     assert dm.means.tolist() == [1.5, 2.5] and dm.stds.tolist() == [0.5, 0.25]

@@ -42,7 +42,7 @@ def test_config_names_work_without_albumentations_and_random_crop_is_shared():
     transform = build_transforms(
         [{"class_path": "albumentations.D4"}, {"class_path": "RandomCrop", "init_args": {"height": 4}},
          {"class_path": "albumentations.pytorch.transforms.ToTensorV2"}]
-    )  # fmt: skip
+    )
     out = transform(_sample(), torch.Generator().manual_seed(1))
     assert out["mask"].shape == (4, 4) and _consistent(out)
 

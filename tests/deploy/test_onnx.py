@@ -69,7 +69,7 @@ def test_regression_and_classification_export(exported, kind, shape):
 def test_imagination_equals_the_tim_backbone_at_temperature_zero():
     """One argmax pass = the backbone's sampler with temperature 0 (token ids, exact where not near-tied)."""
     tim = terratim.build("terramind_v1_tiny_tim", modalities=["S1GRD"], tim_modalities=["LULC"],
-                         tim_temperature=0.0, tim_scheme="maskgit").eval()  # fmt: skip
+                         tim_temperature=0.0, tim_scheme="maskgit").eval()
     x = {"S1GRD": torch.randn(2, 2, TILE, TILE, generator=torch.Generator().manual_seed(0))}
     ours = imagine_argmax(tim, x)["LULC"]  # (B, N)
     theirs = tim.imagine(x)["LULC"].reshape(2, -1)
@@ -147,7 +147,7 @@ def test_two_inputs_and_two_imagined_modalities(backbone, tmp_path):
 
     args = {"backbone": backbone, "backbone_pretrained": False, "backbone_modalities": ["S2L2A", "S1GRD"],
             "necks": [{"name": "SelectIndices", "indices": [11]}, {"name": "ReshapeTokensToImage"}],
-            "decoder": "FCNDecoder", "decoder_channels": 16, "num_classes": 4}  # fmt: skip
+            "decoder": "FCNDecoder", "decoder_channels": 16, "num_classes": 4}
     if backbone.endswith("_tim"):
         args.update(backbone_tim_modalities=["LULC", "NDVI"], backbone_tim_temperature=0.0)
     torch.manual_seed(0)
@@ -157,7 +157,7 @@ def test_two_inputs_and_two_imagined_modalities(backbone, tmp_path):
     assert [s.name for s in model.card.inputs] == ["S2L2A", "S1GRD"]
     raw = sample_inputs(model.card, 2, seed=4)
     standardized = {s.name: (x - torch.tensor(s.mean).view(1, -1, 1, 1)) / torch.tensor(s.std).view(1, -1, 1, 1)
-                    for s, x in zip(model.card.inputs, raw)}  # fmt: skip
+                    for s, x in zip(model.card.inputs, raw)}
     with torch.no_grad():
         expected = task(standardized)
     got = model({s.name: x for s, x in zip(model.card.inputs, raw)})

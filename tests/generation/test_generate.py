@@ -16,7 +16,7 @@ from fixture_weights import assert_close, load_case
 def parity_model(tiny_checkpoint):
     entry, io = load_case("tiny_generate_s2l2a_to_lulc")
     model = terratim.build(entry["name"], ckpt_path=str(tiny_checkpoint), build_tokenizers_for_outputs=False,
-                           **entry["build_kwargs"])  # fmt: skip
+                           **entry["build_kwargs"])
     return model.eval(), entry, io
 
 
@@ -42,7 +42,7 @@ def small_generator(tiny_checkpoint, **kwargs):
     kwargs.setdefault("modalities", ["S2L2A"])
     kwargs.setdefault("output_modalities", ["LULC"])
     return terratim.build("terramind_v1_tiny_generate", ckpt_path=str(tiny_checkpoint),
-                          build_tokenizers_for_outputs=False, **kwargs).eval()  # fmt: skip
+                          build_tokenizers_for_outputs=False, **kwargs).eval()
 
 
 @pytest.mark.parametrize("scheme", ["roar", "maskgit"])
@@ -211,11 +211,11 @@ def test_a_tokenizer_that_is_not_a_module_is_refused(tiny_checkpoint):
 def test_token_inputs_get_encoder_only_tokenizers_and_outputs_keep_their_decoder(tiny_checkpoint):
     """A LULC input is only encoded (no 0.2-0.7 GB decoder allocated for it); a LULC output is decoded."""
     as_input = terratim.build("terramind_v1_tiny_generate", modalities=["S1GRD", "LULC"], output_modalities=["NDVI"],
-                              ckpt_path=str(tiny_checkpoint), build_tokenizers_for_outputs=False)  # fmt: skip
+                              ckpt_path=str(tiny_checkpoint), build_tokenizers_for_outputs=False)
     lulc_encoder = as_input.network.tokenizers["tok_lulc@224"]
     assert lulc_encoder.decoder is None and lulc_encoder.encoder is not None
     as_output = terratim.build("terramind_v1_tiny_generate", modalities=["S1GRD"], output_modalities=["LULC"],
-                               ckpt_path=str(tiny_checkpoint))  # fmt: skip
+                               ckpt_path=str(tiny_checkpoint))
     assert as_output.tokenizers["LULC"].decoder is not None
 
 
@@ -272,7 +272,7 @@ def test_a_new_output_order_equals_a_model_built_in_that_order(tiny_checkpoint, 
     (["S2L2A"], r"S2L2A is not an output of this model; available outputs: \['LULC', 'DEM'\]"),
     (["DEM", "dem"], r"output DEM is named twice"),
     ([], r"outputs is empty; .*\['LULC', 'DEM'\]"),
-])  # fmt: skip
+])
 def test_unknown_or_unbuilt_outputs_raise_with_the_available_ones(lulc_dem_model, outputs, message):
     x = {"S2L2A": torch.randn(1, 12, 32, 32)}
     with pytest.raises(ValueError, match=message):
@@ -292,9 +292,9 @@ def test_filled_bands_equal_the_full_input_with_those_bands_at_their_mean(tiny_c
     s2 = terratim.MODALITIES["S2L2A"]
     raw = torch.rand(1, 12, 32, 32, generator=torch.Generator().manual_seed(2)) * 4000
     with pytest.warns(UserWarning, match="S2L2A: bands COASTAL_AEROSOL, RED_EDGE_1, .*WATER_VAPOR are missing and "
-                                         "filled with their pretraining mean .* results degrade"):  # fmt: skip
+                                         "filled with their pretraining mean .* results degrade"):
         filled = small_generator(tiny_checkpoint, temperature=0.0, standardize=True, bands={"S2L2A": HLS_BANDS},
-                                 fill_missing_bands="mean")  # fmt: skip
+                                 fill_missing_bands="mean")
     full = small_generator(tiny_checkpoint, temperature=0.0, standardize=True)
     at_mean = raw.clone()
     for band in s2.missing_bands(HLS_BANDS):
@@ -305,9 +305,9 @@ def test_filled_bands_equal_the_full_input_with_those_bands_at_their_mean(tiny_c
     zeroed = z.clone()
     zeroed[:, [s2.band_index(b) for b in s2.missing_bands(HLS_BANDS)]] = 0.0
     assert_same_generation(states_of(filled, {"S2L2A": hls_like(z)}, standardize=False),
-                           states_of(full, {"S2L2A": zeroed}, standardize=False))  # fmt: skip
+                           states_of(full, {"S2L2A": zeroed}, standardize=False))
     with pytest.raises(ValueError, match=r"S2L2A: this model takes the 6 bands BLUE, GREEN, .*SWIR_2 \(the other "
-                                         r"pretrained bands are filled\), got shape \(1, 12, 32, 32\)"):  # fmt: skip
+                                         r"pretrained bands are filled\), got shape \(1, 12, 32, 32\)"):
         filled.generate_tokens({"S2L2A": raw})
 
 
@@ -325,7 +325,7 @@ def test_fill_bands_places_each_band_and_the_means():
 
 def test_missing_bands_are_an_error_unless_filled(tiny_checkpoint):
     with pytest.raises(ValueError, match=r"S2L2A: pretrained bands \['COASTAL_AEROSOL', .*\] are missing .*"
-                                         "fill_missing_bands='mean'"):  # fmt: skip
+                                         "fill_missing_bands='mean'"):
         small_generator(tiny_checkpoint, bands={"S2L2A": HLS_BANDS})
     model = small_generator(tiny_checkpoint)  # the default: every pretrained band, or the backbone's clear error
     with pytest.raises(ValueError, match=r"S2L2A: expected 12 bands \(COASTAL_AEROSOL, .*\), got 6 channels"):
@@ -339,7 +339,7 @@ def test_missing_bands_are_an_error_unless_filled(tiny_checkpoint):
     (dict(bands={"S1GRD": ["VV"]}, fill_missing_bands="mean"), r"S1GRD, which is not an input of this model"),
     (dict(fill_missing_bands="mean"), r"fill_missing_bands needs bands="),
     (dict(bands={"S2L2A": ["BLUE"]}, fill_missing_bands="zero"), r"fill_missing_bands must be None or one of"),
-])  # fmt: skip
+])
 def test_bad_band_fill_options_raise(tiny_checkpoint, options, message):
     with pytest.raises(ValueError, match=message):
         small_generator(tiny_checkpoint, **options)

@@ -48,9 +48,9 @@ def test_good_top_k_values_are_kept(top_k):
 def test_defaults_are_the_references_and_the_record_is_frozen():
     settings = GenerationSettings()
     assert (settings.scheme, settings.decoding_steps, settings.temperature, settings.top_k, settings.top_p) == (
-        "roar", 1, 1.0, 0, 0.8)  # fmt: skip
+        "roar", 1, 1.0, 0, 0.8)
     assert (settings.token_schedule, settings.temperature_schedule, settings.cfg_scale, settings.chain) == (
-        "linear", "constant", 1.0, True)  # fmt: skip
+        "linear", "constant", 1.0, True)
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.temperature = 0.0  # type: ignore[misc]
 
@@ -72,15 +72,15 @@ def test_loose_options_override_the_settings_given():
 
 def small_generator(tiny_checkpoint, **kwargs):
     return terratim.build("terramind_v1_tiny_generate", ckpt_path=str(tiny_checkpoint), modalities=["S2L2A"],
-                          output_modalities=["LULC"], build_tokenizers_for_outputs=False, **kwargs).eval()  # fmt: skip
+                          output_modalities=["LULC"], build_tokenizers_for_outputs=False, **kwargs).eval()
 
 
 def test_old_keyword_arguments_still_build_the_same_settings(tiny_checkpoint):
     old = dict(decoding_steps=2, temps=0.5, top_p=0.9, top_k=3, scheme="maskgit", chain=False, timesteps=7,
-               cfg_scale=2.0)  # fmt: skip
+               cfg_scale=2.0)
     model = small_generator(tiny_checkpoint, **old)
     assert model.settings == GenerationSettings(decoding_steps=2, temperature=0.5, top_p=0.9, top_k=3,
-                                                scheme="maskgit", chain=False, timesteps=7, cfg_scale=2.0)  # fmt: skip
+                                                scheme="maskgit", chain=False, timesteps=7, cfg_scale=2.0)
     assert not model.chain
     whole = small_generator(tiny_checkpoint, settings=model.settings)
     assert whole.settings == model.settings
@@ -90,11 +90,11 @@ def test_old_keyword_arguments_still_build_the_same_settings(tiny_checkpoint):
 def test_tim_takes_the_prefixed_keywords_or_the_settings_whole(tiny_checkpoint):
     def tim(**kwargs):
         return terratim.build("terramind_v1_tiny_tim", ckpt_path=str(tiny_checkpoint), modalities=["S1GRD"],
-                              **kwargs)  # fmt: skip
+                              **kwargs)
 
     old = tim(tim_temps=0.0, tim_decoding_steps=2, tim_scheme="maskgit", tim_top_k=4, tim_top_p=0.5, tim_chain=False)
     assert old.generator.settings == GenerationSettings(temperature=0.0, decoding_steps=2, scheme="maskgit", top_k=4,
-                                                        top_p=0.5, chain=False)  # fmt: skip
+                                                        top_p=0.5, chain=False)
     whole = tim(tim_settings=GenerationSettings(token_schedule="cosine"), tim_temperature_schedule="linear")
     assert whole.generator.settings == GenerationSettings(token_schedule="cosine", temperature_schedule="linear")
 

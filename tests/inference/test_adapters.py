@@ -30,7 +30,7 @@ def small_lulc_tokenizer():
     from terratim.tokenizers.model import TokenizerConfig
 
     config = dataclasses.replace(TokenizerConfig.for_modality("LULC"), enc_dim=32, enc_depth=1, enc_heads=2,
-                                 dec_dim=32, dec_depth=1, dec_heads=2)  # fmt: skip
+                                 dec_dim=32, dec_depth=1, dec_heads=2)
     return build_tokenizer("LULC", config=config)
 
 
@@ -38,12 +38,12 @@ def test_lulc_generation_over_a_real_512_chip_keeps_georeferencing(tmp_path):
     """Acceptance: terramind_v1_tiny_generate (random weights) S1GRD -> LULC over 3 x 3 chips of a 512^2 scene."""
     torch.manual_seed(0)
     model = terratim.build("terramind_v1_tiny_generate", modalities=["S1GRD"], output_modalities=["LULC"],
-                           standardize=True, tokenizers={"LULC": small_lulc_tokenizer()})  # fmt: skip
+                           standardize=True, tokenizers={"LULC": small_lulc_tokenizer()})
     predictor = adapters.generation_predictor(model, tmp_path / "lulc.tif", torch.Generator().manual_seed(0),
-                                              confidence=True)  # fmt: skip
+                                              confidence=True)
     assert predictor.bands == {"S1GRD": 2} and np.allclose(predictor.fill["S1GRD"], mods.MODALITIES["S1GRD"].mean)
     (out,) = infer_scene(predictor.predict, {"S1GRD": S1_CHIP}, predictor.heads, TilingConfig(224, 32, 8, 9),
-                         bands=predictor.bands, fill=predictor.fill)  # fmt: skip
+                         bands=predictor.bands, fill=predictor.fill)
     with rasterio.open(S1_CHIP) as src, rasterio.open(out) as dst:
         assert (dst.height, dst.width) == (src.height, src.width) == (512, 512)
         assert dst.crs == src.crs and dst.transform.almost_equals(src.transform)
@@ -69,7 +69,7 @@ def test_task_predictor_standardizes_like_training(make_scene, tmp_path):
     data_args = {"modalities": ["S1GRD"], "means": {"S1GRD": [1.0, 2.0]}, "stds": {"S1GRD": [2.0, 4.0]}}
     predictor = adapters.task_predictor(StubRegression(), data_args, tmp_path / "reg.tif")
     (out,) = infer_scene(predictor.predict, {"S1GRD": path}, predictor.heads, TilingConfig(64, 16, 8, 4),
-                         bands=predictor.bands, fill=predictor.fill)  # fmt: skip
+                         bands=predictor.bands, fill=predictor.fill)
     with rasterio.open(out) as dst:
         assert dst.dtypes == ("float32",) and dst.descriptions == ("value",)
         assert np.allclose(dst.read(1), (data[0] - 1.0) / 2.0, atol=1e-6)
@@ -82,7 +82,7 @@ def test_per_pixel_embeddings_from_a_tiny_backbone(make_scene, tmp_path):
     backbone = terratim.build("terramind_v1_tiny", modalities=["S1GRD"]).eval()
     predictor = adapters.embedding_predictor(backbone, tmp_path / "emb.tif")
     (out,) = infer_scene(predictor.predict, {"S1GRD": path}, predictor.heads, TilingConfig(224, 32, 8, 4),
-                         bands=predictor.bands)  # fmt: skip
+                         bands=predictor.bands)
     with rasterio.open(out) as dst:
         assert dst.count == 192 and dst.transform == TRANSFORM
         pixels = dst.read(1, window=((0, 64), (0, 64)))
@@ -155,7 +155,7 @@ def test_generation_heads_one_file_per_output(make_scene, tmp_path):
     predictor = adapters.generation_predictor(StubGenerate(), tmp_path / "gen.tif")
     assert [h.path.name for h in predictor.heads] == ["gen_LULC.tif", "gen_S2L2A.tif"]
     lulc, s2 = infer_scene(predictor.predict, {"S1GRD": path}, predictor.heads, TilingConfig(48, 16, 8, 4),
-                           bands=predictor.bands, fill=predictor.fill)  # fmt: skip
+                           bands=predictor.bands, fill=predictor.fill)
     with rasterio.open(lulc) as a, rasterio.open(s2) as b:
         assert a.dtypes == ("uint8",) and np.all(a.read(1) == 1) and a.tags()["CLASS_1"] == "water"
         assert b.count == 12 and b.dtypes[0] == "float32" and b.descriptions[3] == "RED"
@@ -172,10 +172,10 @@ def _trained_task_checkpoint(tmp_path: Path, with_record: bool = True) -> Path:
 
     model_args = {"backbone": "terramind_v1_tiny", "backbone_pretrained": False, "backbone_modalities": ["S1GRD"],
                   "necks": [{"name": "SelectIndices", "indices": [11]}, {"name": "ReshapeTokensToImage"}],
-                  "decoder": "FCNDecoder", "decoder_channels": 16, "num_classes": 3}  # fmt: skip
+                  "decoder": "FCNDecoder", "decoder_channels": 16, "num_classes": 3}
     task = SemanticSegmentationTask(model_args, class_names=["land", "water", "cloud"])
     data = GenericMultiModalDataModule(modalities=["S1GRD"], batch_size=1, means={"S1GRD": [1.0, 2.0]},
-                                       stds={"S1GRD": [2.0, 4.0]}, no_data_replace=0.0)  # fmt: skip
+                                       stds={"S1GRD": [2.0, 4.0]}, no_data_replace=0.0)
     checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}
     if with_record:
         task.trainer = SimpleNamespace(datamodule=data)
@@ -200,7 +200,7 @@ def test_task_checkpoint_carries_its_statistics_and_inference_needs_no_config(tm
     record = torch.load(ckpt, weights_only=True)["terratim"]
     assert record["modalities"] == ["S1GRD"] and record["task_class"].endswith("SemanticSegmentationTask")
     assert (record["means"], record["stds"], record["no_data_replace"]) == ({"S1GRD": [1.0, 2.0]},
-                                                                          {"S1GRD": [2.0, 4.0]}, 0.0)  # fmt: skip
+                                                                          {"S1GRD": [2.0, 4.0]}, 0.0)
     task, data = adapters.load_task_model(None, ckpt)
     predictor = adapters.task_predictor(task, data, tmp_path / "seg.tif")
     assert predictor.fingerprint["standardize"] == {"S1GRD": [[1.0, 2.0], [2.0, 4.0]]}
@@ -211,7 +211,7 @@ def test_a_config_silent_on_statistics_takes_the_checkpoints_and_a_contradicting
     ckpt = _trained_task_checkpoint(tmp_path)
     _, data = adapters.load_task_model(_fit_config(tmp_path, {"modalities": ["S1GRD"]}), ckpt)
     assert (data["means"], data["stds"], data["no_data_replace"]) == ({"S1GRD": [1.0, 2.0]},
-                                                                      {"S1GRD": [2.0, 4.0]}, 0.0)  # fmt: skip
+                                                                      {"S1GRD": [2.0, 4.0]}, 0.0)
     other = {"modalities": ["S1GRD"], "means": {"S1GRD": [1.0, 3.0]}, "stds": {"S1GRD": [2.0, 4.0]}}
     with pytest.raises(ValueError, match=r"standardizes S1GRD with means \[1\.0, 3\.0\].*trained with \[1\.0, 2\.0\]"):
         adapters.load_task_model(_fit_config(tmp_path, other), ckpt)
@@ -232,7 +232,7 @@ def test_tim_task_imagines_the_most_likely_tokens_unless_sampling_is_asked(tmp_p
     tim = task.model.backbone
     tim.generator.settings = tim.generator.settings.replace(temperature=1.0, decoding_steps=4)
     predictor = adapters.task_predictor(task, {"modalities": ["S1GRD"]}, tmp_path / "out.tif",
-                                        tim_sampling=tim_sampling)  # fmt: skip
+                                        tim_sampling=tim_sampling)
     settings = tim.generator.settings
     if tim_sampling:
         assert (settings.temperature, settings.decoding_steps) == (1.0, 4)

@@ -76,7 +76,7 @@ def test_sampled_digest_reads_a_fixed_amount(blob, monkeypatch):
 def record(**changes):
     fingerprint = {"format": FORMAT, "inputs": {"S1GRD": {"path": "/d/s1.tif", "size": 10, "digest": "sha256:a"}},
                    "tiling": {"chip": 224, "overlap": 32}, "weights": {"path": "/d/m.ckpt", "size": 5,
-                   "digest": "sha256:b"}}  # fmt: skip
+                   "digest": "sha256:b"}}
     for key, value in changes.items():
         fingerprint[key] = value
     return fingerprint
@@ -87,12 +87,12 @@ def test_changes_name_the_input_the_checkpoint_and_the_setting():
     assert describe_changes(old, record()) == []
     s1 = {"S1GRD": {"path": "/d/s1.tif", "size": 10, "digest": "sha256:c"}}
     assert describe_changes(old, record(inputs=s1)) == ["the S1GRD input /d/s1.tif has changed (same size, "
-                                                        "other content)"]  # fmt: skip
+                                                        "other content)"]
     moved = {"S1GRD": {"path": "/e/s1.tif", "size": 10, "digest": "sha256:a"}}
     assert describe_changes(old, record(inputs=moved)) == ["the S1GRD input is now /e/s1.tif (was /d/s1.tif)"]
     weights = {"path": "/d/m.ckpt", "size": 6, "digest": "sha256:d"}
     assert describe_changes(old, record(weights=weights)) == ["the model checkpoint /d/m.ckpt has changed "
-                                                              "(5 bytes then, 6 now)"]  # fmt: skip
+                                                              "(5 bytes then, 6 now)"]
     assert describe_changes(old, record(tiling={"chip": 224, "overlap": 16})) == [
         "setting tiling.overlap was 32, now 16"
     ]

@@ -36,7 +36,7 @@ def test_parameter_counts_match_the_reference(size, params):
 
 
 @pytest.mark.parametrize("method,shape", [("mean", (2, 16, 192)), ("max", (2, 16, 192)), ("concat", (2, 16, 384)),
-                                          (None, (2, 32, 192))])  # fmt: skip
+                                          (None, (2, 32, 192))])
 def test_merge_methods(method, shape):
     model = tiny(merge_method=method)
     with torch.no_grad():
@@ -193,7 +193,7 @@ def test_lulc_class_map_is_tokenized_inside():
     from terratim.tokenizers.model import TokenizerConfig
 
     config = TokenizerConfig.for_modality("LULC", enc_dim=64, enc_depth=1, enc_heads=2, dec_dim=64, dec_depth=1,
-                                          dec_heads=2)  # fmt: skip
+                                          dec_heads=2)
     tokenizer = terratim.build("terramind_v1_tokenizer_lulc", config=config)
     model = tiny(modalities=["S1GRD", "LULC"], tokenizers={"LULC": tokenizer})
     classes = torch.randint(0, 10, (2, 64, 64), generator=G).to(torch.uint8)

@@ -30,7 +30,7 @@ def exact_tables(grid: int, length: int, dim: int) -> tuple[torch.Tensor, torch.
     angle of each (the float32 tables' error grows with it)."""
     omega_2d = 1.0 / 10000.0 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
     rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
-                                indexing="ij")  # fmt: skip
+                                indexing="ij")
     first, second = rows.flatten()[:, None] * omega_2d, cols.flatten()[:, None] * omega_2d
     table_2d = torch.cat([first.sin(), first.cos(), second.sin(), second.cos()], dim=1)[None]
     omega_1d = 1.0 / 10000.0 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
@@ -87,7 +87,7 @@ def test_256_input_uses_the_bicubically_resized_table(tiny_checkpoint):
 
 def test_built_at_256_recomputes_exact_tables_and_still_loads(tiny_checkpoint):
     model = terratim.build("terramind_v1_tiny", modalities=["S2L2A"], img_size=256,
-                           ckpt_path=str(tiny_checkpoint)).eval()  # fmt: skip
+                           ckpt_path=str(tiny_checkpoint)).eval()
     table = model.encoder_embeddings["untok_sen2l2a@224"].pos_emb
     assert torch.equal(table, sincos_2d(16, 16, 192))
     with torch.no_grad():

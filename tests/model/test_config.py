@@ -24,7 +24,7 @@ def test_checkpoint_config_round_trips():
 def test_older_shapes_are_read():
     arch = SIZES["tiny"].to_dict()
     converted = {"format": "terratim-terramind/1", "size": "tiny", "architecture": arch,
-                 "modality_keys": ["untok_sen2l2a@224"], "source": "TerraMind_v1_tiny.pt"}  # fmt: skip
+                 "modality_keys": ["untok_sen2l2a@224"], "source": "TerraMind_v1_tiny.pt"}
     read = CheckpointConfig.from_dict(converted)
     assert (read.architecture, read.size, read.metadata["source"]) == (SIZES["tiny"], "tiny", "TerraMind_v1_tiny.pt")
     exported = {"terramind": {**arch, "img_size": 64}, "inputs": ["S1GRD"], "targets": ["LULC"], "masking": {}}

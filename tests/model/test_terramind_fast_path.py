@@ -18,7 +18,7 @@ from terratim.model.terramind import Block, DecoderBlock
 SMALL = {"gelu": TerraMindConfig(dim=32, encoder_depth=2, decoder_depth=1, num_heads=2, mlp_hidden=64,
                                  gated_mlp=False, bias=True, img_size=32),
          "swiglu": TerraMindConfig(dim=32, encoder_depth=2, decoder_depth=1, num_heads=2, mlp_hidden=48,
-                                   gated_mlp=True, bias=False, img_size=32)}  # fmt: skip
+                                   gated_mlp=True, bias=False, img_size=32)}
 
 
 def randomized(module: nn.Module, seed: int) -> nn.Module:
@@ -107,7 +107,7 @@ def test_mean_of_three_modalities_matches_float64() -> None:
     model = TerraMindBackbone(SMALL["gelu"], ["S2L2A", "S1GRD", "DEM"], merge_method="mean").eval()
     g = torch.Generator().manual_seed(8)
     x = {"S2L2A": torch.randn(1, 12, 32, 32, generator=g), "S1GRD": torch.randn(1, 2, 32, 32, generator=g),
-         "DEM": torch.randn(1, 1, 32, 32, generator=g)}  # fmt: skip
+         "DEM": torch.randn(1, 1, 32, 32, generator=g)}
     with torch.no_grad():
         layers = model(x)
     raw = copy.deepcopy(model).double()

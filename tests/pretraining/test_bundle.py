@@ -15,7 +15,7 @@ from terratim.sim_models import ASSETS, CHECKPOINT, IMG_SIZE, build_sim_tokenize
 def test_bundle_is_small_and_complete() -> None:
     files = sorted(ASSETS.glob("*.safetensors"))
     assert {f.name for f in files} == {"terramind_sim_micro.safetensors", "tokenizer_lulc.safetensors",
-                                      "tokenizer_dem.safetensors"}  # fmt: skip
+                                      "tokenizer_dem.safetensors"}
     assert all(f.with_suffix(".json").is_file() for f in files)
     assert sum(f.stat().st_size for f in ASSETS.iterdir()) <= 20 * 2**20
 
@@ -38,7 +38,7 @@ def test_generator_imagines_water_better_than_chance() -> None:
     s1 = torch.stack([data[i]["S1GRD"] for i in range(16)])
     water = torch.stack([data[i]["WATER"] for i in range(16)]).bool()
     generator = terratim.build("terramind_sim_micro_generate", pretrained=True, modalities=["S1GRD"],
-                               output_modalities=["LULC"], temps=0.0)  # fmt: skip
+                               output_modalities=["LULC"], temps=0.0)
     with torch.no_grad():
         imagined = generator({"S1GRD": s1})["LULC"].argmax(1)
     wet = (imagined == 1) | (imagined == 3)
@@ -58,7 +58,7 @@ def test_bundle_generates_what_its_weights_can_and_fills_in_its_own_tokenizers()
     with pytest.raises(ValueError, match="cannot generate DEM: .* It can generate: LULC"):
         terratim.build("terramind_sim_micro_generate", pretrained=True, output_modalities=["LULC", "DEM"])
     model = terratim.build("terramind_sim_micro_generate", pretrained=True, modalities=["S1GRD"],
-                           output_modalities=["LULC"], tokenizers={})  # fmt: skip
+                           output_modalities=["LULC"], tokenizers={})
     assert set(model.tokenizers) == {"LULC"}
     assert model.tokenizers["LULC"].config.enc_dim == build_sim_tokenizer("LULC").config.enc_dim == 64
 
@@ -73,7 +73,7 @@ def test_bundled_tokenizers_decode_for_outputs_and_only_encode_for_token_inputs(
     assert not build_sim_tokenizer("DEM", decoder=False).has_decoder
     assert build_sim_tokenizer("DEM").has_decoder  # the default decodes, as the registered builders always did
     model = terratim.build("terramind_sim_micro_generate", pretrained=True, modalities=["S1GRD"],
-                           output_modalities=["LULC"])  # fmt: skip
+                           output_modalities=["LULC"])
     assert model.tokenizers["LULC"].has_decoder
 
 
@@ -104,7 +104,7 @@ def test_builders_declare_their_parameters_and_refuse_others():
     assert "build_tokenizers_for_outputs" not in generate  # the builder sets it itself
     assert registry.parameters("terramind_sim_micro_tokenizer_dem") == {"pretrained", "ckpt_path", "decoder",
                                                                         "config", "strict", "bands",
-                                                                        "fill_missing_bands"}  # fmt: skip
+                                                                        "fill_missing_bands"}
     with pytest.raises(TypeError, match=r"terramind_sim_micro_tim: unknown arguments \['tim_modality'\]"):
         terratim.build("terramind_sim_micro_tim", pretrained=True, tim_modality=["LULC"])
     with pytest.raises(TypeError, match=r"unknown arguments \['modality'\]"):
@@ -117,6 +117,6 @@ def test_importing_the_module_changes_no_table():
     import sys
 
     code = ("from terratim.model import config; before = dict(config.SIZES); import terratim.sim_models; "
-            "assert config.SIZES == before, sorted(config.SIZES); print(sorted(before))")  # fmt: skip
+            "assert config.SIZES == before, sorted(config.SIZES); print(sorted(before))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "['base', 'large', 'small', 'tiny']"

@@ -55,4 +55,4 @@ def test_impossible_budgets_and_duplicate_inputs_raise() -> None:
         select_tokens(2, INPUTS, TARGETS, SOURCE, MaskingConfig(40, 12))
     with pytest.raises(ValueError, match="once"):
         select_tokens(2, {"untok_dem@224": 4, "tok_dem@224": 4}, {"tok_lulc@224": 4},
-                      {**SOURCE, "tok_lulc@224": "LULC"}, MaskingConfig(2, 2))  # fmt: skip
+                      {**SOURCE, "tok_lulc@224": "LULC"}, MaskingConfig(2, 2))

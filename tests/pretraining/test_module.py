@@ -28,7 +28,7 @@ TRAINER = {"max_steps": 2, "accelerator": "cpu"}
 def tiny_tokenizer(modality: str) -> torch.nn.Module:
     torch.manual_seed(0)
     extra = {} if modality == "LULC" else {"unet": {"channels": 16, "channel_mult": [1], "num_res_blocks": 1,
-                                                    "attention_ds": [], "num_groups": 8}}  # fmt: skip
+                                                    "attention_ds": [], "num_groups": 8}}
     spec = {k: v for k, v in TINY_TOKENIZER.items() if modality == "LULC" or not k.startswith("dec")}
     return make_tokenizer(TokenizerConfig.for_modality(modality, **spec, **extra))
 
@@ -36,10 +36,10 @@ def tiny_tokenizer(modality: str) -> torch.nn.Module:
 def test_a_few_pretraining_steps_decrease_the_loss() -> None:
     torch.manual_seed(0)
     config = TerraMindConfig(dim=32, encoder_depth=2, decoder_depth=1, num_heads=2, mlp_hidden=64,
-                             gated_mlp=False, bias=True, img_size=32)  # fmt: skip
+                             gated_mlp=False, bias=True, img_size=32)
     module = MaskedPretraining(["S1GRD", "DEM", "LULC"], ["LULC", "DEM"],
                                {"LULC": tiny_tokenizer("LULC"), "DEM": tiny_tokenizer("DEM")}, architecture=config,
-                               masking=MaskingConfig(input_tokens=6, target_tokens=4))  # fmt: skip
+                               masking=MaskingConfig(input_tokens=6, target_tokens=4))
     batch = next(iter(DataLoader(SimulatedDataset(1, 8, size=32, modalities=["S1GRD", "DEM", "LULC"]), 8)))
     optimizer = torch.optim.AdamW(module.network.parameters(), lr=3e-3)
     losses = []
@@ -89,10 +89,10 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[MaskedPretrain
     root = tmp_path_factory.mktemp("pretrain")
     tok_path, path = root / "lulc.safetensors", root / "tm.safetensors"
     run_command("train-tokenizer", {"model": {"modality": "LULC", "architecture": TINY_TOKENIZER}, "data": DATA,
-                                    "trainer": TRAINER, "output": str(tok_path)}, tok_path)  # fmt: skip
+                                    "trainer": TRAINER, "output": str(tok_path)}, tok_path)
     architecture = {**SIM_MICRO.to_dict(), "img_size": 32}
     model = {"architecture": architecture, "inputs": ["S1GRD", "LULC"], "targets": ["LULC"],
-             "tokenizers": {"LULC": str(tok_path)}, "masking": {"input_tokens": 4, "target_tokens": 2}}  # fmt: skip
+             "tokenizers": {"LULC": str(tok_path)}, "masking": {"input_tokens": 4, "target_tokens": 2}}
     module = run_command("pretrain", {"model": model, "data": DATA, "trainer": TRAINER, "output": str(path)}, path)
     assert isinstance(module, MaskedPretraining) and module.trainer.global_step == 2
     return module, path, tok_path
@@ -103,7 +103,7 @@ def test_checkpoint_is_the_official_layout(pretrained: tuple) -> None:
     state = read_state_dict(path)
     assert {"encoder.0.attn.qkv.weight", "encoder_norm.weight", "decoder.0.cross_attn.kv.weight",
             "decoder_proj_context.weight", "mask_token", "encoder_embeddings.untok_sen1grd@224.proj.weight",
-            "decoder_embeddings.tok_lulc@224.token_emb.weight"} <= set(state)  # fmt: skip
+            "decoder_embeddings.tok_lulc@224.token_emb.weight"} <= set(state)
     assert path.with_suffix(".json").is_file()
     for key, value in module.network.state_dict().items():
         torch.testing.assert_close(state[key], value)
@@ -118,17 +118,17 @@ def test_checkpoint_loads_as_backbone_generator_and_tim(pretrained: tuple) -> No
 
     tokenizer = terratim.build("terramind_sim_micro_tokenizer_lulc", ckpt_path=tok_path)
     generator = terratim.build("terramind_sim_micro_generate", modalities=["S1GRD"], output_modalities=["LULC"],
-                               ckpt_path=path, img_size=32, tokenizers={"LULC": tokenizer}, temps=0.0)  # fmt: skip
+                               ckpt_path=path, img_size=32, tokenizers={"LULC": tokenizer}, temps=0.0)
     torch.testing.assert_close(generator.network.decoder_embeddings["tok_lulc@224"].token_emb.weight,
-                               module.network.decoder_embeddings["tok_lulc@224"].token_emb.weight)  # fmt: skip
+                               module.network.decoder_embeddings["tok_lulc@224"].token_emb.weight)
     tokens = generator.generate_tokens({"S1GRD": s1})["LULC"]
     assert tokens.shape == (2, 2, 2) and int(tokens.max()) < 4375
     assert generator.decode({"LULC": tokens})["LULC"].shape == (2, 10, 32, 32)
 
     tim = terratim.build("terramind_sim_micro_tim", modalities=["S1GRD"], tim_modalities=["LULC"],
-                           ckpt_path=path, img_size=32)  # fmt: skip
+                           ckpt_path=path, img_size=32)
     torch.testing.assert_close(tim.generator.network.decoder[0].mlp.fc1.weight,
-                               module.network.decoder[0].mlp.fc1.weight)  # fmt: skip
+                               module.network.decoder[0].mlp.fc1.weight)
     features = tim({"S1GRD": s1}, torch.Generator().manual_seed(0))
     assert features[-1].shape == (2, 4, SIM_MICRO.dim)
 

@@ -20,7 +20,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
 TINY_LULC = {"enc_dim": 32, "enc_depth": 1, "enc_heads": 2, "dec_dim": 32, "dec_depth": 1, "dec_heads": 2}
 DATA = {"simulated": {"seed": 5, "count": 8, "size": 32}, "batch_size": 4}
 ARCHITECTURE = {"dim": 32, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2, "mlp_hidden": 64,
-                "gated_mlp": False, "bias": True, "img_size": 32}  # fmt: skip
+                "gated_mlp": False, "bias": True, "img_size": 32}
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +35,7 @@ def write(path: Path, config: dict) -> str:
 
 def tokenizer_config(output: Path, **extra) -> dict:
     return {"model": {"modality": "LULC", "architecture": TINY_LULC}, "data": DATA,
-            "trainer": {"max_steps": 2, "accelerator": "cpu"}, "output": str(output), **extra}  # fmt: skip
+            "trainer": {"max_steps": 2, "accelerator": "cpu"}, "output": str(output), **extra}
 
 
 def pretrain_config(output: Path) -> dict:
@@ -136,7 +136,7 @@ FLAT_BUNDLE = {
         "output": "terratim/assets/sim_micro/tokenizer_lulc.safetensors",
         "export_dtype": "float16",
     },
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", sorted(FLAT_BUNDLE))
@@ -180,7 +180,7 @@ def test_the_data_module_loads_what_the_model_trains_on():
     from terratim.pretraining.data import PretrainingDataModule, SimulatedData
 
     model = MaskedPretraining(["S1GRD", "DEM"], ["LULC"], {"LULC": str(tokenizer_path("LULC"))},
-                              architecture=TerraMindConfig(**ARCHITECTURE))  # fmt: skip
+                              architecture=TerraMindConfig(**ARCHITECTURE))
     assert model.data_modalities == ["S1GRD", "DEM", "LULC"]
     data = PretrainingDataModule(simulated=SimulatedData(count=4, size=32), batch_size=2)
     data.trainer = SimpleNamespace(lightning_module=model)

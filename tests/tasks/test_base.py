@@ -13,7 +13,7 @@ from terratim.tasks.base import BaseTask
 
 COMMON = {"model_args", "model_factory", "freeze_backbone", "freeze_decoder", "freeze_head", "lr", "optimizer",
           "optimizer_hparams", "scheduler", "scheduler_hparams", "tiled_inference_parameters",
-          "tiled_inference_on_validation", "tiled_inference_on_testing"}  # fmt: skip
+          "tiled_inference_on_validation", "tiled_inference_on_testing"}
 
 
 class ScaledL1Task(BaseTask):
@@ -59,7 +59,7 @@ def test_subclass_adds_an_argument_and_hooks_without_forwarding_the_rest():
         (PixelwiseRegressionTask, {"loss", "ignore_index"}, {}),
         (ClassificationTask, {"loss", "multi_label", "ignore_index", "class_names"}, {"num_classes": 3}),
     ],
-)  # fmt: skip
+)
 def test_saved_hyper_parameters_rebuild_the_task(task_class, own, model_args):
     """``terratim infer --ckpt`` rebuilds a task as ``task_class(**hyper_parameters)``."""
     task = task_class(_args(**model_args), lr=1e-3)
@@ -112,9 +112,9 @@ def test_single_raster_statistics_are_recorded_per_model_modality_in_raw_units()
     import numpy as np
 
     owner = SimpleNamespace(hparams={"model_args": {"backbone_modalities": ["S2L2A", "S1GRD"],
-                                                    "backbone_bands": {"S2L2A": ["RED", "NIR_NARROW"]}}})  # fmt: skip
+                                                    "backbone_bands": {"S2L2A": ["RED", "NIR_NARROW"]}}})
     module = SimpleNamespace(means=np.array([2.0, 4.0]), stds=np.array([1.0, 2.0]), constant_scale=0.5,
-                             no_data_replace=0.0)  # fmt: skip
+                             no_data_replace=0.0)
     record = BaseTask.single_raster_statistics(owner, module)
     assert record is not None and record["modalities"] == ["S2L2A"] and record["no_data_replace"] == 0.0
     assert record["bands"] == {"S2L2A": ["RED", "NIR_NARROW"]}

@@ -73,7 +73,7 @@ def test_model_output_matches_odd_rectangular_input(decoder: str):
 def test_real_tiny_backbone_on_rectangular_input():
     args = {"backbone": "terramind_v1_tiny", "backbone_modalities": ["S1GRD"], "backbone_img_size": 64,
             "necks": [dict(n, indices=[2, 5, 8, 11]) if n["name"] == "SelectIndices" else n for n in PYRAMID],
-            "decoder": "UNetDecoder", "decoder_channels": [64, 32, 16, 8], "num_classes": 2}  # fmt: skip
+            "decoder": "UNetDecoder", "decoder_channels": [64, 32, 16, 8], "num_classes": 2}
     model = build_model("EncoderDecoderFactory", args, "segmentation").eval()
     assert model({"S1GRD": torch.randn(1, 2, 32, 64)}).shape == (1, 2, 32, 64)
 
@@ -88,7 +88,7 @@ def test_unknown_and_unsupported_model_args_raise():
         build_model("EncoderDecoderFactory", {**base, "decoer": "UNetDecoder"}, "segmentation")
     with pytest.raises(ValueError, match="unknown neck"):
         build_model("EncoderDecoderFactory", {"backbone": StandIn(), "necks": [{"name": "Nope"}], "num_classes": 2},
-                    "segmentation")  # fmt: skip
+                    "segmentation")
 
 
 def test_dice_and_jaccard_follow_smp_multiclass_semantics():
@@ -142,7 +142,7 @@ def _batch(mask: torch.Tensor) -> dict:
 
 def test_segmentation_task_step_and_freezing():
     args = {"backbone": StandIn(), "necks": PYRAMID, "decoder": "UNetDecoder", "decoder_channels": [16, 8, 8, 8],
-            "num_classes": 2}  # fmt: skip
+            "num_classes": 2}
     task = SemanticSegmentationTask(args, loss="dice", ignore_index=-1, freeze_backbone=True, freeze_decoder=True)
     assert not any(p.requires_grad for p in task.model.backbone.parameters())
     assert not any(p.requires_grad for p in task.model.decoder.parameters())

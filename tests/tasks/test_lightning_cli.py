@@ -96,14 +96,14 @@ def test_own_config_fit_validate_test_predict(flood_tree: Path, tmp_path: Path, 
     assert main(predict, report_errors=True) == 2  # no silent overwrite: one line, exit status 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line == (f"terratim predict: error: {out} already holds predictions; pass overwrite (CLI: "
-                    "--predict_overwrite true) or choose another output folder")  # fmt: skip
+                    "--predict_overwrite true) or choose another output folder")
 
 
 def test_config_error_is_one_line_and_status_2(flood_tree: Path, tmp_path: Path, capsys, monkeypatch):
     """A value a configured class rejects: one line naming it, status 2; Python callers get the ValueError."""
     monkeypatch.delenv("TERRATIM_DEBUG", raising=False)
     args = ["fit", *_own_config("terramind_v1_tiny_sen1floods11.yaml", flood_tree, tmp_path),
-            "--model.init_args.class_names=[a,b,c]"]  # fmt: skip
+            "--model.init_args.class_names=[a,b,c]"]
     assert main(args, report_errors=True) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("Seed set")]
     assert lines == ["terratim fit: error: config: 3 class_names for 2 classes"]
@@ -120,7 +120,7 @@ def test_ddp_fit_two_processes(flood_tree: Path, tmp_path: Path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     # Own process group, so that a hang cannot leave the rank-1 child behind.
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
+                            text=True, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=150)
     finally:
@@ -222,7 +222,7 @@ def test_precision_option_maps_to_the_trainer_precision(monkeypatch, capsys):
 
     args = ["predict", "-c", "x.yaml", "--precision", "bf16", "--ckpt_path", "m.ckpt"]
     assert precision_to_trainer(args) == ["predict", "-c", "x.yaml", "--trainer.precision=bf16-mixed",
-                                          "--ckpt_path", "m.ckpt"]  # fmt: skip
+                                          "--ckpt_path", "m.ckpt"]
     assert precision_to_trainer(["test", "--precision=fp32"]) == ["test", "--trainer.precision=32-true"]
     monkeypatch.setattr(precision, "native_bf16", lambda device: False)
     assert precision_to_trainer(["validate", "--precision", "auto"]) == ["validate", "--trainer.precision=32-true"]

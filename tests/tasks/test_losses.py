@@ -18,7 +18,7 @@ from terratim.tasks.losses import (
 )
 
 TINY = {"backbone": "terramind_v1_tiny", "backbone_pretrained": False, "backbone_modalities": ["S2L2A"],
-        "decoder": "UNetDecoder", "decoder_channels": [32, 16, 8, 8]}  # fmt: skip
+        "decoder": "UNetDecoder", "decoder_channels": [32, 16, 8, 8]}
 
 
 def jaccard_set_loss(mispredicted: set[int], foreground: set[int]) -> float:

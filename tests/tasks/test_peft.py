@@ -18,11 +18,11 @@ from finetune_data import REPO
 
 TERRATORCH_TARGETS = ["qkv.q_linear", "qkv.v_linear", "mlp.fc1", "mlp.fc2"]
 LORA = {"method": "LORA", "replace_qkv": "qkv",
-        "peft_config_kwargs": {"target_modules": TERRATORCH_TARGETS, "r": 4, "lora_alpha": 8}}  # fmt: skip
+        "peft_config_kwargs": {"target_modules": TERRATORCH_TARGETS, "r": 4, "lora_alpha": 8}}
 NECKS = [{"name": "SelectIndices", "indices": [2, 5, 8, 11]}, {"name": "ReshapeTokensToImage"},
-         {"name": "LearnedInterpolateToPyramidal"}]  # fmt: skip
+         {"name": "LearnedInterpolateToPyramidal"}]
 TINY = {"backbone": "terramind_v1_tiny", "backbone_modalities": ["S1GRD"], "necks": NECKS, "decoder": "UNetDecoder",
-        "decoder_channels": [32, 16, 16, 8], "num_classes": 2}  # fmt: skip
+        "decoder_channels": [32, 16, 16, 8], "num_classes": 2}
 TIM = {**TINY, "backbone": "terramind_v1_tiny_tim", "backbone_tim_modalities": ["LULC"]}
 
 
@@ -118,7 +118,7 @@ class OneBatch(torch.utils.data.Dataset):
 
 def fit_one_step(task: pl.LightningModule, tmp_path: Path) -> None:
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, default_root_dir=tmp_path, limit_val_batches=0)  # fmt: skip
+                         enable_progress_bar=False, default_root_dir=tmp_path, limit_val_batches=0)
     trainer.fit(task, torch.utils.data.DataLoader(OneBatch(), batch_size=2))
     assert trainer.global_step == 1
 
@@ -166,21 +166,21 @@ def test_tim_config_with_terratorch_lora_block_prints_the_trainable_count(flood_
     from terratim.tasks.cli import build_cli
 
     block = ('{"method": "LORA", "replace_qkv": "qkv", "peft_config_kwargs": {"target_modules": '
-             '["qkv.q_linear", "qkv.v_linear", "mlp.fc1", "mlp.fc2"], "r": 4, "lora_alpha": 8}}')  # fmt: skip
+             '["qkv.q_linear", "qkv.v_linear", "mlp.fc1", "mlp.fc2"], "r": 4, "lora_alpha": 8}}')
     args = ["fit", "-c", str(REPO / "configs" / "terramind_v1_tiny_tim_lulc_sen1floods11.yaml"),
             f"--data.init_args.root={flood_tree / 'flat'}", "--data.init_args.batch_size=2",
             "--data.init_args.num_workers=0", "--trainer.accelerator=cpu", "--trainer.precision=32",
             f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
             "--model.init_args.model_args.backbone_pretrained=false",
             f"--model.init_args.model_args.peft_config={block}", "--trainer.max_steps=1",
-            "--trainer.limit_val_batches=0"]  # fmt: skip
+            "--trainer.limit_val_batches=0"]
     cli = build_cli(args)
     out = capsys.readouterr().out
     trainable = sum(p.numel() for p in cli.model.parameters() if p.requires_grad)  # what the summary counts
     (line,) = [line for line in out.splitlines() if line.startswith("PEFT LORA:")]
     assert line.startswith(f"PEFT LORA: {trainable:,} trainable of ")
     plain_tim = build_model("EncoderDecoderFactory", {**cli.model.hparams["model_args"], "peft_config": None},
-                            "segmentation")  # fmt: skip
+                            "segmentation")
     decoder_side = sum(p.numel() for n, p in plain_tim.named_parameters() if not n.startswith("backbone."))
     assert trainable == decoder_side + lora_parameter_count(plain_tim.backbone, r=4)
     shown = re.search(r"Trainable params:?\s+([\d.]+) ?([KM]?)", out)

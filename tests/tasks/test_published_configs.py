@@ -23,7 +23,7 @@ SIZE = 32  # chip side: two 16-pixel patches
 BURN_IDS = [f"subsetted_512x512_HLS.S30.T10SDH.2020{day}.v1.4" for day in (248, 253, 258, 263)]
 EMPTY_BURN = BURN_IDS[1]  # its mask has no valid pixel
 CROP_IDS = {"training": ["chip_000_000", "chip_000_001", "chip_000_002"],
-            "validation": ["chip_001_000", "chip_001_001"]}  # fmt: skip
+            "validation": ["chip_001_000", "chip_001_001"]}
 EMPTY_CROP = "chip_000_001"  # its mask is all 0 (no data), so -1 everywhere after reduce_zero_label
 PIXEL_NODATA = (slice(None), 0, slice(0, 5))  # NaN in every band of these pixels
 
@@ -76,7 +76,7 @@ def published_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 FLOOD_PREDICT = ('--data.init_args.predict_data_root={"S2L1C": "sen1floods11_v1.1/data/S2L1CHand", '
-                 '"S1GRD": "sen1floods11_v1.1/data/S1GRDHand"}')  # fmt: skip
+                 '"S1GRD": "sen1floods11_v1.1/data/S1GRDHand"}')
 CONFIGS = {  # config -> (tiny backbone, data tree fixture, predict data override, predicted sample ids)
     "terramind_v1_tiny_sen1floods11.yaml": (None, "flood_tree", FLOOD_PREDICT, ["Ghana_1"]),
     "terramind_v1_base_sen1floods11.yaml": ("terramind_v1_tiny", "flood_tree", None, []),  # predict: as the tiny one
@@ -84,14 +84,14 @@ CONFIGS = {  # config -> (tiny backbone, data tree fixture, predict data overrid
     "terramind_v1_base_burnscars.yaml": (
         "terramind_v1_tiny", "published_data", "--data.init_args.predict_data_root=hls_burn_scars/data", BURN_IDS),
     "terramind_v1_base_multitemporal_crop.yaml": ("terramind_v1_tiny", "published_data", None, CROP_IDS["validation"]),
-}  # fmt: skip
+}
 
 
 def _args(config: str, out: Path) -> list[str]:
     backbone = CONFIGS[config][0]
     return ["-c", str(REFERENCE_CONFIGS / config), "--trainer.accelerator=cpu", "--data.init_args.num_workers=0",
             f"--trainer.default_root_dir={out}", "--model.init_args.model_args.backbone_pretrained=false",
-            *([f"--model.init_args.model_args.backbone={backbone}"] if backbone else [])]  # fmt: skip
+            *([f"--model.init_args.model_args.backbone={backbone}"] if backbone else [])]
 
 
 def test_published_configs_differ_from_terramind_only_by_prefix():
@@ -180,7 +180,7 @@ def test_multitemporal_crop_batches(published_data: Path, tmp_path: Path, monkey
     bands_dates = pixels.reshape(3, 6, SIZE, SIZE).transpose(1, 0, 2, 3)  # (6, 3, H, W)
     expected = torch.from_numpy(bands_dates)
     expected = (expected - torch.as_tensor(dm.means, dtype=torch.float64).view(6, 1, 1, 1)) / torch.as_tensor(
-        dm.stds, dtype=torch.float64).view(6, 1, 1, 1)  # fmt: skip
+        dm.stds, dtype=torch.float64).view(6, 1, 1, 1)
     expected[:, :, 0, :5] = _filled(dm, 3).expand(6, 3, 5)  # the NaN pixels
     torch.testing.assert_close(batch["image"][0].double(), expected, rtol=1e-5, atol=1e-5)
     mask = batch["mask"]
@@ -211,7 +211,7 @@ def test_single_raster_predict_png_panels_and_output_folder(published_data: Path
     unrelated = write_tif(out / "another_scene_pred.tif", np.zeros((1, 4, 4), np.uint8))
     before = unrelated.read_bytes()
     predict = ["predict", *_args(config, tmp_path / "fit"), "--data.init_args.predict_data_root=hls_burn_scars/data",
-               f"--ckpt_path={ckpt}", f"--predict_output_dir={out}", "--predict_png=true"]  # fmt: skip
+               f"--ckpt_path={ckpt}", f"--predict_output_dir={out}", "--predict_png=true"]
     build_cli(predict)
     for sid in BURN_IDS:
         assert (out / f"{sid}_pred.tif").is_file() and (out / f"{sid}_panel.png").stat().st_size > 1000
@@ -228,7 +228,7 @@ def test_multitemporal_predict_png_panel(published_data: Path, tmp_path: Path, m
     ckpt = _fit(config, tmp_path / "fit")
     out = tmp_path / "pred"
     build_cli(["predict", *_args(config, tmp_path / "fit"), f"--ckpt_path={ckpt}", f"--predict_output_dir={out}",
-               "--predict_png=true"])  # fmt: skip
+               "--predict_png=true"])
     for sid in CROP_IDS["validation"]:
         assert (out / f"{sid}_panel.png").stat().st_size > 1000
 
@@ -257,6 +257,6 @@ def test_single_raster_checkpoint_infers_without_config(published_data: Path, tm
     scene = write_tif(tmp_path / "scene.tif", pixels)
     pred = tmp_path / "pred.tif"
     assert main(["infer", "--ckpt", str(ckpt), "--input", f"S2L2A={scene}", "--out", str(pred), "--chip", "32",
-                 "--overlap", "16", "--quiet"]) == 0  # fmt: skip
+                 "--overlap", "16", "--quiet"]) == 0
     with rasterio.open(pred) as src:
         assert src.shape == (48, 48) and set(np.unique(src.read(1)).tolist()) <= {0, 1}

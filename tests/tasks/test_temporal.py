@@ -96,7 +96,7 @@ def test_concat_model_wires_decoder_channels_and_pads_odd_inputs():
     args = {"backbone": "terramind_v1_tiny", "backbone_modalities": ["S1GRD"], "backbone_img_size": 32,
             "backbone_use_temporal": True, "backbone_temporal_pooling": "concat",
             "backbone_temporal_n_timestamps": 3, "necks": PYRAMID, "decoder": "UNetDecoder",
-            "decoder_channels": [32, 16, 8, 8], "num_classes": 4}  # fmt: skip
+            "decoder_channels": [32, 16, 8, 8], "num_classes": 4}
     model = build_model("EncoderDecoderFactory", args, "segmentation").eval()
     assert model.backbone.out_channels == [3 * D] * 12
     assert model.necks.out_channels == [3 * D // 4, 3 * D // 2, 3 * D, 3 * D]
@@ -154,11 +154,11 @@ def test_keep_returns_every_date(backbone, backbone64):
 
 def test_dict_inputs_and_dict_features_pool_per_modality(tiny_checkpoint):
     model = terratim.build("terramind_v1_tiny", modalities=["S1GRD", "S2L2A"], merge_method="dict",
-                           ckpt_path=str(tiny_checkpoint)).eval()  # fmt: skip
+                           ckpt_path=str(tiny_checkpoint)).eval()
     x = {"S1GRD": torch.randn(1, 2, 2, 32, 32), "S2L2A": torch.randn(1, 12, 2, 32, 32)}
     pooled = run(model, x, pooling="concat", n_timestamps=2)
     assert {name: tuple(v.shape) for name, v in pooled[-1].items()} == {"S1GRD": (1, 4, 2 * D),
-                                                                        "S2L2A": (1, 4, 2 * D)}  # fmt: skip
+                                                                        "S2L2A": (1, 4, 2 * D)}
     with pytest.raises(ValueError, match="same batch size and dates"):
         run(model, {"S1GRD": x["S1GRD"], "S2L2A": x["S2L2A"][:, :, :1]}, pooling="mean")
 
@@ -167,13 +167,13 @@ def test_tim_backbone_imagines_all_dates_in_one_call(tiny_checkpoint):
     args = {"backbone": "terramind_v1_tiny_tim", "backbone_modalities": ["S1GRD"], "backbone_tim_temps": 0.0,
             "backbone_ckpt_path": str(tiny_checkpoint), "backbone_use_temporal": True,
             "backbone_temporal_pooling": "mean", "necks": PYRAMID, "decoder": "FCNDecoder",
-            "decoder_channels": 8, "num_classes": 3}  # fmt: skip
+            "decoder_channels": 8, "num_classes": 3}
     model = build_model("EncoderDecoderFactory", args, "segmentation").eval()
     tim = model.backbone.encoder
     imagined: list[tuple[int, ...]] = []  # input shapes of the generator's calls
     generate_tokens = tim.generator.generate_tokens
     tim.generator.generate_tokens = lambda given, *a, **k: (imagined.append(tuple(given["S1GRD"].shape))
-                                                             or generate_tokens(given, *a, **k))  # fmt: skip
+                                                             or generate_tokens(given, *a, **k))
     x = chip(3)
     with torch.no_grad():
         out = model({"S1GRD": dates(x, x)})
@@ -191,7 +191,7 @@ def test_lora_on_a_temporal_tim_backbone_leaves_the_generator_alone(tiny_checkpo
     args = {"backbone": "terramind_v1_tiny_tim", "backbone_modalities": ["S1GRD"], "backbone_tim_temps": 0.0,
             "backbone_ckpt_path": str(tiny_checkpoint), "backbone_use_temporal": True,
             "backbone_temporal_pooling": "concat", "backbone_temporal_n_timestamps": 2, "necks": PYRAMID,
-            "decoder": "FCNDecoder", "decoder_channels": 8, "num_classes": 3, "peft_config": lora}  # fmt: skip
+            "decoder": "FCNDecoder", "decoder_channels": 8, "num_classes": 3, "peft_config": lora}
     model = build_model("EncoderDecoderFactory", args, "segmentation")
     names = [n for n, p in model.named_parameters() if "lora_" in n]
     assert names and not any(".generator." in n for n in names)
@@ -203,7 +203,7 @@ def test_lora_on_a_temporal_tim_backbone_leaves_the_generator_alone(tiny_checkpo
 
 def test_bad_temporal_options_and_inputs_raise_naming_the_option(backbone):
     base = {"backbone": "terramind_v1_tiny", "backbone_modalities": ["S1GRD"], "num_classes": 2,
-            "necks": PYRAMID, "backbone_use_temporal": True}  # fmt: skip
+            "necks": PYRAMID, "backbone_use_temporal": True}
 
     def build(**extra):
         return build_model("EncoderDecoderFactory", {**base, **extra}, "segmentation")
@@ -238,12 +238,12 @@ def test_segmentation_task_fits_one_step_on_a_time_series():
     args = {"backbone": "terramind_v1_tiny", "backbone_modalities": ["S1GRD"], "backbone_img_size": 32,
             "backbone_use_temporal": True, "backbone_temporal_pooling": "concat",
             "backbone_temporal_n_timestamps": 2, "necks": PYRAMID, "decoder": "UNetDecoder",
-            "decoder_channels": [16, 8, 8, 8], "num_classes": 3}  # fmt: skip
+            "decoder_channels": [16, 8, 8, 8], "num_classes": 3}
     task = SemanticSegmentationTask(args, loss="ce", ignore_index=-1)
     batch = {"image": {"S1GRD": torch.randn(2, 2, 2, 32, 32)}, "mask": torch.randint(0, 3, (2, 32, 32))}
     before = task.model.backbone.encoder.encoder[0].attn.qkv.weight.detach().clone()
     trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu")  # fmt: skip
+                         enable_model_summary=False, accelerator="cpu")
     trainer.fit(task, DataLoader([batch], batch_size=None))
     after = task.model.backbone.encoder.encoder[0].attn.qkv.weight
     assert trainer.global_step == 1 and not torch.equal(before, after)  # gradients reached the backbone

@@ -122,7 +122,7 @@ def test_small_config_fit_then_predict(in_tree: Path, tmp_path: Path):
 
     out = tmp_path / "predictions"  # TerraTorch writes to /tmp
     argv = ["predict", "-c", config("small"), *TINY, "--ckpt_path", CKPT, "--predict_output_dir", str(out),
-            "--data.init_args.predict_data_root", "tests/resources/inputs"]  # fmt: skip
+            "--data.init_args.predict_data_root", "tests/resources/inputs"]
     assert main(argv) == 0
     written = sorted(p.name for p in out.glob("*_pred.tif"))
     assert len(written) == 6 and "regression_test_0__pred.tif" in written  # every *input.tif, no labels needed
@@ -135,7 +135,7 @@ def test_small_config_fit_then_predict(in_tree: Path, tmp_path: Path):
 def test_base_config_tiled_validation_and_testing(in_tree: Path):
     """TerraTorch's flags turn the config's tiled_inference_parameters on for validation and testing."""
     flags = ["--model.init_args.tiled_inference_on_validation=true",
-             "--model.init_args.tiled_inference_on_testing=true"]  # fmt: skip
+             "--model.init_args.tiled_inference_on_testing=true"]
     cli = build_cli(["validate", "-c", config("base"), *TINY, *flags, "--trainer.limit_val_batches=1"])
     assert cli.model.uses_tiles("val") and math.isfinite(float(cli.trainer.callback_metrics["val/loss"]))
 
@@ -145,7 +145,7 @@ def test_missing_tensorboard_is_one_line_naming_the_package(in_tree: Path, monke
     hidden = ("tensorboard", "tensorboardX")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
     with pytest.raises(ImportError, match=r"^the config's TensorBoardLogger needs the tensorboard package: "
-                                          r"pip install tensorboard$"):  # fmt: skip
+                                          r"pip install tensorboard$"):
         main(["fit", "-c", config("small"), *TINY])
     assert main(["fit", "-c", config("small"), *TINY], report_errors=True) == 2
 

@@ -14,7 +14,7 @@ from terratim.tasks.tiled import TiledInferenceParameters, tiled_forward
 TINY = {"backbone": "terramind_v1_tiny", "backbone_pretrained": False, "backbone_modalities": ["S2L2A"],
         "necks": [{"name": "ReshapeTokensToImage"}, {"name": "SelectIndices", "indices": [2, 5, 8, 11]},
                   {"name": "LearnedInterpolateToPyramidal"}],
-        "decoder": "UNetDecoder", "decoder_channels": [32, 16, 8, 8], "num_classes": 2}  # fmt: skip
+        "decoder": "UNetDecoder", "decoder_channels": [32, 16, 8, 8], "num_classes": 2}
 TILES = {"h_crop": 32, "h_stride": 24, "w_crop": 32, "w_stride": 24, "average_patches": True}
 
 
@@ -33,7 +33,7 @@ def test_pointwise_model_tiled_equals_untiled(average: bool):
     """Any grid, rectangular chips, dict input: per-pixel outputs blend back to the untiled ones."""
     x = {"S2L2A": _image((2, 3, 40, 52))}
     params = TiledInferenceParameters(h_crop=24, h_stride=16, w_crop=32, w_stride=20, average_patches=average,
-                                      batch_size=5)  # fmt: skip
+                                      batch_size=5)
     expected = pointwise(x).double()
     got = tiled_forward(pointwise, x, params)
     assert got.shape == (2, 2, 40, 52) and got.dtype == torch.float32
@@ -60,7 +60,7 @@ def test_blending_matches_the_scene_tiler():
     with torch.no_grad():
         got = tiled_forward(conv, x, params)[0].double().numpy()
         reference = blend_image(x[0].numpy(), lambda chip: conv(torch.from_numpy(chip)).numpy(),
-                                ChipGrid(40, 40, 24, 16, delta=4))  # fmt: skip
+                                ChipGrid(40, 40, 24, 16, delta=4))
     np.testing.assert_allclose(got, reference, atol=1e-5)
 
 

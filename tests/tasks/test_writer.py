@@ -82,7 +82,7 @@ def test_unnamed_classes_and_regression_maps():
     panels = prediction_panels(raw, torch.rand(4, 4), torch.rand(4, 4), None)
     assert [(caption, name, array.shape) for caption, name, array in panels] == [
         ("S1GRD", "S1GRD", (2, 4, 4)), ("prediction", "DEM", (1, 4, 4)), ("label", "DEM", (1, 4, 4))
-    ]  # fmt: skip
+    ]
 
 
 def test_class_names_must_match_the_class_count():
@@ -113,7 +113,7 @@ def test_tensor_input_is_unstandardized_per_channel_and_shows_the_last_date():
     series = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(1, 2, 3, 2, 2)  # (B, C, T, H, W)
     raw = _raw(series, 0, module)["image"]
     expected = series[0, :, -1].double() * torch.tensor([2.0, 4.0]).view(2, 1, 1) + torch.tensor([10.0, 20.0]).view(
-        2, 1, 1)  # fmt: skip
+        2, 1, 1)
     np.testing.assert_allclose(raw, expected.numpy(), rtol=1e-6)
 
 

@@ -49,7 +49,7 @@ def test_strict_official_layout_round_trip(tmp_path):
     assert torch.equal(loaded.latents(x), tok.latents(x))
     noise = torch.randn(1, 1, 32, 32)
     assert torch.equal(loaded.decode_tokens(tok.encode(x)[1], noise=noise, timesteps=2),
-                       tok.decode_tokens(tok.encode(x)[1], noise=noise, timesteps=2))  # fmt: skip
+                       tok.decode_tokens(tok.encode(x)[1], noise=noise, timesteps=2))
 
 
 def test_missing_unexpected_and_misshaped_keys_are_reported(tmp_path):
@@ -161,7 +161,7 @@ def test_decoding_without_decoder_says_how_to_build_one(modality):
 def test_encode_only_build_encodes_like_the_full_one(tmp_path):
     tok, path = _official_layout_file(tmp_path, "LULC")
     encode_only = terratim.build("terramind_v1_tokenizer_lulc", ckpt_path=path, config=tiny_config("LULC"),
-                                 decoder=False)  # fmt: skip
+                                 decoder=False)
     ids = torch.randint(0, 10, (2, 32, 32), generator=torch.Generator().manual_seed(0))
     assert torch.equal(encode_only.encode(ids)[1], tok.encode(ids)[1])  # same weights, same kernels
 
@@ -194,7 +194,7 @@ def test_no_private_module_writes_in_the_package():
     package = Path(terratim.__file__).parent
     pattern = re.compile(r"\._(modules|parameters|buffers)\[[^\]]*\]\s*=[^=]")
     offenders = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py"))
-                 for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]  # fmt: skip
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []
 
 
@@ -205,7 +205,7 @@ def test_missing_bands_filled_with_the_mean_encode_like_the_full_input_at_the_me
     full = randomize(build_tokenizer("S2L2A", config=tiny_config("S2L2A"), decoder=False))
     with pytest.warns(UserWarning, match=r"S2L2A: bands .*COASTAL_AEROSOL.* filled with their pretraining mean"):
         filled = build_tokenizer("S2L2A", config=tiny_config("S2L2A"), decoder=False, bands=HLS_BANDS,
-                                 fill_missing_bands="mean")  # fmt: skip
+                                 fill_missing_bands="mean")
     filled.load_state_dict(full.state_dict())
     six = torch.randn(2, 6, 32, 32, generator=torch.Generator().manual_seed(1))  # standardized
     twelve = torch.zeros(2, 12, 32, 32)  # every absent band at its mean (0 after standardization)

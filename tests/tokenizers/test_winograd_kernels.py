@@ -93,7 +93,7 @@ def test_compiled_error_is_of_the_order_of_a_direct_float32_convolution(kernels)
 def test_unet_gives_the_same_prediction_with_compiled_and_eager_transforms(kernels):
     torch.manual_seed(0)
     unet = DiffusionUNet(1, 5, UNetConfig(channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_ds=(2,),
-                                          num_groups=8)).eval()  # fmt: skip
+                                          num_groups=8)).eval()
     assert not any(m.native for m in unet.modules() if isinstance(m, Conv2d))  # opt-in: eager by default
     with torch.no_grad():
         for p in unet.parameters():

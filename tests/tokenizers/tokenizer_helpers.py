@@ -9,7 +9,7 @@ from terratim.tokenizers import TokenizerConfig
 TINY = dict(
     enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32, dec_depth=1, dec_heads=2,
     unet={"channels": 32, "channel_mult": (1, 1, 2, 2), "num_res_blocks": 1, "attention_ds": (4, 8)},
-)  # fmt: skip
+)
 
 
 def tiny_config(modality: str) -> TokenizerConfig:
