@@ -65,6 +65,8 @@ def map_scores(pred: np.ndarray, true: np.ndarray, label: np.ndarray) -> dict[st
         "pixel accuracy": float((pred == true).mean()),
         "IoU water classes (1+3)": iou(np.isin(pred, WATER_CLASSES), np.isin(true, WATER_CLASSES)),
         "IoU with the task label": iou(np.isin(pred, WATER_CLASSES), label == 1),
+        "mIoU with the task label": (iou(np.isin(pred, WATER_CLASSES), label == 1)
+                                     + iou(~np.isin(pred, WATER_CLASSES), label != 1)) / 2,
         "IoU open water (1)": iou(pred == sim.WATER, true == sim.WATER),
         "IoU flooded vegetation (3)": iou(pred == sim.FLOODED_VEG, true == sim.FLOODED_VEG),
     }
@@ -178,12 +180,13 @@ def finetune_table(scores: dict) -> str:
 
 
 def diagnostics_text(lc: dict, labels: dict) -> str:
-    lines = ["| LULC vs true map | pixel accuracy | IoU water classes (1+3) | IoU with task label | IoU open water (1) "
-             "| IoU flooded veg. (3) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| LULC vs true map | pixel accuracy | IoU water classes (1+3) | IoU with label | mIoU with label "
+             "| IoU open water (1) | IoU flooded veg. (3) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name in ("ceiling", "generator", "generator vs ceiling"):
         s = lc[name]
         lines.append(f"| {name} | {100 * s['pixel accuracy']:.1f} | {s['IoU water classes (1+3)']:.2f} | "
-                     f"{s['IoU with the task label']:.2f} | {s['IoU open water (1)']:.2f} | "
+                     f"{s['IoU with the task label']:.2f} | {100 * s['mIoU with the task label']:.1f} | "
+                     f"{s['IoU open water (1)']:.2f} | "
                      f"{s['IoU flooded vegetation (3)']:.2f} |")  # fmt: skip
     lines.append(f"\nmajority-class accuracy {100 * lc['majority-class accuracy']:.1f} %; class share % "
                  + ", ".join(f"{k} {v:.1f}" for k, v in lc["class share %"].items()))
