@@ -95,8 +95,8 @@ def test_own_config_fit_validate_test_predict(flood_tree: Path, tmp_path: Path, 
     capsys.readouterr()
     assert main(predict, report_errors=True) == 2  # no silent overwrite: one line, exit status 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert line == (f"terratim predict: error: {out} already holds predictions; pass overwrite (CLI: "
-                    "--predict_overwrite true) or choose another output folder")
+    assert line.startswith(f"terratim predict: error: {out} already holds {len(IDS)} of this run's outputs, e.g. ")
+    assert line.endswith("; pass overwrite (CLI: --predict_overwrite true) or choose another output folder")
 
 
 def test_config_error_is_one_line_and_status_2(flood_tree: Path, tmp_path: Path, capsys, monkeypatch):
