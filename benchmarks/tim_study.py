@@ -124,7 +124,7 @@ def label_structure(labels: list[np.ndarray]) -> dict[str, float]:
     return {"isolated pixels %": 100 * isolated / max(valid_total, 1),
             "mean water component (px)": float(np.mean(sizes)) if sizes else float("nan"),
             "water %": 100 * float(np.mean([(lab == 1).sum() / max((lab >= 0).sum(), 1) for lab in labels])),
-            "crops": len(labels)}  # fmt: skip
+            "crops": len(labels)}
 
 
 def real_label_crops(folders: list[Path], size: int) -> list[np.ndarray]:
@@ -164,43 +164,43 @@ def fine_tune_study(test: qs.Chips, budgets: tuple[int, ...], seeds: tuple[int, 
                 metrics, _ = qs.evaluate(variant, task, test)
                 scores[budget][variant].append(100 * metrics["test/mIoU"])
                 print(f"budget {budget} seed {seed} {variant}: {scores[budget][variant][-1]:.1f} "
-                      f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
     return scores
 
 
 def finetune_table(scores: dict) -> str:
     """Markdown rows per budget: mean ± 95 % t-interval of each variant and of the paired differences."""
     lines = ["| labelled chips | plain | TiM | oracle TiM | TiM − plain (paired) | oracle − plain (paired) |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+             "|---|---|---|---|---|---|"]
     for budget, runs in scores.items():
         diff = {v: [a - b for a, b in zip(runs[v], runs["plain"])] for v in ("tim", "oracle")}
         lines.append(f"| {budget} | {mean_ci(runs['plain'])} | {mean_ci(runs['tim'])} | {mean_ci(runs['oracle'])} "
-                     f"| {mean_ci(diff['tim'], True)} | {mean_ci(diff['oracle'], True)} |")  # fmt: skip
+                     f"| {mean_ci(diff['tim'], True)} | {mean_ci(diff['oracle'], True)} |")
     return "\n".join(lines)
 
 
 def diagnostics_text(lc: dict, labels: dict) -> str:
     lines = ["| LULC vs true map | pixel accuracy | IoU water classes (1+3) | IoU with label | mIoU with label "
-             "| IoU open water (1) | IoU flooded veg. (3) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| IoU open water (1) | IoU flooded veg. (3) |", "|---|---|---|---|---|---|---|"]
     for name in ("ceiling", "generator", "generator vs ceiling"):
         s = lc[name]
         lines.append(f"| {name} | {100 * s['pixel accuracy']:.1f} | {s['IoU water classes (1+3)']:.2f} | "
                      f"{s['IoU with the task label']:.2f} | {100 * s['mIoU with the task label']:.1f} | "
                      f"{s['IoU open water (1)']:.2f} | "
-                     f"{s['IoU flooded vegetation (3)']:.2f} |")  # fmt: skip
+                     f"{s['IoU flooded vegetation (3)']:.2f} |")
     lines.append(f"\nmajority-class accuracy {100 * lc['majority-class accuracy']:.1f} %; class share % "
                  + ", ".join(f"{k} {v:.1f}" for k, v in lc["class share %"].items()))
     short = [LULC_CLASSES[c][:8] for c in SHOWN_CLASSES]
     for name in ("confusion ceiling", "confusion generator"):
         lines += [f"\n{name} (rows true, columns predicted, % of the row)", "| true \\ pred | " + " | ".join(short)
-                  + " |", "|---" * (len(short) + 1) + "|"]  # fmt: skip
+                  + " |", "|---" * (len(short) + 1) + "|"]
         for cls, row in zip(short, lc[name]):
             lines.append(f"| {cls} | " + " | ".join(f"{v:.0f}" for v in row) + " |")
     lines += ["\n| water label, 64 px crops | isolated pixels % | mean water component (px) | water % | crops |",
-              "|---|---|---|---|---|"]  # fmt: skip
+              "|---|---|---|---|---|"]
     for name, s in labels.items():
         lines.append(f"| {name} | {s['isolated pixels %']:.3f} | {s['mean water component (px)']:.0f} | "
-                     f"{s['water %']:.1f} | {s['crops']} |")  # fmt: skip
+                     f"{s['water %']:.1f} | {s['crops']} |")
     return "\n".join(lines)
 
 
@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help="number of paired seeds (0..n-1)")
     parser.add_argument("--real", type=Path, nargs="*", default=[],
                         help="Sen1Floods11 folders (with LabelHand/) for the label statistics "
-                        "(default: the packaged 128 px crops)")  # fmt: skip
+                        "(default: the packaged 128 px crops)")
     parser.add_argument("--label-window", type=int, default=sim.SimConfig().label_window,
                         help="the simulator's water-label window (1: per-pixel land cover, the label before the fix)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
@@ -223,7 +223,7 @@ def main() -> None:
     test = qs.task_data(WORLDS[args.world], TEST_CHIPS, SETTINGS.size, args.label_window)
     out: dict = {"world": WORLDS[args.world], "label window": args.label_window}
     print(f"# TiM study, held-out world {WORLDS[args.world]} ({args.world}), {TEST_CHIPS} chips of "
-          f"{SETTINGS.size} px, water label window {args.label_window}\n")  # fmt: skip
+          f"{SETTINGS.size} px, water label window {args.label_window}\n")
     if args.part in ("diagnostics", "all"):
         out["land cover"] = land_cover_diagnostics(test)
         out["labels"] = {
@@ -232,7 +232,7 @@ def main() -> None:
             f"simulated, label window {args.label_window}": label_structure(list(test.label.numpy())),
             "Sen1Floods11 hand labels": label_structure(
                 real_label_crops(args.real or [SEN1FLOODS11_SAMPLE], SETTINGS.size)),
-        }  # fmt: skip
+        }
         print(diagnostics_text(out["land cover"], out["labels"]), "\n", flush=True)
     if args.part in ("finetune", "all"):
         out["mIoU"] = fine_tune_study(test, tuple(args.budgets), tuple(range(args.seeds)), args.label_window)

@@ -25,6 +25,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -49,8 +50,9 @@ class ClassScheme:
 
     def __post_init__(self) -> None:
         if not self.names or len(self.names) != len(self.colors):
-            raise ValueError(f"a class scheme needs one colour per class: {len(self.names)} names, "
-                             f"{len(self.colors)} colours")  # fmt: skip
+            raise ValueError(
+                f"a class scheme needs one colour per class: {len(self.names)} names, {len(self.colors)} colours"
+            )
 
     @property
     def rgb(self) -> np.ndarray:
@@ -160,8 +162,7 @@ def class_ids(array: np.ndarray, num_classes: int, what: str = "class map") -> n
         array = array[0]
     if array.ndim != 2:
         raise ValueError(
-            f"{what}: expected class ids (H, W) or (1, H, W), or logits ({num_classes}, H, W); "
-            f"got {tuple(array.shape)}"
+            f"{what}: expected class ids (H, W) or (1, H, W), or logits ({num_classes}, H, W); got {tuple(array.shape)}"
         )
     values = np.asarray(array, dtype=np.float64)
     valid = np.isfinite(values) & (values >= 0) & (values < num_classes) & (values == np.round(values))
@@ -202,6 +203,8 @@ def colorize(modality: str, array: np.ndarray, limits: Limits | None = None) -> 
         rgb = _colormap("RdYlGn", channels[0], *NDVI_RANGE)
     else:
         limits = stretch_limits(mod.name, [array]) if limits is None else np.asarray(limits, np.float32)
+        if limits is None:
+            raise ValueError(f"{mod.name} has no display stretch")
         if mod.name == "DEM":
             rgb = _colormap("terrain", channels[0], float(limits[0, 0]), float(limits[0, 1]))
         else:
@@ -228,14 +231,23 @@ def class_legend_handles(scheme: ClassScheme) -> list:
     """One colour patch per class, labelled by :meth:`ClassScheme.legend_labels`."""
     from matplotlib.patches import Patch
 
-    return [Patch(facecolor=c, edgecolor="0.4", label=label)
-            for c, label in zip(scheme.colors, scheme.legend_labels(), strict=True)]  # fmt: skip
+    return [
+        Patch(facecolor=c, edgecolor="0.4", label=label)
+        for c, label in zip(scheme.colors, scheme.legend_labels(), strict=True)
+    ]
 
 
 def _class_legend(ax, scheme: ClassScheme) -> None:
-    ax.legend(handles=class_legend_handles(scheme), loc="upper center", bbox_to_anchor=(0.5, -0.02),
-              ncol=2 if len(scheme.names) > 2 else 1, fontsize=7, frameon=False, handlelength=1.2,
-              columnspacing=0.8)  # fmt: skip
+    ax.legend(
+        handles=class_legend_handles(scheme),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.02),
+        ncol=2 if len(scheme.names) > 2 else 1,
+        fontsize=7,
+        frameon=False,
+        handlelength=1.2,
+        columnspacing=0.8,
+    )
 
 
 Panel = tuple[str, "str | ClassScheme", np.ndarray]  # (caption, modality name or class scheme, array)
@@ -257,7 +269,7 @@ def panel_figure(panels: Sequence[Panel], title: str | None = None):
         raise ValueError("save_panel needs at least one panel")
     by_modality: dict[str, list[np.ndarray]] = {}
     for _, name, array in panels:
-        if _scheme_of(name) is None:
+        if isinstance(name, str) and _scheme_of(name) is None:
             by_modality.setdefault(resolve(name).name, []).append(array)
     shared = {name: stretch_limits(name, arrays) for name, arrays in by_modality.items()}
     has_legend = any(_scheme_of(name) is not None for _, name, _ in panels)
@@ -273,10 +285,10 @@ def panel_figure(panels: Sequence[Panel], title: str | None = None):
             ax.imshow(colorize_classes(array, scheme), interpolation="nearest")
             _class_legend(ax, scheme)
             continue
-        canonical = resolve(name).name
+        canonical = resolve(cast(str, name)).name  # not a class scheme, so a modality name
         limits = shared[canonical]
         ax.imshow(colorize(canonical, array, limits=limits), interpolation="nearest")
-        if canonical == "DEM":
+        if canonical == "DEM" and limits is not None:
             _colorbar(fig, ax, "terrain", float(limits[0, 0]), float(limits[0, 1]), "elevation (m)")
         elif canonical == "NDVI":
             _colorbar(fig, ax, "RdYlGn", *NDVI_RANGE, "NDVI")

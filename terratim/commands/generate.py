@@ -239,8 +239,7 @@ def direct(model, reader, targets: dict, generator, args: argparse.Namespace) ->
     import numpy as np
     import torch
 
-    from terratim.data.geotiff import write_geotiff
-    from terratim.inference.heads import hex_colormap
+    from terratim.data.geotiff import color_table, write_geotiff
     from terratim.modalities import resolve
     from terratim.precision import autocast
 
@@ -261,7 +260,7 @@ def direct(model, reader, targets: dict, generator, args: argparse.Namespace) ->
                 image.argmax(0).astype(np.uint8),
                 like=profile,
                 overwrite=args.overwrite,
-                colormap=hex_colormap(modality.colors),
+                colormap=color_table(modality.colors),
             )
         else:
             write_geotiff(path, image.astype(np.float32), like=profile, overwrite=args.overwrite)

@@ -130,9 +130,8 @@ def imagine(args: argparse.Namespace, files: dict[str, Path], targets: dict[str,
 
     import terratim
     from terratim.commands.generate import band_layout, band_options
-    from terratim.data.geotiff import write_geotiff
+    from terratim.data.geotiff import color_table, write_geotiff
     from terratim.generation.generate import decode_tokens
-    from terratim.inference.heads import hex_colormap
     from terratim.modalities import resolve
     from terratim.precision import precision_context
     from terratim.viz import save_panel
@@ -163,7 +162,7 @@ def imagine(args: argparse.Namespace, files: dict[str, Path], targets: dict[str,
         modality = resolve(name)
         if modality.is_categorical:
             image = image.argmax(0).astype(np.uint8)
-            write_geotiff(path, image, like=profile, overwrite=args.overwrite, colormap=hex_colormap(modality.colors))
+            write_geotiff(path, image, like=profile, overwrite=args.overwrite, colormap=color_table(modality.colors))
         else:
             write_geotiff(path, image.astype(np.float32), like=profile, overwrite=args.overwrite)
         panels.append((f"imagined {name}", name, image))

@@ -116,9 +116,11 @@ def task_data(seed: int, count: int, size: int, label_window: int | None = None)
     if label_window is not None:
         config = replace(config, label_window=label_window)
     samples = list(sim.samples(seed, count, config))
-    return Chips(torch.stack([to_model_units("S1GRD", c["S1GRD"]) for c in samples]),
-                 torch.stack([to_model_units("LULC", c["LULC"]) for c in samples]),
-                 torch.stack([torch.from_numpy(c[sim.LABEL][0].astype("int64")) for c in samples]))  # fmt: skip
+    return Chips(
+        torch.stack([to_model_units("S1GRD", c["S1GRD"]) for c in samples]),
+        torch.stack([to_model_units("LULC", c["LULC"]) for c in samples]),
+        torch.stack([torch.from_numpy(c[sim.LABEL][0].astype("int64")) for c in samples]),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -130,12 +132,15 @@ def model_args(variant: str) -> dict[str, Any]:
         "backbone": "terramind_sim_micro" if variant == "plain" else "terramind_sim_micro_tim",
         "backbone_pretrained": True,
         "backbone_modalities": ["S1GRD"],
-        "necks": [{"name": "SelectIndices", "indices": [0, 1, 2, 3]}, {"name": "ReshapeTokensToImage"},
-                  {"name": "LearnedInterpolateToPyramidal"}],
+        "necks": [
+            {"name": "SelectIndices", "indices": [0, 1, 2, 3]},
+            {"name": "ReshapeTokensToImage"},
+            {"name": "LearnedInterpolateToPyramidal"},
+        ],
         "decoder": "UNetDecoder",
         "decoder_channels": [64, 32, 32, 16],
         "num_classes": 2,
-    }  # fmt: skip
+    }
     if variant != "plain":
         args["backbone_tim_modalities"] = ["LULC"]
     return args
@@ -145,8 +150,14 @@ def build_task(variant: str, settings: Settings) -> Any:
     """The package's :class:`~terratim.tasks.SemanticSegmentationTask` (cross-entropy, AdamW), as a config builds it."""
     from terratim.tasks import SemanticSegmentationTask
 
-    return SemanticSegmentationTask(model_args(variant), loss="ce", class_names=list(CLASS_NAMES), lr=settings.lr,
-                                    optimizer="AdamW", optimizer_hparams={"weight_decay": 0.01})  # fmt: skip
+    return SemanticSegmentationTask(
+        model_args(variant),
+        loss="ce",
+        class_names=list(CLASS_NAMES),
+        lr=settings.lr,
+        optimizer="AdamW",
+        optimizer_hparams={"weight_decay": 0.01},
+    )
 
 
 def flips(x: Any) -> Any:
@@ -178,8 +189,12 @@ def imagined_lulc_tokens(model: Any, s1: Any, seed: int, batch: int = 32) -> Any
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        return torch.cat([model.backbone.imagine({"S1GRD": s1[i : i + batch]}, generator)["LULC"]
-                          for i in range(0, s1.shape[0], batch)])  # fmt: skip
+        return torch.cat(
+            [
+                model.backbone.imagine({"S1GRD": s1[i : i + batch]}, generator)["LULC"]
+                for i in range(0, s1.shape[0], batch)
+            ]
+        )
 
 
 def decode_lulc(tokens: Any) -> Any:
@@ -224,9 +239,18 @@ def trainer(max_steps: int = -1, callbacks: list | None = None) -> Any:
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    return pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, max_steps=max_steps, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, callbacks=callbacks or [])  # fmt: skip
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks or [],
+    )
 
 
 def fine_tune(variant: str, seed: int, chips: Chips, settings: Settings, tick: Callable[[], Any]) -> Any:
@@ -243,8 +267,12 @@ def fine_tune(variant: str, seed: int, chips: Chips, settings: Settings, tick: C
     task = build_task(variant, settings)
     augmented = chips.flipped()
     data = ChipDataset(model_inputs(variant, task.model, augmented, seed), augmented.label)
-    sampler = RandomSampler(data, replacement=True, num_samples=settings.steps * settings.batch_size,
-                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    sampler = RandomSampler(
+        data,
+        replacement=True,
+        num_samples=settings.steps * settings.batch_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
     loader: Any = DataLoader(cast(Any, data), batch_size=settings.batch_size, sampler=sampler)
     trainer(settings.steps, [Tick()]).fit(task, train_dataloaders=loader)
     return task.eval()
@@ -265,9 +293,12 @@ def evaluate(variant: str, task: Any, chips: Chips, batch: int = 16) -> tuple[di
 
 
 # ---------------------------------------------------------------------------------------------- report
+# Student-t 97.5 % quantiles for 1..30 degrees of freedom
+# fmt: off
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
-         2.042)  # fmt: skip  # Student-t 97.5 % quantiles for 1..30 degrees of freedom
+         2.042)
+# fmt: on
 
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float]:
@@ -308,8 +339,11 @@ def token_ceiling(chips: Chips, tim_model: Any) -> TokenCeiling:
         return float((a & b).sum() / max(int((a | b).sum()), 1))
 
     label = chips.label == 1
-    return TokenCeiling(iou(torch.isin(decoded, water), label), iou(torch.isin(imagined, water), label),
-                        iou(decoded == 3, chips.lulc == 3))  # fmt: skip
+    return TokenCeiling(
+        iou(torch.isin(decoded, water), label),
+        iou(torch.isin(imagined, water), label),
+        iou(decoded == 3, chips.lulc == 3),
+    )
 
 
 def why(diffs: dict[str, list[float]], ceiling: TokenCeiling | None = None) -> str:
@@ -322,29 +356,45 @@ def why(diffs: dict[str, list[float]], ceiling: TokenCeiling | None = None) -> s
     if "oracle" not in diffs:
         return "run with the oracle variant to see whether land cover can help at all."
     oracle, oracle_half = mean_interval(diffs["oracle"])
-    tokens = ("" if ceiling is None else
-              f" (decoded by the tokenizer, they map the water label with IoU {ceiling.label_iou:.2f}, the imagined "
-              f"ones with {ceiling.imagined_iou:.2f}; flooded vegetation {ceiling.flooded_iou:.2f})")  # fmt: skip
+    tokens = (
+        ""
+        if ceiling is None
+        else f" (decoded by the tokenizer, they map the water label with IoU {ceiling.label_iou:.2f}, the imagined "
+        f"ones with {ceiling.imagined_iou:.2f}; flooded vegetation {ceiling.flooded_iou:.2f})"
+    )
     if oracle - oracle_half < 2.0:
-        return (f"even the tokens of the true land cover add only {oracle:+.1f} ± {oracle_half:.1f} pp: a 64 px chip "
-                f"is 4 x 4 LULC tokens{tokens}, and a head fine-tuned on a few chips reads only part of that "
-                "from them, so no generator of this bundle can reach +2 pp here; finer tokens need "
-                "re-pretraining.")  # fmt: skip
-    return (f"true land-cover tokens help ({oracle:+.1f} ± {oracle_half:.1f} pp), imagined ones less: the gap is the "
-            "generator, which imagines little of the flooded vegetation that S1 shows poorly.")  # fmt: skip
+        return (
+            f"even the tokens of the true land cover add only {oracle:+.1f} ± {oracle_half:.1f} pp: a 64 px chip "
+            f"is 4 x 4 LULC tokens{tokens}, and a head fine-tuned on a few chips reads only part of that "
+            "from them, so no generator of this bundle can reach +2 pp here; finer tokens need "
+            "re-pretraining."
+        )
+    return (
+        f"true land-cover tokens help ({oracle:+.1f} ± {oracle_half:.1f} pp), imagined ones less: the gap is the "
+        "generator, which imagines little of the flooded vegetation that S1 shows poorly."
+    )
 
 
-def print_table(results: dict[str, list[dict]], settings: Settings, total: float,
-                ceiling: TokenCeiling | None = None) -> str:  # fmt: skip
+def print_table(
+    results: dict[str, list[dict]], settings: Settings, total: float, ceiling: TokenCeiling | None = None
+) -> str:
     """Print the variants and their paired differences to plain; return the rows as text."""
     import torch
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"S1-only water mapping, simulated data, {settings.train_chips} labelled chips per seed, "
-                        f"{settings.test_chips} held-out chips (world {TEST_WORLD_SEED})")  # fmt: skip
-    for column in ("variant", "mIoU (mean ± std)", "IoU water", "− plain (95 % CI, paired)", "per-seed mIoU",
-                   "time / seed"):  # fmt: skip
+    table = Table(
+        title=f"S1-only water mapping, simulated data, {settings.train_chips} labelled chips per seed, "
+        f"{settings.test_chips} held-out chips (world {TEST_WORLD_SEED})"
+    )
+    for column in (
+        "variant",
+        "mIoU (mean ± std)",
+        "IoU water",
+        "− plain (95 % CI, paired)",
+        "per-seed mIoU",
+        "time / seed",
+    ):
         table.add_column(column)
     diffs = paired_differences(results)
     lines = []
@@ -354,18 +404,28 @@ def print_table(results: dict[str, list[dict]], settings: Settings, total: float
         water = statistics.mean(100 * r["test/IoU_water"] for r in runs)
         seconds = statistics.mean(r["seconds"] for r in runs)
         gap = "" if variant == "plain" else "{:+.1f} ± {:.1f} pp".format(*mean_interval(diffs[variant]))
-        row = (VARIANT_NAMES[variant], f"{statistics.mean(scores):.1f} ± {std:.1f}", f"{water:.1f}", gap,
-               " ".join(f"{s:.1f}" for s in scores), f"{seconds:.1f} s")  # fmt: skip
+        row = (
+            VARIANT_NAMES[variant],
+            f"{statistics.mean(scores):.1f} ± {std:.1f}",
+            f"{water:.1f}",
+            gap,
+            " ".join(f"{s:.1f}" for s in scores),
+            f"{seconds:.1f} s",
+        )
         table.add_row(*row)
         lines.append(" | ".join(row))
     console = Console(width=160)
     console.print(table)
     tim, half = mean_interval(diffs["tim"])
-    console.print(f"TiM − plain: {tim:+.1f} pp mIoU, 95 % t-interval [{tim - half:+.1f}, {tim + half:+.1f}] over "
-                  f"{len(settings.seeds)} paired seeds. Why: {why(diffs, ceiling)}")  # fmt: skip
+    console.print(
+        f"TiM − plain: {tim:+.1f} pp mIoU, 95 % t-interval [{tim - half:+.1f}, {tim + half:+.1f}] over "
+        f"{len(settings.seeds)} paired seeds. Why: {why(diffs, ceiling)}"
+    )
     # training sums in float32: another thread count or CPU (its BLAS kernels) moves each seed by up to ~1 pp
-    console.print(f"seeds {list(settings.seeds)}, {settings.steps} steps each, {torch.get_num_threads()} torch "
-                  f"threads; total {total:.0f} s")  # fmt: skip
+    console.print(
+        f"seeds {list(settings.seeds)}, {settings.steps} steps each, {torch.get_num_threads()} torch "
+        f"threads; total {total:.0f} s"
+    )
     return "\n".join(lines)
 
 
@@ -381,17 +441,25 @@ def _show_classes(ax: Any, classes: Any, colors: Sequence[str]) -> None:
 
     ids = np.asarray(classes)
     shown = np.where((ids >= 0) & (ids < len(colors)), ids, len(colors))
-    ax.imshow(shown, cmap=ListedColormap([*colors, NODATA_COLOR]), vmin=0, vmax=len(colors),
-              interpolation="nearest")  # fmt: skip
+    ax.imshow(shown, cmap=ListedColormap([*colors, NODATA_COLOR]), vmin=0, vmax=len(colors), interpolation="nearest")
 
 
-def _legend(fig: Any, names: Sequence[str], colors: Sequence[str], anchor: tuple[float, float], title: str,
-            columns: int) -> None:  # fmt: skip
+def _legend(
+    fig: Any, names: Sequence[str], colors: Sequence[str], anchor: tuple[float, float], title: str, columns: int
+) -> None:
     from matplotlib.patches import Patch
 
     handles = [Patch(facecolor=c, edgecolor="0.4", label=n) for n, c in zip(names, colors)]
-    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=anchor, ncol=columns, fontsize=8, title=title,
-               title_fontsize=8, frameon=False)  # fmt: skip
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        bbox_to_anchor=anchor,
+        ncol=columns,
+        fontsize=8,
+        title=title,
+        title_fontsize=8,
+        frameon=False,
+    )
 
 
 def _s1_colorbar(fig: Any, image: Any, axes: Any) -> None:
@@ -416,8 +484,14 @@ def save_figure(path: Path, chips: Chips, imagined: Any, plain: Any, tim: Any, r
     rows = min(rows, chips.s1.shape[0])
     height = 2.6 * rows + 1.9
     fig, axes = plt.subplots(rows, 6, figsize=(15, height), squeeze=False)
-    titles = ("S1 VV (input)", "true land cover", "imagined land cover (TiM)", "plain prediction",
-              "TiM prediction", "water label")  # fmt: skip
+    titles = (
+        "S1 VV (input)",
+        "true land cover",
+        "imagined land cover (TiM)",
+        "plain prediction",
+        "TiM prediction",
+        "water label",
+    )
     s1_image = None
     for r in range(rows):
         s1_image = axes[r, 0].imshow(vv_db[r].numpy(), cmap="gray", vmin=-25, vmax=0)
@@ -463,8 +537,7 @@ def save_chip_figure(path: Path, name: str, vv_db: Any, imagined: Any, label: An
     fig.subplots_adjust(bottom=0.3, top=0.88, wspace=0.08)
     _legend(fig, lulc.legend_labels(), lulc.colors, (0.5, 0.0), "land cover (LULC, from the modality record)", 5)
     _legend(fig, (*WATER_NAMES, "no data"), (*WATER_COLORS, NODATA_COLOR), (0.84, 0.12), "hand label", 1)
-    fig.suptitle(f"{name}: real Sentinel-1, land cover imagined by a model trained on simulated data only",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(f"{name}: real Sentinel-1, land cover imagined by a model trained on simulated data only", fontsize=10)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
@@ -476,8 +549,7 @@ def imagine_sen1floods11(tim_model: Any, output: Path, chips: list[FloodChip], s
     import numpy as np
     import torch
 
-    from terratim.data.geotiff import read_geotiff, write_geotiff
-    from terratim.inference.heads import hex_colormap
+    from terratim.data.geotiff import color_table, read_geotiff, write_geotiff
     from terratim.modalities import LULC_COLORS
     from terratim.pretraining.data import to_model_units
 
@@ -495,8 +567,13 @@ def imagine_sen1floods11(tim_model: Any, output: Path, chips: list[FloodChip], s
         classes = decode_lulc(imagined_lulc_tokens(tim_model.model, batch, seed=0)).numpy().astype(np.uint8)
         for (i, j), tile in zip(tiles, classes):
             lulc[i : i + size, j : j + size] = tile
-        write_geotiff(output / f"{chip.name}_imagined_LULC.tif", lulc, like=raster.profile, overwrite=True,
-                      colormap=hex_colormap(LULC_COLORS))  # fmt: skip
+        write_geotiff(
+            output / f"{chip.name}_imagined_LULC.tif",
+            lulc,
+            like=raster.profile,
+            overwrite=True,
+            colormap=color_table(LULC_COLORS),
+        )
         label = np.nan_to_num(read_geotiff(chip.label).data[0], nan=-1).astype(np.int16)
         write_geotiff(output / f"{chip.name}_LabelHand.tif", label, like=raster.profile, overwrite=True)
         save_chip_figure(output / f"{chip.name}.png", chip.name, raster.data[0], lulc, label)
@@ -505,8 +582,10 @@ def imagine_sen1floods11(tim_model: Any, output: Path, chips: list[FloodChip], s
         inter = (imagined_water & (label == 1) & valid).sum()
         union = ((imagined_water | (label == 1)) & valid).sum()
         share = 100 * imagined_water[valid].mean()
-        lines.append(f"{chip.name}: labelled water {100 * (label[valid] == 1).mean():.1f} %, imagined water/flooded "
-                     f"vegetation {share:.1f} %, IoU {inter / max(union, 1):.2f}")  # fmt: skip
+        lines.append(
+            f"{chip.name}: labelled water {100 * (label[valid] == 1).mean():.1f} %, imagined water/flooded "
+            f"vegetation {share:.1f} %, IoU {inter / max(union, 1):.2f}"
+        )
     return lines
 
 
@@ -540,18 +619,22 @@ def run(args: argparse.Namespace) -> int:
                 metrics, pred = evaluate(variant, model, test)
                 results[variant].append({**metrics, "seconds": time.perf_counter() - t0, "pred": pred})
                 models[variant] = model
-                progress.console.print(f"seed {seed} {variant}: mIoU {100 * metrics['test/mIoU']:.1f} "
-                                       f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+                progress.console.print(
+                    f"seed {seed} {variant}: mIoU {100 * metrics['test/mIoU']:.1f} ({time.perf_counter() - t0:.0f} s)"
+                )
     print_table(results, settings, time.perf_counter() - start, token_ceiling(test, models["tim"].model))
     shown = test.first(3)
     imagined = decode_lulc(imagined_lulc_tokens(models["tim"].model, shown.s1, seed=0))
-    figure = save_figure(output / "quickstart.png", shown, imagined, results["plain"][0]["pred"],
-                         results["tim"][0]["pred"])  # fmt: skip
+    figure = save_figure(
+        output / "quickstart.png", shown, imagined, results["plain"][0]["pred"], results["tim"][0]["pred"]
+    )
     print(f"figure: {figure}")
     real = output / "sen1floods11"
     lines = imagine_sen1floods11(models["tim"], real, real_chips, settings.size)
-    print(f"real Sen1Floods11 S1 chips -> imagined LULC (GeoTIFF with colour table, PNG per chip) in {real}/ "
-          "(a model trained on simulated data only: expect a rough picture, not a benchmark)")  # fmt: skip
+    print(
+        f"real Sen1Floods11 S1 chips -> imagined LULC (GeoTIFF with colour table, PNG per chip) in {real}/ "
+        "(a model trained on simulated data only: expect a rough picture, not a benchmark)"
+    )
     for line in lines:
         print("  " + line)
     print(f"quickstart finished in {time.perf_counter() - start:.0f} s")

@@ -102,12 +102,11 @@ def _reconstruct(args: argparse.Namespace, modality, data):
 def _write(args: argparse.Namespace, modality, raster, recon, tif, png) -> None:
     from pathlib import Path
 
-    from terratim.data.geotiff import write_geotiff
-    from terratim.inference.heads import hex_colormap
+    from terratim.data.geotiff import color_table, write_geotiff
     from terratim.viz import save_panel
 
     if modality.is_categorical:
-        write_geotiff(tif, recon, like=raster.profile, overwrite=args.overwrite, colormap=hex_colormap(modality.colors))
+        write_geotiff(tif, recon, like=raster.profile, overwrite=args.overwrite, colormap=color_table(modality.colors))
         caption = "reconstruction"
     else:
         write_geotiff(tif, recon, like=raster.profile, overwrite=args.overwrite)

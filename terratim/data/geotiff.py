@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,16 @@ class Raster:
     @property
     def transform(self):
         return self.profile.get("transform")
+
+
+CLASS_NODATA = 255  # the nodata value of uint8 class maps
+
+
+def color_table(colors: Sequence[str]) -> dict[int, tuple[int, int, int, int]]:
+    """``["#rrggbb", ...]`` -> a GeoTIFF colour table ``{class: (r, g, b, 255)}``; class 255 (nodata) transparent."""
+    table = {i: (int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16), 255) for i, c in enumerate(colors)}
+    table[CLASS_NODATA] = (0, 0, 0, 0)
+    return table
 
 
 def read_geotiff(path: str | os.PathLike, expected_bands: int | None = None, what: str = "") -> Raster:

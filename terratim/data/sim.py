@@ -185,9 +185,12 @@ def _land_cover(rng: np.random.Generator, dem: np.ndarray, cfg: SimConfig) -> np
         CROPS: weights[1] + 0.3 + smooth_noise(rng, size, scale * 1.5) - 2.0 * steep - 2.0 * high,
         RANGELAND: weights[2] + smooth_noise(rng, size, scale),
         BARE: weights[3] - 0.8 + smooth_noise(rng, size, scale) + 1.5 * high,
-        BUILT: (weights[4] - 1.0 + smooth_noise(rng, size, scale * 0.6) - 2.0 * steep - 2.0 * high
-                if rng.random() < cfg.built_prob else np.full_like(dem, -np.inf)),
-    }  # fmt: skip
+        BUILT: (
+            weights[4] - 1.0 + smooth_noise(rng, size, scale * 0.6) - 2.0 * steep - 2.0 * high
+            if rng.random() < cfg.built_prob
+            else np.full_like(dem, -np.inf)
+        ),
+    }
     classes = np.array(list(score), np.uint8)
     lulc = classes[np.argmax(np.stack(list(score.values())), axis=0)]
     snowline = rng.uniform(2600, 4200)
@@ -278,8 +281,12 @@ def box_mean(mask: np.ndarray, window: int) -> np.ndarray:
     padded = np.pad(mask.astype(np.float64), r, mode="reflect")
     total = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # (H + 2r + 1, W + 2r + 1) summed-area table
     h, w = mask.shape
-    return (total[window:window + h, window:window + w] - total[:h, window:window + w]
-            - total[window:window + h, :w] + total[:h, :w]) / window**2  # fmt: skip
+    return (
+        total[window : window + h, window : window + w]
+        - total[:h, window : window + w]
+        - total[window : window + h, :w]
+        + total[:h, :w]
+    ) / window**2
 
 
 def water_label(lulc: np.ndarray, window: int) -> np.ndarray:
@@ -333,16 +340,22 @@ def samples(seed: int, count: int, config: SimConfig | None = None, start: int =
 
 
 # How each simulated array is stored: dtype, following the real samples.
-_FILE_DTYPES = {"S2L2A": np.int16, "S1GRD": np.float32, "DEM": np.int16, "LULC": np.uint8,
-                "NDVI": np.float32, LABEL: np.uint8}  # fmt: skip
+_FILE_DTYPES = {
+    "S2L2A": np.int16,
+    "S1GRD": np.float32,
+    "DEM": np.int16,
+    "LULC": np.uint8,
+    "NDVI": np.float32,
+    LABEL: np.uint8,
+}
 
 
 def _colormap(name: str) -> dict[int, tuple[int, int, int, int]] | None:
     """GeoTIFF colour table of a categorical modality's class map (None for continuous ones and the label)."""
+    from terratim.data.geotiff import color_table
+
     modality = MODALITIES.get(name)
-    if modality is None or not modality.is_categorical:
-        return None
-    return {i: (int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16), 255) for i, c in enumerate(modality.colors)}
+    return color_table(modality.colors) if modality is not None and modality.is_categorical else None
 
 
 def write_dataset(
@@ -374,7 +387,12 @@ def write_dataset(
     for index, chip in enumerate(samples(seed, count, config)):
         name = f"sim{seed}_{index:05d}"
         for mod in modalities:
-            write_geotiff(folder / mod / f"{name}.tif", chip[mod].astype(_FILE_DTYPES[mod]), like=profile,
-                          overwrite=overwrite, colormap=_colormap(mod))  # fmt: skip
+            write_geotiff(
+                folder / mod / f"{name}.tif",
+                chip[mod].astype(_FILE_DTYPES[mod]),
+                like=profile,
+                overwrite=overwrite,
+                colormap=_colormap(mod),
+            )
         names.append(name)
     return names

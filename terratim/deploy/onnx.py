@@ -290,7 +290,7 @@ class ExportableTask(nn.Module):
 def model_card(task: Any, data_args: Mapping[str, Any], tile_size: int) -> ModelCard:
     """Inputs, statistics, classes and TiM record of a loaded task (see ``adapters.load_task_model``)."""
     from terratim.datamodules.multimodal import modality_stats
-    from terratim.inference.adapters import DEFAULT_COLORS
+    from terratim.viz import class_scheme
 
     kind = getattr(task, "task", None)
     if kind not in TASKS:
@@ -310,8 +310,7 @@ def model_card(task: Any, data_args: Mapping[str, Any], tile_size: int) -> Model
     if kind != "regression":
         n = task.num_classes
         card.class_names = list(task.class_names or [str(i) for i in range(n)])
-        colors = mods.LULC_COLORS if n == len(mods.LULC_COLORS) else DEFAULT_COLORS[:n] if n <= 11 else ()
-        card.class_colors = list(colors)
+        card.class_colors = list(class_scheme(n, card.class_names).colors)  # the task's palette
     return card
 
 

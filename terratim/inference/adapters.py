@@ -34,20 +34,6 @@ if TYPE_CHECKING:
     from terratim.generation.generate import TerraMindGenerate
     from terratim.model.backbone import TerraMindBackbone
 
-DEFAULT_COLORS = (
-    "#000000",
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-)
-
 
 @dataclass
 class Predictor:
@@ -456,6 +442,7 @@ def task_predictor(
             map on every run and the same as its ONNX export.
     """
     from terratim.datamodules.multimodal import modality_stats
+    from terratim.viz import class_scheme
 
     kind = getattr(task, "task", None)
     if kind not in ("segmentation", "regression"):
@@ -475,8 +462,8 @@ def task_predictor(
     if kind == "segmentation":
         n = task.num_classes
         names = tuple(task.class_names or [str(i) for i in range(n)])
-        colors = mods.LULC_COLORS if n == len(mods.LULC_COLORS) else DEFAULT_COLORS[:n] if n <= 11 else ()
-        head = Head(out, n, "classes", names, tuple(colors), confidence, cog)
+        colors = class_scheme(n, names).colors  # the task's palette, as in its PNG panels
+        head = Head(out, n, "classes", names, colors, confidence, cog)
     else:
         head = Head(out, 1, names=("value",), cog=cog)
 

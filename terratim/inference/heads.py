@@ -12,16 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from terratim.data.geotiff import CLASS_NODATA, color_table
 from terratim.inference.scene import OutputBand
-
-CLASS_NODATA = 255
-
-
-def hex_colormap(colors: tuple[str, ...] | list[str]) -> dict[int, tuple[int, int, int, int]]:
-    """``["#rrggbb", ...]`` -> a GDAL colour table ``{class: (r, g, b, 255)}`` (255 = nodata, transparent)."""
-    table = {i: (int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16), 255) for i, c in enumerate(colors)}
-    table[CLASS_NODATA] = (0, 0, 0, 0)
-    return table
 
 
 @dataclass
@@ -59,7 +51,7 @@ class Head:
         if self.kind == "classes":
             descriptions = ("class",) + (("confidence_percent",) if self.confidence else ())
             tags = {f"CLASS_{i}": name for i, name in enumerate(self.names)}
-            colormap = hex_colormap(self.colors) if self.colors else None
+            colormap = color_table(self.colors) if self.colors else None
             return OutputBand(
                 self.path, len(descriptions), "uint8", CLASS_NODATA, colormap, descriptions, self.cog, tags
             )

@@ -71,7 +71,9 @@ def test_task_model_writes_a_georeferenced_class_map(s1_scene, task_files, tmp_p
     with rasterio.open(out) as dst:
         assert dst.crs == CRS_UTM and dst.transform == TRANSFORM and dst.count == 2
         classes = dst.read(1)
-        assert dst.colormap(1)[0][:3] == (0, 0, 0) and dst.tags()["CLASS_1"] == "water"
+        tab10_blue, tab10_orange = (31, 119, 180), (255, 127, 14)  # the task palette of the PNG legends
+        assert dst.colormap(1)[0][:3] == tab10_blue and dst.colormap(1)[1][:3] == tab10_orange
+        assert dst.tags()["CLASS_1"] == "water"
     assert np.all(classes[:40, :50] == 255) and classes[40:].max() <= 2
     assert main(args) == 2  # no silent overwrite
     assert "exists; pass --overwrite" in capsys.readouterr().err

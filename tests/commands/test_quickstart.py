@@ -80,7 +80,7 @@ def test_paired_interval_is_the_student_t_interval_of_the_differences() -> None:
     from terratim.commands import quickstart
 
     runs = {"plain": [{"test/mIoU": v} for v in (0.50, 0.52, 0.55)],
-            "tim": [{"test/mIoU": v} for v in (0.53, 0.53, 0.59)]}  # fmt: skip
+            "tim": [{"test/mIoU": v} for v in (0.53, 0.53, 0.59)]}
     diffs = quickstart.paired_differences(runs)
     assert diffs["tim"] == pytest.approx([3.0, 1.0, 4.0])
     mean, half = quickstart.mean_interval(diffs["tim"])
@@ -119,7 +119,7 @@ def test_quickstart_fits_the_package_task_and_scores_with_its_metrics() -> None:
         classes = task({"S1GRD": test.s1}).argmax(1)  # the same batch of 4 as the test loader's
     assert torch.equal(pred, classes[:3])
     ious = [((classes == k) & (test.label == k)).sum().double() / ((classes == k) | (test.label == k)).sum().double()
-            for k in (0, 1)]  # fmt: skip
+            for k in (0, 1)]
     assert metrics["test/IoU_water"] == pytest.approx(ious[1].item(), rel=1e-6)  # float32 ratio of pixel counts
     assert metrics["test/mIoU"] == pytest.approx(sum(ious).item() / 2, rel=1e-6)
 
@@ -166,7 +166,7 @@ def build_wheel(tmp_path: Path) -> Path:
     source = copy_source(tmp_path / "src")
     offline = ["--no-build-isolation", "--no-index"] if importlib.util.find_spec("setuptools") else []
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *offline, "-q", "-w", str(tmp_path / "wheel"),
-                    str(source)], check=True)  # fmt: skip
+                    str(source)], check=True)
     (wheel,) = (tmp_path / "wheel").glob("terratim-*.whl")
     return wheel
 
@@ -183,19 +183,19 @@ def test_wheel_install_runs_the_quickstart_from_an_empty_folder(tmp_path: Path) 
     # torch & co. from the environment running the tests; a path line in a .pth comes after the venv's own
     # site-packages and runs no .pth of that environment (so not its editable terratim finder either)
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+                               capture_output=True, text=True, check=True).stdout.strip())
     outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (site / "outer_environment.pth").write_text("\n".join(sorted(outer)) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
-                    str(wheel)], check=True)  # fmt: skip
+                    str(wheel)], check=True)
     empty = tmp_path / "empty"
     empty.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     where = subprocess.run([str(python), "-c", "import terratim.samples as s; print(s.SEN1FLOODS11_SAMPLE)"],
-                           cwd=empty, env=env, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+                           cwd=empty, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where).is_relative_to(venv), where  # the installed copy, not the checkout
     run = subprocess.run([str(venv / "bin" / "terratim"), "quickstart", "--fast", "--output", "out"], cwd=empty,
-                         env=env, capture_output=True, text=True)  # fmt: skip
+                         env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "skipping" not in run.stdout and "mIoU" in run.stdout
     assert (empty / "out" / "quickstart.png").is_file() and "TiM − plain" in run.stdout

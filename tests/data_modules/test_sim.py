@@ -106,7 +106,7 @@ def test_water_label_is_the_majority_of_open_water_plus_flooded_vegetation(chips
         np.testing.assert_array_equal(chip[sim.LABEL][0].astype(bool), _majority_float64(water, 5))
     per_pixel = sim.sample(7, 0, sim.SimConfig(size=SIZE, label_window=1))
     np.testing.assert_array_equal(per_pixel[sim.LABEL][0].astype(bool),
-                                  np.isin(per_pixel["LULC"][0], (sim.WATER, sim.FLOODED_VEG)))  # fmt: skip
+                                  np.isin(per_pixel["LULC"][0], (sim.WATER, sim.FLOODED_VEG)))
     for key in sim.SIM_MODALITIES:  # the label window touches nothing else
         np.testing.assert_array_equal(per_pixel[key], chips[0][key])
     with pytest.raises(ValueError, match="label_window"):
@@ -120,7 +120,7 @@ def _isolated_share(labels: list[np.ndarray]) -> float:
         padded = np.pad(label.astype(np.int64), 1, constant_values=-1)
         h, w = label.shape
         neighbours = [padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-                      for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]  # fmt: skip
+                      for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
         same = sum((n == label) for n in neighbours)
         other = sum(((n >= 0) & (n != label)) for n in neighbours)
         isolated += int(((label >= 0) & (same == 0) & (other > 0)).sum())
