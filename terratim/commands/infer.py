@@ -366,6 +366,8 @@ def _with_precision(args: argparse.Namespace, predictor):
     if args.onnx is not None:
         if args.precision == "bf16":
             raise ValueError("--precision bf16 applies to PyTorch models; an ONNX model runs as exported")
+        if args.precision == "auto" and not args.quiet:
+            print("precision auto -> as exported (an ONNX model runs in the precision it was written in)")
         return predictor.predict
     precision = resolve_precision(args.precision, args.device, report=not args.quiet)
     if precision != "fp32":

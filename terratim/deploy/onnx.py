@@ -227,6 +227,21 @@ class TracingBackbone(nn.Module):
         return [net.merge(layer, spans) for layer in net.run_encoder(tokens + emb)]
 
 
+def without_adapters(task: Any) -> Any:
+    """``task`` itself, or for a PEFT fine-tune a copy with the adapters merged into plain backbone weights (the
+    graph then has no adapter branches and its backbone traces like any other)."""
+    import copy
+
+    from terratim.tasks.peft import is_peft, merge_peft
+
+    backbone = getattr(getattr(task, "model", None), "backbone", None)
+    if backbone is None or not is_peft(backbone):
+        return task
+    merged = copy.deepcopy(task)
+    merged.model.backbone = merge_peft(merged.model.backbone)
+    return merged
+
+
 def graph_model(model: Any) -> nn.Module:
     """The task model to trace: its parts around a :class:`TracingBackbone` (another backbone as it is)."""
     from terratim.model.backbone import TerraMindBackbone
@@ -345,6 +360,7 @@ def export_task(
         raise ValueError(f"--tile must be a multiple of 16 (the patch size), got {tile_size}")
     if quantize not in (None, "int8"):
         raise ValueError(f"--quantize must be int8, got {quantize!r}")
+    task = without_adapters(task)
     card = model_card(task, data_args, tile_size)
     wrapper = ExportableTask(task.model, card.inputs).eval()
     with tempfile.TemporaryDirectory() as tmp:

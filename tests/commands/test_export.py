@@ -137,3 +137,11 @@ def test_a_classification_model_does_not_tile(tmp_path, scene, capsys):
     err = one_line_error(["infer", "--onnx", str(out), "--input", f"S1GRD={scene}", "--out", str(tmp_path / "c.tif")],
                          capsys)
     assert "classification model: it does not predict pixels" in err
+
+
+def test_infer_onnx_precision_auto_says_what_it_runs(exported, scene, tmp_path, capsys):
+    _, onnx_path = exported
+    args = ["infer", "--onnx", str(onnx_path), "--input", f"S1GRD={scene}", "--out", str(tmp_path / "a.tif"),
+            "--overlap", str(OVERLAP), "--delta", str(DELTA), "--precision", "auto"]
+    assert main(args) == 0
+    assert "precision auto -> as exported" in capsys.readouterr().out

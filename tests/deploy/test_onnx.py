@@ -162,3 +162,33 @@ def test_two_inputs_and_two_imagined_modalities(backbone, tmp_path):
         expected = task(standardized)
     got = model({s.name: x for s, x in zip(model.card.inputs, raw)})
     assert torch.allclose(got, expected, rtol=0, atol=TOLERANCE), (got - expected).abs().max()
+
+
+def test_a_lora_fine_tune_exports_with_its_adapters_merged(tmp_path):
+    """A PEFT (LoRA) TiM task exports like a plain one; the graph equals the adapter model to the tolerance."""
+    from terratim.tasks import SemanticSegmentationTask
+
+    lora = {"method": "LORA", "replace_qkv": "qkv",
+            "peft_config_kwargs": {"target_modules": ["qkv.q_linear", "qkv.v_linear", "mlp.fc1", "mlp.fc2"],
+                                   "r": 4, "lora_alpha": 8}}
+    args = {"backbone": "terramind_v1_tiny_tim", "backbone_pretrained": False,
+            "backbone_modalities": ["S2L2A", "S1GRD"], "backbone_tim_modalities": ["LULC"],
+            "backbone_tim_temperature": 0.0, "necks": [{"name": "SelectIndices", "indices": [11]},
+                                                       {"name": "ReshapeTokensToImage"}],
+            "decoder": "FCNDecoder", "decoder_channels": 16, "num_classes": 3, "peft_config": lora}
+    torch.manual_seed(0)
+    task = SemanticSegmentationTask(args).eval()
+    with torch.no_grad():  # adapters that change the outputs (peft starts lora_B at zero)
+        for name, param in task.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    export_task(task, {"modalities": ["S2L2A", "S1GRD"]}, tmp_path / "lora.onnx", tile_size=TILE)
+    model = OnnxModel(tmp_path / "lora.onnx")
+    raw = sample_inputs(model.card, 2, seed=5)
+    standardized = {s.name: (x - torch.tensor(s.mean).view(1, -1, 1, 1)) / torch.tensor(s.std).view(1, -1, 1, 1)
+                    for s, x in zip(model.card.inputs, raw)}
+    with torch.no_grad():
+        expected = task(standardized)  # the adapter model, untouched by the export
+    got = model({s.name: x for s, x in zip(model.card.inputs, raw)})
+    assert torch.allclose(got, expected, rtol=0, atol=TOLERANCE), (got - expected).abs().max()
+    assert any("lora_B" in name for name, _ in task.named_parameters())  # the export merged a copy
