@@ -375,6 +375,12 @@ def why(diffs: dict[str, list[float]], ceiling: TokenCeiling | None = None) -> s
     )
 
 
+def paired_gap(differences: Sequence[float]) -> str:
+    """``+1.3 ± 5.6 pp`` (mean and 95 % t half-width of paired differences); one seed has no interval."""
+    mean, half = mean_interval(differences)
+    return f"{mean:+.1f} ± {half:.1f} pp" if len(differences) > 1 else f"{mean:+.1f} pp (one seed)"
+
+
 def print_table(
     results: dict[str, list[dict]], settings: Settings, total: float, ceiling: TokenCeiling | None = None
 ) -> str:
@@ -400,15 +406,13 @@ def print_table(
     lines = []
     for variant, runs in results.items():
         scores = [100 * r["test/mIoU"] for r in runs]
-        std = statistics.stdev(scores) if len(scores) > 1 else 0.0
         water = statistics.mean(100 * r["test/IoU_water"] for r in runs)
         seconds = statistics.mean(r["seconds"] for r in runs)
-        gap = "" if variant == "plain" else "{:+.1f} ± {:.1f} pp".format(*mean_interval(diffs[variant]))
         row = (
             VARIANT_NAMES[variant],
-            f"{statistics.mean(scores):.1f} ± {std:.1f}",
+            f"{statistics.mean(scores):.1f}" + (f" ± {statistics.stdev(scores):.1f}" if len(scores) > 1 else ""),
             f"{water:.1f}",
-            gap,
+            "" if variant == "plain" else paired_gap(diffs[variant]),
             " ".join(f"{s:.1f}" for s in scores),
             f"{seconds:.1f} s",
         )
@@ -417,10 +421,12 @@ def print_table(
     console = Console(width=160)
     console.print(table)
     tim, half = mean_interval(diffs["tim"])
-    console.print(
-        f"TiM − plain: {tim:+.1f} pp mIoU, 95 % t-interval [{tim - half:+.1f}, {tim + half:+.1f}] over "
-        f"{len(settings.seeds)} paired seeds. Why: {why(diffs, ceiling)}"
+    interval = (
+        f"95 % t-interval [{tim - half:+.1f}, {tim + half:+.1f}] over {len(settings.seeds)} paired seeds"
+        if len(settings.seeds) > 1
+        else "one seed, no interval"
     )
+    console.print(f"TiM − plain: {tim:+.1f} pp mIoU, {interval}. Why: {why(diffs, ceiling)}")
     # training sums in float32: another thread count or CPU (its BLAS kernels) moves each seed by up to ~1 pp
     console.print(
         f"seeds {list(settings.seeds)}, {settings.steps} steps each, {torch.get_num_threads()} torch "

@@ -32,7 +32,7 @@ def test_quickstart_fast_runs_every_step_on_the_packaged_chips(
     assert main(["quickstart", "--fast", "--output", "out", "--threads", "2"]) == 0
     out = capsys.readouterr().out
     assert "plain" in out and "TiM" in out and "oracle" in out and "mIoU" in out and "skipping" not in out
-    assert re.search(r"TiM − plain: [+-]\d+\.\d pp mIoU, 95 % t-interval", out) and "Why:" in out
+    assert re.search(r"TiM − plain: [+-]\d+\.\d pp mIoU, one seed, no interval", out) and "Why:" in out
     assert "2 torch threads" in out  # the table depends on the thread count, so it says which
     figure = tmp_path / "out" / "quickstart.png"
     assert figure.is_file() and figure.stat().st_size > 10_000
@@ -203,3 +203,10 @@ def test_wheel_install_runs_the_quickstart_from_an_empty_folder(tmp_path: Path) 
     assert (empty / "out" / "sen1floods11" / f"{chip}.png").is_file()
     for name in (f"{chip}_imagined_LULC.tif", f"{chip}_LabelHand.tif"):
         assert read_geotiff(empty / "out" / "sen1floods11" / name).data.shape == (1, 128, 128)
+
+
+def test_one_seed_prints_no_interval():
+    from terratim.commands import quickstart
+
+    assert quickstart.paired_gap([6.1]) == "+6.1 pp (one seed)"
+    assert quickstart.paired_gap([1.0, 3.0]).startswith("+2.0 ± 12.7")  # t(0.975, 1 df) = 12.706
