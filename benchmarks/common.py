@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -39,7 +41,19 @@ def flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``'s "Model name"), else the platform's description."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_line(device: str) -> str:
+    """The device the figures are for: the GPU's name, or the CPU model and thread count."""
     if device.startswith("cuda"):
         return f"{device} ({torch.cuda.get_device_name()})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    return f"cpu {cpu_model()} ({torch.get_num_threads()} threads)"

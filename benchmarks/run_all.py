@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import sync
+from common import cpu_model, sync
 
 import terratim
 
@@ -107,17 +106,6 @@ class Table:
 
 
 # ------------------------------------------------------------------------------------------------ machine
-def cpu_model() -> str:
-    """The CPU's model name (``lscpu``'s "Model name"), else the platform's description."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def header(device: str, reference_version: str | None) -> None:
     from terratim.precision import native_bf16
 
