@@ -316,137 +316,8 @@ def _split_transforms(train: Any, val: Any, test: Any, predict: Any) -> dict[str
     return {"train": train, "val": val, "test": test, "predict": predict if predict is not None else test}
 
 
-class GenericNonGeoSegmentationDataModule(_PixelwiseDataModule):
-    """Semantic segmentation from one raster per sample and a label raster (TerraTorch's arguments).
-
-    Args:
-        batch_size: samples per batch.
-        num_workers: data loader workers.
-        train_data_root: folder of the training images (likewise ``val_``, ``test_``, ``predict_data_root``).
-        means: per-channel means of the model's input channels (after band selection and ``constant_scale``),
-            or a file holding them (the output of ``terratim compute-statistics``).
-        stds: per-channel standard deviations, as ``means``.
-        num_classes: number of classes; labels outside ``0..num_classes-1`` (other than ``no_label_replace``)
-            are left to the task's ignore index.
-        img_grep: glob of the image files in the data folders (``"*_merged.tif"``).
-        label_grep: glob of the label files (``"*.mask.tif"``).
-        train_label_data_root: folder of the training labels (default: the data folder); likewise val/test.
-        train_split: file listing name fragments of the training samples, one per line; likewise val/test/predict.
-        ignore_split_file_extensions: drop extensions from split entries and file names before matching.
-        allow_substring_split_file: a split entry selects every file whose name contains it (else: equals it).
-        dataset_bands: the bands each file holds, in order (names, integers, ``[first, last]`` ranges).
-        output_bands: the bands given to the model, named as in ``dataset_bands``.
-        predict_dataset_bands: ``dataset_bands`` of the predict files, if different.
-        predict_output_bands: ``output_bands`` for prediction, if different.
-        constant_scale: factor applied to the pixels before standardization.
-        rgb_indices: the input channels drawn as red, green, blue in ``predict --predict_png`` panels (default the
-            first three; a series shows its last date).
-        train_transform: list of transforms (``class_path`` dicts, albumentations or native); likewise val/test.
-        predict_transform: transforms for prediction (default: ``test_transform``); must keep the geometry.
-        expand_temporal_dimension: each file holds several dates of ``dataset_bands``; images become
-            (C, T, H, W).
-        temporal_channel_major: with several dates, the file's bands run date by date within each band
-            (b1t1, b1t2, ..., b2t1, ...) instead of band by band within each date (the default).
-        reduce_zero_label: subtract 1 from labels (class 0 becomes -1, i.e. ignored with ignore_index -1).
-        no_data_replace: value (raw units) for nodata pixels; default: the band mean.
-        no_label_replace: label value for label nodata, usually the task's ``ignore_index`` (-1).
-        drop_last: drop the last incomplete training batch.
-        pin_memory: pin batches in memory for faster GPU transfers.
-        check_stackability: use batch size 1 when untransformed images differ in size.
-    """
-
-    task = "segmentation"
-
-    def __init__(
-        self,
-        batch_size: int,
-        num_workers: int,
-        means: list[float] | str,
-        stds: list[float] | str,
-        num_classes: int,
-        train_data_root: str | None = None,
-        val_data_root: str | None = None,
-        test_data_root: str | None = None,
-        predict_data_root: str | None = None,
-        img_grep: str = "*",
-        label_grep: str = "*",
-        train_label_data_root: str | None = None,
-        val_label_data_root: str | None = None,
-        test_label_data_root: str | None = None,
-        train_split: str | None = None,
-        val_split: str | None = None,
-        test_split: str | None = None,
-        predict_split: str | None = None,
-        ignore_split_file_extensions: bool = True,
-        allow_substring_split_file: bool = True,
-        dataset_bands: Bands = None,
-        output_bands: Bands = None,
-        predict_dataset_bands: Bands = None,
-        predict_output_bands: Bands = None,
-        constant_scale: float = 1.0,
-        rgb_indices: list[int] | None = None,
-        train_transform: list[Any] | None = None,
-        val_transform: list[Any] | None = None,
-        test_transform: list[Any] | None = None,
-        predict_transform: list[Any] | None = None,
-        expand_temporal_dimension: bool = False,
-        temporal_channel_major: bool = False,
-        reduce_zero_label: bool = False,
-        no_data_replace: float | None = None,
-        no_label_replace: int | None = None,
-        drop_last: bool = True,
-        pin_memory: bool = False,
-        check_stackability: bool = True,
-    ) -> None:
-        super().__init__(
-            batch_size,
-            num_workers,
-            means,
-            stds,
-            train_data_root,
-            val_data_root,
-            test_data_root,
-            predict_data_root,
-            img_grep,
-            label_grep,
-            train_label_data_root,
-            val_label_data_root,
-            test_label_data_root,
-            train_split,
-            val_split,
-            test_split,
-            predict_split,
-            dataset_bands=dataset_bands,
-            output_bands=output_bands,
-            predict_dataset_bands=predict_dataset_bands,
-            predict_output_bands=predict_output_bands,
-            constant_scale=constant_scale,
-            rgb_indices=rgb_indices,
-            transforms=_split_transforms(train_transform, val_transform, test_transform, predict_transform),
-            expand_temporal_dimension=expand_temporal_dimension,
-            temporal_channel_major=temporal_channel_major,
-            no_data_replace=no_data_replace,
-            no_label_replace=no_label_replace,
-            reduce_zero_label=reduce_zero_label,
-            ignore_split_file_extensions=ignore_split_file_extensions,
-            allow_substring_split_file=allow_substring_split_file,
-            drop_last=drop_last,
-            pin_memory=pin_memory,
-            check_stackability=check_stackability,
-        )
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
-        self.num_classes = num_classes
-
-
-class GenericNonGeoPixelwiseRegressionDataModule(_PixelwiseDataModule):
-    """Pixel-wise regression from one raster per sample and a target raster (TerraTorch's arguments).
-
-    The arguments are those of :class:`GenericNonGeoSegmentationDataModule` without ``num_classes``. Target
-    nodata stays NaN (left out of the losses and metrics) unless ``no_label_replace`` gives a value.
-    """
-
-    task = "regression"
+class _GenericPixelwiseDataModule(_PixelwiseDataModule):
+    """TerraTorch's arguments of the pixel-wise single-raster data modules (see the subclasses)."""
 
     def __init__(
         self,
@@ -524,6 +395,64 @@ class GenericNonGeoPixelwiseRegressionDataModule(_PixelwiseDataModule):
             pin_memory=pin_memory,
             check_stackability=check_stackability,
         )
+
+
+class GenericNonGeoSegmentationDataModule(_GenericPixelwiseDataModule):
+    """Semantic segmentation from one raster per sample and a label raster (TerraTorch's arguments).
+
+    Args:
+        batch_size: samples per batch.
+        num_workers: data loader workers.
+        train_data_root: folder of the training images (likewise ``val_``, ``test_``, ``predict_data_root``).
+        means: per-channel means of the model's input channels (after band selection and ``constant_scale``),
+            or a file holding them (the output of ``terratim compute-statistics``).
+        stds: per-channel standard deviations, as ``means``.
+        num_classes: number of classes; labels outside ``0..num_classes-1`` (other than ``no_label_replace``)
+            are left to the task's ignore index.
+        img_grep: glob of the image files in the data folders (``"*_merged.tif"``).
+        label_grep: glob of the label files (``"*.mask.tif"``).
+        train_label_data_root: folder of the training labels (default: the data folder); likewise val/test.
+        train_split: file listing name fragments of the training samples, one per line; likewise val/test/predict.
+        ignore_split_file_extensions: drop extensions from split entries and file names before matching.
+        allow_substring_split_file: a split entry selects every file whose name contains it (else: equals it).
+        dataset_bands: the bands each file holds, in order (names, integers, ``[first, last]`` ranges).
+        output_bands: the bands given to the model, named as in ``dataset_bands``.
+        predict_dataset_bands: ``dataset_bands`` of the predict files, if different.
+        predict_output_bands: ``output_bands`` for prediction, if different.
+        constant_scale: factor applied to the pixels before standardization.
+        rgb_indices: the input channels drawn as red, green, blue in ``predict --predict_png`` panels (default the
+            first three; a series shows its last date).
+        train_transform: list of transforms (``class_path`` dicts, albumentations or native); likewise val/test.
+        predict_transform: transforms for prediction (default: ``test_transform``); must keep the geometry.
+        expand_temporal_dimension: each file holds several dates of ``dataset_bands``; images become
+            (C, T, H, W).
+        temporal_channel_major: with several dates, the file's bands run date by date within each band
+            (b1t1, b1t2, ..., b2t1, ...) instead of band by band within each date (the default).
+        reduce_zero_label: subtract 1 from labels (class 0 becomes -1, i.e. ignored with ignore_index -1).
+        no_data_replace: value (raw units) for nodata pixels; default: the band mean.
+        no_label_replace: label value for label nodata, usually the task's ``ignore_index`` (-1).
+        drop_last: drop the last incomplete training batch.
+        pin_memory: pin batches in memory for faster GPU transfers.
+        check_stackability: use batch size 1 when untransformed images differ in size.
+    """
+
+    task = "segmentation"
+
+    def __init__(self, *args: Any, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
+        self.num_classes = num_classes
+
+
+class GenericNonGeoPixelwiseRegressionDataModule(_GenericPixelwiseDataModule):
+    """Pixel-wise regression from one raster per sample and a target raster (TerraTorch's arguments).
+
+    The arguments are those of :class:`GenericNonGeoSegmentationDataModule` without ``num_classes``. Target
+    nodata stays NaN (left out of the losses and metrics) unless ``no_label_replace`` gives a value.
+    """
+
+    task = "regression"
 
 
 class GenericNonGeoClassificationDataModule(SingleRasterDataModule):
