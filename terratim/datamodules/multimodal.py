@@ -13,16 +13,15 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from terratim.data.datasets import BandSelection, MultiModalGeoTiffDataset, SampleFiles, collate, match_samples
 from terratim.data.transforms import build_transforms
+from terratim.datamodules.base import Split, SplitDataModule
 from terratim.modalities import normalize, resolve
 
-Split = Literal["train", "val", "test", "predict"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test", "predict")
 
 
@@ -74,7 +73,7 @@ def read_label_csv(path: str | os.PathLike) -> dict[str, list[int]]:
     return labels
 
 
-class GenericMultiModalDataModule(pl.LightningDataModule):
+class GenericMultiModalDataModule(SplitDataModule):
     """Multimodal GeoTIFF data: one folder per modality per split, labels as rasters or a scene-label csv.
 
     Batches are ``{"image": {modality: (B, C, H, W)}, "valid": {modality: (B, H, W)}, "mask": labels,
@@ -344,28 +343,6 @@ class GenericMultiModalDataModule(pl.LightningDataModule):
             drop_last=drop_last,
             persistent_workers=self.num_workers > 0 and train,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader | list:
-        if not self.roots["val"] and self.trainer is not None and self.trainer.state.fn == "fit":
-            return []  # fit without validation data
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
-
-    # ---------------------------------------------------------------------------------------- device side
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        meta = batch.pop("meta", None) if isinstance(batch, dict) else None
-        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
-        if meta is not None:
-            batch["meta"] = meta
-        return batch
 
     def _stats_on(self, mod: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (mod, str(device))

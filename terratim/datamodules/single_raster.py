@@ -19,9 +19,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -38,8 +37,8 @@ from terratim.data.single_raster import (
     find_pixel_samples,
 )
 from terratim.data.transforms import build_transforms
+from terratim.datamodules.base import Split, SplitDataModule
 
-Split = Literal["train", "val", "test", "predict"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test", "predict")
 STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
     "fit": ("train", "val"),
@@ -75,7 +74,7 @@ def load_band_values(value: Sequence[float] | str, option: str) -> list[float]:
         raise ValueError(f"{option}: {path} holds a value that is not a number: {err}") from err
 
 
-class SingleRasterDataModule(pl.LightningDataModule):
+class SingleRasterDataModule(SplitDataModule):
     """Shared plumbing: file discovery per split, statistics, batching and standardization on the device.
 
     Subclasses set :attr:`task` and implement :meth:`find_samples`.
@@ -220,28 +219,6 @@ class SingleRasterDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0 and train,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader | list:
-        if not self.roots.get("val") and self.trainer is not None and self.trainer.state.fn == "fit":
-            return []  # fit without validation data
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
-
-    # ---------------------------------------------------------------------------------------- device side
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        meta = batch.pop("meta", None) if isinstance(batch, dict) else None
-        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
-        if meta is not None:
-            batch["meta"] = meta
-        return batch
 
     def standardize(self, image: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / std`` per channel of a (B, C, H, W) or (B, C, T, H, W) batch."""
