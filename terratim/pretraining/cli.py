@@ -24,10 +24,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 from jsonargparse import ActionYesNo
-from lightning.pytorch.cli import LightningCLI
 
 from terratim.pretraining.data import PretrainingDataModule
-from terratim.tasks.cli import ConfigError, original_error
+from terratim.tasks.cli import ConfigErrorCLI
 
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 # Top-level keys only the earlier flat format has, per command.
@@ -46,7 +45,7 @@ LEGACY_NOTICE = {
 }
 
 
-class PretrainingCLI(LightningCLI):
+class PretrainingCLI(ConfigErrorCLI):
     """A LightningCLI without subcommands: parse, build, then :meth:`fit_and_export`. Errors raised while the
     configured classes are built are reported like ``terratim fit``'s (a :class:`~terratim.tasks.cli.ConfigError`).
 
@@ -66,14 +65,6 @@ class PretrainingCLI(LightningCLI):
         parser.add_argument("--output", type=str, default=self.default_output, help=output_help)
         parser.add_argument("--export_dtype", type=str, default="float32", help=dtype_help)
         parser.add_argument("--overwrite", action=ActionYesNo, default=False, help="replace the output and its .json")
-
-    def instantiate_classes(self) -> None:
-        """Build the configured classes; an error raised there is reported as a ``ConfigError``."""
-        try:
-            super().instantiate_classes()
-        except ValueError as err:
-            cause = original_error(err)
-            raise ConfigError(f"config: {cause}") from cause
 
     def before_instantiate_classes(self) -> None:
         """Refuse an output that cannot be written before anything is built or read."""

@@ -65,11 +65,8 @@ def _validates(datamodule: Any) -> bool:
     return datamodule is not None and is_overridden("val_dataloader", datamodule, LightningDataModule)
 
 
-class TerratimCLI(LightningCLI):
-    """LightningCLI with prediction output options and TerraTorch's default checkpointing."""
-
-    def before_instantiate_classes(self) -> None:
-        check_logger_packages(self.config[self.subcommand].get("trainer", {}).get("logger"))
+class ConfigErrorCLI(LightningCLI):
+    """A LightningCLI whose errors while building the configured classes are one-line :class:`ConfigError` s."""
 
     def instantiate_classes(self) -> None:
         """Build the configured classes; an error raised there is reported as a :class:`ConfigError`."""
@@ -78,6 +75,17 @@ class TerratimCLI(LightningCLI):
         except ValueError as err:
             cause = original_error(err)
             raise ConfigError(f"config: {cause}") from cause
+
+
+class TerratimCLI(ConfigErrorCLI):
+    """LightningCLI with prediction output options and TerraTorch's default checkpointing."""
+
+    def before_instantiate_classes(self) -> None:
+        check_logger_packages(self.config[self.subcommand].get("trainer", {}).get("logger"))
+
+    def instantiate_classes(self) -> None:
+        """Build the configured classes (errors as :class:`ConfigError`), then TerraTorch's default checkpoint."""
+        super().instantiate_classes()
         self._default_checkpointing()
 
     def _default_checkpointing(self) -> None:
