@@ -17,7 +17,7 @@ date by date unless ``temporal_channel_major`` says otherwise (TerraTorch's fix 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -252,26 +252,16 @@ class _PixelwiseDataModule(SingleRasterDataModule):
         num_workers: int,
         means: list[float] | str,
         stds: list[float] | str,
-        train_data_root: str | None = None,
-        val_data_root: str | None = None,
-        test_data_root: str | None = None,
-        predict_data_root: str | None = None,
+        roots: Mapping[str, str | None],
+        splits: Mapping[str, str | None],
+        label_roots: Mapping[str, str | None],
         img_grep: str = "*",
         label_grep: str = "*",
-        train_label_data_root: str | None = None,
-        val_label_data_root: str | None = None,
-        test_label_data_root: str | None = None,
-        train_split: str | None = None,
-        val_split: str | None = None,
-        test_split: str | None = None,
-        predict_split: str | None = None,
         **kwargs: Any,
     ) -> None:
-        roots = {"train": train_data_root, "val": val_data_root, "test": test_data_root, "predict": predict_data_root}
-        splits = {"train": train_split, "val": val_split, "test": test_split, "predict": predict_split}
-        super().__init__(batch_size, num_workers, means, stds, roots, splits, **kwargs)
+        super().__init__(batch_size, num_workers, means, stds, dict(roots), dict(splits), **kwargs)
         self.img_grep, self.label_grep = img_grep, label_grep
-        self.label_roots = {"train": train_label_data_root, "val": val_label_data_root, "test": test_label_data_root}
+        self.label_roots = dict(label_roots)  # split -> folder of its labels (None: the data folder)
 
     def find_samples(self, split: Split) -> list[RasterSample]:
         root = self.roots[split]
@@ -341,19 +331,11 @@ class _GenericPixelwiseDataModule(_PixelwiseDataModule):
             num_workers,
             means,
             stds,
-            train_data_root,
-            val_data_root,
-            test_data_root,
-            predict_data_root,
-            img_grep,
-            label_grep,
-            train_label_data_root,
-            val_label_data_root,
-            test_label_data_root,
-            train_split,
-            val_split,
-            test_split,
-            predict_split,
+            roots=dict(train=train_data_root, val=val_data_root, test=test_data_root, predict=predict_data_root),
+            splits={"train": train_split, "val": val_split, "test": test_split, "predict": predict_split},
+            label_roots={"train": train_label_data_root, "val": val_label_data_root, "test": test_label_data_root},
+            img_grep=img_grep,
+            label_grep=label_grep,
             dataset_bands=dataset_bands,
             output_bands=output_bands,
             predict_dataset_bands=predict_dataset_bands,
