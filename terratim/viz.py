@@ -119,7 +119,12 @@ def stretch_limits(name: str, arrays: Sequence[np.ndarray]) -> Limits | None:
     if modality.name not in ("S2L2A", "S2L1C", "S1GRD", "S1RTC", "DEM"):
         return None
     per_array = [_display_channels(name, a) for a in arrays]  # each (K, H, W)
-    channels = np.concatenate([c.reshape(c.shape[0], -1) for c in per_array], axis=1)  # (K, total pixels)
+    return percentile_limits(np.concatenate([c.reshape(c.shape[0], -1) for c in per_array], axis=1))
+
+
+def percentile_limits(channels: np.ndarray) -> Limits:
+    """(K, ...) values -> (K, 2) per-channel 2nd and 98th percentiles of the finite values ((0, 0) where none)."""
+    channels = channels.reshape(channels.shape[0], -1)  # (K, pixels)
     limits = np.zeros((channels.shape[0], 2), dtype=np.float32)
     for c, values in enumerate(channels):
         finite = values[np.isfinite(values)]
@@ -128,7 +133,8 @@ def stretch_limits(name: str, arrays: Sequence[np.ndarray]) -> Limits | None:
     return limits
 
 
-def _stretch(channels: np.ndarray, limits: Limits) -> np.ndarray:
+def stretch(channels: np.ndarray, limits: Limits) -> np.ndarray:
+    """(K, H, W) -> (K, H, W) in [0, 1], each channel linear between its limits (NaN stays NaN)."""
     low, high = limits[:, 0, None, None], limits[:, 1, None, None]
     span = np.where(high > low, high - low, 1.0)
     return np.clip((channels - low) / span, 0.0, 1.0)
@@ -208,7 +214,7 @@ def colorize(modality: str, array: np.ndarray, limits: Limits | None = None) -> 
         if mod.name == "DEM":
             rgb = _colormap("terrain", channels[0], float(limits[0, 0]), float(limits[0, 1]))
         else:
-            rgb = np.moveaxis(_stretch(channels, limits), 0, -1)
+            rgb = np.moveaxis(stretch(channels, limits), 0, -1)
     rgb = np.nan_to_num(rgb.astype(np.float32))
     rgb[nodata] = 0.0
     return rgb

@@ -56,19 +56,13 @@ def _raw_tensor(image: torch.Tensor, datamodule: Any) -> np.ndarray:
 def rgb_panel(image: np.ndarray, rgb_indices: list[int] | None = None) -> np.ndarray:
     """(C, H, W) raw input -> (3, H, W) in 0..255: channels ``rgb_indices`` (default the first three; one
     channel is drawn grey), each stretched between its 2nd and 98th percentile; NaN stays NaN (drawn black)."""
-    from terratim.viz import PERCENTILES
+    from terratim.viz import percentile_limits, stretch
 
     indices = list(rgb_indices) if rgb_indices is not None else list(range(min(3, image.shape[0])))
     if len(indices) not in (1, 3) or not all(-image.shape[0] <= k < image.shape[0] for k in indices):
         raise ValueError(f"rgb_indices {indices} must name 3 (or 1) of the input's {image.shape[0]} channels")
     channels = image[indices * 3 if len(indices) == 1 else indices].astype(np.float32)  # (3, H, W)
-    out = np.empty_like(channels)
-    for c, values in enumerate(channels):
-        finite = values[np.isfinite(values)]
-        low, high = np.percentile(finite, PERCENTILES) if finite.size else (0.0, 1.0)
-        span = high - low if high > low else 1.0
-        out[c] = np.clip((values - low) / span, 0.0, 1.0) * 255.0
-    return out
+    return stretch(channels, percentile_limits(channels)) * 255.0
 
 
 def predict_sample_ids(datamodule: Any) -> list[str] | None:
