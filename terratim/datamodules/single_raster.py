@@ -38,6 +38,7 @@ from terratim.data.single_raster import (
 )
 from terratim.data.transforms import build_transforms
 from terratim.datamodules.base import Split, SplitDataModule
+from terratim.modalities import normalize
 
 SPLITS: tuple[Split, ...] = ("train", "val", "test", "predict")
 STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
@@ -138,7 +139,7 @@ class SingleRasterDataModule(SplitDataModule):
         self.drop_last, self.pin_memory, self.check_stackability = drop_last, pin_memory, check_stackability
         self.transforms = {split: build_transforms((transforms or {}).get(split)) for split in SPLITS}
         self.datasets: dict[str, SingleRasterDataset] = {}
-        self._device_stats: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._device_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (means, stds), (C,)
 
     # ----------------------------------------------------------------------------------------------- datasets
     def find_samples(self, split: Split) -> list[RasterSample]:
@@ -227,15 +228,15 @@ class SingleRasterDataModule(SplitDataModule):
                 f"expected images (B, C, H, W) or (B, C, T, H, W) with C = {self.means.size} (means/stds), "
                 f"got {tuple(image.shape)}"
             )
-        key = (str(image.device), image.ndim)
+        key = str(image.device)
         if key not in self._device_stats:
-            shape = (1, -1) + (1,) * (image.ndim - 2)
             self._device_stats[key] = (
-                torch.as_tensor(self.means, device=image.device).view(shape),
-                torch.as_tensor(self.stds, device=image.device).view(shape),
+                torch.as_tensor(self.means, device=image.device),
+                torch.as_tensor(self.stds, device=image.device),
             )
         mean, std = self._device_stats[key]
-        return (image.float() - mean) / std
+        channels_third_last = image.float().movedim(1, -3)  # (B, [T,] C, H, W): bands where normalize expects them
+        return normalize(channels_third_last, mean, std, "image").movedim(-3, 1)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         image = batch["image"]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from terratim.data.geotiff import write_geotiff
+from terratim.modalities import denormalize
 
 RGB_CAPTION = "input (RGB)"
 RGB_PANEL = "S2RGB"  # viz draws an S2RGB panel as stored / 255, so a stretched RGB goes in at 0..255
@@ -35,7 +36,7 @@ def _raw(images: dict[str, torch.Tensor] | torch.Tensor, i: int, datamodule: Any
         arr = x[i].detach().float().cpu().numpy()
         stats = getattr(datamodule, "stats", {}).get(mod)
         if stats is not None:
-            arr = arr * stats[1][:, None, None] + stats[0][:, None, None]
+            arr = denormalize(arr, stats[0], stats[1], mod)
         out[mod] = arr
     return out
 
@@ -49,7 +50,7 @@ def _raw_tensor(image: torch.Tensor, datamodule: Any) -> np.ndarray:
         raise ValueError(f"a prediction panel needs an input (C, H, W) or (C, T, H, W), got {tuple(image.shape)}")
     means, stds = getattr(datamodule, "means", None), getattr(datamodule, "stds", None)
     if means is not None and stds is not None and len(means) == arr.shape[0] == len(stds):
-        arr = arr * np.asarray(stds, np.float32)[:, None, None] + np.asarray(means, np.float32)[:, None, None]
+        arr = denormalize(arr, means, stds, "image")
     return arr
 
 
