@@ -57,21 +57,29 @@ def read_split(path: str | os.PathLike) -> list[str]:
     For a csv such as the official Sen1Floods11 ``flood_train_data.csv`` (``Ghana_103272_S1Hand.tif,...``),
     the     id is the first column with its ``_<Sensor>Hand.tif`` ending removed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
     ids = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for line in split_file_lines(path):
         item = line.split(",")[0].strip()
         if item.endswith(".tif") and "_" in item:
             item = item.rsplit("_", 1)[0]
         ids.append(item)
-    if not ids:
-        raise ValueError(f"split file {path} lists no samples")
     return ids
+
+
+def split_file_lines(path: str | os.PathLike) -> list[str]:
+    """The entries of a split file: its non-empty lines, stripped, without ``#`` comment lines.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: the file lists no samples.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split file not found: {path}")
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    entries = [line for line in lines if line and not line.startswith("#")]
+    if not entries:
+        raise ValueError(f"split file {path} lists no samples")
+    return entries
 
 
 def discover_ids(root: Path, grep: str) -> list[str]:

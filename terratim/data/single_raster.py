@@ -28,7 +28,7 @@ import numpy as np
 import rasterio
 from torch.utils.data import Dataset
 
-from terratim.data.datasets import band_positions, check_band_count, expand_band_list
+from terratim.data.datasets import band_positions, check_band_count, expand_band_list, split_file_lines
 from terratim.data.geotiff import read_geotiff
 
 PixelTask = Literal["segmentation", "regression"]
@@ -165,13 +165,7 @@ def glob_files(root: str | os.PathLike, grep: str, what: str) -> list[str]:
 
 def read_split_entries(path: str | os.PathLike, ignore_extensions: bool = True) -> list[str]:
     """Name fragments listed in a split file, one per line (extension dropped with ``ignore_extensions``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
-    entries = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    if not entries:
-        raise ValueError(f"split file {path} lists no samples")
-    return [os.path.splitext(e)[0] if ignore_extensions else e for e in entries]
+    return [os.path.splitext(e)[0] if ignore_extensions else e for e in split_file_lines(path)]
 
 
 def filter_by_split(
