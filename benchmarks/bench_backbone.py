@@ -8,8 +8,7 @@ Inputs are S2L2A + S1GRD at 224 x 224 (392 tokens), random weights, eval mode, n
 (``pip install --no-deps --target DIR terratorch==1.2.13 timm einops diffusers``, or TERRATIM_REFERENCE_SITE=DIR;
 only its TerraMind model code is imported, see reference.py) both models run in alternation in this process,
 and the script prints each side's median and spread (min-max) over the repeats and the ratio of the medians
-(reference / terratim: above 1 means terratim is faster). ``--unfused`` adds terratim with its inference fast
-path off (terratim/layers/fused.py), to measure that path in the same run. The script asserts nothing.
+(reference / terratim: above 1 means terratim is faster). The script asserts nothing.
 """
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ import torch
 from common import DTYPES, device_line, flops
 
 import terratim
-from terratim.layers import fused
 
 INPUTS = ("S2L2A", "S1GRD")
 DEFAULT_CASES = {"tiny": (1, 8), "base": (2, 8)}
@@ -40,19 +38,6 @@ def peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
-
-
-def unfused(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with terratim's inference fast path (terratim/layers/fused.py) switched off while it runs."""
-
-    def call() -> object:
-        fused.ENABLED = False
-        try:
-            return fn()
-        finally:
-            fused.ENABLED = True
-
-    return call
 
 
 def alternate(fns: Mapping[str, Callable[[], object]], device: str, repeats: int, warmup: int,
@@ -110,13 +95,11 @@ def reference_backbone(register, size: str, img_size: int, device: str) -> torch
 
 
 def compare(size: str, batch: int, device: str = "cpu", dtype: str = "fp32", img_size: int = 224,
-            repeats: int = 5, warmup: int = 2, register=None, with_unfused: bool = False) -> dict[str, list[float]]:  # noqa: ANN001
-    """Seconds per batch of terratim (and the reference / unfused terratim when asked), run in alternation."""
+            repeats: int = 5, warmup: int = 2, register=None) -> dict[str, list[float]]:  # noqa: ANN001
+    """Seconds per batch of terratim (and the reference when given), run in alternation."""
     model = terratim.build(f"terramind_v1_{size}", modalities=list(INPUTS), img_size=img_size).eval().to(device)
     inputs = make_inputs(batch, img_size, device)
     fns: dict[str, Callable[[], object]] = {"terratim": lambda: model(inputs)}
-    if with_unfused:
-        fns["terratim unfused"] = unfused(lambda: model(inputs))
     if register is not None:
         reference = reference_backbone(register, size, img_size, device).eval()
         fns["reference"] = lambda: reference(dict(inputs))
@@ -134,7 +117,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--reference-site", help="folder with TerraTorch 1.2.13 (or TERRATIM_REFERENCE_SITE)")
-    parser.add_argument("--unfused", action="store_true", help="also time terratim without its fast path")
     parser.add_argument("--flops", action="store_true", help="also count FLOPs (one extra call per case)")
     args = parser.parse_args()
     if args.threads:
@@ -148,10 +130,10 @@ def main() -> None:
             if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             times = compare(size, batch, args.device, args.dtype, args.img_size, args.repeats, args.warmup,
-                            register, args.unfused)
+                            register)
             ours = statistics.median(times["terratim"])
             line = f"{size:<5} b{batch:<3} terratim {spread(times['terratim'])}, {batch / ours:.1f} images/s"
-            for other in ("terratim unfused", "reference"):
+            for other in ("reference",):
                 if other in times:
                     line += f" | {other} {spread(times[other])} -> {ratio_text(times[other], times['terratim'])}"
             if args.flops:

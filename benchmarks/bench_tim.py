@@ -8,9 +8,8 @@ Random weights, eval mode, no_grad, argmax imagination (temperature 0) in one de
 With the reference (``pip install --no-deps --target DIR terratorch==1.2.13 timm einops diffusers``, or
 TERRATIM_REFERENCE_SITE=DIR; only its TerraMind model code is imported, see reference.py) the models run in
 alternation and the script prints medians, spreads (min-max) and the ratio of the medians (reference /
-terratim: above 1 means terratim is faster). ``--unfused`` adds terratim without its inference fast path
-(terratim/layers/fused.py). ``--breakdown`` splits TiM into generator encoder, decoder and trainable encoder,
-with FLOPs (the FLOP ratio says what the TiM / plain time ratio should be without overheads).
+terratim: above 1 means terratim is faster). ``--breakdown`` splits TiM into generator encoder, decoder and
+trainable encoder, with FLOPs (the FLOP ratio says what the TiM / plain time ratio should be without overheads).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from bench_backbone import alternate, load_reference_register, ratio_text, spread, unfused
+from bench_backbone import alternate, load_reference_register, ratio_text, spread
 from common import device_line, flops, timed
 
 import terratim
@@ -29,15 +28,13 @@ def tim_settings(tim: list[str]) -> dict:
 
 
 def compare(size: str, batch: int, inputs: list[str], tim: list[str], device: str = "cpu", dtype: str = "fp32",
-            repeats: int = 5, warmup: int = 2, register=None, with_unfused: bool = False) -> dict[str, list[float]]:  # noqa: ANN001
-    """Seconds per batch of terratim's TiM (and plain backbone, reference, unfused TiM), run in alternation."""
+            repeats: int = 5, warmup: int = 2, register=None) -> dict[str, list[float]]:  # noqa: ANN001
+    """Seconds per batch of terratim's TiM (and plain backbone, reference), run in alternation."""
     plain = terratim.build(f"terramind_v1_{size}", modalities=inputs).eval().to(device)
     model = terratim.build(f"terramind_v1_{size}_tim", modalities=inputs, **tim_settings(tim)).eval().to(device)
     g = torch.Generator().manual_seed(0)
     x = {m: torch.randn(batch, terratim.resolve(m).num_bands, 224, 224, generator=g).to(device) for m in inputs}
     fns = {"terratim TiM": lambda: model(x), "terratim plain": lambda: plain(x)}
-    if with_unfused:
-        fns["terratim TiM unfused"] = unfused(lambda: model(x))
     if register is not None:
         from reference import build_reference
 
@@ -89,7 +86,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--reference-site", help="folder with TerraTorch 1.2.13 (or TERRATIM_REFERENCE_SITE)")
-    parser.add_argument("--unfused", action="store_true", help="also time terratim without its fast path")
     parser.add_argument("--breakdown", action="store_true", help="also time TiM's parts, with FLOPs")
     args = parser.parse_args()
     if args.threads:
@@ -100,9 +96,9 @@ def main() -> None:
           f"batch {args.batch}, 224 x 224, median (min-max) of {args.repeats} alternating runs, ms per batch")
     for size in args.sizes:
         times = compare(size, args.batch, args.inputs, args.tim, args.device, args.dtype, args.repeats,
-                        args.warmup, register, args.unfused)
+                        args.warmup, register)
         line = f"{size:<5} b{args.batch:<3} terratim TiM {spread(times['terratim TiM'])}"
-        for other in ("terratim plain", "terratim TiM unfused", "reference TiM"):
+        for other in ("terratim plain", "reference TiM"):
             if other in times:
                 line += f" | {other} {spread(times[other])} -> {ratio_text(times[other], times['terratim TiM'])}"
         print(line, flush=True)

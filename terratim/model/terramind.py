@@ -17,7 +17,6 @@ import torch.nn as nn
 
 from terratim import modalities as mods
 from terratim.layers import Attention, CrossAttention, Mlp, SwiGLU, layer_norm
-from terratim.layers.fused import add_linear, fast_path
 from terratim.model.config import TerraMindConfig
 from terratim.model.embeddings import (
     PatchEmbedding,
@@ -46,9 +45,6 @@ class Block(nn.Module):
         self.mlp = make_mlp(config)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if fast_path(self.attn, self.mlp):  # inference: residuals folded into proj / fc2 (layers/fused.py)
-            x = add_linear(x, self.attn.proj, self.attn.mix(self.norm1(x), bias))
-            return add_linear(x, self.mlp.fc2, self.mlp.hidden(self.norm2(x)))
         x = x + self.attn(self.norm1(x), bias)
         return x + self.mlp(self.norm2(x))
 
@@ -73,11 +69,6 @@ class DecoderBlock(nn.Module):
         self_bias: torch.Tensor | None = None,
         cross_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if fast_path(self.self_attn, self.cross_attn, self.mlp):  # inference: see Block.forward
-            y = add_linear(y, self.self_attn.proj, self.self_attn.mix(self.norm1(y), self_bias))
-            mixed = self.cross_attn.mix(self.query_norm(y), self.context_norm(context), cross_bias)
-            y = add_linear(y, self.cross_attn.proj, mixed)
-            return add_linear(y, self.mlp.fc2, self.mlp.hidden(self.norm2(y)))
         y = y + self.self_attn(self.norm1(y), self_bias)
         y = y + self.cross_attn(self.query_norm(y), self.context_norm(context), cross_bias)
         return y + self.mlp(self.norm2(y))
