@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from terratim.layers.linear import Linear, combined
+
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(B, N, H*Dh) -> (B, H, N, Dh)."""
@@ -40,11 +42,15 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return self.proj(self.mix(x, bias))
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``proj(mix(x))``, plus ``residual`` (added inside the projection where it can be fused)."""
+        mixed = self.mix(x, bias)
+        return self.proj(mixed) if residual is None else combined(self.proj, mixed, residual)
 
     def mix(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """Attention output before ``proj``: (B, N, D) -> (B, N, D)."""
@@ -60,12 +66,20 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.q = Linear(dim, dim, bias=qkv_bias)
+        self.kv = Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return self.proj(self.mix(x, context, bias))
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``proj(mix(x, context))``, plus ``residual`` (added inside the projection where it can be fused)."""
+        mixed = self.mix(x, context, bias)
+        return self.proj(mixed) if residual is None else combined(self.proj, mixed, residual)
 
     def mix(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """Attention output before ``proj``: (B, Nq, D) with context (B, Nk, D) -> (B, Nq, D)."""

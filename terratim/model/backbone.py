@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from terratim import modalities as mods
+from terratim.layers import Linear
 from terratim.model.config import TerraMindConfig
 from terratim.model.embeddings import PatchEmbedding, SequenceEmbedding, TokenEmbedding
 from terratim.model.terramind import Span, TerraMind
@@ -310,7 +311,7 @@ class TerraMindBackbone(TerraMind):
     def _replace_patch_embedding(self, name: str, key: str, modality: mods.Modality, bands: list[str]) -> None:
         old = cast(PatchEmbedding, self.encoder_embeddings[key])
         patch_pixels = self.config.patch_size**2
-        new_proj = nn.Linear(patch_pixels * len(bands), self.config.dim, bias=False)
+        new_proj = Linear(patch_pixels * len(bands), self.config.dim, bias=False)
         old_w = old.proj.weight.detach().view(self.config.dim, patch_pixels, old.num_channels)
         new_w = new_proj.weight.detach().view(self.config.dim, patch_pixels, len(bands))
         unknown = []

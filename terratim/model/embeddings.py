@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from terratim.layers import resize_table, sincos_1d, sincos_2d
+from terratim.layers import Linear, resize_table, sincos_1d, sincos_2d
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -56,7 +56,7 @@ class PatchEmbedding(_GridPositions):
         super().__init__(dim, grid)
         self.num_channels = num_channels
         self.patch_size = patch_size
-        self.proj = nn.Linear(patch_size * patch_size * num_channels, dim, bias=False)
+        self.proj = Linear(patch_size * patch_size * num_channels, dim, bias=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         grid_h, grid_w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
@@ -106,7 +106,7 @@ class TokenDecoderEmbedding(TokenEmbedding):
 
     def __init__(self, vocab_size: int, dim: int, grid: int) -> None:
         super().__init__(vocab_size, dim, grid)
-        self.to_logits = nn.Linear(dim, vocab_size, bias=False)
+        self.to_logits = Linear(dim, vocab_size, bias=False)
         self.to_logits.weight = self.token_emb.weight  # tied, as in the official files
 
     def query_emb(self, grid: int) -> torch.Tensor:
@@ -119,5 +119,5 @@ class SequenceDecoderEmbedding(SequenceEmbedding):
 
     def __init__(self, vocab_size: int, dim: int, max_length: int = 512) -> None:
         super().__init__(vocab_size, dim, max_length)
-        self.to_logits = nn.Linear(dim, vocab_size, bias=False)
+        self.to_logits = Linear(dim, vocab_size, bias=False)
         self.to_logits.weight = self.token_emb.weight

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from terratim import modalities as mods
-from terratim.layers import Attention, CrossAttention, Mlp, SwiGLU, layer_norm
+from terratim.layers import Attention, CrossAttention, Linear, Mlp, SwiGLU, layer_norm
 from terratim.model.config import TerraMindConfig
 from terratim.model.embeddings import (
     PatchEmbedding,
@@ -35,7 +35,7 @@ def make_mlp(config: TerraMindConfig) -> Mlp | SwiGLU:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)) (residuals added in the output projections)."""
 
     def __init__(self, config: TerraMindConfig) -> None:
         super().__init__()
@@ -45,8 +45,8 @@ class Block(nn.Module):
         self.mlp = make_mlp(config)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), bias)
-        return x + self.mlp(self.norm2(x))
+        x = self.attn(self.norm1(x), bias, residual=x)
+        return self.mlp(self.norm2(x), residual=x)
 
 
 class DecoderBlock(nn.Module):
@@ -69,9 +69,9 @@ class DecoderBlock(nn.Module):
         self_bias: torch.Tensor | None = None,
         cross_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        y = y + self.self_attn(self.norm1(y), self_bias)
-        y = y + self.cross_attn(self.query_norm(y), self.context_norm(context), cross_bias)
-        return y + self.mlp(self.norm2(y))
+        y = self.self_attn(self.norm1(y), self_bias, residual=y)
+        y = self.cross_attn(self.query_norm(y), self.context_norm(context), cross_bias, residual=y)
+        return self.mlp(self.norm2(y), residual=y)
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ class TerraMind(nn.Module):
         self.has_decoder = bool(decoder_keys) and config.decoder_depth > 0
         if self.has_decoder:
             self.decoder_embeddings = nn.ModuleDict({key: decoder_embedding(key, config) for key in decoder_keys})
-            self.decoder_proj_context = nn.Linear(config.dim, config.dim, bias=True)
+            self.decoder_proj_context = Linear(config.dim, config.dim, bias=True)
             self.decoder = nn.ModuleList(DecoderBlock(config) for _ in range(config.decoder_depth))
             self.decoder_norm = layer_norm(config.dim)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, config.dim))

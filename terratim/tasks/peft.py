@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from terratim.layers import Linear
+
 PEFT_CONFIG_KEYS = ("method", "replace_qkv", "peft_config_kwargs")
 TESTED_METHODS = ("LORA",)
 
@@ -57,7 +59,7 @@ class SplitQKV(nn.Module):
         if fused.out_features != 3 * dim:
             raise ValueError(f"replace_qkv: a qkv projection maps D to 3 D features, got {dim} -> {fused.out_features}")
         has_bias = fused.bias is not None
-        self.q_linear, self.k_linear, self.v_linear = (nn.Linear(dim, dim, bias=has_bias) for _ in range(3))
+        self.q_linear, self.k_linear, self.v_linear = (Linear(dim, dim, bias=has_bias) for _ in range(3))
         with torch.no_grad():
             for i, part in enumerate(self.parts()):
                 part.to(fused.weight)
@@ -78,9 +80,9 @@ class SplitQKV(nn.Module):
     def fused(self) -> nn.Linear:
         """The equivalent fused ``Linear(D, 3D)`` (weights concatenated; plain Linears only)."""
         q = self.q_linear
-        if not all(type(part) is nn.Linear for part in self.parts()):
+        if not all(type(part) in (nn.Linear, Linear) for part in self.parts()):
             raise ValueError("SplitQKV.fused: merge the adapters first; q/k/v must be plain Linear layers")
-        fused = nn.Linear(q.in_features, 3 * q.out_features, bias=q.bias is not None).to(q.weight)
+        fused = Linear(q.in_features, 3 * q.out_features, bias=q.bias is not None).to(q.weight)
         with torch.no_grad():
             fused.weight.copy_(torch.cat([part.weight for part in self.parts()]))  # (3 D, D)
             if q.bias is not None:
@@ -153,7 +155,7 @@ def replace_qkv(module: nn.Module, suffix: str) -> int:
         parent_name, _, child = name.rpartition(".")
         parent = module.get_submodule(parent_name)
         target = getattr(parent, child)
-        if type(target) is not nn.Linear:
+        if type(target) not in (nn.Linear, Linear):
             raise ValueError(
                 f"model_args.peft_config.replace_qkv: {name} is a {type(target).__name__}, not a fused qkv nn.Linear"
             )

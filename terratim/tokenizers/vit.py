@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from terratim.layers import Attention, Mlp, sincos_2d
+from terratim.layers import Attention, Linear, Mlp, sincos_2d
 
 
 def sincos_grid(grid: int, dim: int) -> torch.Tensor:
@@ -46,8 +46,8 @@ class ViTBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = self.attn(self.norm1(x), residual=x)
+        return self.mlp(self.norm2(x), residual=x)
 
 
 class ViTEncoder(nn.Module):
@@ -122,7 +122,7 @@ class ViTDecoder(nn.Module):
         self.blocks = nn.Sequential(*[ViTBlock(dim, num_heads) for _ in range(depth)])
         self.norm_mlp = nn.LayerNorm(dim, eps=1e-6)
         self.post_mlp = Mlp(dim, 4 * dim, act=nn.Tanh)
-        self.out_proj = nn.Linear(dim, out_channels * patch_size * patch_size)
+        self.out_proj = Linear(dim, out_channels * patch_size * patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, grid_h, grid_w = x.shape

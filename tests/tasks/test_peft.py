@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from terratim.layers import Linear
 from terratim.tasks import SemanticSegmentationTask, build_model
 from terratim.tasks.peft import SplitQKV, count_parameters, merge_peft, replace_qkv
 
@@ -128,7 +129,7 @@ def test_tim_lora_fit_step_leaves_the_generator_frozen_and_unchanged(tmp_path: P
     backbone = task.model.backbone
     generator = backbone.generator
     assert not any("lora" in n or "q_linear" in n for n, _ in generator.named_modules())  # no adapters, fused qkv
-    assert all(type(m) is nn.Linear for n, m in generator.named_modules() if n.endswith("attn.qkv"))
+    assert all(type(m) is Linear for n, m in generator.named_modules() if n.endswith("attn.qkv"))
     before = {n: p.detach().clone() for n, p in generator.named_parameters()}
     frozen_base = {n: p.detach().clone() for n, p in backbone.named_parameters() if "base_layer" in n}
     lora_b = {n: p.detach().clone() for n, p in backbone.named_parameters() if "lora_B" in n}

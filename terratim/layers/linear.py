@@ -1,0 +1,115 @@
+"""``Linear``: ``nn.Linear`` whose CPU inference runs on oneDNN with the bias and the next op fused.
+
+PyTorch computes an fp32 ``nn.Linear`` on the CPU with a BLAS ``addmm``: the bias is first copied into every
+output row, then the product is added, and the activation or residual that follows is one more pass over the
+output. oneDNN's linear applies the bias, an activation (GELU, SiLU) or a second operand (the residual, SwiGLU's
+gate) in the same pass, and its kernels use AVX-512 on every x86-64 CPU that has it (the bundled MKL takes its
+AVX2 code path on AMD processors). The arithmetic stays fp32: results differ from ``addmm`` by a few ulp, from
+the summation order.
+
+The fused path is taken only where it computes what ``nn.Linear`` computes and no gradient is needed: fp32 CPU
+tensors, no autograd graph to build, no CPU autocast, not while tracing or exporting (ONNX, ``torch.export``,
+``torch.compile``) and not under a dispatch mode such as a FLOP counter. Everywhere else the layer is a plain
+``nn.Linear``. Nothing is cached: the weight is read as it is at every call. ``set_fused_inference(False)`` or the
+environment variable ``TERRATIM_FUSED_LINEAR=0`` turns the path off.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_settings = {"enabled": os.environ.get("TERRATIM_FUSED_LINEAR", "1") != "0"}
+
+
+def set_fused_inference(enabled: bool) -> None:
+    """Turn the oneDNN inference path of every :class:`Linear` on or off (default on where available)."""
+    _settings["enabled"] = bool(enabled)
+
+
+def fused_inference_available() -> bool:
+    """Whether this PyTorch build has oneDNN's linear kernels (x86-64 and aarch64 CPU builds have them)."""
+    return _ONEDNN_LINEAR
+
+
+def _tracing() -> bool:
+    """Inside torch.compile / torch.export / ONNX export / TorchScript or under a dispatch mode (fake tensors,
+    FLOP counters), where only standard ops may appear."""
+    compiler = torch.compiler
+    exporting = getattr(compiler, "is_exporting", lambda: False)()
+    if compiler.is_compiling() or exporting or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return True
+    return is_in_torch_dispatch_mode()
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, state dict and training behaviour) with a fused CPU inference path.
+
+    Besides ``forward``, two fused forms serve the transformer blocks: :meth:`activated` (``act(linear(x))``
+    for GELU and SiLU) and :meth:`combined` (``linear(x) + other`` or ``linear(x) * other``).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fuses(x):
+            return F.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight.detach(), self._bias(), "none", [], "")
+
+    def activated(self, x: torch.Tensor, activation: str) -> torch.Tensor:
+        """``act(linear(x))``, ``activation`` one of ``"gelu"`` (exact erf GELU) or ``"silu"``."""
+        if not self.fuses(x):
+            y = F.linear(x, self.weight, self.bias)
+            return F.gelu(y) if activation == "gelu" else F.silu(y)
+        onednn_name, algorithm = {"gelu": ("gelu", "none"), "silu": ("swish", "")}[activation]
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight.detach(), self._bias(), onednn_name, [], algorithm)
+
+    def combined(self, x: torch.Tensor, other: torch.Tensor, op: str = "add") -> torch.Tensor:
+        """``linear(x) + other`` (``op="add"``) or ``linear(x) * other`` (``op="mul"``), ``other`` output-shaped."""
+        if not self.fuses(x, other):
+            y = F.linear(x, self.weight, self.bias)
+            return y + other if op == "add" else y * other
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.weight.detach(), self._bias(), op)
+
+    def fuses(self, x: torch.Tensor, other: torch.Tensor | None = None) -> bool:
+        """Whether this call takes the oneDNN path (see the module's description for when it does)."""
+        if not (_ONEDNN_LINEAR and _settings["enabled"]) or _tracing():
+            return False
+        tensors = (x, self.weight) if other is None else (x, self.weight, other)
+        if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or x.dim() < 2:
+            return False
+        if type(x) is not torch.Tensor or (other is not None and type(other) is not torch.Tensor):
+            return False  # tensor subclasses (fake, functional, proxies) belong to tracing
+        if other is not None and other.shape != (*x.shape[:-1], self.out_features):
+            return False  # broadcasting is left to the plain path
+        if torch.is_autocast_enabled("cpu"):
+            return False
+        operands = (x, other, self.weight, self.bias)
+        return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands))
+
+    def _bias(self) -> torch.Tensor | None:
+        return None if self.bias is None else self.bias.detach()
+
+
+def _fusable(layer: nn.Module) -> bool:
+    """A terratim ``Linear`` without hooks (adapters such as LoRA wrap layers in other classes)."""
+    return isinstance(layer, Linear) and not (layer._forward_hooks or layer._forward_pre_hooks)
+
+
+def activated(layer: nn.Module, x: torch.Tensor, activation: str) -> torch.Tensor:
+    """``act(layer(x))`` with ``activation`` ``"gelu"`` (exact) or ``"silu"``; fused where ``layer`` allows it."""
+    if _fusable(layer):
+        return layer.activated(x, activation)  # type: ignore[operator]
+    y = layer(x)
+    return F.gelu(y) if activation == "gelu" else F.silu(y)
+
+
+def combined(layer: nn.Module, x: torch.Tensor, other: torch.Tensor, op: str = "add") -> torch.Tensor:
+    """``layer(x) + other`` (``op="add"``) or ``layer(x) * other`` (``op="mul"``); fused where ``layer`` allows it."""
+    if _fusable(layer):
+        return layer.combined(x, other, op)  # type: ignore[operator]
+    y = layer(x)
+    return y + other if op == "add" else y * other

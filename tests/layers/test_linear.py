@@ -1,0 +1,120 @@
+"""Linear: the fused oneDNN inference path computes nn.Linear's function, and is taken only where it may be."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from terratim.layers import Linear, Mlp, SwiGLU, set_fused_inference
+from terratim.layers.linear import activated, combined, fused_inference_available
+
+needs_onednn = pytest.mark.skipif(not fused_inference_available(), reason="this PyTorch build has no oneDNN")
+
+
+def layer(bias: bool = True) -> Linear:
+    torch.manual_seed(0)
+    return Linear(48, 80, bias=bias)
+
+
+def exact(lin: Linear, x: torch.Tensor) -> torch.Tensor:
+    """linear(x) in float64."""
+    out = x.double() @ lin.weight.double().t()
+    return out if lin.bias is None else out + lin.bias.double()
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_forms_compute_linear_in_fp32(bias: bool) -> None:
+    lin = layer(bias)
+    x = torch.randn(3, 7, 48)
+    other = torch.randn(3, 7, 80)
+    with torch.no_grad():
+        assert lin.fuses(x) and lin.fuses(x, other)
+        close(lin(x), exact(lin, x))
+        close(lin.activated(x, "gelu"), F.gelu(exact(lin, x)))
+        close(lin.activated(x, "silu"), F.silu(exact(lin, x)))
+        close(lin.combined(x, other), exact(lin, x) + other.double())
+        close(lin.combined(x, other, "mul"), exact(lin, x) * other.double())
+        close(lin.combined(x, other.transpose(0, 1).contiguous().transpose(0, 1)), exact(lin, x) + other.double())
+        assert lin(torch.randn(0, 48)).shape == (0, 80)
+
+
+@needs_onednn
+def test_every_call_reads_the_current_weight() -> None:
+    lin = layer()
+    x = torch.randn(5, 48)
+    with torch.no_grad():
+        lin(x)
+        lin.weight.mul_(2.0)  # in-place, as an optimizer step
+        close(lin(x), exact(lin, x))
+        lin.weight.data += 1.0  # through .data, as adapter merges do (no version bump)
+        close(lin(x), exact(lin, x))
+        lin.load_state_dict({"weight": torch.randn(80, 48), "bias": torch.randn(80)})
+        close(lin(x), exact(lin, x))
+
+
+def test_training_takes_the_autograd_path() -> None:
+    lin = layer()
+    lin.weight.grad = None
+    x = torch.randn(6, 48, requires_grad=True)
+    other = torch.randn(6, 80)
+    assert not lin.fuses(x)
+    (lin.combined(x, other) + lin.activated(x, "gelu")).sum().backward()
+    x64, w64, b64 = x.detach().double().requires_grad_(), lin.weight.detach().double().requires_grad_(), None
+    b64 = lin.bias.detach().double().requires_grad_()
+    y64 = F.linear(x64, w64, b64)
+    (y64 + other.double() + F.gelu(y64)).sum().backward()
+    torch.testing.assert_close(lin.weight.grad.double(), w64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_autocast_switch_and_dispatch_modes_keep_the_standard_op() -> None:
+    lin = layer()
+    x = torch.randn(4, 48)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not lin.fuses(x)
+        assert lin(x).dtype == torch.bfloat16  # autocast still applies
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        lin(x)
+    assert counter.get_total_flops() == 2 * 4 * 48 * 80
+    set_fused_inference(False)
+    try:
+        with torch.no_grad():
+            assert not lin.fuses(x)
+            close(lin(x), exact(lin, x))
+    finally:
+        set_fused_inference(True)
+
+
+def test_wrapped_layers_fall_back_to_their_own_forward() -> None:
+    lin = layer()
+    calls = []
+    lin.register_forward_hook(lambda module, args, output: calls.append(output.shape))
+    x, other = torch.randn(2, 48), torch.randn(2, 80)
+    with torch.no_grad():
+        close(combined(lin, x, other), exact(lin, x) + other.double())
+        close(activated(lin, x, "gelu"), F.gelu(exact(lin, x)))
+    assert calls == [(2, 80), (2, 80)]  # hooks (and adapters that wrap the layer) still see every call
+
+
+@pytest.mark.parametrize("mlp_class", [Mlp, SwiGLU])
+def test_mlp_residual_form_equals_the_plain_sum(mlp_class: type) -> None:
+    torch.manual_seed(1)
+    mlp = mlp_class(32, 64)
+    x, residual = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        fused = mlp(x, residual=residual)
+        set_fused_inference(False)
+        try:
+            plain = mlp(x) + residual
+        finally:
+            set_fused_inference(True)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
