@@ -140,7 +140,8 @@ class Sampler:
         batch = state.ids.shape[0]
         queries = self.network.image_queries(target.key, positions.expand(batch, -1), target.grid)
         logits = self._logits(target, queries, ctx, bias)
-        ids, _ = sample_tokens(logits, temperature, target.settings.top_k, target.settings.top_p, generator)
+        settings = target.settings
+        ids, _ = sample_tokens(logits, temperature, settings.top_k, settings.top_p, generator, confidence=False)
         state.ids[:, positions] = ids
         state.decoded[:, positions] = True
         state.orders.append(positions)
@@ -162,6 +163,7 @@ class Sampler:
         queries = self.network.image_queries(target.key, remaining, target.grid)
         logits = self._logits(target, queries, ctx, bias)
         ids, confidence = sample_tokens(logits, temperature, target.settings.top_k, target.settings.top_p, generator)
+        assert confidence is not None  # asked for by default
         keep = confidence.topk(count, dim=1).indices  # (B, n)
         positions = remaining.gather(1, keep)
         state.ids.scatter_(1, positions, ids.gather(1, keep))
@@ -189,7 +191,9 @@ class Sampler:
             causal = torch.ones(prefix.shape[1], prefix.shape[1], dtype=torch.bool, device=ctx.device).triu(1)
             self_bias = key_padding_bias(causal.expand(batch, -1, -1), x.dtype)
             logits = net.logits(target.key, net.run_decoder(x, ctx, self_bias, bias))[:, -1]
-            ids, _ = sample_tokens(logits, settings.temperature, settings.top_k, settings.top_p, generator)
+            ids, _ = sample_tokens(
+                logits, settings.temperature, settings.top_k, settings.top_p, generator, confidence=False
+            )
             prefix = torch.cat([prefix, ids[:, None]], dim=1)
             if bool(((prefix == SENTINEL_2) | (prefix == EOS_ID)).any(dim=1).all()):
                 break

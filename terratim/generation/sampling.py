@@ -79,7 +79,8 @@ def sample_tokens(
     top_k: int | float = 0,
     top_p: float = 0.0,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    confidence: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draw one id per position from (..., V) logits.
 
     Top-k, then top-p on the T = 1 distribution, then softmax at temperature T and one draw by inverse CDF
@@ -87,10 +88,13 @@ def sample_tokens(
 
     Returns:
         ids (...,) and the probability of each drawn id under the sampling distribution (for MaskGIT
-        confidence). Temperature 0 gives the argmax (deterministic).
+        confidence), or None for it when ``confidence`` is False (ROAR and autoregressive steps skip a
+        normalisation over the vocabulary). Temperature 0 gives the argmax (deterministic).
     """
     if abs(temperature) < ARGMAX_BELOW:
         best, ids = logits.float().max(dim=-1)
+        if not confidence:
+            return ids, None
         return ids, (best - torch.logsumexp(logits.float(), dim=-1)).exp()  # softmax probability of the argmax
     candidates = top_k_filter(logits.float(), top_k)
     order = None

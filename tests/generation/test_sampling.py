@@ -45,8 +45,11 @@ def test_sampling_is_reproducible_with_a_generator_and_argmax_at_zero():
     a, _ = sample_tokens(logits, 1.0, generator=torch.Generator().manual_seed(1))
     b, _ = sample_tokens(logits, 1.0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
-    greedy, _ = sample_tokens(logits, 0.0)
+    greedy, confidence = sample_tokens(logits, 0.0)
     assert torch.equal(greedy, logits.argmax(-1))
+    torch.testing.assert_close(confidence, logits.softmax(-1).amax(-1))
+    ids_only, skipped = sample_tokens(logits, 0.0, confidence=False)  # ROAR steps skip the normalisation
+    assert torch.equal(ids_only, greedy) and skipped is None
 
 
 def test_sampling_follows_the_filtered_distribution():

@@ -127,7 +127,8 @@ def test_temperature_schedule_from_build_reaches_the_sampler(tiny_checkpoint, mo
     from terratim.generation import sampler
 
     seen = []
-    monkeypatch.setattr(sampler, "sample_tokens", lambda logits, temperature, *_: _argmax(logits, temperature, seen))
+    monkeypatch.setattr(sampler, "sample_tokens",
+                        lambda logits, temperature, *_, **__: _argmax(logits, temperature, seen))
     model = small_generator(tiny_checkpoint, decoding_steps=2, temperature=0.8, temperature_schedule="linear")
     decoded_per_step(model)
     assert seen == pytest.approx([0.8, 0.4])
