@@ -7,18 +7,24 @@ import torch
 from safetensors.torch import load_file
 
 import terratim
-from terratim.layers import resize_table, sincos_1d, sincos_2d
+from terratim.layers import resize_table, set_fused_inference, sincos_1d, sincos_2d
 
 from fixture_weights import FIXTURES, assert_close, load_case
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-linear", "plain-linear"])
 @pytest.mark.parametrize("case", ["tiny_backbone_s2l2a_s1grd_mean", "tiny_backbone_s2l2a_s1grd_concat"])
-def test_backbone_matches_reference_every_layer(case, tiny_checkpoint):
+def test_backbone_matches_reference_every_layer(case, fused, tiny_checkpoint):
+    """Both paths of ``layers.Linear`` (oneDNN at inference, ``F.linear`` in training) are at parity."""
     entry, io = load_case(case)
     model = terratim.build(entry["name"], ckpt_path=str(tiny_checkpoint), **entry["build_kwargs"]).eval()
     inputs = {name: io[f"input.{name}"] for name in entry["input_order"]}
-    with torch.no_grad():
-        layers = model(inputs)
+    set_fused_inference(fused)
+    try:
+        with torch.no_grad():
+            layers = model(inputs)
+    finally:
+        set_fused_inference(True)
     assert len(layers) == 12
     assert model.out_channels == entry["details"]["out_channels"]
     for name, spec in entry["outputs"].items():
