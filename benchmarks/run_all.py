@@ -88,9 +88,14 @@ def spread(seconds: list[float] | None) -> str:
 
 
 def ratio(numerator: list[float] | None, denominator: list[float] | None) -> str:
+    """Ratio of the medians, then the median of the per-round ratios (rounds pair the two sides in time, so
+    load that drifts between rounds on a shared machine cancels out of the second figure)."""
     if not numerator or not denominator:
         return "-"
-    return f"{statistics.median(numerator) / statistics.median(denominator):.2f}x"
+    text = f"{statistics.median(numerator) / statistics.median(denominator):.2f}x"
+    if len(numerator) == len(denominator):
+        text += f" ({statistics.median(n / d for n, d in zip(numerator, denominator, strict=True)):.2f}x)"
+    return text
 
 
 class Table:
@@ -153,7 +158,7 @@ def compare_row(table: Table, case: str, ours: Callable[[], object], reference: 
                                                                                       times["terratim"]))
 
 
-SAME_RUN = ["case", "terratim s", "TerraTorch 1.2.13 s", "ratio (reference / terratim)"]
+SAME_RUN = ["case", "terratim s", "TerraTorch 1.2.13 s", "ratio (reference / terratim; per round)"]
 
 
 # ------------------------------------------------------------------------------------------------ sections
@@ -242,8 +247,8 @@ def bf16_section(device: str, plan: Plan) -> None:
     """fp32 against bf16 autocast, alternating; the relative difference of the last layer."""
     from terratim.precision import autocast
 
-    table = Table("bf16 (autocast) against fp32, terratim", ["case", "fp32 s", "bf16 s", "speed-up (fp32 / bf16)",
-                                                             "max rel. diff, last layer"])
+    table = Table("bf16 (autocast) against fp32, terratim",
+                  ["case", "fp32 s", "bf16 s", "speed-up (fp32 / bf16; per round)", "max rel. diff, last layer"])
     for size in plan.sizes:
         for kind in ("backbone", "TiM"):
             name = f"terramind_v1_{size}" + ("_tim" if kind == "TiM" else "")
@@ -274,7 +279,7 @@ def onnx_section(device: str, plan: Plan) -> None:
         return
     table = Table(f"ONNX (tiny segmentation task, S1GRD, tile {plan.onnx_tile}, batch {plan.onnx_batch}; "
                   f"onnxruntime CPU, {torch.get_num_threads()} threads)",
-                  ["case", "eager s", "onnxruntime s", "speed-up (eager / onnx)", "max abs diff",
+                  ["case", "eager s", "onnxruntime s", "speed-up (eager / onnx; per round)", "max abs diff",
                    "class agreement"])
     for backbone in ("terramind_v1_tiny", "terramind_v1_tiny_tim"):
         task = _segmentation_task(backbone)
