@@ -7,23 +7,27 @@ gate) in the same pass, and its kernels use AVX-512 on every x86-64 CPU that has
 AVX2 code path on AMD processors). The arithmetic stays fp32: results differ from ``addmm`` by a few ulp, from
 the summation order.
 
-The fused path is taken only where it computes what ``nn.Linear`` computes and no gradient is needed: fp32 CPU
+The fused path is taken only where it computes what ``nn.Linear`` computes and no gradient is needed: an x86-64
+CPU whose oneDNN kernels agreed with ``F.linear`` on a first small product (checked once per process), fp32 CPU
 tensors, no autograd graph to build, no CPU autocast, not while tracing or exporting (ONNX, ``torch.export``,
 ``torch.compile``) and not under a dispatch mode such as a FLOP counter. Everywhere else the layer is a plain
-``nn.Linear``. Nothing is cached: the weight is read as it is at every call. ``set_fused_inference(False)`` or the
+``nn.Linear``. No copy of the weight is kept: it is read as it is at every call. ``set_fused_inference(False)`` or the
 environment variable ``TERRATIM_FUSED_LINEAR=0`` turns the path off.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_X86 = platform.machine().lower() in {"x86_64", "amd64"}
+_ONEDNN_LINEAR = _X86 and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 _settings = {"enabled": os.environ.get("TERRATIM_FUSED_LINEAR", "1") != "0"}
 
 
@@ -33,8 +37,31 @@ def set_fused_inference(enabled: bool) -> None:
 
 
 def fused_inference_available() -> bool:
-    """Whether this PyTorch build has oneDNN's linear kernels (x86-64 and aarch64 CPU builds have them)."""
-    return _ONEDNN_LINEAR
+    """Whether the fused path can run here: an x86-64 CPU, a PyTorch build with oneDNN's linear kernels, and a
+    first call of each fused form that agrees with ``F.linear`` (checked once per process)."""
+    return _ONEDNN_LINEAR and _kernels_agree()
+
+
+@functools.cache
+def _kernels_agree() -> bool:
+    """One small product through every fused form against the plain ops; False (path off) on any error."""
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(shape, generator=generator) for shape in ((5, 16), (8, 16), (8,)))
+    other = torch.randn(5, 8, generator=generator)
+    plain = F.linear(x, weight, bias)
+    expected = (plain, F.gelu(plain), F.silu(plain), plain + other, plain * other)
+    ops = torch.ops.mkldnn._linear_pointwise
+    try:
+        fused = (
+            ops(x, weight, bias, "none", [], ""),
+            ops(x, weight, bias, "gelu", [], "none"),
+            ops(x, weight, bias, "swish", [], ""),
+            ops.binary(x, other, weight, bias, "add"),
+            ops.binary(x, other, weight, bias, "mul"),
+        )
+    except RuntimeError:
+        return False
+    return all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(fused, expected, strict=True))
 
 
 def _tracing() -> bool:
@@ -77,6 +104,8 @@ class Linear(nn.Linear):
     def fuses(self, x: torch.Tensor, other: torch.Tensor | None = None) -> bool:
         """Whether this call takes the oneDNN path (see the module's description for when it does)."""
         if not (_ONEDNN_LINEAR and _settings["enabled"]) or _tracing():
+            return False
+        if not _kernels_agree():
             return False
         tensors = (x, self.weight) if other is None else (x, self.weight, other)
         if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or x.dim() < 2:

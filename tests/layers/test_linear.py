@@ -94,6 +94,17 @@ def test_autocast_switch_and_dispatch_modes_keep_the_standard_op() -> None:
         set_fused_inference(True)
 
 
+def test_a_build_whose_kernels_disagree_keeps_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from terratim.layers import linear
+
+    monkeypatch.setattr(linear, "_kernels_agree", lambda: False)
+    lin = layer()
+    x = torch.randn(3, 48)
+    with torch.no_grad():
+        assert not lin.fuses(x) and not linear.fused_inference_available()
+        close(lin(x), exact(lin, x))
+
+
 def test_wrapped_layers_fall_back_to_their_own_forward() -> None:
     lin = layer()
     calls = []
