@@ -48,19 +48,20 @@ def _kernels_agree() -> bool:
     generator = torch.Generator().manual_seed(0)
     x, weight, bias = (torch.randn(shape, generator=generator) for shape in ((5, 16), (8, 16), (8,)))
     other = torch.randn(5, 8, generator=generator)
-    plain = F.linear(x, weight, bias)
-    expected = (plain, F.gelu(plain), F.silu(plain), plain + other, plain * other)
     ops = torch.ops.mkldnn._linear_pointwise
-    try:
-        fused = (
-            ops(x, weight, bias, "none", [], ""),
-            ops(x, weight, bias, "gelu", [], "none"),
-            ops(x, weight, bias, "swish", [], ""),
-            ops.binary(x, other, weight, bias, "add"),
-            ops.binary(x, other, weight, bias, "mul"),
-        )
-    except RuntimeError:
-        return False
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        plain = F.linear(x, weight, bias)
+        expected = (plain, F.gelu(plain), F.silu(plain), plain + other, plain * other)
+        try:
+            fused = (
+                ops(x, weight, bias, "none", [], ""),
+                ops(x, weight, bias, "gelu", [], "none"),
+                ops(x, weight, bias, "swish", [], ""),
+                ops.binary(x, other, weight, bias, "add"),
+                ops.binary(x, other, weight, bias, "mul"),
+            )
+        except RuntimeError:
+            return False
     return all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(fused, expected, strict=True))
 
 
@@ -105,8 +106,6 @@ class Linear(nn.Linear):
         """Whether this call takes the oneDNN path (see the module's description for when it does)."""
         if not (_ONEDNN_LINEAR and _settings["enabled"]) or _tracing():
             return False
-        if not _kernels_agree():
-            return False
         tensors = (x, self.weight) if other is None else (x, self.weight, other)
         if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or x.dim() < 2:
             return False
@@ -117,7 +116,9 @@ class Linear(nn.Linear):
         if torch.is_autocast_enabled("cpu"):
             return False
         operands = (x, other, self.weight, self.bias)
-        return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands))
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands):
+            return False
+        return _kernels_agree()
 
     def _bias(self) -> torch.Tensor | None:
         return None if self.bias is None else self.bias.detach()

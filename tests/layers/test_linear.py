@@ -129,3 +129,33 @@ def test_mlp_residual_form_equals_the_plain_sum(mlp_class: type) -> None:
         finally:
             set_fused_inference(True)
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_odd_layouts_compute_linear() -> None:
+    lin = layer()
+    inputs = {
+        "slice": torch.randn(4, 12, 48)[:, 1:11],
+        "transposed": torch.randn(10, 4, 48).transpose(0, 1),
+        "strided last axis": torch.randn(4, 10, 96)[..., ::2],
+        "expanded": torch.randn(1, 10, 48).expand(4, 10, 48),
+        "4-d": torch.randn(2, 3, 5, 48),
+    }
+    with torch.no_grad():
+        for x in inputs.values():
+            other = torch.randn(80, *x.shape[:-1]).movedim(0, -1)  # output-shaped, not contiguous
+            assert lin.fuses(x, other)
+            close(lin(x), exact(lin, x))
+            close(lin.combined(x, other), exact(lin, x) + other.double())
+
+
+@needs_onednn
+def test_the_kernel_check_is_not_fooled_by_the_first_callers_autocast() -> None:
+    from terratim.layers import linear
+
+    linear._kernels_agree.cache_clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear.fused_inference_available()  # the once-per-process check runs in fp32 whatever the caller's mode
+    lin = layer()
+    with torch.no_grad():
+        assert lin.fuses(torch.randn(3, 48))
