@@ -28,6 +28,7 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 _X86 = platform.machine().lower() in {"x86_64", "amd64"}
 _ONEDNN_LINEAR = _X86 and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_ONEDNN_ACTIVATIONS = {"gelu": ("gelu", "none"), "silu": ("swish", "")}  # name -> (oneDNN post-op, algorithm)
 _settings = {"enabled": os.environ.get("TERRATIM_FUSED_LINEAR", "1") != "0"}
 
 
@@ -65,6 +66,24 @@ def _kernels_agree() -> bool:
     return all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(fused, expected, strict=True))
 
 
+def _activate(y: torch.Tensor, activation: str) -> torch.Tensor:
+    """The plain form of a fused activation (exact-erf GELU or SiLU)."""
+    if activation == "gelu":
+        return F.gelu(y)
+    if activation == "silu":
+        return F.silu(y)
+    raise ValueError(f"Linear: activation must be 'gelu' or 'silu', got {activation!r}")
+
+
+def _combine(y: torch.Tensor, other: torch.Tensor, op: str) -> torch.Tensor:
+    """The plain form of a fused second operand: ``y + other`` or ``y * other``."""
+    if op == "add":
+        return y + other
+    if op == "mul":
+        return y * other
+    raise ValueError(f"Linear: op must be 'add' or 'mul', got {op!r}")
+
+
 def _tracing() -> bool:
     """Inside torch.compile / torch.export / ONNX export / TorchScript or under a dispatch mode (fake tensors,
     FLOP counters), where only standard ops may appear."""
@@ -89,17 +108,15 @@ class Linear(nn.Linear):
 
     def activated(self, x: torch.Tensor, activation: str) -> torch.Tensor:
         """``act(linear(x))``, ``activation`` one of ``"gelu"`` (exact erf GELU) or ``"silu"``."""
-        if not self.fuses(x):
-            y = F.linear(x, self.weight, self.bias)
-            return F.gelu(y) if activation == "gelu" else F.silu(y)
-        onednn_name, algorithm = {"gelu": ("gelu", "none"), "silu": ("swish", "")}[activation]
+        if not self.fuses(x) or activation not in _ONEDNN_ACTIVATIONS:
+            return _activate(F.linear(x, self.weight, self.bias), activation)
+        onednn_name, algorithm = _ONEDNN_ACTIVATIONS[activation]
         return torch.ops.mkldnn._linear_pointwise(x, self.weight.detach(), self._bias(), onednn_name, [], algorithm)
 
     def combined(self, x: torch.Tensor, other: torch.Tensor, op: str = "add") -> torch.Tensor:
         """``linear(x) + other`` (``op="add"``) or ``linear(x) * other`` (``op="mul"``), ``other`` output-shaped."""
-        if not self.fuses(x, other):
-            y = F.linear(x, self.weight, self.bias)
-            return y + other if op == "add" else y * other
+        if not self.fuses(x, other) or op not in ("add", "mul"):
+            return _combine(F.linear(x, self.weight, self.bias), other, op)
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.weight.detach(), self._bias(), op)
 
     def fuses(self, x: torch.Tensor, other: torch.Tensor | None = None) -> bool:
@@ -133,13 +150,11 @@ def activated(layer: nn.Module, x: torch.Tensor, activation: str) -> torch.Tenso
     """``act(layer(x))`` with ``activation`` ``"gelu"`` (exact) or ``"silu"``; fused where ``layer`` allows it."""
     if _fusable(layer):
         return layer.activated(x, activation)  # type: ignore[operator]
-    y = layer(x)
-    return F.gelu(y) if activation == "gelu" else F.silu(y)
+    return _activate(layer(x), activation)
 
 
 def combined(layer: nn.Module, x: torch.Tensor, other: torch.Tensor, op: str = "add") -> torch.Tensor:
     """``layer(x) + other`` (``op="add"``) or ``layer(x) * other`` (``op="mul"``); fused where ``layer`` allows it."""
     if _fusable(layer):
         return layer.combined(x, other, op)  # type: ignore[operator]
-    y = layer(x)
-    return y + other if op == "add" else y * other
+    return _combine(layer(x), other, op)

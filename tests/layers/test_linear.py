@@ -159,3 +159,14 @@ def test_the_kernel_check_is_not_fooled_by_the_first_callers_autocast() -> None:
     lin = layer()
     with torch.no_grad():
         assert lin.fuses(torch.randn(3, 48))
+
+
+def test_unknown_activation_or_op_is_an_error_on_both_paths() -> None:
+    lin = layer()
+    x, other = torch.randn(2, 48), torch.randn(2, 80)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            with pytest.raises(ValueError, match="activation must be 'gelu' or 'silu', got 'relu'"):
+                lin.activated(x, "relu")
+            with pytest.raises(ValueError, match="op must be 'add' or 'mul', got 'sub'"):
+                lin.combined(x, other, "sub")
