@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -192,3 +193,28 @@ def test_a_lora_fine_tune_exports_with_its_adapters_merged(tmp_path):
     got = model({s.name: x for s, x in zip(model.card.inputs, raw)})
     assert torch.allclose(got, expected, rtol=0, atol=TOLERANCE), (got - expected).abs().max()
     assert any("lora_B" in name for name, _ in task.named_parameters())  # the export merged a copy
+
+
+def test_the_standalone_snippet_of_the_docs_runs_as_written(exported, tmp_path, monkeypatch):
+    """docs/deploy.md's "onnxruntime alone" block, executed unchanged, equals OnnxModel (nodata filled alike)."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    section = docs.split("## Without terratim: onnxruntime alone", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "import terratim" not in code and "torch" not in code
+    _, model, _ = exported("segmentation")
+    raw = sample_inputs(model.card, 1, seed=5)[0]
+    raw[0, :, :7, :9] = float("nan")  # a nodata corner: the snippet fills it from the metadata
+    filled = torch.where(raw.isnan(), torch.tensor(model.card.inputs[0].fill).view(1, -1, 1, 1), raw)
+
+    def read_tile(name: str, bands: list[str], tile: int) -> np.ndarray:
+        assert (name, bands, tile) == ("S1GRD", ["VV", "VH"], TILE)
+        return raw[0].numpy()
+
+    (tmp_path / "water.onnx").write_bytes(model.path.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"read_tile": read_tile}
+    exec(compile(code, "docs/deploy.md", "exec"), namespace)  # noqa: S102 (the documented code itself)
+    expected = model({"S1GRD": filled})
+    assert namespace["logits"].shape == (1, 3, TILE, TILE)
+    assert np.allclose(namespace["logits"], expected.numpy(), rtol=0, atol=TOLERANCE)
+    assert np.array_equal(namespace["class_map"], expected.argmax(1)[0].numpy())
