@@ -41,12 +41,13 @@ def peak_memory_mb(device: str) -> float:
 
 
 def alternate(fns: Mapping[str, Callable[[], object]], device: str, repeats: int, warmup: int,
-              dtype: str = "fp32") -> dict[str, list[float]]:
+              dtype: str = "fp32", autograd: bool = False) -> dict[str, list[float]]:
     """Seconds of each ``fn`` over ``repeats`` rounds; each round runs every fn once, in turn (same-run
-    comparison: load from other processes hits all sides alike). no_grad, and autocast for bf16/fp16."""
+    comparison: load from other processes hits all sides alike). no_grad unless ``autograd`` (graphs recorded, as
+    for a model called without ``torch.no_grad()``), and autocast for bf16/fp16."""
     autocast = torch.autocast(device.split(":")[0], dtype=DTYPES[dtype], enabled=dtype != "fp32")
     times: dict[str, list[float]] = {name: [] for name in fns}
-    with torch.no_grad(), autocast:
+    with torch.set_grad_enabled(autograd), autocast:
         for round_index in range(warmup + repeats):
             for name, fn in fns.items():
                 if device.startswith("cuda"):
@@ -95,7 +96,8 @@ def reference_backbone(register, size: str, img_size: int, device: str) -> torch
 
 
 def compare(size: str, batch: int, device: str = "cpu", dtype: str = "fp32", img_size: int = 224,
-            repeats: int = 5, warmup: int = 2, register=None) -> dict[str, list[float]]:  # noqa: ANN001
+            repeats: int = 5, warmup: int = 2, register=None,  # noqa: ANN001
+            autograd: bool = False) -> dict[str, list[float]]:
     """Seconds per batch of terratim (and the reference when given), run in alternation."""
     model = terratim.build(f"terramind_v1_{size}", modalities=list(INPUTS), img_size=img_size).eval().to(device)
     inputs = make_inputs(batch, img_size, device)
@@ -103,7 +105,7 @@ def compare(size: str, batch: int, device: str = "cpu", dtype: str = "fp32", img
     if register is not None:
         reference = reference_backbone(register, size, img_size, device).eval()
         fns["reference"] = lambda: reference(dict(inputs))
-    return alternate(fns, device, repeats, warmup, dtype)
+    return alternate(fns, device, repeats, warmup, dtype, autograd)
 
 
 def main() -> None:
@@ -118,19 +120,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--reference-site", help="folder with TerraTorch 1.2.13 (or TERRATIM_REFERENCE_SITE)")
     parser.add_argument("--flops", action="store_true", help="also count FLOPs (one extra call per case)")
+    parser.add_argument("--autograd", action="store_true",
+                        help="record autograd graphs (eval-mode models called without torch.no_grad())")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = False
     register = load_reference_register(args.reference_site)
-    print(f"{device_line(args.device)}, {args.dtype}, {'+'.join(INPUTS)} {args.img_size}x{args.img_size}, "
+    grad_note = ", autograd on" if args.autograd else ""
+    print(f"{device_line(args.device)}, {args.dtype}{grad_note}, {'+'.join(INPUTS)} {args.img_size}x{args.img_size}, "
           f"torch {torch.__version__}, median (min-max) of {args.repeats} alternating runs, ms per batch")
     for size in args.sizes:
         for batch in args.batch_sizes or DEFAULT_CASES.get(size, (1, 8)):
             if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             times = compare(size, batch, args.device, args.dtype, args.img_size, args.repeats, args.warmup,
-                            register)
+                            register, args.autograd)
             ours = statistics.median(times["terratim"])
             line = f"{size:<5} b{batch:<3} terratim {spread(times['terratim'])}, {batch / ours:.1f} images/s"
             for other in ("reference",):

@@ -7,12 +7,16 @@ gate) in the same pass, and its kernels use AVX-512 on every x86-64 CPU that has
 AVX2 code path on AMD processors). The arithmetic stays fp32: results differ from ``addmm`` by a few ulp, from
 the summation order.
 
-The fused path is taken only where it computes what ``nn.Linear`` computes and no gradient is needed: an x86-64
-CPU whose oneDNN kernels agreed with ``F.linear`` on a first small product (checked once per process), fp32 CPU
-tensors, no autograd graph to build, no CPU autocast, not while tracing or exporting (ONNX, ``torch.export``,
-``torch.compile``) and not under a dispatch mode such as a FLOP counter. Everywhere else the layer is a plain
-``nn.Linear``. No copy of the weight is kept: it is read as it is at every call. ``set_fused_inference(False)`` or the
-environment variable ``TERRATIM_FUSED_LINEAR=0`` turns the path off.
+The oneDNN path is taken only where it computes what ``nn.Linear`` computes: an x86-64 CPU whose oneDNN kernels
+agreed with ``F.linear`` on a first small product (checked once per process), fp32 CPU tensors, no CPU autocast,
+no forward-mode AD, not while tracing or exporting (ONNX, ``torch.export``, ``torch.compile``) and not under a
+dispatch mode such as a FLOP counter. Without an autograd graph to build, the activation or second operand is fused
+too. A layer in eval mode whose call does record a graph (a model run without ``torch.no_grad()``) still takes
+oneDNN's product, through an autograd function with ``nn.Linear``'s gradients (standard matrix products), and keeps
+only the residual add fused; a layer in training mode that needs gradients is a plain ``nn.Linear``, so training
+computes exactly what it always did. Everywhere else the layer is a plain ``nn.Linear``. No copy of the weight is
+kept: it is read as it is at every call. ``set_fused_inference(False)`` or the environment variable
+``TERRATIM_FUSED_LINEAR=0`` turns the path off.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from __future__ import annotations
 import functools
 import os
 import platform
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 _X86 = platform.machine().lower() in {"x86_64", "amd64"}
@@ -91,7 +97,37 @@ def _tracing() -> bool:
     exporting = getattr(compiler, "is_exporting", lambda: False)()
     if compiler.is_compiling() or exporting or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return True
-    return is_in_torch_dispatch_mode()
+    return is_in_torch_dispatch_mode() or _forward_ad_active()
+
+
+def _forward_ad_active() -> bool:
+    """Inside ``torch.autograd.forward_ad.dual_level()``: oneDNN's op has no forward derivative (tangents would be
+    dropped), so dual tensors take ``F.linear``."""
+    return getattr(forward_ad, "_current_level", -1) >= 0
+
+
+class _OneDnnLinear(torch.autograd.Function):
+    """oneDNN's ``x @ weight.T + bias`` (``+ residual`` when given) with ``nn.Linear``'s gradients."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ops = torch.ops.mkldnn._linear_pointwise
+        if residual is None:
+            return ops(x, weight, bias, "none", [], "")
+        return ops.binary(x, residual, weight, bias, "add")
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        need_x, need_weight, need_bias, need_residual = ctx.needs_input_grad
+        rows = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        grad_x = grad.matmul(weight) if need_x else None  # (..., in)
+        grad_weight = rows.t().mm(x.reshape(-1, x.shape[-1])) if need_weight else None  # (out, in)
+        grad_bias = rows.sum(0) if need_bias else None
+        return grad_x, grad_weight, grad_bias, grad if need_residual else None
 
 
 class Linear(nn.Linear):
@@ -104,12 +140,16 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fuses(x):
             return F.linear(x, self.weight, self.bias)
+        if self._records(x):
+            return _OneDnnLinear.apply(x, self.weight, self.bias, None)
         return torch.ops.mkldnn._linear_pointwise(x, self.weight.detach(), self._bias(), "none", [], "")
 
     def activated(self, x: torch.Tensor, activation: str) -> torch.Tensor:
         """``act(linear(x))``, ``activation`` one of ``"gelu"`` (exact erf GELU) or ``"silu"``."""
         if not self.fuses(x) or activation not in _ONEDNN_ACTIVATIONS:
             return _activate(F.linear(x, self.weight, self.bias), activation)
+        if self._records(x):
+            return _activate(_OneDnnLinear.apply(x, self.weight, self.bias, None), activation)
         onednn_name, algorithm = _ONEDNN_ACTIVATIONS[activation]
         return torch.ops.mkldnn._linear_pointwise(x, self.weight.detach(), self._bias(), onednn_name, [], algorithm)
 
@@ -117,7 +157,16 @@ class Linear(nn.Linear):
         """``linear(x) + other`` (``op="add"``) or ``linear(x) * other`` (``op="mul"``), ``other`` output-shaped."""
         if not self.fuses(x, other) or op not in ("add", "mul"):
             return _combine(F.linear(x, self.weight, self.bias), other, op)
+        if self._records(x, other):
+            if op == "add":
+                return _OneDnnLinear.apply(x, self.weight, self.bias, other)
+            return _OneDnnLinear.apply(x, self.weight, self.bias, None) * other
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.weight.detach(), self._bias(), op)
+
+    def _records(self, x: torch.Tensor, other: torch.Tensor | None = None) -> bool:
+        """Whether autograd records this call (grad mode on and an operand that requires grad)."""
+        operands = (x, other, self.weight, self.bias)
+        return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands)
 
     def fuses(self, x: torch.Tensor, other: torch.Tensor | None = None) -> bool:
         """Whether this call takes the oneDNN path (see the module's description for when it does)."""
@@ -132,9 +181,8 @@ class Linear(nn.Linear):
             return False  # broadcasting is left to the plain path
         if torch.is_autocast_enabled("cpu"):
             return False
-        operands = (x, other, self.weight, self.bias)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands):
-            return False
+        if self.training and self._records(x, other):
+            return False  # training keeps nn.Linear's own kernels
         return _kernels_agree()
 
     def _bias(self) -> torch.Tensor | None:

@@ -60,19 +60,47 @@ def test_every_call_reads_the_current_weight() -> None:
         close(lin(x), exact(lin, x))
 
 
-def test_training_takes_the_autograd_path() -> None:
-    lin = layer()
-    lin.weight.grad = None
-    x = torch.randn(6, 48, requires_grad=True)
-    other = torch.randn(6, 80)
-    assert not lin.fuses(x)
-    (lin.combined(x, other) + lin.activated(x, "gelu")).sum().backward()
-    x64, w64, b64 = x.detach().double().requires_grad_(), lin.weight.detach().double().requires_grad_(), None
-    b64 = lin.bias.detach().double().requires_grad_()
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_gradients_are_nn_linears_in_train_and_eval_mode(mode: str) -> None:
+    """Training mode takes F.linear; eval mode with a graph to record takes oneDNN's product through an autograd
+    function. Both give nn.Linear's gradients (float64 reference) for every operand, residual and gate included."""
+    lin = layer().train(mode == "train")
+    x = torch.randn(2, 6, 48, requires_grad=True)
+    other, gate = torch.randn(2, 6, 80, requires_grad=True), torch.randn(2, 6, 80, requires_grad=True)
+    assert lin.fuses(x, other) == (mode == "eval" and fused_inference_available())
+    out = lin(x) + lin.combined(x, other) + lin.activated(x, "gelu") + lin.combined(x, gate, "mul")
+    out.pow(2).sum().backward()
+
+    leaves = [t.detach().double().requires_grad_() for t in (x, lin.weight, lin.bias, other, gate)]
+    x64, w64, b64, other64, gate64 = leaves
     y64 = F.linear(x64, w64, b64)
-    (y64 + other.double() + F.gelu(y64)).sum().backward()
-    torch.testing.assert_close(lin.weight.grad.double(), w64.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
+    (y64 + (y64 + other64) + F.gelu(y64) + y64 * gate64).pow(2).sum().backward()
+    for got, want in zip((x, lin.weight, lin.bias, other, gate), leaves, strict=True):
+        torch.testing.assert_close(got.grad.double(), want.grad, rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_frozen_weights_and_a_graph_only_through_the_input() -> None:
+    """Eval mode, frozen layer, input that requires grad (a saliency map): only the input gets a gradient."""
+    lin = layer().eval().requires_grad_(False)
+    x = torch.randn(5, 48, requires_grad=True)
+    lin(x).sum().backward()
+    assert lin.weight.grad is None and lin.bias.grad is None
+    torch.testing.assert_close(x.grad.double(), lin.weight.double().sum(0).expand(5, 48), rtol=1e-5, atol=1e-5)
+
+
+def test_forward_mode_ad_keeps_its_tangents() -> None:
+    """oneDNN's op has no forward derivative: dual tensors take F.linear (tangent = tangent_x @ W.T)."""
+    import torch.autograd.forward_ad as fwad
+
+    lin = layer().eval()
+    x, tangent = torch.randn(3, 48), torch.randn(3, 48)
+    with torch.no_grad(), fwad.dual_level():
+        out = lin(fwad.make_dual(x, tangent))
+        assert not lin.fuses(x)
+        got = fwad.unpack_dual(out).tangent
+    assert got is not None
+    close(got, tangent.double() @ lin.weight.double().t())
 
 
 @needs_onednn
