@@ -8,15 +8,15 @@ AVX2 code path on AMD processors). The arithmetic stays fp32: results differ fro
 the summation order.
 
 The oneDNN path is taken only where it computes what ``nn.Linear`` computes: an x86-64 CPU whose oneDNN kernels
-agreed with ``F.linear`` on a first small product (checked once per process), fp32 CPU tensors, no CPU autocast,
-no forward-mode AD, not while tracing or exporting (ONNX, ``torch.export``, ``torch.compile``) and not under a
-dispatch mode such as a FLOP counter. Without an autograd graph to build, the activation or second operand is fused
-too. A layer in eval mode whose call does record a graph (a model run without ``torch.no_grad()``) still takes
-oneDNN's product, through an autograd function with ``nn.Linear``'s gradients (standard matrix products), and keeps
-only the residual add fused; a layer in training mode that needs gradients is a plain ``nn.Linear``, so training
-computes exactly what it always did. Everywhere else the layer is a plain ``nn.Linear``. No copy of the weight is
-kept: it is read as it is at every call. ``set_fused_inference(False)`` or the environment variable
-``TERRATIM_FUSED_LINEAR=0`` turns the path off.
+agreed with ``F.linear`` on a first small product (checked once per process), fp32 CPU tensors, no CPU autocast, no
+forward-mode AD or ``torch.func`` transform, not while tracing or exporting (ONNX, ``torch.export``,
+``torch.compile``) and not under a dispatch mode such as a FLOP counter. Without an autograd graph to build, the
+activation or second operand is fused too. A layer in eval mode whose call does record a graph (a model run without
+``torch.no_grad()``) still takes oneDNN's product, through an autograd function with ``nn.Linear``'s gradients
+(standard matrix products), and keeps only the residual add fused; a layer in training mode that needs gradients is
+a plain ``nn.Linear``, so training computes exactly what it always did. Everywhere else the layer is a plain
+``nn.Linear``. No copy of the weight is kept: it is read as it is at every call. ``set_fused_inference(False)`` or
+the environment variable ``TERRATIM_FUSED_LINEAR=0`` turns the path off.
 """
 
 from __future__ import annotations
@@ -97,13 +97,20 @@ def _tracing() -> bool:
     exporting = getattr(compiler, "is_exporting", lambda: False)()
     if compiler.is_compiling() or exporting or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return True
-    return is_in_torch_dispatch_mode() or _forward_ad_active()
+    return is_in_torch_dispatch_mode() or _forward_ad_active() or _functorch_active()
 
 
 def _forward_ad_active() -> bool:
     """Inside ``torch.autograd.forward_ad.dual_level()``: oneDNN's op has no forward derivative (tangents would be
     dropped), so dual tensors take ``F.linear``."""
     return getattr(forward_ad, "_current_level", -1) >= 0
+
+
+def _functorch_active() -> bool:
+    """Inside a ``torch.func`` transform (``grad``, ``vmap``, ``jvp``...): its wrapped tensors look like plain
+    tensors, and oneDNN's op has neither batching rule nor derivative there."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
 
 
 class _OneDnnLinear(torch.autograd.Function):

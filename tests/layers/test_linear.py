@@ -198,3 +198,20 @@ def test_unknown_activation_or_op_is_an_error_on_both_paths() -> None:
                 lin.activated(x, "relu")
             with pytest.raises(ValueError, match="op must be 'add' or 'mul', got 'sub'"):
                 lin.combined(x, other, "sub")
+
+
+def test_torch_func_transforms_compute_nn_linears_function() -> None:
+    """grad, vmap and jvp wrap tensors that look plain: the layer takes F.linear inside them."""
+    from torch.func import functional_call, grad, jvp, vmap
+
+    lin = layer().eval()
+    x, tangent, batched = torch.randn(3, 48), torch.randn(3, 48), torch.randn(4, 3, 48)
+    x_grad = grad(lambda inputs: lin.activated(inputs, "gelu").sum())(x)
+    x64 = x.double().requires_grad_()
+    F.gelu(F.linear(x64, lin.weight.double(), lin.bias.double())).sum().backward()
+    close(x_grad, x64.grad)
+    weight_grad = grad(lambda p: functional_call(lin, p, (x,)).sum())(dict(lin.named_parameters()))["weight"]
+    close(weight_grad, x.double().sum(0).expand(80, 48))
+    with torch.no_grad():
+        close(vmap(lin)(batched), exact(lin, batched))
+    close(jvp(lin, (x,), (tangent,))[1], tangent.double() @ lin.weight.double().t())
