@@ -70,16 +70,19 @@ def write_mosaic(folder: Path) -> tuple[Path, np.ndarray]:
             s1_tiles.append(src.read().astype(np.float32))  # (2, H, W)
         with rasterio.open(chip.label) as src:
             label_tiles.append(src.read(1).astype(np.int64))  # (H, W)
-    rows = [np.concatenate(s1_tiles[r * GRID:(r + 1) * GRID], axis=2) for r in range(GRID)]
-    s1 = np.concatenate(rows, axis=1)
-    labels = np.concatenate(
-        [np.concatenate(label_tiles[r * GRID:(r + 1) * GRID], axis=1) for r in range(GRID)], axis=0)
+    s1, labels = side_by_side(s1_tiles), side_by_side(label_tiles)
     path = folder / "mosaic_s1.tif"
     profile = {"driver": "GTiff", "width": s1.shape[2], "height": s1.shape[1], "count": s1.shape[0],
                "dtype": "float32", "crs": "EPSG:3857", "transform": from_origin(0.0, 0.0, 10.0, 10.0)}
     with rasterio.open(path, "w", **profile) as dst:  # a synthetic grid: the chips come from unrelated places
         dst.write(s1)
     return path, labels
+
+
+def side_by_side(tiles: list[np.ndarray]) -> np.ndarray:
+    """GRID x GRID tiles (..., H, W), row by row, as one (..., GRID H, GRID W) array."""
+    rows = [np.concatenate(tiles[r * GRID:(r + 1) * GRID], axis=-1) for r in range(GRID)]
+    return np.concatenate(rows, axis=-2)
 
 
 def scene_logits(predictor, predict: Callable, scene: Path, out: Path) -> np.ndarray:

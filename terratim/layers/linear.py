@@ -90,9 +90,9 @@ def _combine(y: torch.Tensor, other: torch.Tensor, op: str) -> torch.Tensor:
     raise ValueError(f"Linear: op must be 'add' or 'mul', got {op!r}")
 
 
-def _tracing() -> bool:
-    """Inside torch.compile / torch.export / ONNX export / TorchScript or under a dispatch mode (fake tensors,
-    FLOP counters), where only standard ops may appear."""
+def _standard_ops_only() -> bool:
+    """Inside torch.compile / torch.export / ONNX export / TorchScript, under a dispatch mode (fake tensors, FLOP
+    counters) or a transform (forward-mode AD, ``torch.func``), where only standard ops may appear."""
     compiler = torch.compiler
     exporting = getattr(compiler, "is_exporting", lambda: False)()
     if compiler.is_compiling() or exporting or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
@@ -177,7 +177,7 @@ class Linear(nn.Linear):
 
     def fuses(self, x: torch.Tensor, other: torch.Tensor | None = None) -> bool:
         """Whether this call takes the oneDNN path (see the module's description for when it does)."""
-        if not (_ONEDNN_LINEAR and _settings["enabled"]) or _tracing():
+        if not (_ONEDNN_LINEAR and _settings["enabled"]) or _standard_ops_only():
             return False
         tensors = (x, self.weight) if other is None else (x, self.weight, other)
         if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or x.dim() < 2:
